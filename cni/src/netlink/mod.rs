@@ -1,0 +1,350 @@
+//! The one door to the kernel's routing netlink (links, addresses, routes,
+//! rules, neighbours).
+//!
+//! Nothing else in the project names `rtnetlink` or `netlink-packet-route`:
+//! their APIs change every release, so the blast radius of an upgrade stays in
+//! this module. The types below are plain data that the planning code builds
+//! and unit tests compare without root.
+//!
+//! A [`Netlink`] is bound to the network namespace it was opened in, for its
+//! whole life (a netlink socket belongs to the netns of the thread that created
+//! it). So the plugins open one for the host and one for the pod and never
+//! switch namespaces in the middle of their logic.
+//!
+//! The API is synchronous: each `Netlink` drives its own current_thread tokio
+//! runtime, which is cheap to create and keeps the plugin start-up fast.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::netns::NetNs;
+
+pub type Mac = [u8; 6];
+
+/// IP family of a route, rule, neighbour or dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+    pub fn of_net(net: &IpNet) -> Family {
+        Family::of(&net.addr())
+    }
+}
+
+/// Errors of the netlink layer, with the cases callers branch on made explicit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NlError {
+    /// EEXIST: the object is already there.
+    #[error("already exists")]
+    Exists,
+    /// ENOENT / ESRCH / ENODEV / EADDRNOTAVAIL: the object (or its device) is gone.
+    #[error("not found")]
+    NotFound,
+    /// Any other kernel error.
+    #[error("{msg} (errno {errno})")]
+    Kernel { errno: i32, msg: String },
+    /// Socket, runtime or decoding trouble.
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type NlResult<T> = std::result::Result<T, NlError>;
+
+impl From<NlError> for crate::Error {
+    fn from(e: NlError) -> Self {
+        crate::Error::plugin(crate::error::code::KERNEL, e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// IFLA_INFO_KIND: "veth", "macvlan", "ipvlan", "bridge", ... None for physical NICs.
+    pub kind: Option<String>,
+    pub mac: Option<Mac>,
+    pub mtu: u32,
+    /// IFF_UP set.
+    pub up: bool,
+    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's netns); for macvlan, the parent.
+    pub link: Option<u32>,
+    /// IFLA_LINK_NETNSID: set when the peer/parent lives in another netns.
+    pub link_netnsid: Option<i32>,
+    pub txqlen: u32,
+}
+
+/// What to create for a veth pair: `name` stays in this netns, `peer_name`
+/// ends up in `peer_netns` (or this one when None). Both ends get their MAC and MTU.
+#[derive(Debug, Clone)]
+pub struct VethSpec<'a> {
+    pub name: String,
+    pub mac: Option<Mac>,
+    pub peer_name: String,
+    pub peer_mac: Option<Mac>,
+    pub mtu: Option<u32>,
+    pub peer_netns: Option<&'a NetNs>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AddrFlags {
+    pub tentative: bool,
+    pub dadfailed: bool,
+    pub nodad: bool,
+    pub permanent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub index: u32,
+    /// Address with its prefix length.
+    pub addr: IpNet,
+    pub flags: AddrFlags,
+    /// RT_SCOPE_*: 0 universe (global), 253 link, 254 host.
+    pub scope: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scope {
+    #[default]
+    Universe,
+    Link,
+    Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RouteKind {
+    #[default]
+    Unicast,
+    Local,
+    Broadcast,
+    Multicast,
+    /// Anything else (blackhole, unreachable, anycast, ...).
+    Other,
+}
+
+/// A route, as dumped or to be installed. Equality is what `ip route` would
+/// consider the same route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub dst: IpNet,
+    /// Routing table id (254 = main, 255 = local).
+    pub table: u32,
+    pub oif: Option<u32>,
+    pub gateway: Option<IpAddr>,
+    pub prefsrc: Option<IpAddr>,
+    pub scope: Scope,
+    pub metric: Option<u32>,
+    /// RTPROT_*: 2 kernel, 3 boot, 4 static. Installs use `boot` unless set.
+    pub protocol: u8,
+    pub kind: RouteKind,
+}
+
+pub const TABLE_MAIN: u32 = 254;
+pub const TABLE_LOCAL: u32 = 255;
+pub const RTPROT_KERNEL: u8 = 2;
+pub const RTPROT_BOOT: u8 = 3;
+pub const RTPROT_STATIC: u8 = 4;
+
+impl Route {
+    /// A unicast route in `table` with nothing else set.
+    pub fn new(dst: IpNet, table: u32) -> Route {
+        Route {
+            dst,
+            table,
+            oif: None,
+            gateway: None,
+            prefsrc: None,
+            scope: Scope::Universe,
+            metric: None,
+            protocol: RTPROT_BOOT,
+            kind: RouteKind::Unicast,
+        }
+    }
+    pub fn family(&self) -> Family {
+        Family::of_net(&self.dst)
+    }
+}
+
+/// A policy routing rule. Every rule installed has action `FR_ACT_TO_TBL`
+/// (the rtnetlink builder's default action makes lookups fail).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub family: Family,
+    pub priority: u32,
+    pub table: u32,
+    pub src: Option<IpNet>,
+    pub dst: Option<IpNet>,
+    pub fwmark: Option<u32>,
+    pub fwmask: Option<u32>,
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+}
+
+impl Rule {
+    pub fn new(family: Family, priority: u32, table: u32) -> Rule {
+        Rule {
+            family,
+            priority,
+            table,
+            src: None,
+            dst: None,
+            fwmark: None,
+            fwmask: None,
+            iif: None,
+            oif: None,
+        }
+    }
+}
+
+/// NUD_* states.
+pub const NUD_PERMANENT: u16 = 0x80;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub mac: Option<Mac>,
+    /// NUD_* bits.
+    pub state: u16,
+}
+
+/// Result of a kernel route lookup (`ip route get`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLookup {
+    pub oif: Option<u32>,
+    pub prefsrc: Option<IpAddr>,
+    pub gateway: Option<IpAddr>,
+    pub table: u32,
+}
+
+/// A netlink socket bound to one network namespace.
+pub struct Netlink {
+    _private: (),
+}
+
+#[allow(unused_variables)]
+impl Netlink {
+    /// Open a socket in the calling thread's network namespace.
+    pub fn open() -> NlResult<Netlink> {
+        todo!()
+    }
+
+    /// Open a socket inside `ns`. The socket stays bound to `ns`; the calling
+    /// thread's namespace is never changed.
+    pub fn open_in(ns: &NetNs) -> NlResult<Netlink> {
+        todo!()
+    }
+
+    // ---- links
+    pub fn link(&self, name: &str) -> NlResult<Option<Link>> {
+        todo!()
+    }
+    pub fn link_by_index(&self, index: u32) -> NlResult<Option<Link>> {
+        todo!()
+    }
+    pub fn links(&self) -> NlResult<Vec<Link>> {
+        todo!()
+    }
+    pub fn add_veth(&self, spec: &VethSpec) -> NlResult<()> {
+        todo!()
+    }
+    /// NotFound when the link is gone.
+    pub fn del_link(&self, index: u32) -> NlResult<()> {
+        todo!()
+    }
+    pub fn set_link_up(&self, index: u32) -> NlResult<()> {
+        todo!()
+    }
+    pub fn set_link_down(&self, index: u32) -> NlResult<()> {
+        todo!()
+    }
+    pub fn set_link_mtu(&self, index: u32, mtu: u32) -> NlResult<()> {
+        todo!()
+    }
+    pub fn set_link_mac(&self, index: u32, mac: Mac) -> NlResult<()> {
+        todo!()
+    }
+    pub fn set_link_txqlen(&self, index: u32, qlen: u32) -> NlResult<()> {
+        todo!()
+    }
+    /// Move a link into another namespace.
+    pub fn move_link(&self, index: u32, ns: &NetNs) -> NlResult<()> {
+        todo!()
+    }
+
+    // ---- addresses
+    /// All addresses (of one link when `index` is set).
+    pub fn addresses(&self, index: Option<u32>) -> NlResult<Vec<Address>> {
+        todo!()
+    }
+    pub fn add_address(&self, index: u32, addr: IpNet, nodad: bool) -> NlResult<()> {
+        todo!()
+    }
+    pub fn del_address(&self, index: u32, addr: IpNet) -> NlResult<()> {
+        todo!()
+    }
+
+    // ---- routes
+    /// Routes of one family; of one table when `table` is set (filtered by the
+    /// kernel with strict checking, so only that table crosses the socket).
+    pub fn routes(&self, family: Family, table: Option<u32>) -> NlResult<Vec<Route>> {
+        todo!()
+    }
+    /// Ask the kernel which route it would use toward `dst` (no dump).
+    pub fn route_get(&self, dst: IpAddr) -> NlResult<Option<RouteLookup>> {
+        todo!()
+    }
+    /// Create; `Exists` when an identical key is present.
+    pub fn add_route(&self, route: &Route) -> NlResult<()> {
+        todo!()
+    }
+    /// Create or replace.
+    pub fn replace_route(&self, route: &Route) -> NlResult<()> {
+        todo!()
+    }
+    /// `NotFound` when absent.
+    pub fn del_route(&self, route: &Route) -> NlResult<()> {
+        todo!()
+    }
+
+    // ---- rules
+    pub fn rules(&self, family: Family) -> NlResult<Vec<Rule>> {
+        todo!()
+    }
+    /// `Exists` when an identical rule is present.
+    pub fn add_rule(&self, rule: &Rule) -> NlResult<()> {
+        todo!()
+    }
+    /// `NotFound` when absent.
+    pub fn del_rule(&self, rule: &Rule) -> NlResult<()> {
+        todo!()
+    }
+
+    // ---- neighbours
+    /// Neighbours of one family (of one link when `index` is set).
+    pub fn neighbours(&self, family: Family, index: Option<u32>) -> NlResult<Vec<Neighbour>> {
+        todo!()
+    }
+    /// One entry, by a non-dump RTM_GETNEIGH.
+    pub fn neighbour(&self, index: u32, ip: IpAddr) -> NlResult<Option<Neighbour>> {
+        todo!()
+    }
+    /// Add or replace a permanent entry.
+    pub fn set_permanent_neighbour(&self, index: u32, ip: IpAddr, mac: Mac) -> NlResult<()> {
+        todo!()
+    }
+    /// `NotFound` when absent.
+    pub fn del_neighbour(&self, index: u32, ip: IpAddr) -> NlResult<()> {
+        todo!()
+    }
+}

@@ -1,0 +1,1 @@
+//! integration: lab, chain runner
