@@ -8,7 +8,14 @@
 //! can be used from any thread afterwards.
 
 use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+
+/// `f_type` of files on the nsfs pseudo filesystem (linux/magic.h).
+const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 /// An open handle on a network namespace.
 #[derive(Debug)]
@@ -17,18 +24,29 @@ pub struct NetNs {
     path: PathBuf,
 }
 
-#[allow(unused_variables)]
 impl NetNs {
     /// Open the netns at `path` (e.g. `/var/run/netns/x`, `/proc/<pid>/ns/net`).
     /// `ErrorKind::NotFound` when the path does not exist; `InvalidInput` when it
-    /// is not a network namespace (e.g. a stale bind-mount target).
-    pub fn open(path: impl AsRef<Path>) -> std::io::Result<NetNs> {
-        todo!()
+    /// is not a namespace (e.g. the empty file left when a bind mount is gone).
+    pub fn open(path: impl AsRef<Path>) -> io::Result<NetNs> {
+        let path = path.as_ref();
+        let file = File::open(path)?;
+        let fs = nix::sys::statfs::fstatfs(&file).map_err(io::Error::from)?;
+        if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a network namespace", path.display()),
+            ));
+        }
+        Ok(NetNs {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The calling thread's netns.
-    pub fn current() -> std::io::Result<NetNs> {
-        todo!()
+    pub fn current() -> io::Result<NetNs> {
+        NetNs::open("/proc/thread-self/ns/net")
     }
 
     pub fn path(&self) -> &Path {
@@ -41,24 +59,83 @@ impl NetNs {
 
     /// Same namespace (device and inode)?
     pub fn same_as(&self, other: &NetNs) -> bool {
-        todo!()
+        match (self.file.metadata(), other.file.metadata()) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
     }
 
-    /// Run `f` on a fresh thread that has entered this netns.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
-        todo!()
+    /// Run `f` on a fresh thread that has entered this netns. The thread ends
+    /// with `f`, so its namespace never leaks into other work.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| io::Error::other("thread inside the netns panicked"))?
+        })
     }
+}
+
+fn sysctl_path(key: &str) -> PathBuf {
+    // Dotted keys cannot name interfaces with dots in them; slash form is taken as-is.
+    let rel = if key.contains('/') {
+        key.trim_start_matches('/').to_string()
+    } else {
+        key.replace('.', "/")
+    };
+    Path::new("/proc/sys").join(rel)
 }
 
 /// Write a sysctl (`net.ipv4.conf.all.rp_filter` or `net/ipv4/conf/all/rp_filter`)
 /// in the calling thread's netns. Call it inside [`NetNs::run`] for another netns.
-#[allow(unused_variables)]
-pub fn sysctl_set(key: &str, value: &str) -> std::io::Result<()> {
-    todo!()
+pub fn sysctl_set(key: &str, value: &str) -> io::Result<()> {
+    std::fs::write(sysctl_path(key), value)
 }
 
 /// Read a sysctl in the calling thread's netns (trimmed).
-#[allow(unused_variables)]
-pub fn sysctl_get(key: &str) -> std::io::Result<String> {
-    todo!()
+pub fn sysctl_get(key: &str) -> io::Result<String> {
+    Ok(std::fs::read_to_string(sysctl_path(key))?.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_keys() {
+        assert_eq!(
+            sysctl_path("net.ipv4.conf.all.rp_filter"),
+            Path::new("/proc/sys/net/ipv4/conf/all/rp_filter")
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.100/rp_filter"),
+            Path::new("/proc/sys/net/ipv4/conf/eth0.100/rp_filter")
+        );
+    }
+
+    #[test]
+    fn open_rejects_plain_files_and_missing_paths() {
+        let f = std::env::temp_dir().join(format!("not-a-netns-{}", std::process::id()));
+        std::fs::write(&f, b"").unwrap();
+        assert_eq!(
+            NetNs::open(&f).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(
+            NetNs::open("/nonexistent/netns").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn run_enters_and_leaves() {
+        let me = NetNs::current().unwrap();
+        let inside = me.run(|| NetNs::current().unwrap().same_as(&me)).unwrap();
+        assert!(inside);
+        assert!(NetNs::current().unwrap().same_as(&me));
+    }
 }
