@@ -7,4 +7,6 @@
 
 pub mod config;
 pub mod macprefix;
+pub mod names;
+pub mod plan;
 pub mod plugin;
