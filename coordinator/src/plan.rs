@@ -94,6 +94,9 @@ pub struct Plan {
     pub stale_neighbours: Vec<IpAddr>,
     /// (dev, txqueuelen) in the pod.
     pub txqlen: Option<(String, u32)>,
+    /// `policyRoutes`, applied last: a bad gateway fails the ADD after
+    /// everything else, and the undo takes it all back.
+    pub policy: Vec<RouteSpec>,
 }
 
 /// The pod as observed before the change.
@@ -111,13 +114,7 @@ impl PodView {
     pub fn link(&self, name: &str) -> Option<&Link> {
         self.links.iter().find(|l| l.name == name)
     }
-    fn link_name(&self, index: u32) -> Option<&str> {
-        self.links
-            .iter()
-            .find(|l| l.index == index)
-            .map(|l| l.name.as_str())
-    }
-    fn addrs_of(&self, index: u32) -> Vec<IpNet> {
+    pub fn addrs_of(&self, index: u32) -> Vec<IpNet> {
         self.addrs
             .iter()
             .filter(|(i, a)| *i == index && !is_link_local(&a.addr()))
@@ -448,7 +445,7 @@ fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     plan.routes.extend(via_veth(inp, cfg, TABLE_MAIN, &fams));
     // Table 100: the way back for connections that came in through veth0.
     plan.routes.extend(
-        via_veth(inp, &Config { ..cfg.clone() }, TABLE_REPLY, &fams)
+        via_veth(inp, cfg, TABLE_REPLY, &fams)
             .into_iter()
             .filter(|r| r.via.is_none()),
     );
@@ -482,8 +479,7 @@ fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     plan.reply_mark = true;
     host_side(cfg, &inp.ips, &veth.host, veth.pod_mac, plan);
     // policyRoutes of the first NIC go to main, through it.
-    plan.routes
-        .extend(policy_routes(&cfg.policy_routes, TABLE_MAIN, &inp.ifname));
+    plan.policy = policy_routes(&cfg.policy_routes, TABLE_MAIN, &inp.ifname);
     plan.veth = Some(veth);
 }
 
@@ -511,7 +507,8 @@ fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             if r.dst.prefix_len() == 0 {
                 has_default.insert(r.family());
             }
-            if !is_connected(r) && !(is_default_nic && r.dst.prefix_len() == 0) {
+            let stays_default = is_default_nic && r.dst.prefix_len() == 0;
+            if !is_connected(r) && !stays_default {
                 plan.moves.push(r.clone());
             }
         }
@@ -559,8 +556,7 @@ fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         (Layout::OverlayLater, _, Some((peer, mac))) => host_side(cfg, &inp.ips, peer, *mac, plan),
         _ => {}
     }
-    plan.routes
-        .extend(policy_routes(&cfg.policy_routes, table, &inp.ifname));
+    plan.policy = policy_routes(&cfg.policy_routes, table, &inp.ifname);
 }
 
 /// `podDefaultRouteNic` names this later NIC: the first NIC's default leaves
@@ -607,7 +603,6 @@ fn move_first_nic_default(cfg: &Config, inp: &Inputs, this_table: u32, plan: &mu
     }
     plan.moves.extend(defaults.into_iter().cloned());
     plan.rules.extend(from_rules(&eth0_ips, table));
-    let _ = inp.pod.link_name(eth0.index);
 }
 
 #[cfg(test)]
