@@ -1,1 +1,2 @@
 //! coordinator library
+pub mod nftables;
