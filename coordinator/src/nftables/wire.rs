@@ -354,4 +354,12 @@ mod tests {
         assert_eq!(attr_iter(&[200, 0, 1, 0]).count(), 0);
         assert_eq!(be32(&[1]), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(buf in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = parse_replies(&buf);
+            let _ = attr_iter(&buf).count();
+        }
+    }
 }
