@@ -8,3 +8,5 @@
 
 pub mod chain;
 pub mod nsexec;
+pub mod lab;
+pub mod traffic;
