@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-pub use cache::Cache;
+pub use cache::{Cache, Key as CacheKey};
 pub use conf::{plugin_stdin, NetConfList};
 
 use cache::Key;

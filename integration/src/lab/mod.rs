@@ -361,12 +361,19 @@ impl Lab {
         Chain::new(list).node_netns(Some(&self.node))
     }
 
-    /// Point plugin state that would land in the machine's `/var/lib/cni`
-    /// (host-local's `dataDir`) at this lab's directory, so parallel labs
-    /// never share or leave behind IPAM records.
+    /// Point plugin state that would land on the machine (host-local's
+    /// `dataDir` under `/var/lib/cni`, the coordinator's log file) at this
+    /// lab's directory, so parallel labs never share or leave behind records.
     pub fn localize(&self, list: &mut NetConfList) {
         let dir = self.dir.join("host-local");
         for p in &mut list.plugins {
+            // Our plugins log to /var/log by default; keep a lab's logs with the lab.
+            if p.get("type").and_then(Value::as_str) == Some("coordinator")
+                && p.get("logOptions").is_none()
+            {
+                let file = self.dir.join("coordinator.log").display().to_string();
+                p.insert("logOptions".into(), serde_json::json!({ "logFile": file }));
+            }
             if let Some(Value::Object(ipam)) = p.get_mut("ipam") {
                 if ipam.get("type").and_then(Value::as_str) == Some("host-local") {
                     ipam.insert("dataDir".into(), dir.display().to_string().into());
