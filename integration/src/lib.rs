@@ -7,6 +7,6 @@
 //! - [`nsexec`]: exec a program inside a netns without a wrapper process.
 
 pub mod chain;
-pub mod nsexec;
 pub mod lab;
+pub mod nsexec;
 pub mod traffic;

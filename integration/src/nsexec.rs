@@ -53,7 +53,14 @@ pub fn enter(cmd: &mut Command, ns: &Path, how: Enter) -> io::Result<()> {
                 }
                 // Keep our mounts from propagating back to the parent's namespace.
                 let flags = libc::MS_SLAVE | libc::MS_REC;
-                if libc::mount(none.as_ptr(), root.as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+                if libc::mount(
+                    none.as_ptr(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -66,7 +73,8 @@ pub fn enter(cmd: &mut Command, ns: &Path, how: Enter) -> io::Result<()> {
                 let mut flags: libc::c_ulong = 0;
                 if libc::umount2(sys.as_ptr(), libc::MNT_DETACH) != 0 {
                     let mut st: libc::statvfs = std::mem::zeroed();
-                    if libc::statvfs(sys.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY != 0 {
+                    if libc::statvfs(sys.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY != 0
+                    {
                         flags = libc::MS_RDONLY;
                     }
                 }

@@ -101,7 +101,12 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>, peers: Arc<Mutex<Vec<Sock
 
 /// The peer address in a [`TcpServer`] reply line.
 pub fn reply_peer(reply: &str) -> Option<SocketAddr> {
-    reply.strip_prefix("from ")?.split_whitespace().next()?.parse().ok()
+    reply
+        .strip_prefix("from ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Connect from `ns` (optionally from source `src`) to `dst`, read the reply
@@ -137,7 +142,11 @@ pub fn tcp_request(
 }
 
 fn connect(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let domain = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     let fd = unsafe {
         libc::socket(
             domain,

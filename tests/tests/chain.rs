@@ -55,14 +55,23 @@ fn reservations(dir: &Path) -> Vec<String> {
 
 #[test]
 fn lab_builds_and_tears_down() {
-    let lab = Lab::builder().subnets(2).build().expect("build lab (needs root)");
+    let lab = Lab::builder()
+        .subnets(2)
+        .build()
+        .expect("build lab (needs root)");
     let prefix = lab.prefix().to_string();
     assert!(prefix.starts_with(lab::PREFIX));
     // Node NICs carry the node addresses; the fabric answers on every gateway.
     for s in lab.subnets() {
         let mine = lab::state::addresses_of(lab.node(), &s.parent).unwrap();
-        assert!(mine.contains(&format!("{}/16", s.node4.unwrap())), "{mine:?}");
-        assert!(mine.contains(&format!("{}/64", s.node6.unwrap())), "{mine:?}");
+        assert!(
+            mine.contains(&format!("{}/16", s.node4.unwrap())),
+            "{mine:?}"
+        );
+        assert!(
+            mine.contains(&format!("{}/64", s.node6.unwrap())),
+            "{mine:?}"
+        );
         assert!(ping(lab.node(), s.gateway4.unwrap().into(), None));
         assert!(ping(lab.node(), s.gateway6.unwrap().into(), None));
     }
@@ -76,15 +85,26 @@ fn lab_builds_and_tears_down() {
     assert_eq!(defaults.len(), 2, "{routes}");
     // An outside client on subnet 2 reaches a server on subnet 1 through the
     // fabric router, and the server sees the client's own address.
-    let c1 = lab.fabric_client(1, Some("10.6.9.1".parse().unwrap()), None).unwrap();
-    let c2 = lab.fabric_client(2, Some("10.7.9.1".parse().unwrap()), None).unwrap();
+    let c1 = lab
+        .fabric_client(1, Some("10.6.9.1".parse().unwrap()), None)
+        .unwrap();
+    let c2 = lab
+        .fabric_client(2, Some("10.7.9.1".parse().unwrap()), None)
+        .unwrap();
     let srv = TcpServer::start(&c1.name, "0.0.0.0:7000".parse().unwrap()).unwrap();
     let reply = tcp_request(&c2.name, None, "10.6.9.1:7000".parse().unwrap(), T).unwrap();
-    assert_eq!(reply_peer(&reply).unwrap().ip(), c2.ipv4.unwrap(), "{reply}");
+    assert_eq!(
+        reply_peer(&reply).unwrap().ip(),
+        c2.ipv4.unwrap(),
+        "{reply}"
+    );
     assert_eq!(srv.peers().len(), 1);
     drop(srv);
     assert!(lab.namespaces().len() >= 4);
-    assert_eq!(lab::list_netns(&prefix).unwrap().len(), lab.namespaces().len());
+    assert_eq!(
+        lab::list_netns(&prefix).unwrap().len(),
+        lab.namespaces().len()
+    );
     let dir = lab.dir().to_path_buf();
     drop(lab);
     assert!(lab::list_netns(&prefix).unwrap().is_empty());
@@ -100,14 +120,25 @@ fn add_check_del_with_traffic() {
 
     let out = chain.add(&att).unwrap_or_else(|e| panic!("ADD: {e}"));
     assert_eq!(out.runs.len(), 2);
-    assert!(out.runs.iter().all(|r| r.exit_code == Some(0) && r.wall > Duration::ZERO));
+    assert!(out
+        .runs
+        .iter()
+        .all(|r| r.exit_code == Some(0) && r.wall > Duration::ZERO));
     // The coordinator got macvlan's result unmodified as prevResult.
     let macvlan_out: Value = serde_json::from_str(&out.runs[0].stdout).unwrap();
     assert_eq!(out.runs[1].stdin["prevResult"], macvlan_out);
     let result = out.result.unwrap();
     let ips = result_ips(&result);
-    let v4 = ips.iter().find(|i| i.is_ipv4()).copied().expect("IPv4 in result");
-    let v6 = ips.iter().find(|i| i.is_ipv6()).copied().expect("IPv6 in result");
+    let v4 = ips
+        .iter()
+        .find(|i| i.is_ipv4())
+        .copied()
+        .expect("IPv4 in result");
+    let v6 = ips
+        .iter()
+        .find(|i| i.is_ipv6())
+        .copied()
+        .expect("IPv6 in result");
     let on_eth0 = lab::state::addresses_of(&pod.name, "eth0").unwrap();
     assert!(on_eth0.contains(&format!("{v4}/16")), "{on_eth0:?}");
     assert!(on_eth0.contains(&format!("{v6}/64")), "{on_eth0:?}");
@@ -137,20 +168,26 @@ fn add_check_del_with_traffic() {
     let order: Vec<&str> = del.runs.iter().map(|r| r.plugin.as_str()).collect();
     assert_eq!(order, vec!["coordinator", "macvlan"]);
     assert_eq!(del.runs[0].stdin["prevResult"], result);
-    assert!(!lab::state::link_names(&pod.name).unwrap().contains(&"eth0".to_string()));
+    assert!(!lab::state::link_names(&pod.name)
+        .unwrap()
+        .contains(&"eth0".to_string()));
     let store = lab.host_local_dir("macvlan-underlay");
     assert!(store.is_dir(), "host-local wrote into the lab dir");
     assert_eq!(reservations(&store), Vec::<String>::new());
     assert!(chain.cache().result(&cache_key(&att)).is_none());
     // A repeated DEL (no cached result any more) still succeeds.
-    chain.del(&att).unwrap_or_else(|e| panic!("second DEL: {e}"));
+    chain
+        .del(&att)
+        .unwrap_or_else(|e| panic!("second DEL: {e}"));
     // And so does a DEL after the pod netns is gone.
     lab.remove_netns(&pod.name).unwrap();
     let gone = Attachment {
         netns: None,
         ..att.clone()
     };
-    chain.del(&gone).unwrap_or_else(|e| panic!("DEL without netns: {e}"));
+    chain
+        .del(&gone)
+        .unwrap_or_else(|e| panic!("DEL without netns: {e}"));
 }
 
 fn cache_key(att: &Attachment) -> integration::chain::CacheKey<'_> {
@@ -172,14 +209,25 @@ fn failed_add_names_the_plugin_and_its_code() {
         .unwrap()
         .insert("master".into(), "nosuchnic".into());
     let att = Attachment::new("ctr-fail", &pod.path, "eth0");
-    let err = chain.add(&att).expect_err("ADD on a missing master must fail");
+    let err = chain
+        .add(&att)
+        .expect_err("ADD on a missing master must fail");
     assert_eq!(err.plugin.as_deref(), Some("macvlan"));
     assert_eq!(err.index, Some(0));
     assert_eq!(err.runs.len(), 1, "the chain stops at the first failure");
-    assert!(err.code > 0 && err.error["msg"].is_string(), "{:?}", err.error);
+    assert!(
+        err.code > 0 && err.error["msg"].is_string(),
+        "{:?}",
+        err.error
+    );
     // Nothing was attached and no address is held; no result was cached.
-    assert!(!lab::state::link_names(&pod.name).unwrap().contains(&"eth0".to_string()));
-    assert_eq!(reservations(&lab.host_local_dir("macvlan-underlay")), Vec::<String>::new());
+    assert!(!lab::state::link_names(&pod.name)
+        .unwrap()
+        .contains(&"eth0".to_string()));
+    assert_eq!(
+        reservations(&lab.host_local_dir("macvlan-underlay")),
+        Vec::<String>::new()
+    );
     assert!(chain.cache().attachments("macvlan-underlay").is_empty());
 }
 
@@ -218,7 +266,9 @@ fn runner_builds_stdin_env_and_enters_node() {
     let att = Attachment::new("ctr1", &pod.path, "net1")
         .arg("K8S_POD_NAME", "p")
         .capability("ips", json!(["10.6.1.7/16"]));
-    let out = chain.run(Verb::Add, &att).unwrap_or_else(|e| panic!("ADD: {e}"));
+    let out = chain
+        .run(Verb::Add, &att)
+        .unwrap_or_else(|e| panic!("ADD: {e}"));
     let read = |f: &str| std::fs::read_to_string(seen.join(f)).unwrap();
     let first: Value = serde_json::from_str(&read("ADD-recorder.stdin")).unwrap();
     let second: Value = serde_json::from_str(&read("ADD-recorder2.stdin")).unwrap();
@@ -226,9 +276,15 @@ fn runner_builds_stdin_env_and_enters_node() {
     assert_eq!(first["name"], "rec");
     assert_eq!(first["runtimeConfig"], json!({"ips": ["10.6.1.7/16"]}));
     assert!(first.get("prevResult").is_none());
-    assert!(second.get("runtimeConfig").is_none(), "no mac capability arg given");
+    assert!(
+        second.get("runtimeConfig").is_none(),
+        "no mac capability arg given"
+    );
     assert_eq!(second["x"], 1);
-    assert_eq!(second["prevResult"], json!({"cniVersion":"1.0.0","ips":[],"dns":{}}));
+    assert_eq!(
+        second["prevResult"],
+        json!({"cniVersion":"1.0.0","ips":[],"dns":{}})
+    );
     assert_eq!(out.result, Some(second["prevResult"].clone()));
     let env = read("ADD-recorder.env");
     for want in [
@@ -246,7 +302,9 @@ fn runner_builds_stdin_env_and_enters_node() {
     assert!(sys.lines().any(|l| l == "ens1"), "{sys}");
 
     // GC: both plugins once with the valid attachments, spec 1.1.0.
-    let gc = chain.run(Verb::Gc, &att).unwrap_or_else(|e| panic!("GC: {e}"));
+    let gc = chain
+        .run(Verb::Gc, &att)
+        .unwrap_or_else(|e| panic!("GC: {e}"));
     assert_eq!(gc.runs.len(), 2);
     let gc_in: Value = serde_json::from_str(&read("GC-recorder.stdin")).unwrap();
     assert_eq!(gc_in["cniVersion"], "1.1.0");

@@ -78,10 +78,12 @@ impl Cache {
                 }
                 Ok(())
             }
-            Cache::Dir(dir) => match std::fs::remove_file(dir.join("results").join(key.file_name())) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
+            Cache::Dir(dir) => {
+                match std::fs::remove_file(dir.join("results").join(key.file_name())) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 

@@ -93,7 +93,10 @@ impl NetConfList {
 }
 
 pub(crate) fn plugin_type(p: &Map<String, Value>) -> String {
-    p.get("type").and_then(Value::as_str).unwrap_or_default().to_string()
+    p.get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 // A type names a file in CNI_PATH: no path separators, no "..".

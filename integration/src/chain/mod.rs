@@ -92,7 +92,9 @@ impl Attachment {
             .filter(|kv| !kv.is_empty())
             .map(|kv| match kv.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(ChainError::runtime(format!("CNI_ARGS entry \"{kv}\" is not K=V"))),
+                _ => Err(ChainError::runtime(format!(
+                    "CNI_ARGS entry \"{kv}\" is not K=V"
+                ))),
             })
             .collect()
     }
@@ -204,7 +206,10 @@ pub fn default_cni_path() -> Vec<PathBuf> {
 
 /// Parse a `CNI_PATH`-style list.
 pub fn parse_cni_path(s: &str) -> Vec<PathBuf> {
-    s.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect()
+    s.split(':')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// The spec version GC and STATUS need.
@@ -382,7 +387,10 @@ impl Chain {
             .map(|(c, i)| json!({"containerID": c, "ifname": i}))
             .collect();
         self.each_once(Verb::Gc, |stdin| {
-            stdin.insert("cni.dev/valid-attachments".into(), Value::Array(attachments.clone()));
+            stdin.insert(
+                "cni.dev/valid-attachments".into(),
+                Value::Array(attachments.clone()),
+            );
         })
     }
 
@@ -512,7 +520,14 @@ impl Chain {
         let raw = match raw {
             Ok(r) => r,
             Err(e) => {
-                return Err(fail(i, plugin, 0, e.to_string(), None, std::mem::take(runs)));
+                return Err(fail(
+                    i,
+                    plugin,
+                    0,
+                    e.to_string(),
+                    None,
+                    std::mem::take(runs),
+                ));
             }
         };
         let stdout = String::from_utf8_lossy(&raw.stdout).into_owned();
@@ -556,10 +571,17 @@ impl Chain {
             .and_then(Value::as_u64)
             .and_then(|c| u32::try_from(c).ok())
             .unwrap_or(0);
-        let msg = match parsed.as_ref().and_then(|p| p.get("msg")).and_then(Value::as_str) {
+        let msg = match parsed
+            .as_ref()
+            .and_then(|p| p.get("msg"))
+            .and_then(Value::as_str)
+        {
             Some(m) => m.to_string(),
             None => {
-                let stderr = runs.last().map(|r| r.stderr.trim().to_string()).unwrap_or_default();
+                let stderr = runs
+                    .last()
+                    .map(|r| r.stderr.trim().to_string())
+                    .unwrap_or_default();
                 match raw.exit_code {
                     Some(c) => format!("exit {c} without a CNI error; stderr: {stderr}"),
                     None => format!("killed by signal {:?}; stderr: {stderr}", raw.signal),

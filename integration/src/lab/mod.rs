@@ -122,7 +122,9 @@ pub struct Subnet {
 impl Subnet {
     fn new(index: u8, ipv4: bool, ipv6: bool) -> Subnet {
         let octet = 5 + index;
-        let v4 = ipv4.then(|| Ipv4Net::new(Ipv4Addr::new(10, octet, 0, 0), 16).ok()).flatten();
+        let v4 = ipv4
+            .then(|| Ipv4Net::new(Ipv4Addr::new(10, octet, 0, 0), 16).ok())
+            .flatten();
         let v6 = ipv6
             .then(|| Ipv6Net::new(Ipv6Addr::new(0xfd00, octet as u16, 0, 0, 0, 0, 0, 0), 64).ok())
             .flatten();
@@ -230,7 +232,10 @@ impl Lab {
 
     /// Namespaces made so far (names).
     pub fn namespaces(&self) -> Vec<String> {
-        self.namespaces.lock().map(|n| n.clone()).unwrap_or_default()
+        self.namespaces
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default()
     }
 
     /// A new pod netns `<prefix>-pod-<name>` with `lo` up and DAD off.

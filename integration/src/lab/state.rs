@@ -133,3 +133,67 @@ pub fn addresses_of(ns: &str, ifname: &str) -> io::Result<Vec<String>> {
     }
     Ok(out)
 }
+
+/// One route of [`routes`] as an `ip route` line (for people, not asserts).
+pub fn route_line(r: &Value) -> String {
+    let mut s = r["dst"].as_str().unwrap_or("?").to_string();
+    for (key, word) in [
+        ("gateway", "via"),
+        ("dev", "dev"),
+        ("table", "table"),
+        ("protocol", "proto"),
+        ("scope", "scope"),
+        ("prefsrc", "src"),
+        ("metric", "metric"),
+    ] {
+        match &r[key] {
+            Value::String(v) => s.push_str(&format!(" {word} {v}")),
+            Value::Number(n) => s.push_str(&format!(" {word} {n}")),
+            _ => {}
+        }
+    }
+    s
+}
+
+/// One rule of [`rules`] as an `ip rule` line.
+pub fn rule_line(r: &Value) -> String {
+    let with_len = |addr: &str, len: &str| match (&r[addr], &r[len]) {
+        (Value::String(a), Value::Number(l)) => format!("{a}/{l}"),
+        (Value::String(a), _) => a.clone(),
+        _ => "all".to_string(),
+    };
+    let mut s = format!("{}: from {}", r["priority"], with_len("src", "srclen"));
+    if r.get("dst").is_some() {
+        s.push_str(&format!(" to {}", with_len("dst", "dstlen")));
+    }
+    for key in ["fwmark", "iif", "oif"] {
+        if let Some(v) = r[key].as_str() {
+            s.push_str(&format!(" {key} {v}"));
+        }
+    }
+    match (&r["table"], &r["action"]) {
+        (Value::String(t), _) => s.push_str(&format!(" lookup {t}")),
+        (_, Value::String(a)) => s.push_str(&format!(" {a}")),
+        _ => {}
+    }
+    s
+}
+
+/// One entry of [`neighbours`] as an `ip neigh` line.
+pub fn neigh_line(n: &Value) -> String {
+    let state = n["state"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    format!(
+        "{} dev {} lladdr {} {state}",
+        n["dst"].as_str().unwrap_or("?"),
+        n["dev"].as_str().unwrap_or("?"),
+        n["lladdr"].as_str().unwrap_or("-"),
+    )
+}
