@@ -334,3 +334,67 @@ fn gc_and_status_skip_plugins_without_spec_1_1() {
     assert!(gc.runs[0].skipped.is_some(), "{:?}", gc.runs[0]);
     chain.status().unwrap_or_else(|e| panic!("STATUS: {e}"));
 }
+
+/// Kills the helper process if the test fails before it does.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigterm_removes_the_labs_namespaces() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new(exe)
+        .args([
+            "--exact",
+            "hold_lab_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("CNI_TESTS_HOLD_LAB", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    let out = child.0.stdout.take().unwrap();
+    let prefix = std::io::BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("LAB-PREFIX ").map(String::from))
+        .expect("helper printed its lab prefix");
+    let before = lab::list_netns(&prefix).unwrap();
+    assert!(before.len() >= 3, "{before:?}");
+    let pid = libc::pid_t::try_from(child.0.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = child.0.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "died of SIGTERM, not otherwise"
+    );
+    assert_eq!(lab::list_netns(&prefix).unwrap(), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "helper process of sigterm_removes_the_labs_namespaces"]
+fn hold_lab_until_killed() {
+    if std::env::var_os("CNI_TESTS_HOLD_LAB").is_none() {
+        return;
+    }
+    let lab = Lab::new().expect("build lab (needs root)");
+    let _pod = lab.pod("held").unwrap();
+    println!("LAB-PREFIX {}", lab.prefix());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Bounded: if nobody kills us, the lab is dropped normally.
+    std::thread::sleep(Duration::from_secs(60));
+}

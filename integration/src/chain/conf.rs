@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::ChainError;
+use super::{ChainError, ChainResult};
 
 /// A conflist: `{cniVersion, name, plugins: [...]}`. A single-plugin conf is
 /// accepted and wrapped, as libcni's `ConfListFromConf` does.
@@ -19,7 +19,7 @@ pub struct NetConfList {
 }
 
 impl NetConfList {
-    pub fn from_file(path: impl AsRef<Path>) -> Result<NetConfList, ChainError> {
+    pub fn from_file(path: impl AsRef<Path>) -> ChainResult<NetConfList> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ChainError::runtime(format!("read {}: {e}", path.display())))?;
@@ -28,7 +28,7 @@ impl NetConfList {
         NetConfList::from_value(value)
     }
 
-    pub fn from_value(value: Value) -> Result<NetConfList, ChainError> {
+    pub fn from_value(value: Value) -> ChainResult<NetConfList> {
         let obj = value
             .as_object()
             .ok_or_else(|| ChainError::runtime("network config is not a JSON object"))?;
@@ -104,7 +104,7 @@ fn valid_type(t: &str) -> bool {
     !t.is_empty() && !t.contains('/') && t != "." && t != ".."
 }
 
-fn string_field(obj: &Map<String, Value>, field: &str) -> Result<String, ChainError> {
+fn string_field(obj: &Map<String, Value>, field: &str) -> ChainResult<String> {
     match obj.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         _ => Err(ChainError::runtime(format!(

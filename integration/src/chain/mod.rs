@@ -87,7 +87,7 @@ impl Attachment {
     }
 
     /// Parse `K=V;K2=V2` into [`args`](Self::args).
-    pub fn parse_args(s: &str) -> Result<Vec<(String, String)>, ChainError> {
+    pub fn parse_args(s: &str) -> ChainResult<Vec<(String, String)>> {
         s.split(';')
             .filter(|kv| !kv.is_empty())
             .map(|kv| match kv.split_once('=') {
@@ -153,17 +153,20 @@ pub struct ChainError {
     pub runs: Vec<PluginRun>,
 }
 
+/// Chain runs fail with a boxed [`ChainError`] (it carries every plugin run).
+pub type ChainResult<T> = Result<T, Box<ChainError>>;
+
 impl ChainError {
-    pub fn runtime(msg: impl Into<String>) -> ChainError {
+    pub fn runtime(msg: impl Into<String>) -> Box<ChainError> {
         let msg = msg.into();
-        ChainError {
+        Box::new(ChainError {
             plugin: None,
             index: None,
             code: 0,
             error: json!({"code": 0, "msg": msg}),
             msg,
             runs: Vec::new(),
-        }
+        })
     }
 }
 
@@ -228,7 +231,7 @@ impl Chain {
     }
 
     /// Load a conflist (or single conf) file.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Chain, ChainError> {
+    pub fn from_file(path: impl AsRef<Path>) -> ChainResult<Chain> {
         Ok(Chain::new(NetConfList::from_file(path)?))
     }
 
@@ -269,7 +272,7 @@ impl Chain {
 
     /// Run `verb`. GC keeps the attachments found in the cache; use
     /// [`gc`](Self::gc) to name them yourself.
-    pub fn run(&self, verb: Verb, att: &Attachment) -> Result<Outcome, ChainError> {
+    pub fn run(&self, verb: Verb, att: &Attachment) -> ChainResult<Outcome> {
         match verb {
             Verb::Add => self.add(att),
             Verb::Del => self.del(att),
@@ -279,7 +282,7 @@ impl Chain {
         }
     }
 
-    pub fn add(&self, att: &Attachment) -> Result<Outcome, ChainError> {
+    pub fn add(&self, att: &Attachment) -> ChainResult<Outcome> {
         let mut runs = Vec::new();
         let mut prev: Option<Value> = None;
         for (i, plugin) in self.list.plugins.iter().enumerate() {
@@ -325,7 +328,7 @@ impl Chain {
         })
     }
 
-    pub fn check(&self, att: &Attachment) -> Result<Outcome, ChainError> {
+    pub fn check(&self, att: &Attachment) -> ChainResult<Outcome> {
         if !version_at_least(&self.list.cni_version, "0.4.0") {
             return Err(ChainError::runtime(format!(
                 "CHECK needs cniVersion >= 0.4.0, the list has {}",
@@ -352,7 +355,7 @@ impl Chain {
         Ok(Outcome { result: None, runs })
     }
 
-    pub fn del(&self, att: &Attachment) -> Result<Outcome, ChainError> {
+    pub fn del(&self, att: &Attachment) -> ChainResult<Outcome> {
         let key = self.key(att);
         let cached = if version_at_least(&self.list.cni_version, "0.4.0") {
             self.cache.result(&key)
@@ -381,7 +384,7 @@ impl Chain {
     /// GC: each plugin once, told which `(containerID, ifname)` attachments
     /// are still valid. Sent as spec 1.1.0 when the list is older; plugins
     /// that do not support 1.1.0 (per VERSION) are skipped, not failed.
-    pub fn gc(&self, valid: &[(String, String)]) -> Result<Outcome, ChainError> {
+    pub fn gc(&self, valid: &[(String, String)]) -> ChainResult<Outcome> {
         let attachments: Vec<Value> = valid
             .iter()
             .map(|(c, i)| json!({"containerID": c, "ifname": i}))
@@ -395,7 +398,7 @@ impl Chain {
     }
 
     /// STATUS: each plugin once (spec 1.1.0, same skipping as GC).
-    pub fn status(&self) -> Result<Outcome, ChainError> {
+    pub fn status(&self) -> ChainResult<Outcome> {
         self.each_once(Verb::Status, |_| {})
     }
 
@@ -403,7 +406,7 @@ impl Chain {
         &self,
         verb: Verb,
         extra: impl Fn(&mut Map<String, Value>),
-    ) -> Result<Outcome, ChainError> {
+    ) -> ChainResult<Outcome> {
         let version = if version_at_least(&self.list.cni_version, GC_VERSION) {
             self.list.cni_version.clone()
         } else {
@@ -464,7 +467,7 @@ impl Chain {
         }
     }
 
-    fn find(&self, ty: &str) -> Result<PathBuf, ChainError> {
+    fn find(&self, ty: &str) -> ChainResult<PathBuf> {
         self.cni_path
             .iter()
             .map(|d| d.join(ty))
@@ -486,7 +489,7 @@ impl Chain {
         stdin: Value,
         att: Option<&Attachment>,
         runs: &mut Vec<PluginRun>,
-    ) -> Result<Option<Value>, ChainError> {
+    ) -> ChainResult<Option<Value>> {
         let plugin = &self.list.plugins[i];
         let ty = conf::plugin_type(plugin);
         let binary = self.find(&ty).map_err(|mut e| {
@@ -599,15 +602,15 @@ fn fail(
     msg: String,
     error: Option<Value>,
     runs: Vec<PluginRun>,
-) -> ChainError {
-    ChainError {
+) -> Box<ChainError> {
+    Box::new(ChainError {
         plugin: Some(conf::plugin_type(plugin)),
         index: Some(i),
         code,
         error: error.unwrap_or_else(|| json!({"code": code, "msg": msg})),
         msg,
         runs,
-    }
+    })
 }
 
 fn join_path(dirs: &[PathBuf]) -> String {
