@@ -398,3 +398,60 @@ fn hold_lab_until_killed() {
     // Bounded: if nobody kills us, the lab is dropped normally.
     std::thread::sleep(Duration::from_secs(60));
 }
+
+/// A ptp pod (veth + host route, like Calico) reaches a Service DNATed in
+/// the node to a backend on the fabric; masquerade brings the reply back.
+#[test]
+fn node_service_dnats_pod_traffic_to_a_fabric_backend() {
+    let lab = Lab::new().expect("build lab (needs root)");
+    let pod = lab.pod("svc").unwrap();
+    let mut list = NetConfList::from_value(json!({
+        "cniVersion": "1.0.0", "name": "ptp-overlay",
+        "plugins": [{
+            "type": "ptp",
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.244.0.0/24"}], [{"subnet": "fd00:244::/64"}]],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+            }
+        }]
+    }))
+    .unwrap();
+    lab.localize(&mut list);
+    let chain = lab.chain(list).cni_path(cni_path());
+    let att = Attachment::new("ctr-svc", &pod.path, "eth0");
+    chain.add(&att).unwrap_or_else(|e| panic!("ADD ptp: {e}"));
+
+    let sn = lab.subnet(1).unwrap();
+    let backend = lab
+        .fabric_client(1, sn.host4(9, 1), sn.host6(0x9001))
+        .unwrap();
+    let _srv = TcpServer::start(&backend.name, "[::]:7000".parse().unwrap()).unwrap();
+    let services: [(SocketAddr, SocketAddr); 2] = [
+        (
+            "10.233.0.10:80".parse().unwrap(),
+            SocketAddr::new(backend.ipv4.unwrap().into(), 7000),
+        ),
+        (
+            "[fd00:233::10]:80".parse().unwrap(),
+            SocketAddr::new(backend.ipv6.unwrap().into(), 7000),
+        ),
+    ];
+    for (cluster, target) in services {
+        lab.node_service(cluster, target).unwrap();
+    }
+    lab.node_service_masquerade().unwrap();
+    for ((cluster, _), node_ip) in services.iter().zip([
+        IpAddr::from(sn.node4.unwrap()),
+        IpAddr::from(sn.node6.unwrap()),
+    ]) {
+        // From the node itself (output hook) and from the pod (prerouting).
+        let reply = tcp_request(lab.node(), None, *cluster, T)
+            .unwrap_or_else(|e| panic!("node -> {cluster}: {e}"));
+        assert_eq!(reply_peer(&reply).map(|p| p.ip()), Some(node_ip), "{reply}");
+        let reply = tcp_request(&pod.name, None, *cluster, T)
+            .unwrap_or_else(|e| panic!("pod -> {cluster}: {e}"));
+        assert_eq!(reply_peer(&reply).map(|p| p.ip()), Some(node_ip), "{reply}");
+    }
+    chain.del(&att).unwrap_or_else(|e| panic!("DEL ptp: {e}"));
+}
