@@ -4,8 +4,10 @@
 //!   and outside clients, with guaranteed clean-up;
 //! - [`chain`]: a libcni-like runner that execs plugin chains inside the node;
 //! - [`traffic`]: bounded TCP and ping checks from inside a netns;
-//! - [`nsexec`]: exec a program inside a netns without a wrapper process.
+//! - [`nsexec`]: exec a program inside a netns without a wrapper process;
+//! - [`bench`]: the benchmark harness (per-exec latency, CPU, RSS vs anchors).
 
+pub mod bench;
 pub mod chain;
 pub mod lab;
 pub mod nsexec;

@@ -21,6 +21,8 @@ pub struct RawRun {
     pub wall: Duration,
     /// Peak resident set size in KiB (`ru_maxrss`).
     pub max_rss_kib: u64,
+    /// CPU time of the process (user + system, from the same rusage).
+    pub cpu: Duration,
     pub timed_out: bool,
 }
 
@@ -143,8 +145,15 @@ pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
         signal,
         wall,
         max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
         timed_out,
     })
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let micros = u32::try_from(t.tv_usec).unwrap_or(0);
+    Duration::from_secs(secs) + Duration::from_micros(u64::from(micros))
 }
 
 fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {

@@ -1,0 +1,165 @@
+//! Per-exec scenarios: each iteration of a case runs real chains and keeps
+//! the timing of one plugin's own exec (from the chain runner's per-plugin
+//! runs), never the whole chain.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::stats::Sample;
+use crate::chain::{Attachment, Chain, Outcome, PluginRun, Verb};
+use crate::lab::Lab;
+
+/// Whose exec a row measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Ours,
+    Anchor,
+    Floor,
+}
+
+/// One output row: a plugin, a verb, a scenario.
+#[derive(Clone, Debug)]
+pub struct RowSpec {
+    pub id: String,
+    pub label: String,
+    pub group: String,
+    pub kind: Kind,
+}
+
+impl RowSpec {
+    pub fn new(id: &str, label: &str, group: &str, kind: Kind) -> RowSpec {
+        RowSpec {
+            id: id.into(),
+            label: label.into(),
+            group: group.into(),
+            kind,
+        }
+    }
+}
+
+/// What one iteration of a case does.
+pub enum Body<'l> {
+    /// A pod attached through `nics` (ADD in order, DEL in reverse), timing
+    /// the plugin of type `measured` in each chain. Rows: one ADD per NIC,
+    /// then one DEL per NIC (in DEL order).
+    Pod {
+        lab: &'l Lab,
+        nics: Vec<(Chain, String)>,
+        measured: String,
+    },
+    /// A one-plugin chain run with `verb` (the exec floor: `/bin/true`).
+    Exec {
+        chain: Chain,
+        netns: PathBuf,
+        verb: Verb,
+    },
+    /// A bare IPAM plugin: ADD then DEL of a fresh attachment. Rows: ADD, DEL.
+    Ipam { chain: Chain, netns: PathBuf },
+}
+
+pub struct Case<'l> {
+    /// Short, unique, [a-z0-9]: names pods and container IDs.
+    pub short: String,
+    pub rows: Vec<RowSpec>,
+    pub body: Body<'l>,
+    /// Skip the case (with the error as the reason) when its first warm-up
+    /// iteration fails: an optional anchor or an unfinished plugin.
+    pub optional: bool,
+}
+
+/// The samples of one iteration (one slot per row) and its errors.
+pub struct Iteration {
+    pub samples: Vec<Option<Sample>>,
+    pub errors: Vec<String>,
+}
+
+impl Case<'_> {
+    pub fn once(&self, iter: usize) -> Iteration {
+        let mut it = Iteration {
+            samples: vec![None; self.rows.len()],
+            errors: Vec::new(),
+        };
+        let cid = format!("bench-{}-{iter}", self.short);
+        match &self.body {
+            Body::Exec { chain, netns, verb } => {
+                let att = Attachment::new(&cid, netns, "eth0");
+                match chain.run(*verb, &att) {
+                    Ok(out) => it.samples[0] = out.runs.first().map(Sample::of),
+                    Err(e) => it.errors.push(e.to_string()),
+                }
+            }
+            Body::Ipam { chain, netns } => {
+                let att = Attachment::new(&cid, netns, "eth0");
+                match chain.add(&att) {
+                    Ok(out) => it.samples[0] = out.runs.first().map(Sample::of),
+                    Err(e) => it.errors.push(format!("ADD: {e}")),
+                }
+                match chain.del(&att) {
+                    Ok(out) => it.samples[1] = out.runs.first().map(Sample::of),
+                    Err(e) => it.errors.push(format!("DEL: {e}")),
+                }
+            }
+            Body::Pod {
+                lab,
+                nics,
+                measured,
+            } => self.pod_once(lab, nics, measured, &cid, iter, &mut it),
+        }
+        it
+    }
+
+    fn pod_once(
+        &self,
+        lab: &Lab,
+        nics: &[(Chain, String)],
+        measured: &str,
+        cid: &str,
+        iter: usize,
+        it: &mut Iteration,
+    ) {
+        let pod = match lab.pod(&format!("{}{iter}", self.short)) {
+            Ok(p) => p,
+            Err(e) => {
+                it.errors.push(format!("pod netns: {e}"));
+                return;
+            }
+        };
+        let n = nics.len();
+        let mut added = 0;
+        for (k, (chain, ifname)) in nics.iter().enumerate() {
+            let att = Attachment::new(cid, &pod.path, ifname);
+            added = k + 1;
+            match chain.add(&att) {
+                Ok(out) => it.samples[k] = pick(&out, measured),
+                Err(e) => {
+                    it.errors.push(format!("ADD {ifname}: {e}"));
+                    break;
+                }
+            }
+        }
+        // DEL everything attempted, even after a failed ADD (a runtime does).
+        for (j, (chain, ifname)) in nics[..added].iter().enumerate().rev() {
+            let att = Attachment::new(cid, &pod.path, ifname);
+            match chain.del(&att) {
+                Ok(out) => {
+                    if it.errors.is_empty() {
+                        it.samples[n + (n - 1 - j)] = pick(&out, measured);
+                    }
+                }
+                Err(e) => it.errors.push(format!("DEL {ifname}: {e}")),
+            }
+        }
+        if let Err(e) = lab.remove_netns(&pod.name) {
+            it.errors.push(format!("remove pod netns: {e}"));
+        }
+    }
+}
+
+fn pick(out: &Outcome, ty: &str) -> Option<Sample> {
+    out.runs
+        .iter()
+        .find(|r: &&PluginRun| r.plugin == ty && r.skipped.is_none())
+        .map(Sample::of)
+}

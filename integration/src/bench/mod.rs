@@ -1,0 +1,497 @@
+//! The benchmark harness (shared/design/benchmarks.md): per-exec latency,
+//! CPU and peak RSS of our plugins against the reference plugins, measured
+//! in the test lab, interleaved in one run; node-size, burst and IPAM
+//! scenarios; binary sizes; a JSON/Markdown/SVG report.
+
+mod burst;
+mod cases;
+mod confs;
+mod node;
+mod report;
+mod stats;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+
+pub use burst::BurstReport;
+pub use cases::Kind;
+pub use report::{Binary, Check, Meta, Report, Row};
+pub use stats::{Sample, Stats, Summary};
+
+use crate::chain::{Chain, NetConfList, Verb};
+use crate::lab::Lab;
+use cases::{Body, Case, RowSpec};
+use confs::Ipam;
+
+/// What to run and where to write.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Recorded iterations per scenario (after warm-up).
+    pub iterations: usize,
+    pub warmup: usize,
+    /// Small sizes for the test suite; never writes the committed results.
+    pub smoke: bool,
+    /// Our plugin binaries (`coordinator`, `coordinator-ipam`).
+    pub bin_dir: PathBuf,
+    /// Where `latest.{json,md,svg}` go.
+    pub out_dir: PathBuf,
+    /// Pods' routes (and neighbours) pre-loaded in the node-size scenario.
+    pub node_size: usize,
+    pub burst_pods: usize,
+    pub burst_concurrency: usize,
+    /// Addresses allocated before the "full pool" IPAM rows.
+    pub ipam_prefill: usize,
+    /// A Spiderpool coordinator binary to benchmark as an anchor.
+    pub spiderpool: Option<PathBuf>,
+}
+
+/// Env var naming a Spiderpool coordinator binary (anchor, optional).
+pub const SPIDERPOOL_ENV: &str = "SPIDERPOOL_COORDINATOR";
+
+impl Options {
+    /// The full run: 50 iterations, 2000 routes, 200 pods, 4000 addresses.
+    pub fn full(bin_dir: PathBuf, out_dir: PathBuf) -> Options {
+        Options {
+            iterations: 50,
+            warmup: 3,
+            smoke: false,
+            bin_dir,
+            out_dir,
+            node_size: 2000,
+            burst_pods: 200,
+            burst_concurrency: 8,
+            ipam_prefill: 4000,
+            spiderpool: std::env::var_os(SPIDERPOOL_ENV).map(PathBuf::from),
+        }
+    }
+
+    /// The test-suite run: 3 iterations and small sizes.
+    pub fn smoke(bin_dir: PathBuf, out_dir: PathBuf) -> Options {
+        Options {
+            iterations: 3,
+            warmup: 1,
+            smoke: true,
+            node_size: 100,
+            burst_pods: 16,
+            ipam_prefill: 100,
+            ..Options::full(bin_dir, out_dir)
+        }
+    }
+}
+
+/// `<workspace>/integration/results`: where committed results live.
+pub fn results_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+}
+
+/// `<workspace>/target/release`.
+pub fn release_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("release")
+}
+
+/// Run every scenario and build the report (not written yet: see
+/// [`Report::write`]).
+pub fn run(opts: &Options) -> io::Result<Report> {
+    let started = Instant::now();
+    let mut meta = Meta::now(opts);
+    let mut notes = Vec::new();
+    for b in ["coordinator", "coordinator-ipam"] {
+        if !opts.bin_dir.join(b).is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{b} not found in {}", opts.bin_dir.display()),
+            ));
+        }
+    }
+    let ipam_ok = match report::ipam_works(&opts.bin_dir) {
+        Ok(()) => true,
+        Err(e) => {
+            notes.push(format!(
+                "coordinator-ipam is not functional in {} ({e}): its rows are skipped and the \
+                 burst uses host-local",
+                opts.bin_dir.display()
+            ));
+            false
+        }
+    };
+
+    let lab = Lab::builder().subnets(2).build()?;
+    let big = Lab::builder().subnets(1).build()?;
+    let node_fill = node::fill(&big, opts.node_size)?;
+    let cni_path = vec![PathBuf::from("/usr/lib/cni"), opts.bin_dir.clone()];
+    let spider_dir = lab.dir().join("spiderpool-bin");
+
+    let mut cases = Vec::new();
+    cases.push(Case {
+        short: "floor".into(),
+        rows: vec![RowSpec::new(
+            "floor/exec",
+            "/bin/true (exec floor)",
+            "exec floor",
+            Kind::Floor,
+        )],
+        body: Body::Exec {
+            chain: Chain::new(confs::list("floor", vec![json!({"type": "true"})])?)
+                .node_netns(Some(lab.node()))
+                .cni_path(vec![PathBuf::from("/bin")]),
+            netns: lab.node_path(),
+            verb: Verb::Del,
+        },
+        optional: false,
+    });
+    let chain = |lab: &Lab, name: &str, plugins: Vec<serde_json::Value>| -> io::Result<Chain> {
+        let mut list: NetConfList = confs::list(name, plugins)?;
+        lab.localize(&mut list);
+        Ok(lab.chain(list).cni_path(cni_path.clone()))
+    };
+    let v4 = Ipam::HostLocal { v6: false };
+    let ds = Ipam::HostLocal { v6: true };
+    let one_nic = |lab: &Lab, short: &str, third: u8, second: serde_json::Value, ty: &str| {
+        chain(
+            lab,
+            &format!("bench-{short}"),
+            vec![confs::macvlan(1, third, &v4), second],
+        )
+        .map(|c| (vec![(c, "eth0".to_string())], ty.to_string()))
+    };
+    let (nics, measured) = one_nic(
+        &lab,
+        "c1",
+        1,
+        confs::coordinator(false, false),
+        "coordinator",
+    )?;
+    cases.push(pod_case(
+        &lab,
+        "cone",
+        nics,
+        measured,
+        Kind::Ours,
+        "coordinator",
+        "1 NIC IPv4",
+        "",
+    ));
+    let (nics, measured) = one_nic(&lab, "sbr", 2, confs::sbr(), "sbr")?;
+    cases.push(pod_case(
+        &lab,
+        "sbr",
+        nics,
+        measured,
+        Kind::Anchor,
+        "sbr (reference)",
+        "1 NIC IPv4",
+        "",
+    ));
+    if let Some(sp) = &opts.spiderpool {
+        std::fs::create_dir_all(&spider_dir)?;
+        let ty = "spiderpool-coordinator";
+        std::os::unix::fs::symlink(sp, spider_dir.join(ty))?;
+        let mut list = confs::list(
+            "bench-spider",
+            vec![confs::macvlan(1, 5, &v4), confs::spiderpool(ty)],
+        )?;
+        lab.localize(&mut list);
+        let mut path = cni_path.clone();
+        path.push(spider_dir.clone());
+        let c = lab.chain(list).cni_path(path);
+        let mut case = pod_case(
+            &lab,
+            "spider",
+            vec![(c, "eth0".into())],
+            ty.into(),
+            Kind::Anchor,
+            "Spiderpool coordinator",
+            "1 NIC IPv4",
+            "",
+        );
+        case.optional = true;
+        cases.push(case);
+    } else {
+        notes.push(format!(
+            "Spiderpool anchor skipped: {SPIDERPOOL_ENV} is not set (give the path of a \
+             Spiderpool coordinator binary to include it)"
+        ));
+    }
+    for (short, detect, third, group) in [
+        ("ctwo", false, 3, "2 NICs dual-stack"),
+        ("cdet", true, 4, "2 NICs dual-stack, detection on"),
+    ] {
+        let nics = vec![
+            (
+                chain(
+                    &lab,
+                    &format!("bench-{short}-a"),
+                    vec![
+                        confs::macvlan(1, third, &ds),
+                        confs::coordinator(detect, true),
+                    ],
+                )?,
+                "eth0".to_string(),
+            ),
+            (
+                chain(
+                    &lab,
+                    &format!("bench-{short}-b"),
+                    vec![
+                        confs::macvlan(2, third, &ds),
+                        confs::coordinator(detect, true),
+                    ],
+                )?,
+                "net1".to_string(),
+            ),
+        ];
+        cases.push(pod_case(
+            &lab,
+            short,
+            nics,
+            "coordinator".into(),
+            Kind::Ours,
+            "coordinator",
+            group,
+            "",
+        ));
+    }
+    let (nics, measured) = one_nic(
+        &big,
+        "cbig",
+        1,
+        confs::coordinator(false, false),
+        "coordinator",
+    )?;
+    let big_group = format!("1 NIC IPv4, {} pods' routes on the node", opts.node_size);
+    cases.push(pod_case(
+        &big,
+        "cbig",
+        nics,
+        measured,
+        Kind::Ours,
+        "coordinator",
+        &big_group,
+        "node",
+    ));
+
+    // IPAM: bare IPAM execs, an empty pool and a pool with `ipam_prefill` taken.
+    let ipam_dir = lab.dir().join("ipam");
+    let mut prefill = Vec::new();
+    let ipam_types: &[&str] = if ipam_ok {
+        &["host-local", "coordinator-ipam"]
+    } else {
+        &["host-local"]
+    };
+    for &ty in ipam_types {
+        let kind = if ty == "host-local" {
+            Kind::Anchor
+        } else {
+            Kind::Ours
+        };
+        let short = if ty == "host-local" { "hl" } else { "ci" };
+        for (full, suffix) in [(false, "empty"), (true, "full")] {
+            let name = format!("bench-ipam-{suffix}");
+            let list = confs::ipam_only(&name, ty, &ipam_dir)?;
+            let c = Chain::new(list)
+                .node_netns(Some(lab.node()))
+                .cni_path(cni_path.clone());
+            let group = if full {
+                format!("IPAM, {} allocated", opts.ipam_prefill)
+            } else {
+                "IPAM, empty pool".to_string()
+            };
+            if full {
+                prefill.push(burst::prefill(
+                    &c,
+                    ty,
+                    &lab.node_path(),
+                    opts.ipam_prefill,
+                    opts.burst_concurrency,
+                ));
+            }
+            cases.push(Case {
+                short: format!("{short}{suffix}"),
+                rows: vec![
+                    RowSpec::new(
+                        &format!("{ty}/add/{suffix}"),
+                        &format!("{ty} ADD"),
+                        &format!("{group} ADD"),
+                        kind,
+                    ),
+                    RowSpec::new(
+                        &format!("{ty}/del/{suffix}"),
+                        &format!("{ty} DEL"),
+                        &format!("{group} DEL"),
+                        kind,
+                    ),
+                ],
+                body: Body::Ipam {
+                    chain: c,
+                    netns: lab.node_path(),
+                },
+                optional: false,
+            });
+        }
+    }
+
+    let mut rows: Vec<Row> = cases
+        .iter()
+        .flat_map(|c| c.rows.iter().map(Row::new))
+        .collect();
+    let mut skipped = vec![false; cases.len()];
+    let total = opts.warmup + opts.iterations;
+    for iter in 0..total {
+        // Rotate the order so no case always follows the same neighbour.
+        for j in 0..cases.len() {
+            let ci = (iter + j) % cases.len();
+            if skipped[ci] {
+                continue;
+            }
+            let case = &cases[ci];
+            let it = case.once(iter);
+            let first_row: usize = cases[..ci].iter().map(|c| c.rows.len()).sum();
+            if iter == 0 && case.optional && !it.errors.is_empty() {
+                skipped[ci] = true;
+                for r in &mut rows[first_row..first_row + case.rows.len()] {
+                    r.skipped = Some(it.errors.join("; "));
+                }
+                continue;
+            }
+            if iter < opts.warmup {
+                continue;
+            }
+            for (k, s) in it.samples.iter().enumerate() {
+                let row = &mut rows[first_row + k];
+                match s {
+                    Some(s) => row.samples.push(*s),
+                    None => {
+                        row.failures += 1;
+                        for e in &it.errors {
+                            if row.errors.len() < 3 && !row.errors.contains(e) {
+                                row.errors.push(e.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !ipam_ok {
+        for (suffix, group) in [
+            ("empty", "IPAM, empty pool".to_string()),
+            ("full", format!("IPAM, {} allocated", opts.ipam_prefill)),
+        ] {
+            for verb in ["ADD", "DEL"] {
+                let mut r = Row::new(&RowSpec::new(
+                    &format!("coordinator-ipam/{}/{suffix}", verb.to_lowercase()),
+                    &format!("coordinator-ipam {verb}"),
+                    &format!("{group} {verb}"),
+                    Kind::Ours,
+                ));
+                r.skipped = Some("coordinator-ipam not functional in this build".into());
+                rows.push(r);
+            }
+        }
+    }
+    for r in &mut rows {
+        r.finish();
+    }
+    drop(lab);
+    drop(big);
+
+    let burst = burst::run(opts, ipam_ok)?;
+    let binaries = report::binaries(&opts.bin_dir);
+    meta.duration_s = started.elapsed().as_secs_f64();
+    let mut report = Report {
+        meta,
+        rows,
+        binaries,
+        node_fill,
+        ipam_prefill: prefill,
+        burst: Some(burst),
+        checks: Vec::new(),
+        notes,
+    };
+    report.checks = report::checks(&report, opts);
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pod_case<'l>(
+    lab: &'l Lab,
+    short: &str,
+    nics: Vec<(Chain, String)>,
+    measured: String,
+    kind: Kind,
+    who: &str,
+    group: &str,
+    id_suffix: &str,
+) -> Case<'l> {
+    let tag = |ifname: &str| {
+        if nics.len() > 1 {
+            format!(" {ifname}")
+        } else {
+            String::new()
+        }
+    };
+    let slug = group_slug(group, id_suffix);
+    let mut rows = Vec::new();
+    for (_, ifname) in &nics {
+        rows.push(RowSpec::new(
+            &format!("{measured}/add/{slug}{}", tag(ifname).replace(' ', "-")),
+            &format!("{who} ADD{}", tag(ifname)),
+            &format!("{group} ADD"),
+            kind,
+        ));
+    }
+    for (_, ifname) in nics.iter().rev() {
+        rows.push(RowSpec::new(
+            &format!("{measured}/del/{slug}{}", tag(ifname).replace(' ', "-")),
+            &format!("{who} DEL{}", tag(ifname)),
+            &format!("{group} DEL"),
+            kind,
+        ));
+    }
+    Case {
+        short: short.into(),
+        rows,
+        body: Body::Pod {
+            lab,
+            nics,
+            measured,
+        },
+        optional: false,
+    }
+}
+
+/// "2 NICs dual-stack, detection on" → "2nics-dualstack-detect".
+fn group_slug(group: &str, suffix: &str) -> String {
+    let base = if group.starts_with("1 NIC IPv4") {
+        "1nic-v4"
+    } else if group.contains("detection") {
+        "2nics-ds-detect"
+    } else {
+        "2nics-ds"
+    };
+    if suffix.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}-{suffix}")
+    }
+}
+
+/// Sizes of the committed-result paths, for callers that print them.
+pub fn outputs(dir: &Path) -> [PathBuf; 3] {
+    ["latest.json", "latest.md", "latest.svg"].map(|f| dir.join(f))
+}
+
+/// Node-size fixture facts, in the report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeFill {
+    pub routes: usize,
+    pub neighbours: usize,
+    pub table: u32,
+}

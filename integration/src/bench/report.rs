@@ -1,0 +1,661 @@
+//! The report: rows, checks against shared/design/benchmarks.md's targets,
+//! and its three renderings (JSON, Markdown, SVG).
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::burst::{BurstReport, Prefill};
+use super::cases::{Kind, RowSpec};
+use super::stats::{Sample, Stats};
+use super::{NodeFill, Options};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Meta {
+    pub started_utc: String,
+    pub duration_s: f64,
+    pub iterations: usize,
+    pub warmup: usize,
+    pub smoke: bool,
+    pub bin_dir: String,
+    pub kernel: String,
+    pub cpus: usize,
+    /// `/proc/loadavg` at the start: other work sharing the machine.
+    pub loadavg: String,
+}
+
+impl Meta {
+    pub fn now(opts: &Options) -> Meta {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        Meta {
+            started_utc: utc_now(),
+            duration_s: 0.0,
+            iterations: opts.iterations,
+            warmup: opts.warmup,
+            smoke: opts.smoke,
+            bin_dir: opts.bin_dir.display().to_string(),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            loadavg: read("/proc/loadavg"),
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` without a date library (days-to-civil).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// One measured exec (a plugin, a verb, a scenario).
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub id: String,
+    pub label: String,
+    pub group: String,
+    pub kind: Kind,
+    pub n: usize,
+    pub failures: usize,
+    pub errors: Vec<String>,
+    pub skipped: Option<String>,
+    pub stats: Option<Stats>,
+    pub samples: Vec<Sample>,
+}
+
+impl Row {
+    pub fn new(spec: &RowSpec) -> Row {
+        Row {
+            id: spec.id.clone(),
+            label: spec.label.clone(),
+            group: spec.group.clone(),
+            kind: spec.kind,
+            n: 0,
+            failures: 0,
+            errors: Vec::new(),
+            skipped: None,
+            stats: None,
+            samples: Vec::new(),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.n = self.samples.len();
+        self.stats = Stats::of(&self.samples);
+    }
+
+    pub fn median_ms(&self) -> Option<f64> {
+        self.stats.map(|s| s.wall_ms.median)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Binary {
+    pub name: String,
+    pub path: String,
+    pub bytes: u64,
+    pub ours: bool,
+}
+
+/// A target of benchmarks.md, judged on this run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub target: String,
+    pub value: String,
+    /// `None`: could not be judged (a row is missing or skipped).
+    pub pass: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub rows: Vec<Row>,
+    pub binaries: Vec<Binary>,
+    pub node_fill: NodeFill,
+    pub ipam_prefill: Vec<Prefill>,
+    pub burst: Option<BurstReport>,
+    pub checks: Vec<Check>,
+    pub notes: Vec<String>,
+}
+
+/// Does this coordinator-ipam answer VERSION like a CNI plugin?
+pub fn ipam_works(bin_dir: &Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin_dir.join("coordinator-ipam"))
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut s) = child.stdin.take() {
+        let _ = s.write_all(br#"{"cniVersion":"1.0.0"}"#);
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|_| "no VERSION answer on stdout".to_string())?;
+    match v.get("supportedVersions") {
+        Some(serde_json::Value::Array(_)) => Ok(()),
+        _ => Err("VERSION answer has no supportedVersions".into()),
+    }
+}
+
+pub fn binaries(bin_dir: &Path) -> Vec<Binary> {
+    let ours = ["coordinator", "coordinator-ipam"].map(|n| (bin_dir.join(n), true));
+    let refs =
+        ["sbr", "macvlan", "host-local"].map(|n| (PathBuf::from("/usr/lib/cni").join(n), false));
+    ours.into_iter()
+        .chain(refs)
+        .filter_map(|(p, ours)| {
+            let bytes = std::fs::metadata(&p).ok()?.len();
+            Some(Binary {
+                name: p.file_name()?.to_string_lossy().into_owned(),
+                path: p.display().to_string(),
+                bytes,
+                ours,
+            })
+        })
+        .collect()
+}
+
+const RSS_LIMIT_KIB: f64 = 4096.0;
+const BINARY_LIMIT: u64 = 3 * 1024 * 1024;
+const DETECT_WINDOW_MS: f64 = 130.0;
+
+pub fn checks(r: &Report, opts: &Options) -> Vec<Check> {
+    let row = |id: &str| {
+        r.rows
+            .iter()
+            .find(|x| x.id == id && x.skipped.is_none() && x.n > 0)
+    };
+    let med = |id: &str| row(id).and_then(Row::median_ms);
+    let mut out = Vec::new();
+    let mut at_most = |name: &str, id: &str, limit: f64| {
+        let v = med(id);
+        out.push(Check {
+            name: name.into(),
+            target: format!("median <= {limit} ms"),
+            value: v
+                .map(|v| format!("{v:.2} ms"))
+                .unwrap_or_else(|| "n/a".into()),
+            pass: v.map(|v| v <= limit),
+        });
+    };
+    at_most(
+        "coordinator ADD, 1 NIC IPv4",
+        "coordinator/add/1nic-v4",
+        4.0,
+    );
+    at_most(
+        "coordinator ADD eth0, 2 NICs dual-stack",
+        "coordinator/add/2nics-ds-eth0",
+        6.0,
+    );
+    at_most(
+        "coordinator ADD net1, 2 NICs dual-stack",
+        "coordinator/add/2nics-ds-net1",
+        6.0,
+    );
+    at_most(
+        "coordinator DEL, 1 NIC IPv4",
+        "coordinator/del/1nic-v4",
+        3.0,
+    );
+    at_most(
+        "coordinator DEL net1, 2 NICs dual-stack",
+        "coordinator/del/2nics-ds-net1",
+        3.0,
+    );
+    at_most(
+        "coordinator DEL eth0, 2 NICs dual-stack",
+        "coordinator/del/2nics-ds-eth0",
+        3.0,
+    );
+    let mut ratio = |name: &str, ours: &str, anchor: &str, max_ratio: f64, target: &str| {
+        let (a, b) = (med(ours), med(anchor));
+        let v = a.zip(b).map(|(a, b)| a / b);
+        out.push(Check {
+            name: name.into(),
+            target: target.into(),
+            value: match (a, b, v) {
+                (Some(a), Some(b), Some(v)) => format!("{a:.2} ms vs {b:.2} ms (x{v:.2})"),
+                _ => "n/a".into(),
+            },
+            pass: v.map(|v| v <= max_ratio),
+        });
+    };
+    ratio(
+        "ADD faster than sbr, 1 NIC IPv4",
+        "coordinator/add/1nic-v4",
+        "sbr/add/1nic-v4",
+        1.0,
+        "ours < sbr",
+    );
+    ratio(
+        "DEL faster than sbr, 1 NIC IPv4",
+        "coordinator/del/1nic-v4",
+        "sbr/del/1nic-v4",
+        1.0,
+        "ours < sbr",
+    );
+    ratio(
+        "ADD >= 10x faster than Spiderpool, 1 NIC IPv4",
+        "coordinator/add/1nic-v4",
+        "spiderpool-coordinator/add/1nic-v4",
+        0.1,
+        "ours / Spiderpool <= 0.1",
+    );
+    for verb in ["add", "del"] {
+        let (a, b) = (
+            med(&format!("coordinator/{verb}/1nic-v4-node")),
+            med(&format!("coordinator/{verb}/1nic-v4")),
+        );
+        let v = a.zip(b).map(|(a, b)| a / b - 1.0);
+        out.push(Check {
+            name: format!(
+                "{} flat with node size ({} routes+neighbours vs empty node)",
+                verb.to_uppercase(),
+                r.node_fill.routes
+            ),
+            target: "within 10%".into(),
+            value: match (a, b, v) {
+                (Some(a), Some(b), Some(v)) => {
+                    format!("{a:.2} ms vs {b:.2} ms ({:+.1}%)", v * 100.0)
+                }
+                _ => "n/a".into(),
+            },
+            pass: v.map(|v| v <= 0.10),
+        });
+    }
+    for ifname in ["eth0", "net1"] {
+        let id = format!("coordinator/add/2nics-ds-detect-{ifname}");
+        let v = med(&id);
+        out.push(Check {
+            name: format!("detection on, ADD {ifname}, 2 NICs dual-stack"),
+            target: format!(
+                "median <= {} ms (one {DETECT_WINDOW_MS} ms window + 5 ms)",
+                DETECT_WINDOW_MS + 5.0
+            ),
+            value: match v {
+                Some(v) if v < DETECT_WINDOW_MS => {
+                    format!("{v:.2} ms (below one window: no probing took place)")
+                }
+                Some(v) => format!("{v:.2} ms"),
+                None => "n/a".into(),
+            },
+            pass: v.map(|v| (DETECT_WINDOW_MS..=DETECT_WINDOW_MS + 5.0).contains(&v)),
+        });
+    }
+    // Peak RSS: the worst exec of each of our plugins.
+    for plugin in ["coordinator", "coordinator-ipam"] {
+        let worst = r
+            .rows
+            .iter()
+            .filter(|x| x.kind == Kind::Ours && x.id.starts_with(&format!("{plugin}/")))
+            .filter_map(|x| x.stats.map(|s| s.rss_kib.max))
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        out.push(Check {
+            name: format!("{plugin} peak RSS (worst exec)"),
+            target: "<= 4 MiB".into(),
+            value: worst
+                .map(|v| format!("{:.2} MiB", v / 1024.0))
+                .unwrap_or_else(|| "n/a".into()),
+            pass: worst.map(|v| v <= RSS_LIMIT_KIB),
+        });
+    }
+    for b in r.binaries.iter().filter(|b| b.ours) {
+        out.push(Check {
+            name: format!("{} binary size ({})", b.name, b.path),
+            target: "<= 3 MiB (stripped release)".into(),
+            value: format!("{:.2} MiB", b.bytes as f64 / 1048576.0),
+            pass: Some(b.bytes <= BINARY_LIMIT),
+        });
+    }
+    let ipam = |ours: &str, anchor: &str, name: &str| {
+        let (a, b) = (med(ours), med(anchor));
+        Check {
+            name: name.into(),
+            target: "coordinator-ipam <= host-local".into(),
+            value: match (a, b) {
+                (Some(a), Some(b)) => format!("{a:.2} ms vs {b:.2} ms"),
+                _ => "n/a".into(),
+            },
+            pass: a.zip(b).map(|(a, b)| a <= b),
+        }
+    };
+    out.push(ipam(
+        "coordinator-ipam/add/empty",
+        "host-local/add/empty",
+        "IPAM ADD vs host-local, empty pool",
+    ));
+    out.push(ipam(
+        "coordinator-ipam/add/full",
+        "host-local/add/full",
+        &format!("IPAM ADD vs host-local, {} allocated", opts.ipam_prefill),
+    ));
+    let (a, b) = (
+        med("coordinator-ipam/add/full"),
+        med("coordinator-ipam/add/empty"),
+    );
+    out.push(Check {
+        name: format!("IPAM ADD flat, empty vs {} allocated", opts.ipam_prefill),
+        target: "within 10%".into(),
+        value: match (a, b) {
+            (Some(a), Some(b)) => {
+                format!("{a:.2} ms vs {b:.2} ms ({:+.1}%)", (a / b - 1.0) * 100.0)
+            }
+            _ => "n/a".into(),
+        },
+        pass: a.zip(b).map(|(a, b)| a / b - 1.0 <= 0.10),
+    });
+    if let Some(b) = &r.burst {
+        out.push(Check {
+            name: format!("burst: {} pods, {} concurrent chains ({})", b.pods, b.concurrency, b.ipam),
+            target: "0 failures, 0 duplicate IPs, nothing left after DEL".into(),
+            value: format!(
+                "{} ADD + {} DEL failures, {} duplicates, {} leftovers; {:.1} pods/s ADD, {:.1} pods/s DEL",
+                b.add_failures,
+                b.del_failures,
+                b.duplicate_ips.len(),
+                b.leaked.len(),
+                b.add_pods_per_s,
+                b.del_pods_per_s
+            ),
+            pass: Some(
+                b.add_failures == 0
+                    && b.del_failures == 0
+                    && b.duplicate_ips.is_empty()
+                    && b.leaked.is_empty(),
+            ),
+        });
+    }
+    out
+}
+
+impl Report {
+    /// Write `latest.json`, `latest.md` and `latest.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let json = serde_json::to_string_pretty(self).map_err(io::Error::other)?;
+        std::fs::write(dir.join("latest.json"), json + "\n")?;
+        std::fs::write(dir.join("latest.md"), self.markdown())?;
+        std::fs::write(dir.join("latest.svg"), self.svg())
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.meta;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# Benchmark results{}\n",
+            if m.smoke { " (smoke)" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "{} · {} iterations after {} warm-up · kernel {} · {} CPUs · load at start {} · binaries {} · {:.0} s\n",
+            m.started_utc, m.iterations, m.warmup, m.kernel, m.cpus, m.loadavg, m.bin_dir, m.duration_s
+        );
+        s.push_str("Per exec of the named plugin alone (the chain runner's spawn-to-exit of that plugin; earlier plugins of the chain excluded). Wall time in ms, CPU = user+sys (ms), RSS = peak RSS (MiB).\n\n");
+        s.push_str("| scenario | plugin, verb | n | fail | min | median | p90 | max | CPU med | RSS max |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        for r in self.sorted_rows() {
+            match (&r.skipped, r.stats) {
+                (Some(why), _) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | skipped: {} |||||||| ",
+                        r.group,
+                        r.label,
+                        one_line(why, 120)
+                    );
+                }
+                (None, Some(st)) => {
+                    let w = st.wall_ms;
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {:.2} | **{:.2}** | {:.2} | {:.2} | {:.2} | {:.2} |",
+                        r.group,
+                        if r.kind == Kind::Ours {
+                            format!("**{}**", r.label)
+                        } else {
+                            r.label.clone()
+                        },
+                        r.n,
+                        r.failures,
+                        w.min,
+                        w.median,
+                        w.p90,
+                        w.max,
+                        st.cpu_ms.median,
+                        st.rss_kib.max / 1024.0
+                    );
+                }
+                (None, None) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | 0 | {} | | | | | | | {}",
+                        r.group,
+                        r.label,
+                        r.failures,
+                        one_line(&r.errors.join("; "), 160)
+                    );
+                }
+            }
+        }
+        s.push_str("\n## Targets (shared/design/benchmarks.md)\n\n| check | target | this run | |\n|---|---|---|---|\n");
+        for c in &self.checks {
+            let mark = match c.pass {
+                Some(true) => "pass",
+                Some(false) => "**MISS**",
+                None => "n/a",
+            };
+            let _ = writeln!(s, "| {} | {} | {} | {} |", c.name, c.target, c.value, mark);
+        }
+        s.push_str("\n## Binaries\n\n| binary | size |\n|---|---|\n");
+        for b in &self.binaries {
+            let _ = writeln!(s, "| {} | {:.2} MiB |", b.path, b.bytes as f64 / 1048576.0);
+        }
+        if let Some(b) = &self.burst {
+            let _ = writeln!(
+                s,
+                "\n## Burst\n\n{} pods, {} concurrent chains, macvlan + {} + coordinator: ADD {:.2} s ({:.1} pods/s), DEL {:.2} s ({:.1} pods/s); {} ADD / {} DEL failures, {} duplicate IPs, {} leftovers.",
+                b.pods, b.concurrency, b.ipam, b.add_seconds, b.add_pods_per_s, b.del_seconds, b.del_pods_per_s,
+                b.add_failures, b.del_failures, b.duplicate_ips.len(), b.leaked.len()
+            );
+            if let (Some(c), Some(a)) = (b.chain_add_ms, b.coordinator_add_ms) {
+                let _ = writeln!(
+                    s,
+                    "Under the burst: whole chain ADD median {:.1} ms (p90 {:.1}); coordinator ADD median {:.1} ms (p90 {:.1}).",
+                    c.median, c.p90, a.median, a.p90
+                );
+            }
+            for e in b.errors.iter().chain(b.leaked.iter().take(5)) {
+                let _ = writeln!(s, "- {}", one_line(e, 200));
+            }
+        }
+        for p in &self.ipam_prefill {
+            let _ = writeln!(
+                s,
+                "\nIPAM pre-fill, {}: {} ADDs at {}-way concurrency in {:.1} s, {} failures, {} duplicate IPs.",
+                p.plugin, p.count, p.concurrency, p.seconds, p.failures, p.duplicate_ips.len()
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nNode-size fixture: {} /32 routes and {} neighbours in table {} of the node.",
+            self.node_fill.routes, self.node_fill.neighbours, self.node_fill.table
+        );
+        if !self.notes.is_empty() {
+            s.push_str("\n## Notes\n\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s
+    }
+
+    /// Rows grouped by scenario (first appearance), ours first in a group.
+    pub fn sorted_rows(&self) -> Vec<&Row> {
+        let mut groups: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            if !groups.contains(&r.group.as_str()) {
+                groups.push(&r.group);
+            }
+        }
+        let order = |k: Kind| match k {
+            Kind::Floor => 0,
+            Kind::Ours => 1,
+            Kind::Anchor => 2,
+        };
+        let mut v: Vec<&Row> = self.rows.iter().collect();
+        v.sort_by_key(|r| {
+            (
+                groups
+                    .iter()
+                    .position(|g| *g == r.group)
+                    .unwrap_or(usize::MAX),
+                order(r.kind),
+            )
+        });
+        v
+    }
+
+    /// Median wall time per row (bar) with min..p90 (whisker), log scale.
+    pub fn svg(&self) -> String {
+        let rows: Vec<&Row> = self
+            .sorted_rows()
+            .into_iter()
+            .filter(|r| r.stats.is_some())
+            .collect();
+        let (label_w, plot_w, row_h, top) = (430.0, 520.0, 20.0, 50.0);
+        let width = label_w + plot_w + 30.0;
+        let height = top + row_h * rows.len() as f64 + 40.0;
+        let max = rows
+            .iter()
+            .filter_map(|r| r.stats.map(|s| s.wall_ms.p90))
+            .fold(1.0_f64, f64::max);
+        let (lo, hi) = (0.5_f64.log10(), (max * 1.5).log10().max(1.0));
+        let x = |ms: f64| label_w + (ms.max(0.5).log10() - lo) / (hi - lo) * plot_w;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="20" font-size="14" font-weight="bold">Median wall time per exec (ms, log scale; whisker min..p90) — {}</text>"#,
+            xml(&self.meta.started_utc)
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="10" y="38" fill="#555">blue: ours · grey: reference anchors · green: /bin/true exec floor</text>"##
+        );
+        let mut tick = 1.0;
+        while tick <= 10f64.powf(hi) {
+            let tx = x(tick);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{tx:.1}" y1="{top}" x2="{tx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle" fill="#555">{tick}</text>"##,
+                height - 35.0,
+                height - 20.0
+            );
+            tick *= 10.0;
+        }
+        for (i, r) in rows.iter().enumerate() {
+            let Some(st) = r.stats else { continue };
+            let y = top + row_h * i as f64;
+            let color = match r.kind {
+                Kind::Ours => "#2b6cb0",
+                Kind::Anchor => "#999",
+                Kind::Floor => "#38a169",
+            };
+            let w = st.wall_ms;
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{} · {}</text>"#,
+                label_w - 8.0,
+                y + 14.0,
+                xml(&r.group),
+                xml(&r.label)
+            );
+            let _ = writeln!(
+                s,
+                r#"<rect x="{label_w}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"#,
+                y + 3.0,
+                (x(w.median) - label_w).max(1.0),
+                row_h - 6.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/><text x="{:.1}" y="{:.1}">{:.2}</text>"#,
+                x(w.min),
+                y + row_h / 2.0,
+                x(w.p90),
+                y + row_h / 2.0,
+                x(w.p90) + 4.0,
+                y + 14.0,
+                w.median
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c == '\n' || c == '|' { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > max {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_format() {
+        let s = utc_now();
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(s.starts_with("20") && s.ends_with('Z'), "{s}");
+    }
+}
