@@ -483,7 +483,7 @@ fn group_slug(group: &str, suffix: &str) -> String {
     }
 }
 
-/// Sizes of the committed-result paths, for callers that print them.
+/// The three output files of a report written to `dir`: JSON, Markdown, SVG.
 pub fn outputs(dir: &Path) -> [PathBuf; 3] {
     ["latest.json", "latest.md", "latest.svg"].map(|f| dir.join(f))
 }

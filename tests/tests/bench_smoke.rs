@@ -1,0 +1,88 @@
+//! The benchmark harness in `--smoke` mode (3 iterations, small sizes) on the
+//! debug binaries: every scenario is measured, the burst is clean and the
+//! three outputs are written and parse. Needs root; never skips. No timing
+//! assertions: only that the numbers are sane.
+
+use cni_tests::bin_dir;
+use integration::bench::{self, Kind, Options};
+use serde_json::Value;
+
+#[test]
+fn smoke_run_produces_sane_outputs() {
+    let bins = bin_dir();
+    for b in ["coordinator", "coordinator-ipam"] {
+        assert!(
+            bins.join(b).is_file(),
+            "{b} missing in {} (cargo build --workspace --bins)",
+            bins.display()
+        );
+    }
+    let out = tempfile::tempdir().unwrap();
+    let opts = Options::smoke(bins, out.path().to_path_buf());
+    assert_eq!(opts.iterations, 3);
+    let report = bench::run(&opts).unwrap_or_else(|e| panic!("bench run: {e}"));
+    report.write(out.path()).unwrap();
+
+    // Core rows (ours and the always-present anchors) are never skipped.
+    for id in [
+        "floor/exec",
+        "coordinator/add/1nic-v4",
+        "coordinator/del/1nic-v4",
+        "sbr/add/1nic-v4",
+        "sbr/del/1nic-v4",
+        "coordinator/add/2nics-ds-eth0",
+        "coordinator/add/2nics-ds-net1",
+        "coordinator/add/1nic-v4-node",
+        "host-local/add/empty",
+        "host-local/add/full",
+    ] {
+        let row = report.rows.iter().find(|r| r.id == id);
+        let row = row.unwrap_or_else(|| panic!("no row {id}"));
+        assert!(row.skipped.is_none(), "{id} skipped: {:?}", row.skipped);
+    }
+    for r in report.rows.iter().filter(|r| r.skipped.is_none()) {
+        assert_eq!(r.failures, 0, "{}: {:?}", r.id, r.errors);
+        assert_eq!(r.n, opts.iterations, "{}", r.id);
+        let st = r.stats.unwrap_or_else(|| panic!("{} has no stats", r.id));
+        let w = st.wall_ms;
+        assert!(
+            0.0 < w.min && w.min <= w.median && w.median <= w.p90 && w.p90 <= w.max,
+            "{}: {w:?}",
+            r.id
+        );
+        // A plugin exec takes under a minute and uses some memory.
+        assert!(w.max < 60_000.0, "{}: {w:?}", r.id);
+        assert!(st.rss_kib.min > 0.0, "{}: {:?}", r.id, st.rss_kib);
+    }
+    assert!(report.rows.iter().any(|r| r.kind == Kind::Anchor));
+    assert_eq!(report.node_fill.routes, opts.node_size);
+
+    let burst = report.burst.as_ref().expect("burst ran");
+    assert_eq!(burst.pods, opts.burst_pods);
+    assert_eq!(
+        (burst.add_failures, burst.del_failures),
+        (0, 0),
+        "{:?}",
+        burst.errors
+    );
+    assert!(burst.duplicate_ips.is_empty(), "{:?}", burst.duplicate_ips);
+    assert!(burst.leaked.is_empty(), "{:?}", burst.leaked);
+    assert!(burst.add_pods_per_s > 0.0);
+    for p in &report.ipam_prefill {
+        assert_eq!(p.failures, 0, "{}: {:?}", p.plugin, p.errors);
+        assert!(p.duplicate_ips.is_empty(), "{:?}", p.duplicate_ips);
+    }
+
+    // The files: JSON parses back to the same rows, Markdown has the table,
+    // SVG has one bar per measured row.
+    let [json, md, svg] = bench::outputs(out.path());
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(v["meta"]["smoke"], true);
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(report.rows.len()));
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("| coordinator ADD, 1 NIC IPv4 |"), "{md}");
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let measured = report.rows.iter().filter(|r| r.stats.is_some()).count();
+    assert_eq!(svg.matches("<rect x=").count(), measured);
+}
