@@ -1,1 +1,4 @@
 //! coordinator library
+pub mod announce;
+pub mod detect;
+pub mod macprefix;
