@@ -26,36 +26,20 @@ use self::arp::Arp;
 use self::ndp::Nd;
 use self::socket::{Direction, PacketSocket, ETH_P_ARP, ETH_P_IPV6};
 
-/// Probe count, spacing, and wait after the last round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DetectOptions {
-    /// Probe rounds; 0 is treated as 1 (a check that sends nothing proves nothing).
-    pub retries: u32,
-    pub interval: Duration,
-    pub timeout: Duration,
+/// Probe count, spacing and wait after the last round (`detectOptions`).
+/// `retries` 0 is treated as 1: a check that sends nothing proves nothing.
+pub use crate::config::DetectOptions;
+
+fn rounds(o: &DetectOptions) -> u32 {
+    o.retries.max(1)
 }
 
-impl Default for DetectOptions {
-    fn default() -> Self {
-        DetectOptions {
-            retries: 3,
-            interval: Duration::from_millis(10),
-            timeout: Duration::from_millis(100),
-        }
-    }
-}
-
-impl DetectOptions {
-    fn rounds(&self) -> u32 {
-        self.retries.max(1)
-    }
-
-    /// The whole budget of one [`detect`] call: `retries × interval + timeout`.
-    pub fn window(&self) -> Duration {
-        self.interval
-            .saturating_mul(self.rounds())
-            .saturating_add(self.timeout)
-    }
+/// `retries × interval + timeout`, saturating (the config caps the values,
+/// but this function must not panic on any input).
+fn window(o: &DetectOptions) -> Duration {
+    o.interval
+        .saturating_mul(rounds(o))
+        .saturating_add(o.timeout)
 }
 
 /// What the kernel's own IPv6 duplicate address detection says of an address.
@@ -165,7 +149,7 @@ impl Report {
 }
 
 /// Run every requested probe for `nic` at once inside netns `ns`; costs one
-/// window ([`DetectOptions::window`]), less when every answer is in early.
+/// window (`retries × interval + timeout`), less when every answer is in early.
 ///
 /// `dad_state` re-reads the kernel's DAD flags of an address; it is polled
 /// every `interval` for addresses passed as [`KernelDad::Tentative`].
@@ -522,7 +506,8 @@ fn run(
     dad_state: &dyn Fn(IpAddr) -> KernelDad,
     start: Instant,
 ) -> cni::Result<()> {
-    let deadline = start + opts.window();
+    let hour = later(start, Duration::from_secs(3600), start);
+    let deadline = later(start, window(opts), hour);
     let poll_every = opts.interval.max(Duration::from_millis(1));
     let mut rounds_sent = 0u32;
     let mut next_round = start;
@@ -534,14 +519,14 @@ fn run(
         .collect();
     loop {
         let now = Instant::now();
-        if rounds_sent < opts.rounds() && now >= next_round {
+        if rounds_sent < rounds(opts) && now >= next_round {
             send_round(socks, w)?;
             rounds_sent += 1;
-            next_round = start + opts.interval.saturating_mul(rounds_sent);
+            next_round = later(start, opts.interval.saturating_mul(rounds_sent), deadline);
         }
         if !w.tentative.is_empty() && now >= next_poll {
             w.poll_kernel(dad_state);
-            next_poll = now + poll_every;
+            next_poll = later(now, poll_every, deadline);
         }
         if !w.conflicts.is_empty() || w.finished() {
             return Ok(());
@@ -555,7 +540,7 @@ fn run(
             return Ok(());
         }
         let mut wake = deadline;
-        if rounds_sent < opts.rounds() {
+        if rounds_sent < rounds(opts) {
             wake = wake.min(next_round);
         }
         if !w.tentative.is_empty() {
@@ -568,6 +553,11 @@ fn run(
             drain(s, &mut buf, w, &nic.ifname)?;
         }
     }
+}
+
+/// `t + d`, or `otherwise` if that is past what `Instant` can hold.
+fn later(t: Instant, d: Duration, otherwise: Instant) -> Instant {
+    t.checked_add(d).unwrap_or(otherwise)
 }
 
 fn drain(s: &PacketSocket, buf: &mut [u8], w: &mut Watch, ifname: &str) -> cni::Result<()> {
