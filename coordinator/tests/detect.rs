@@ -226,6 +226,7 @@ fn ipv4_holder_is_a_conflict_naming_its_mac() {
     assert_eq!(r.conflicts.len(), 1, "{r:?}");
     assert_eq!(r.conflicts[0].ip, v4(POD_V4));
     assert_eq!(r.conflicts[0].mac, HOLDER_MAC);
+    eprintln!("IPv4 conflict found after {:?}", r.elapsed);
     let e = r.to_result("eth0").unwrap_err();
     assert_eq!(e.code(), cni::error::code::IP_CONFLICT);
     let msg = e.to_string();
@@ -301,6 +302,7 @@ fn gateways_present_and_absent_in_both_families() {
     );
     let r = lab.detect(&nic);
     assert!(r.is_clean(), "{r:?}");
+    eprintln!("two gateways answered after {:?}", r.elapsed);
 }
 
 /// A NIC without an address of the gateway's family probes from 0.0.0.0
@@ -351,6 +353,35 @@ fn neighbour_noise_is_not_a_conflict() {
         neigh.contains(&mac_str(NOISE_MAC)),
         "pod never heard the noise: {neigh}"
     );
+}
+
+/// With hairpin on the bridge port, the pod receives its own broadcast and
+/// multicast probes back from the wire: they must not count as conflicts.
+#[test]
+fn own_probes_reflected_back_are_not_a_conflict() {
+    let lab = Lab::new();
+    lab.ip(&lab.fabric, "link set pe0 type bridge_slave hairpin on");
+    lab.add_addr(&lab.pod, "10.6.0.5/24", false);
+    lab.add_addr(&lab.pod, "fd00:6::5/64", false);
+    let idx = lab.ifindex(&lab.pod, "eth0");
+    let listener = lab
+        .netns(&lab.pod)
+        .run(|| PacketSocket::open(idx, ETH_P_ARP))
+        .expect("enter pod")
+        .expect("listener");
+    let nic = lab.probe(&[v4(POD_V4), v6(POD_V6)], &[], true, false);
+    let r = lab.detect(&nic);
+    assert!(r.is_clean(), "{r:?}");
+    // The fixture really reflected our probes back to us as incoming frames.
+    let mut buf = vec![0u8; 2048];
+    let mut reflected = 0;
+    while let Some((n, dir)) = listener.try_recv(&mut buf).expect("recv") {
+        let own = arp::parse(&buf[..n]).is_some_and(|a| a.is_probe() && a.sender_mac == POD_MAC);
+        if own && dir == coordinator::detect::socket::Direction::Incoming {
+            reflected += 1;
+        }
+    }
+    assert!(reflected > 0, "hairpin did not reflect any probe");
 }
 
 /// RFC 5227 §2.1.1 / RFC 4862 §5.4.3: another host probing for the same
@@ -484,6 +515,11 @@ fn down_missing_or_addressless_nic_is_a_clear_error() {
     let mut wrong = nic.clone();
     wrong.ifindex = 9999;
     assert!(detect(&ns, &wrong, &opts, &|_| KernelDad::NotRun).is_err());
+
+    let mut other_mac = nic.clone();
+    other_mac.mac = HOLDER_MAC;
+    let e = detect(&ns, &other_mac, &opts, &|_| KernelDad::NotRun).unwrap_err();
+    assert!(e.to_string().contains("has MAC 02:00:00:00:0a:05"), "{e}");
 
     let mut bare = nic.clone();
     bare.addrs.clear();

@@ -61,6 +61,7 @@ pub enum KernelDad {
 pub struct NicProbe {
     pub ifname: String,
     pub ifindex: u32,
+    /// The NIC's current MAC (checked): answers are addressed to it.
     pub mac: [u8; 6],
     pub addrs: Vec<(IpAddr, KernelDad)>,
     pub gateways: Vec<IpAddr>,
@@ -431,6 +432,21 @@ fn open_sockets(ns: &NetNs, nic: &NicProbe, watch: &Watch) -> cni::Result<Socket
             }
             if flags & libc::IFF_RUNNING as u32 == 0 {
                 tracing::warn!(ifname, "no carrier: probes are likely lost");
+            }
+            // Answers go to the MAC inside our probes: a MAC the NIC does not
+            // own (macvlan, VFs filter unicast) would hide every conflict.
+            let actual = s
+                .if_hwaddr(ifname)
+                .map_err(|e| Error::kernel(format!("read MAC of {ifname}"), e))?;
+            if actual != nic.mac {
+                return Err(Error::plugin(
+                    code::KERNEL,
+                    format!(
+                        "{ifname} has MAC {}, not {}: probe with the NIC's current MAC",
+                        Mac(&actual),
+                        Mac(&nic.mac)
+                    ),
+                ));
             }
         }
         if let Some(s) = &v6 {

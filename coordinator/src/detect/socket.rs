@@ -112,9 +112,8 @@ impl PacketSocket {
         Ok(())
     }
 
-    /// Interface flags (`IFF_UP`, `IFF_RUNNING`, ...) of `ifname`, looked up
-    /// in the socket's netns.
-    pub fn if_flags(&self, ifname: &str) -> io::Result<u32> {
+    /// An `ifreq` naming `ifname`, for the interface ioctls below.
+    fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
         // SAFETY: ifreq is plain old data.
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         let name = ifname.as_bytes();
@@ -127,14 +126,40 @@ impl PacketSocket {
         for (d, s) in req.ifr_name.iter_mut().zip(name) {
             *d = *s as libc::c_char;
         }
-        // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_flags of a valid ifreq.
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) };
+        Ok(req)
+    }
+
+    fn ioctl(&self, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
+        // SAFETY: the interface ioctls used here read ifr_name and write the
+        // ifr_ifru union of a valid ifreq.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, req as *mut libc::ifreq) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        Ok(())
+    }
+
+    /// Interface flags (`IFF_UP`, `IFF_RUNNING`, ...) of `ifname`, looked up
+    /// in the socket's netns.
+    pub fn if_flags(&self, ifname: &str) -> io::Result<u32> {
+        let mut req = Self::ifreq(ifname)?;
+        self.ioctl(libc::SIOCGIFFLAGS, &mut req)?;
         // SAFETY: the kernel filled the flags member of the union.
         let flags = unsafe { req.ifr_ifru.ifru_flags };
         Ok(u32::from(flags as u16))
+    }
+
+    /// Current MAC address of `ifname`, looked up in the socket's netns.
+    pub fn if_hwaddr(&self, ifname: &str) -> io::Result<[u8; 6]> {
+        let mut req = Self::ifreq(ifname)?;
+        self.ioctl(libc::SIOCGIFHWADDR, &mut req)?;
+        // SAFETY: the kernel filled the hwaddr member of the union.
+        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+        let mut mac = [0u8; 6];
+        for (d, s) in mac.iter_mut().zip(data.iter()) {
+            *d = *s as u8;
+        }
+        Ok(mac)
     }
 
     /// Send one complete Ethernet frame (destination taken from its header).
