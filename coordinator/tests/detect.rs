@@ -416,6 +416,63 @@ fn simultaneous_probe_by_another_host_is_a_conflict() {
     }
 }
 
+/// The realistic pod NIC: a macvlan on a node uplink. A macvlan filters
+/// multicast, so hearing another host's DAD probe for an address the kernel
+/// has not configured yet depends on joining its solicited-node group.
+#[test]
+fn macvlan_nic_hears_conflicts_through_its_multicast_filter() {
+    let mut lab = Lab::new();
+    let node = lab.host('m', [0x02, 0, 0, 0, 0x0d, 0x01], &[]);
+    lab.ip(&node, "link set eth0 name ens1");
+    lab.ip(
+        &node,
+        &format!(
+            "link add link ens1 name net1 netns {} type macvlan mode bridge",
+            lab.pod
+        ),
+    );
+    lab.ip(&lab.pod, "link set net1 address 02:00:00:00:0e:05 up");
+    let mac = [0x02, 0, 0, 0, 0x0e, 0x05];
+    let other = lab.host('o', HOLDER_MAC, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let frames = vec![ndp::dad_probe(HOLDER_MAC, POD_V6).unwrap()];
+    let t = keep_sending(&lab, &other, ETH_P_IPV6, frames, stop.clone());
+    let nic = NicProbe {
+        ifname: "net1".into(),
+        ifindex: lab.ifindex(&lab.pod, "net1"),
+        mac,
+        addrs: vec![
+            (v6(POD_V6), KernelDad::NotRun),
+            (v4(POD_V4), KernelDad::NotRun),
+        ],
+        gateways: vec![v4(GW_V4), v6(GW_V6)],
+        check_conflict: true,
+        check_gateway: true,
+    };
+    let r = detect(
+        &lab.netns(&lab.pod),
+        &nic,
+        &DetectOptions::default(),
+        &|_| KernelDad::NotRun,
+    )
+    .expect("detect runs");
+    stop.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    assert_eq!(r.conflicts[0].ip, v6(POD_V6));
+    assert_eq!(r.conflicts[0].mac, HOLDER_MAC);
+
+    // Same NIC, no competing host: clean, gateways of both families reached.
+    let r = detect(
+        &lab.netns(&lab.pod),
+        &nic,
+        &DetectOptions::default(),
+        &|_| KernelDad::NotRun,
+    )
+    .expect("detect runs");
+    assert!(r.is_clean(), "{r:?}");
+}
+
 #[test]
 fn kernel_dad_tentative_is_probed_and_polled() {
     // With a holder: our own probes (or the kernel) find it within the window.
