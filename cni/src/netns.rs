@@ -97,7 +97,9 @@ pub fn sysctl_set(key: &str, value: &str) -> io::Result<()> {
 
 /// Read a sysctl in the calling thread's netns (trimmed).
 pub fn sysctl_get(key: &str) -> io::Result<String> {
-    Ok(std::fs::read_to_string(sysctl_path(key))?.trim().to_string())
+    Ok(std::fs::read_to_string(sysctl_path(key))?
+        .trim()
+        .to_string())
 }
 
 #[cfg(test)]
