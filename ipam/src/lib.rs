@@ -10,3 +10,6 @@
 pub mod allocator;
 pub mod config;
 pub mod pool;
+pub mod cli;
+pub mod store;
+pub mod verbs;
