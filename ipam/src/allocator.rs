@@ -100,13 +100,15 @@ impl State {
     }
 
     pub fn owned_by<'a>(&'a self, a: &'a Attachment) -> impl Iterator<Item = &'a Record> + 'a {
-        self.records.iter().filter(move |r| r.owner.as_ref() == Some(a))
+        self.records
+            .iter()
+            .filter(move |r| r.owner.as_ref() == Some(a))
     }
 
     /// Sorting restores the invariant if a hand-edited file broke it; a
     /// duplicate address means two owners and is reported, not guessed at.
     pub fn normalize(&mut self) -> Result<()> {
-        self.records.sort_by(|a, b| a.ip.cmp(&b.ip));
+        self.records.sort_by_key(|r| r.ip);
         if let Some(w) = self.records.windows(2).find(|w| w[0].ip == w[1].ip) {
             return Err(Error::plugin(
                 code::STORE_CORRUPT,
@@ -167,7 +169,12 @@ fn who(req: &AddRequest) -> String {
 }
 
 /// ADD: the addresses of this attachment, reserving them if it has none yet.
-pub fn add(state: &mut State, cfg: &Config, req: &AddRequest, quarantined: &[IpAddr]) -> Result<Vec<Lease>> {
+pub fn add(
+    state: &mut State,
+    cfg: &Config,
+    req: &AddRequest,
+    quarantined: &[IpAddr],
+) -> Result<Vec<Lease>> {
     let held: Vec<Lease> = state.owned_by(&req.attachment).map(lease).collect();
     if !held.is_empty() {
         return Ok(held);
@@ -193,7 +200,10 @@ pub fn add(state: &mut State, cfg: &Config, req: &AddRequest, quarantined: &[IpA
         if let Some(other) = requested.insert(fam, *ip) {
             return Err(Error::config(
                 &req.requested_field,
-                format!("more than one {} address requested ({other}, {ip})", fam.name()),
+                format!(
+                    "more than one {} address requested ({other}, {ip})",
+                    fam.name()
+                ),
             ));
         }
         if !families.contains(&fam) {
@@ -205,16 +215,24 @@ pub fn add(state: &mut State, cfg: &Config, req: &AddRequest, quarantined: &[IpA
             )));
         }
     }
-    let sticky = req.pod.as_ref().filter(|p| cfg.is_sticky(&p.namespace, &p.name)).map(|p| StickyId {
-        namespace: p.namespace.clone(),
-        pod: p.name.clone(),
-        ifname: req.attachment.ifname.clone(),
-    });
+    let sticky = req
+        .pod
+        .as_ref()
+        .filter(|p| cfg.is_sticky(&p.namespace, &p.name))
+        .map(|p| StickyId {
+            namespace: p.namespace.clone(),
+            pod: p.name.clone(),
+            ifname: req.attachment.ifname.clone(),
+        });
 
     let mut next = state.clone();
     let mut leases = Vec::new();
     for fam in families {
-        let pools: Vec<&Pool> = applicable.iter().copied().filter(|p| p.family() == fam).collect();
+        let pools: Vec<&Pool> = applicable
+            .iter()
+            .copied()
+            .filter(|p| p.family() == fam)
+            .collect();
         let rec = match requested.get(&fam) {
             Some(ip) => take_requested(&next, cfg, req, &pools, *ip, sticky.as_ref(), quarantined)?,
             None => match sticky.as_ref().and_then(|s| parked_for(&next, s, fam)) {
@@ -228,7 +246,9 @@ pub fn add(state: &mut State, cfg: &Config, req: &AddRequest, quarantined: &[IpA
             let stale: Vec<IpAddr> = next
                 .records
                 .iter()
-                .filter(|r| r.sticky.as_ref() == Some(s) && Family::of(&r.ip) == fam && r.ip != rec.ip)
+                .filter(|r| {
+                    r.sticky.as_ref() == Some(s) && Family::of(&r.ip) == fam && r.ip != rec.ip
+                })
                 .map(|r| r.ip)
                 .collect();
             for ip in stale {
@@ -329,7 +349,11 @@ fn take_next_free(
     quarantined: &[IpAddr],
 ) -> Result<Record> {
     for pool in pools {
-        let taken = state.records.iter().map(|r| &r.ip).chain(quarantined.iter());
+        let taken = state
+            .records
+            .iter()
+            .map(|r| &r.ip)
+            .chain(quarantined.iter());
         let blocked = pool.blocked(taken);
         let cursor = state.cursors.get(&pool.name).map(|c| pool::to_u128(*c));
         if let Some(x) = pool::next_free(&pool.ranges, &blocked, cursor) {
@@ -424,16 +448,27 @@ pub fn gc(state: &mut State, node: &str, valid: &[Attachment]) -> Vec<IpAddr> {
 
 /// Free addresses of one pool, counting records and quarantine.
 pub fn free_in(state: &State, pool: &Pool, quarantined: &[IpAddr]) -> u128 {
-    let taken = state.records.iter().map(|r| &r.ip).chain(quarantined.iter());
+    let taken = state
+        .records
+        .iter()
+        .map(|r| &r.ip)
+        .chain(quarantined.iter());
     pool::free_count(&pool.ranges, &pool.blocked(taken))
 }
 
 /// STATUS: every family served on this node has a pool with a free address
 /// (an ADD needs one of each, so one exhausted family is enough to refuse).
 pub fn status(state: &State, cfg: &Config, quarantined: &[IpAddr]) -> Result<()> {
-    let pools: Vec<&Pool> = cfg.pools.iter().filter(|p| p.applies_to_node(&cfg.node_name)).collect();
+    let pools: Vec<&Pool> = cfg
+        .pools
+        .iter()
+        .filter(|p| p.applies_to_node(&cfg.node_name))
+        .collect();
     if pools.is_empty() {
-        return Err(Error::NotAvailable(format!("no pool applies to node {}", cfg.node_name)));
+        return Err(Error::NotAvailable(format!(
+            "no pool applies to node {}",
+            cfg.node_name
+        )));
     }
     for fam in [Family::V4, Family::V6] {
         let of_fam: Vec<&&Pool> = pools.iter().filter(|p| p.family() == fam).collect();
@@ -530,8 +565,10 @@ mod tests {
     }
 
     fn small() -> Config {
-        cfg(json!({"pools": [{"name": "a", "subnet": "10.0.0.0/29", "gateway": "10.0.0.1",
-                              "exclude": ["10.0.0.3"]}]}))
+        cfg(
+            json!({"pools": [{"name": "a", "subnet": "10.0.0.0/29", "gateway": "10.0.0.1",
+                              "exclude": ["10.0.0.3"]}]}),
+        )
     }
 
     #[test]
@@ -542,15 +579,29 @@ mod tests {
         let got: Vec<IpAddr> = (0..4)
             .map(|i| add(&mut s, &c, &req(&format!("c{i}")), &[]).unwrap()[0].ip)
             .collect();
-        assert_eq!(got, vec![ip("10.0.0.2"), ip("10.0.0.4"), ip("10.0.0.5"), ip("10.0.0.6")]);
+        assert_eq!(
+            got,
+            vec![
+                ip("10.0.0.2"),
+                ip("10.0.0.4"),
+                ip("10.0.0.5"),
+                ip("10.0.0.6")
+            ]
+        );
         let e = add(&mut s, &c, &req("c9"), &[]).unwrap_err();
         assert_eq!(e.code(), code::POOL_EXHAUSTED);
         assert!(e.to_string().contains("pools a"), "{e}");
         // Freed .2 is not handed out again before the rotation comes back to it.
         del(&mut s, &att("c0"));
         del(&mut s, &att("c2"));
-        assert_eq!(add(&mut s, &c, &req("n1"), &[]).unwrap()[0].ip, ip("10.0.0.2"));
-        assert_eq!(add(&mut s, &c, &req("n2"), &[]).unwrap()[0].ip, ip("10.0.0.5"));
+        assert_eq!(
+            add(&mut s, &c, &req("n1"), &[]).unwrap()[0].ip,
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            add(&mut s, &c, &req("n2"), &[]).unwrap()[0].ip,
+            ip("10.0.0.5")
+        );
     }
 
     #[test]
@@ -594,7 +645,10 @@ mod tests {
         let e = add(&mut s, &c, &req("c3"), &[]).unwrap_err();
         assert_eq!(e.code(), code::POOL_EXHAUSTED);
         assert!(e.to_string().contains("IPv6"), "{e}");
-        assert_eq!(s, before, "a failed family must not leave the other one reserved");
+        assert_eq!(
+            s, before,
+            "a failed family must not leave the other one reserved"
+        );
         assert_eq!(status(&s, &c, &[]).unwrap_err().code(), code::NOT_AVAILABLE);
     }
 
@@ -619,7 +673,10 @@ mod tests {
         let mut s = State::default();
         let mut r = req("c1");
         r.requested = vec![ip("10.0.0.5")];
-        assert_eq!(ips(&add(&mut s, &c, &r, &[]).unwrap()), vec![ip("10.0.0.5")]);
+        assert_eq!(
+            ips(&add(&mut s, &c, &r, &[]).unwrap()),
+            vec![ip("10.0.0.5")]
+        );
         // Taken by c1.
         let mut r2 = req("c2");
         r2.requested = vec![ip("10.0.0.5")];
@@ -637,24 +694,36 @@ mod tests {
 
     #[test]
     fn sticky_parks_and_returns_and_survives_late_del() {
-        let c = cfg(json!({"pools": [{"name": "a", "subnet": "10.0.0.0/24"}, {"name": "b", "subnet": "fd00::/64"}],
-                           "sticky": [{"namespace": "db", "pod": "mysql-*"}]}));
+        let c = cfg(
+            json!({"pools": [{"name": "a", "subnet": "10.0.0.0/24"}, {"name": "b", "subnet": "fd00::/64"}],
+                           "sticky": [{"namespace": "db", "pod": "mysql-*"}]}),
+        );
         let mut s = State::default();
         let first = ips(&add(&mut s, &c, &pod_req("sb1", "db", "mysql-0"), &[]).unwrap());
         // Other pods move the cursor on.
         add(&mut s, &c, &pod_req("x1", "web", "w"), &[]).unwrap();
         del(&mut s, &att("sb1"));
-        assert!(s.records.iter().filter(|r| first.contains(&r.ip)).all(Record::parked));
+        assert!(s
+            .records
+            .iter()
+            .filter(|r| first.contains(&r.ip))
+            .all(Record::parked));
         // Parked addresses are not handed to others.
         let other = ips(&add(&mut s, &c, &pod_req("x2", "web", "w2"), &[]).unwrap());
         assert!(other.iter().all(|ip| !first.contains(ip)));
         // The same identity gets them back, on another node too.
         let mut c2 = c.clone();
         c2.node_name = "node2".into();
-        assert_eq!(ips(&add(&mut s, &c2, &pod_req("sb2", "db", "mysql-0"), &[]).unwrap()), first);
+        assert_eq!(
+            ips(&add(&mut s, &c2, &pod_req("sb2", "db", "mysql-0"), &[]).unwrap()),
+            first
+        );
         // A new sandbox takes over from a live old one; the old one's late
         // DEL then frees nothing.
-        assert_eq!(ips(&add(&mut s, &c, &pod_req("sb3", "db", "mysql-0"), &[]).unwrap()), first);
+        assert_eq!(
+            ips(&add(&mut s, &c, &pod_req("sb3", "db", "mysql-0"), &[]).unwrap()),
+            first
+        );
         assert!(del(&mut s, &att("sb2")).is_empty());
         assert!(check(&s, &att("sb3"), Some(&first)).is_ok());
         // Another interface of the same pod is another identity.
@@ -669,10 +738,18 @@ mod tests {
                            "sticky": [{"namespace": "db"}]}));
         let mut s = State::default();
         let a = ips(&add(&mut s, &c, &req("c1"), &[]).unwrap());
-        assert_eq!(check(&s, &att("c2"), None).unwrap_err().code(), code::CHECK_FAILED);
+        assert_eq!(
+            check(&s, &att("c2"), None).unwrap_err().code(),
+            code::CHECK_FAILED
+        );
         assert!(check(&s, &att("c1"), None).is_ok());
         assert!(check(&s, &att("c1"), Some(&a)).is_ok());
-        assert_eq!(check(&s, &att("c1"), Some(&[ip("10.0.0.99")])).unwrap_err().code(), code::CHECK_FAILED);
+        assert_eq!(
+            check(&s, &att("c1"), Some(&[ip("10.0.0.99")]))
+                .unwrap_err()
+                .code(),
+            code::CHECK_FAILED
+        );
 
         add(&mut s, &c, &req("c2"), &[]).unwrap();
         add(&mut s, &c, &pod_req("c3", "db", "p"), &[]).unwrap();
@@ -700,7 +777,9 @@ mod tests {
 
     #[test]
     fn wide_pools_allocate_without_walking() {
-        let c = cfg(json!({"pools": [{"name": "v4", "subnet": "10.0.0.0/16"}, {"name": "v6", "subnet": "fd00::/64"}]}));
+        let c = cfg(
+            json!({"pools": [{"name": "v4", "subnet": "10.0.0.0/16"}, {"name": "v6", "subnet": "fd00::/64"}]}),
+        );
         let mut s = State::default();
         for i in 0..1000 {
             add(&mut s, &c, &req(&format!("c{i}")), &[]).unwrap();

@@ -84,7 +84,8 @@ fn load_config_file(path: &Path) -> Result<(String, Config)> {
         .and_then(Value::as_str)
         .ok_or_else(|| Error::config("name", format!("missing in {}", path.display())))?
         .to_string();
-    let is_ours = |ipam: &&Value| ipam.get("type").and_then(Value::as_str) == Some("coordinator-ipam");
+    let is_ours =
+        |ipam: &&Value| ipam.get("type").and_then(Value::as_str) == Some("coordinator-ipam");
     let from_plugins = v
         .get("plugins")
         .and_then(Value::as_array)
@@ -94,7 +95,10 @@ fn load_config_file(path: &Path) -> Result<(String, Config)> {
         .ok_or_else(|| {
             Error::config(
                 "ipam",
-                format!("{} has no ipam block of type coordinator-ipam", path.display()),
+                format!(
+                    "{} has no ipam block of type coordinator-ipam",
+                    path.display()
+                ),
             )
         })?;
     // The node name does not matter to an operator looking at all pools.
@@ -178,7 +182,11 @@ fn list(o: &Opts, out: &mut dyn Write) -> Result<()> {
             cid,
             s(&r["ifname"]),
             s(&r["sticky"]),
-            if r["parked"] == true { "parked" } else { "in-use" }
+            if r["parked"] == true {
+                "parked"
+            } else {
+                "in-use"
+            }
         )?;
     }
     Ok(())
@@ -186,10 +194,9 @@ fn list(o: &Opts, out: &mut dyn Write) -> Result<()> {
 
 fn usage(o: &Opts, out: &mut dyn Write) -> Result<()> {
     let t = target(o)?;
-    let cfg = t
-        .config
-        .as_ref()
-        .ok_or_else(|| Error::InvalidEnv("usage needs --config FILE (it gives the pools)".into()))?;
+    let cfg = t.config.as_ref().ok_or_else(|| {
+        Error::InvalidEnv("usage needs --config FILE (it gives the pools)".into())
+    })?;
     let network = t.network.clone().unwrap_or_default();
     let state = t.store.load(&network)?;
     let quarantined = quarantine::load_active(&cfg.quarantine_file)?;
@@ -223,10 +230,9 @@ fn release(o: &Opts, out: &mut dyn Write) -> Result<()> {
         .parse()
         .map_err(|_| Error::InvalidEnv(format!("{ip_s:?} is not an IP address")))?;
     let t = target(o)?;
-    let network = t
-        .network
-        .clone()
-        .ok_or_else(|| Error::InvalidEnv("release needs --network NAME (or --config FILE)".into()))?;
+    let network = t.network.clone().ok_or_else(|| {
+        Error::InvalidEnv("release needs --network NAME (or --config FILE)".into())
+    })?;
     if t.store.load(&network)?.get(&ip).is_none() {
         return Err(Error::plugin(
             cni::error::code::ADDRESS_UNAVAILABLE,

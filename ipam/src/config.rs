@@ -265,7 +265,8 @@ fn overlap(a: &Pool, b: &Pool) -> bool {
     if a.family() != b.family() {
         return false;
     }
-    let subnets_overlap = a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network());
+    let subnets_overlap =
+        a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network());
     (subnets_overlap && a.subnet != b.subnet) || pool::intersects(&a.ranges, &b.ranges)
 }
 
@@ -273,7 +274,9 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
     let obj = as_object(v, field)?;
     known_keys(
         obj,
-        &["name", "subnet", "ranges", "exclude", "gateway", "routes", "nodes", "pods"],
+        &[
+            "name", "subnet", "ranges", "exclude", "gateway", "routes", "nodes", "pods",
+        ],
         field,
     )?;
     let subnet_field = format!("{field}.subnet");
@@ -285,7 +288,10 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
     if subnet.prefix_len() < min_prefix {
         return Err(Error::config(
             &subnet_field,
-            format!("/{} is wider than any underlay subnet (minimum /{min_prefix})", subnet.prefix_len()),
+            format!(
+                "/{} is wider than any underlay subnet (minimum /{min_prefix})",
+                subnet.prefix_len()
+            ),
         ));
     }
     let name = match opt_str(obj, "name", &format!("{field}.name"))? {
@@ -298,7 +304,11 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
         if Family::of(ip) != family {
             return Err(Error::config(
                 f,
-                format!("{ip} is {} but the pool subnet {subnet} is {}", Family::of(ip).name(), family.name()),
+                format!(
+                    "{ip} is {} but the pool subnet {subnet} is {}",
+                    Family::of(ip).name(),
+                    family.name()
+                ),
             ));
         }
         Ok(())
@@ -306,13 +316,19 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
     let inside = |ip: &IpAddr, f: &str| -> Result<()> {
         same_family(ip, f)?;
         if !subnet.contains(ip) {
-            return Err(Error::config(f, format!("{ip} is outside the pool subnet {subnet}")));
+            return Err(Error::config(
+                f,
+                format!("{ip} is outside the pool subnet {subnet}"),
+            ));
         }
         Ok(())
     };
 
     let mut ranges: Vec<Interval> = Vec::new();
-    for (k, r) in opt_array(obj, "ranges", &format!("{field}.ranges"))?.iter().enumerate() {
+    for (k, r) in opt_array(obj, "ranges", &format!("{field}.ranges"))?
+        .iter()
+        .enumerate()
+    {
         let f = format!("{field}.ranges[{k}]");
         let s = as_str(r, &f)?;
         let (a, b) = match s.split_once('-') {
@@ -336,7 +352,10 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
     let ranges = pool::merge(ranges);
 
     let mut exclude = Vec::new();
-    for (k, x) in opt_array(obj, "exclude", &format!("{field}.exclude"))?.iter().enumerate() {
+    for (k, x) in opt_array(obj, "exclude", &format!("{field}.exclude"))?
+        .iter()
+        .enumerate()
+    {
         let f = format!("{field}.exclude[{k}]");
         let s = as_str(x, &f)?;
         let net = if s.contains('/') {
@@ -346,7 +365,10 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
         };
         same_family(&net.addr(), &f)?;
         if !subnet.contains(&net) {
-            return Err(Error::config(&f, format!("{net} is outside the pool subnet {subnet}")));
+            return Err(Error::config(
+                &f,
+                format!("{net} is outside the pool subnet {subnet}"),
+            ));
         }
         exclude.push(net);
     }
@@ -362,9 +384,13 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
             } else {
                 inside(&gw, &f)?;
                 let point_to_point = subnet.max_prefix_len() - subnet.prefix_len() <= 1;
-                let edge = gw == subnet.network() || (family == Family::V4 && gw == subnet.broadcast());
+                let edge =
+                    gw == subnet.network() || (family == Family::V4 && gw == subnet.broadcast());
                 if edge && !point_to_point {
-                    return Err(Error::config(&f, format!("{gw} is the network or broadcast address of {subnet}")));
+                    return Err(Error::config(
+                        &f,
+                        format!("{gw} is the network or broadcast address of {subnet}"),
+                    ));
                 }
             }
             Some(gw)
@@ -372,12 +398,18 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
     };
 
     let mut routes = Vec::new();
-    for (k, r) in opt_array(obj, "routes", &format!("{field}.routes"))?.iter().enumerate() {
+    for (k, r) in opt_array(obj, "routes", &format!("{field}.routes"))?
+        .iter()
+        .enumerate()
+    {
         let f = format!("{field}.routes[{k}]");
         let ro = as_object(r, &f)?;
         known_keys(ro, &["dst", "gw"], &f)?;
         let df = format!("{f}.dst");
-        let dst = parse_net(opt_str(ro, "dst", &df)?.ok_or_else(|| Error::config(&df, "required"))?, &df)?;
+        let dst = parse_net(
+            opt_str(ro, "dst", &df)?.ok_or_else(|| Error::config(&df, "required"))?,
+            &df,
+        )?;
         same_family(&dst.addr(), &df)?;
         let gw = match opt_str(ro, "gw", &format!("{f}.gw"))? {
             None => None,
@@ -392,7 +424,10 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
 
     let globs = |key: &str| -> Result<Vec<Pattern>> {
         let mut out = Vec::new();
-        for (k, g) in opt_array(obj, key, &format!("{field}.{key}"))?.iter().enumerate() {
+        for (k, g) in opt_array(obj, key, &format!("{field}.{key}"))?
+            .iter()
+            .enumerate()
+        {
             let f = format!("{field}.{key}[{k}]");
             out.push(parse_glob(as_str(g, &f)?, &f)?);
         }
@@ -481,7 +516,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(c.node_name, "node1");
-        assert_eq!(c.store, StoreConfig::File { data_dir: "/tmp/x".into() });
+        assert_eq!(
+            c.store,
+            StoreConfig::File {
+                data_dir: "/tmp/x".into()
+            }
+        );
         assert_eq!(c.pools.len(), 2);
         assert_eq!(c.pools[0].capacity(), 191 - 1 - 16);
         assert_eq!(c.pools[1].family(), Family::V6);
@@ -493,8 +533,16 @@ mod tests {
     fn defaults() {
         let c = parse(one_pool(json!({"subnet": "10.0.0.0/24"}))).unwrap();
         assert_eq!(c.node_name, "node-from-env");
-        assert_eq!(c.store, StoreConfig::File { data_dir: DEFAULT_DATA_DIR.into() });
-        assert_eq!(c.quarantine_file, PathBuf::from("/var/lib/cni/coordinator/quarantine.json"));
+        assert_eq!(
+            c.store,
+            StoreConfig::File {
+                data_dir: DEFAULT_DATA_DIR.into()
+            }
+        );
+        assert_eq!(
+            c.quarantine_file,
+            PathBuf::from("/var/lib/cni/coordinator/quarantine.json")
+        );
         assert_eq!(c.pools[0].name, "10.0.0.0/24");
         assert_eq!(c.pools[0].capacity(), 254);
     }
@@ -506,31 +554,94 @@ mod tests {
             (json!({}), "\"ipam.pools\""),
             (json!({"pools": {}}), "\"ipam.pools\""),
             (one_pool(json!({"subnet": "10.0.0.1/24"})), "host bits"),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "ranges": ["10.0.1.1-10.0.1.5"]})), "\"ipam.pools[0].ranges[0]\""),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "ranges": ["10.0.0.9-10.0.0.5"]})), "start is after end"),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "ranges": ["10.0.0.1-fd00::5"]})), "IPv6"),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "ranges": ["nope"]})), "\"ipam.pools[0].ranges[0]\""),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "gateway": "fd00::1"})), "\"ipam.pools[0].gateway\""),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "gateway": "10.0.0.255"})), "broadcast"),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "exclude": ["10.0.0.0/16"]})), "\"ipam.pools[0].exclude[0]\""),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "routes": [{"dst": "fd00::/8"}]})), "\"ipam.pools[0].routes[0].dst\""),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "routes": [{"gw": "10.0.0.1"}]})), "\"ipam.pools[0].routes[0].dst\""),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "nodes": ["[a-"]})), "\"ipam.pools[0].nodes[0]\""),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "pods": [5]})), "\"ipam.pools[0].pods[0]\""),
-            (one_pool(json!({"subnet": "10.0.0.0/24", "exlude": []})), "\"ipam.pools[0].exlude\""),
-            (one_pool(json!({"subnet": "10.0.0.0/30", "exclude": ["10.0.0.1", "10.0.0.2"]})), "no address left"),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "ranges": ["10.0.1.1-10.0.1.5"]})),
+                "\"ipam.pools[0].ranges[0]\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "ranges": ["10.0.0.9-10.0.0.5"]})),
+                "start is after end",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "ranges": ["10.0.0.1-fd00::5"]})),
+                "IPv6",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "ranges": ["nope"]})),
+                "\"ipam.pools[0].ranges[0]\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "gateway": "fd00::1"})),
+                "\"ipam.pools[0].gateway\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "gateway": "10.0.0.255"})),
+                "broadcast",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "exclude": ["10.0.0.0/16"]})),
+                "\"ipam.pools[0].exclude[0]\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "routes": [{"dst": "fd00::/8"}]})),
+                "\"ipam.pools[0].routes[0].dst\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "routes": [{"gw": "10.0.0.1"}]})),
+                "\"ipam.pools[0].routes[0].dst\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "nodes": ["[a-"]})),
+                "\"ipam.pools[0].nodes[0]\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "pods": [5]})),
+                "\"ipam.pools[0].pods[0]\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "exlude": []})),
+                "\"ipam.pools[0].exlude\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/30", "exclude": ["10.0.0.1", "10.0.0.2"]})),
+                "no address left",
+            ),
             (one_pool(json!({"subnet": "0.0.0.0/0"})), "minimum"),
             (one_pool(json!({})), "\"ipam.pools[0].subnet\""),
-            (json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"kind": "etcd"}}), "\"ipam.store.kind\""),
-            (json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"dataDir": 3}}), "\"ipam.store.dataDir\""),
-            (json!({"pools": [{"subnet": "10.0.0.0/24"}], "sticky": [{"pod": "[x"}]}), "\"ipam.sticky[0].pod\""),
-            (json!({"pools": [{"subnet": "10.0.0.0/24"}], "sticky": [{}]}), "\"ipam.sticky[0]\""),
-            (json!({"pools": [{"subnet": "10.0.0.0/24"}], "nodeName": 1}), "\"ipam.nodeName\""),
-            (json!({"pools": [{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.128/25"}]}), "overlaps ipam.pools[0]"),
-            (json!({"pools": [{"name": "a", "subnet": "10.0.0.0/24"}, {"name": "a", "subnet": "10.0.1.0/24"}]}), "\"ipam.pools[1].name\""),
-            (json!({"pools": [
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"kind": "etcd"}}),
+                "\"ipam.store.kind\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"dataDir": 3}}),
+                "\"ipam.store.dataDir\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "sticky": [{"pod": "[x"}]}),
+                "\"ipam.sticky[0].pod\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "sticky": [{}]}),
+                "\"ipam.sticky[0]\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "nodeName": 1}),
+                "\"ipam.nodeName\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.128/25"}]}),
+                "overlaps ipam.pools[0]",
+            ),
+            (
+                json!({"pools": [{"name": "a", "subnet": "10.0.0.0/24"}, {"name": "a", "subnet": "10.0.1.0/24"}]}),
+                "\"ipam.pools[1].name\"",
+            ),
+            (
+                json!({"pools": [
                 {"subnet": "10.0.0.0/24", "name": "a", "ranges": ["10.0.0.10-10.0.0.20"]},
-                {"subnet": "10.0.0.0/24", "name": "b", "ranges": ["10.0.0.20-10.0.0.30"]}]}), "\"ipam.pools[1]\""),
+                {"subnet": "10.0.0.0/24", "name": "b", "ranges": ["10.0.0.20-10.0.0.30"]}]}),
+                "\"ipam.pools[1]\"",
+            ),
         ];
         for (v, want) in cases {
             let msg = err(v.clone());
@@ -553,9 +664,15 @@ mod tests {
         let c = parse(one_pool(json!({"subnet": "10.0.0.0/31"}))).unwrap();
         assert_eq!(c.pools[0].capacity(), 2);
         // /31 with the peer as gateway leaves one address.
-        let c = parse(one_pool(json!({"subnet": "10.0.0.0/31", "gateway": "10.0.0.0"}))).unwrap();
+        let c = parse(one_pool(
+            json!({"subnet": "10.0.0.0/31", "gateway": "10.0.0.0"}),
+        ))
+        .unwrap();
         assert_eq!(c.pools[0].capacity(), 1);
-        let c = parse(one_pool(json!({"subnet": "10.0.0.9/32", "gateway": "10.0.0.1"}))).unwrap();
+        let c = parse(one_pool(
+            json!({"subnet": "10.0.0.9/32", "gateway": "10.0.0.1"}),
+        ))
+        .unwrap();
         assert_eq!(c.pools[0].capacity(), 1);
         let c = parse(one_pool(json!({"subnet": "fd00::8/127"}))).unwrap();
         assert_eq!(c.pools[0].capacity(), 2);

@@ -8,8 +8,8 @@
 //! - [`cli`]: the operator commands run without `CNI_COMMAND`.
 
 pub mod allocator;
+pub mod cli;
 pub mod config;
 pub mod pool;
-pub mod cli;
 pub mod store;
 pub mod verbs;

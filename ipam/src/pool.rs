@@ -207,15 +207,16 @@ impl Pool {
             return false;
         }
         let x = to_u128(*ip);
-        self.ranges.iter().any(|&(s, e)| s <= x && x <= e) && blocking(&self.reserved(), x).is_none()
+        self.ranges.iter().any(|&(s, e)| s <= x && x <= e)
+            && blocking(&self.reserved(), x).is_none()
     }
 
     /// Does this pool serve `node`, and the pod `namespace/name` (if known)?
     /// A pool restricted to some pods never serves a call without pod identity.
     pub fn applies(&self, node: &str, pod: Option<&str>) -> bool {
         let node_ok = self.nodes.is_empty() || self.nodes.iter().any(|p| p.matches(node));
-        let pod_ok = self.pods.is_empty()
-            || pod.is_some_and(|pod| self.pods.iter().any(|p| p.matches(pod)));
+        let pod_ok =
+            self.pods.is_empty() || pod.is_some_and(|pod| self.pods.iter().any(|p| p.matches(pod)));
         node_ok && pod_ok
     }
 

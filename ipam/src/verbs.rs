@@ -71,7 +71,9 @@ fn requested_list(v: Option<&Value>, field: &str) -> Result<Vec<IpAddr>> {
             .enumerate()
             .map(|(i, x)| {
                 let f = format!("{field}[{i}]");
-                let s = x.as_str().ok_or_else(|| Error::config(&f, "must be a string"))?;
+                let s = x
+                    .as_str()
+                    .ok_or_else(|| Error::config(&f, "must be a string"))?;
                 parse_requested(s, &f)
             })
             .collect(),
@@ -86,7 +88,11 @@ fn requested(call: &Call) -> Result<(Vec<IpAddr>, String)> {
     if !rc.is_empty() {
         return Ok((rc, "runtimeConfig.ips".into()));
     }
-    let args_ips = call.conf.args.as_ref().and_then(|a| a.get("cni")?.get("ips"));
+    let args_ips = call
+        .conf
+        .args
+        .as_ref()
+        .and_then(|a| a.get("cni")?.get("ips"));
     let args = requested_list(args_ips, "args.cni.ips")?;
     if !args.is_empty() {
         return Ok((args, "args.cni.ips".into()));
@@ -96,7 +102,9 @@ fn requested(call: &Call) -> Result<(Vec<IpAddr>, String)> {
         Some(list) => list
             .split(',')
             .filter(|s| !s.trim().is_empty())
-            .map(|s| parse_requested(s, "CNI_ARGS IP").map_err(|e| Error::InvalidEnv(e.to_string())))
+            .map(|s| {
+                parse_requested(s, "CNI_ARGS IP").map_err(|e| Error::InvalidEnv(e.to_string()))
+            })
             .collect::<Result<_>>()?,
     };
     Ok((env, "CNI_ARGS IP".into()))
@@ -109,7 +117,10 @@ pub fn build_result(cfg: &Config, leases: &[Lease]) -> CniResult {
     for l in leases {
         // A record made under an older config may name a pool that is gone;
         // the pool that now holds the address, else a host prefix, is the best we know.
-        let pool = cfg.pool(&l.pool).filter(|p| p.subnet.contains(&l.ip)).or_else(|| cfg.pool_of(&l.ip));
+        let pool = cfg
+            .pool(&l.pool)
+            .filter(|p| p.subnet.contains(&l.ip))
+            .or_else(|| cfg.pool_of(&l.ip));
         let (prefix, gw) = match pool {
             Some(p) => (p.subnet.prefix_len(), p.gateway),
             None => (if l.ip.is_ipv4() { 32 } else { 128 }, None),
@@ -183,7 +194,9 @@ impl Plugin for IpamPlugin {
             })
             .collect();
         let node = c.cfg.node_name.clone();
-        let released = store::update(c.store.as_ref(), &c.network, |s| Ok(allocator::gc(s, &node, &valid)))?;
+        let released = store::update(c.store.as_ref(), &c.network, |s| {
+            Ok(allocator::gc(s, &node, &valid))
+        })?;
         if !released.is_empty() {
             tracing::info!(network = %c.network, ips = ?released, "GC released");
         }

@@ -22,7 +22,15 @@ fn setup() -> (Lab, Value, std::path::PathBuf) {
 fn help_is_usable() {
     let (code, out, _) = cli(&["--help"]);
     assert_eq!(code, 0);
-    for word in ["list", "usage", "release", "--data-dir", "--config", "--network", "EXAMPLES"] {
+    for word in [
+        "list",
+        "usage",
+        "release",
+        "--data-dir",
+        "--config",
+        "--network",
+        "EXAMPLES",
+    ] {
         assert!(out.contains(word), "help lacks {word}");
     }
     let (code, _, err) = cli(&[]);
@@ -40,8 +48,14 @@ fn help_is_usable() {
 fn list_usage_release() {
     let (lab, conf, conflist) = setup();
     let a = result_ips(&Call::new("ADD", "ctr-a").ok(&conf));
-    let b = result_ips(&Call::new("ADD", "ctr-b").args("K8S_POD_NAMESPACE=db;K8S_POD_NAME=pg-0").ok(&conf));
-    Call::new("DEL", "ctr-b").args("K8S_POD_NAMESPACE=db;K8S_POD_NAME=pg-0").ok(&conf);
+    let b = result_ips(
+        &Call::new("ADD", "ctr-b")
+            .args("K8S_POD_NAMESPACE=db;K8S_POD_NAME=pg-0")
+            .ok(&conf),
+    );
+    Call::new("DEL", "ctr-b")
+        .args("K8S_POD_NAMESPACE=db;K8S_POD_NAME=pg-0")
+        .ok(&conf);
     let data = lab.data_dir();
     let data = data.to_str().unwrap();
 
@@ -61,7 +75,10 @@ fn list_usage_release() {
     let (code, out, _) = cli(&["list", "--config", conflist.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(out.lines().next().unwrap().starts_with("NETWORK"), "{out}");
-    assert!(out.contains(&a[0]) && out.contains("parked") && out.contains("in-use"), "{out}");
+    assert!(
+        out.contains(&a[0]) && out.contains("parked") && out.contains("in-use"),
+        "{out}"
+    );
 
     let (code, out, err) = cli(&["usage", "--config", conflist.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -84,7 +101,14 @@ fn list_usage_release() {
     let (code, _, err) = cli(&["release", &b[0], "--network", "net1", "--data-dir", data]);
     assert_eq!(code, 1);
     assert!(err.contains("no reservation"), "{err}");
-    let (code, _, err) = cli(&["release", "nonsense", "--network", "net1", "--data-dir", data]);
+    let (code, _, err) = cli(&[
+        "release",
+        "nonsense",
+        "--network",
+        "net1",
+        "--data-dir",
+        data,
+    ]);
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = cli(&["usage", "--data-dir", data]);
     assert_eq!(code, 2);

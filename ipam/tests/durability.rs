@@ -20,7 +20,10 @@ fn two_hundred_parallel_adds_get_distinct_addresses() {
     let lab = Lab::new();
     let conf = lab.conf("1.0.0", pools(), json!({}));
     let ids: Vec<String> = (0..200).map(|i| format!("par{i}")).collect();
-    let children: Vec<_> = ids.iter().map(|id| Call::new("ADD", id).spawn(&conf)).collect();
+    let children: Vec<_> = ids
+        .iter()
+        .map(|id| Call::new("ADD", id).spawn(&conf))
+        .collect();
     let mut got = Vec::new();
     for (id, child) in ids.iter().zip(children) {
         let out = child.wait_with_output().expect("wait");
@@ -62,11 +65,19 @@ fn kill_9_during_add_and_del_never_corrupts_or_duplicates() {
         });
     }
     // Whatever survived must load (the CLI reads the same store).
-    let (code, out, err) = cli(&["list", "--data-dir", lab.data_dir().to_str().unwrap(), "--json"]);
+    let (code, out, err) = cli(&[
+        "list",
+        "--data-dir",
+        lab.data_dir().to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "state must load after kill -9: {err}");
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert!(listed.as_array().unwrap().len() <= n);
-    eprintln!("kill -9 phase: {} of {n} ADDs had committed", listed.as_array().unwrap().len());
+    eprintln!(
+        "kill -9 phase: {} of {n} ADDs had committed",
+        listed.as_array().unwrap().len()
+    );
 
     // Every attachment completes its ADD: a killed ADD that had committed is
     // returned idempotently, one that had not gets a fresh address.
@@ -75,18 +86,33 @@ fn kill_9_during_add_and_del_never_corrupts_or_duplicates() {
         by_id.insert(id.clone(), result_ips(&Call::new("ADD", id).ok(&conf)));
     }
     let all: Vec<&String> = by_id.values().flatten().collect();
-    assert_eq!(all.iter().collect::<BTreeSet<_>>().len(), n, "duplicate after kill -9");
-    assert_eq!(state_ips(&lab.state_file("net1")).len(), n, "a killed ADD leaked an address");
+    assert_eq!(
+        all.iter().collect::<BTreeSet<_>>().len(),
+        n,
+        "duplicate after kill -9"
+    );
+    assert_eq!(
+        state_ips(&lab.state_file("net1")).len(),
+        n,
+        "a killed ADD leaked an address"
+    );
 
     // Phase 2: DELs of the first half killed at varying points, then completed.
     for (i, id) in ids[..n / 2].iter().enumerate() {
-        kill_after(Call::new("DEL", id), &conf, Duration::from_millis(i as u64 % 30));
+        kill_after(
+            Call::new("DEL", id),
+            &conf,
+            Duration::from_millis(i as u64 % 30),
+        );
     }
     for id in &ids[..n / 2] {
         Call::new("DEL", id).ok(&conf);
     }
     let left: BTreeSet<String> = state_ips(&lab.state_file("net1")).into_iter().collect();
-    let want: BTreeSet<String> = ids[n / 2..].iter().flat_map(|id| by_id[id].clone()).collect();
+    let want: BTreeSet<String> = ids[n / 2..]
+        .iter()
+        .flat_map(|id| by_id[id].clone())
+        .collect();
     assert_eq!(left, want);
 
     // New ADDs never collide with survivors.
@@ -105,12 +131,19 @@ fn corrupt_state_file_is_an_error_and_is_kept() {
     let garbage = b"{\"version\":1,\"records\":[{\"ip\":\"10.20.0.";
     std::fs::write(&state, garbage).unwrap();
     let msg = Call::new("ADD", "b").fails(&conf, 112);
-    assert!(msg.contains("state.json") && msg.contains("corrupt"), "{msg}");
+    assert!(
+        msg.contains("state.json") && msg.contains("corrupt"),
+        "{msg}"
+    );
     Call::new("DEL", "a").fails(&conf, 112);
     let mut status = lab.conf("1.1.0", pools(), json!({}));
     status["name"] = json!("net1");
     Call::new("STATUS", "").fails(&status, 112);
-    assert_eq!(std::fs::read(&state).unwrap(), garbage, "a corrupt state must never be reset");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        garbage,
+        "a corrupt state must never be reset"
+    );
     let (code, _, err) = cli(&["list", "--data-dir", lab.data_dir().to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("corrupt"), "{err}");
@@ -129,7 +162,7 @@ fn file_in_place_of_data_dir_is_io_error() {
 /// snippet that gets the data dir as $1) prepared it. Needs root.
 fn in_mount_ns(lab: &Lab, setup: &str, call: Call, conf: &Value) -> (i32, Value) {
     let script = format!("set -e; {setup}; shift; exec \"$@\"");
-    let mut cmd = call.command();
+    let cmd = call.command();
     let inner = cmd.get_program().to_owned();
     let envs: Vec<_> = cmd
         .get_envs()
@@ -159,7 +192,10 @@ fn in_mount_ns(lab: &Lab, setup: &str, call: Call, conf: &Value) -> (i32, Value)
         "mount namespace setup failed (this test needs root): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.code().unwrap_or(-1), serde_json::from_str(&stdout).unwrap_or(Value::Null))
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+    )
 }
 
 #[test]
@@ -171,7 +207,10 @@ fn read_only_data_dir_is_io_error() {
     for (cmd, id) in [("ADD", "b"), ("DEL", "a")] {
         let (code, v) = in_mount_ns(&lab, ro, Call::new(cmd, id), &conf);
         assert_eq!((code, v["code"].as_u64()), (1, Some(5)), "{cmd}: {v}");
-        assert!(v["msg"].as_str().unwrap().contains("ead-only file system"), "{v}");
+        assert!(
+            v["msg"].as_str().unwrap().contains("ead-only file system"),
+            "{v}"
+        );
     }
     // Outside the private namespace nothing changed.
     assert_eq!(state_ips(&lab.state_file("net1")), held);

@@ -23,7 +23,10 @@ fn add_check_del_in_every_spec_version() {
         assert_eq!(r["cniVersion"], *version);
         let ips = r["ips"].as_array().expect("ips");
         assert_eq!(ips.len(), 2, "{r}");
-        assert!(ips[0]["address"].as_str().unwrap().starts_with("10.6.1."), "{r}");
+        assert!(
+            ips[0]["address"].as_str().unwrap().starts_with("10.6.1."),
+            "{r}"
+        );
         assert!(ips[0]["address"].as_str().unwrap().ends_with("/16"), "{r}");
         assert_eq!(ips[0]["gateway"], "10.6.0.1");
         assert!(ips[1]["address"].as_str().unwrap().ends_with("/64"), "{r}");
@@ -34,7 +37,12 @@ fn add_check_del_in_every_spec_version() {
         } else {
             assert!(ips[0].get("version").is_none(), "{r}");
         }
-        let routes: Vec<&str> = r["routes"].as_array().unwrap().iter().map(|x| x["dst"].as_str().unwrap()).collect();
+        let routes: Vec<&str> = r["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["dst"].as_str().unwrap())
+            .collect();
         assert_eq!(routes, vec!["10.233.0.0/18", "0.0.0.0/0", "fd00:233::/112"]);
         assert_eq!(r["routes"][1]["gw"], "10.6.0.1");
 
@@ -55,7 +63,9 @@ fn add_check_del_in_every_spec_version() {
         }
         Call::new("DEL", &cid).ok(&conf);
         Call::new("DEL", &cid).ok(&conf);
-        assert!(!state_ips(&lab.state_file("net1")).iter().any(|ip| result_ips(&r).contains(ip)));
+        assert!(!state_ips(&lab.state_file("net1"))
+            .iter()
+            .any(|ip| result_ips(&r).contains(ip)));
     }
 }
 
@@ -64,7 +74,10 @@ fn del_of_unknown_attachment_is_ok_and_touches_nothing() {
     let lab = Lab::new();
     let conf = lab.conf("1.0.0", dual_pools(), json!({}));
     Call::new("DEL", "never-added").ok(&conf);
-    assert!(!lab.data_dir().exists(), "DEL with nothing recorded must not create state");
+    assert!(
+        !lab.data_dir().exists(),
+        "DEL with nothing recorded must not create state"
+    );
 }
 
 #[test]
@@ -77,7 +90,10 @@ fn rotation_exhaustion_and_status() {
     for i in 0..5 {
         got.extend(result_ips(&Call::new("ADD", &format!("c{i}")).ok(&conf)));
     }
-    assert_eq!(got, vec!["10.7.0.2", "10.7.0.3", "10.7.0.4", "10.7.0.5", "10.7.0.6"]);
+    assert_eq!(
+        got,
+        vec!["10.7.0.2", "10.7.0.3", "10.7.0.4", "10.7.0.5", "10.7.0.6"]
+    );
     let msg = Call::new("ADD", "c5").fails(&conf, 110);
     assert!(msg.contains("tiny"), "{msg}");
     let msg = Call::new("STATUS", "").fails(&conf, 50);
@@ -85,7 +101,10 @@ fn rotation_exhaustion_and_status() {
     Call::new("DEL", "c1").ok(&conf);
     Call::new("STATUS", "").ok(&conf);
     // Rotation: the freed .3 comes back only because it is the only one left.
-    assert_eq!(result_ips(&Call::new("ADD", "c6").ok(&conf)), vec!["10.7.0.3"]);
+    assert_eq!(
+        result_ips(&Call::new("ADD", "c6").ok(&conf)),
+        vec!["10.7.0.3"]
+    );
 }
 
 #[test]
@@ -102,7 +121,10 @@ fn gc_releases_only_this_nodes_unlisted_attachments() {
     Call::new("GC", "").ok(&gc);
     let left = state_ips(&lab.state_file("net1"));
     assert!(left.contains(&keep[0]));
-    assert!(left.contains(&remote[0]), "another node's record must survive this node's GC");
+    assert!(
+        left.contains(&remote[0]),
+        "another node's record must survive this node's GC"
+    );
     assert!(!left.contains(&stale[0]));
 }
 
@@ -115,16 +137,27 @@ fn requested_addresses_from_each_source() {
 
     let mut rc = base.clone();
     rc["runtimeConfig"] = json!({"ips": ["10.9.0.50/24", "fd00:9::50/64"]});
-    assert_eq!(result_ips(&Call::new("ADD", "a").ok(&rc)), vec!["10.9.0.50", "fd00:9::50"]);
+    assert_eq!(
+        result_ips(&Call::new("ADD", "a").ok(&rc)),
+        vec!["10.9.0.50", "fd00:9::50"]
+    );
 
     let mut args = base.clone();
     args["args"] = json!({"cni": {"ips": ["10.9.0.51"]}});
     let got = result_ips(&Call::new("ADD", "b").ok(&args));
     assert_eq!(got[0], "10.9.0.51");
-    assert_eq!(got.len(), 2, "the family not asked for is allocated dynamically");
+    assert_eq!(
+        got.len(),
+        2,
+        "the family not asked for is allocated dynamically"
+    );
 
     assert_eq!(
-        result_ips(&Call::new("ADD", "c").args("IP=10.9.0.52,fd00:9::52").ok(&base)),
+        result_ips(
+            &Call::new("ADD", "c")
+                .args("IP=10.9.0.52,fd00:9::52")
+                .ok(&base)
+        ),
         vec!["10.9.0.52", "fd00:9::52"]
     );
     // Taken, gateway, outside every pool.
@@ -138,13 +171,31 @@ fn requested_addresses_from_each_source() {
 #[test]
 fn quarantined_addresses_are_skipped() {
     let lab = Lab::new();
-    let pools = json!([{"name": "p", "subnet": "10.10.0.0/24", "ranges": ["10.10.0.10-10.10.0.13"]}]);
+    let pools =
+        json!([{"name": "p", "subnet": "10.10.0.0/24", "ranges": ["10.10.0.10-10.10.0.13"]}]);
     let conf = lab.conf("1.0.0", pools, json!({}));
     let ttl = std::time::Duration::from_secs(600);
-    cni::quarantine::record(&lab.quarantine(), "10.10.0.10".parse().unwrap(), ttl, "arp reply").unwrap();
-    cni::quarantine::record(&lab.quarantine(), "10.10.0.11".parse().unwrap(), ttl, "arp reply").unwrap();
-    assert_eq!(result_ips(&Call::new("ADD", "a").ok(&conf)), vec!["10.10.0.12"]);
-    let msg = Call::new("ADD", "b").args("IP=10.10.0.11").fails(&conf, 111);
+    cni::quarantine::record(
+        &lab.quarantine(),
+        "10.10.0.10".parse().unwrap(),
+        ttl,
+        "arp reply",
+    )
+    .unwrap();
+    cni::quarantine::record(
+        &lab.quarantine(),
+        "10.10.0.11".parse().unwrap(),
+        ttl,
+        "arp reply",
+    )
+    .unwrap();
+    assert_eq!(
+        result_ips(&Call::new("ADD", "a").ok(&conf)),
+        vec!["10.10.0.12"]
+    );
+    let msg = Call::new("ADD", "b")
+        .args("IP=10.10.0.11")
+        .fails(&conf, 111);
     assert!(msg.contains("quarantined"), "{msg}");
 }
 
@@ -159,12 +210,19 @@ fn sticky_pod_keeps_its_address_across_sandboxes_and_nodes() {
     let pod = "K8S_POD_NAMESPACE=db;K8S_POD_NAME=mysql-0;K8S_POD_UID=u1";
     let first = result_ips(&Call::new("ADD", "sb1").args(pod).ok(&node1));
     // Others move the rotation on.
-    Call::new("ADD", "w1").args("K8S_POD_NAMESPACE=web;K8S_POD_NAME=w").ok(&node1);
+    Call::new("ADD", "w1")
+        .args("K8S_POD_NAMESPACE=web;K8S_POD_NAME=w")
+        .ok(&node1);
     Call::new("DEL", "sb1").args(pod).ok(&node1);
-    Call::new("ADD", "w2").args("K8S_POD_NAMESPACE=web;K8S_POD_NAME=w2").ok(&node1);
+    Call::new("ADD", "w2")
+        .args("K8S_POD_NAMESPACE=web;K8S_POD_NAME=w2")
+        .ok(&node1);
     // Recreated (new UID, new sandbox) on another node: same address.
     let pod2 = "K8S_POD_NAMESPACE=db;K8S_POD_NAME=mysql-0;K8S_POD_UID=u2";
-    assert_eq!(result_ips(&Call::new("ADD", "sb2").args(pod2).ok(&node2)), first);
+    assert_eq!(
+        result_ips(&Call::new("ADD", "sb2").args(pod2).ok(&node2)),
+        first
+    );
     // The old sandbox's late DEL frees nothing the new one holds.
     Call::new("DEL", "sb1").args(pod).ok(&node1);
     let mut gc = node1.clone();
@@ -172,7 +230,8 @@ fn sticky_pod_keeps_its_address_across_sandboxes_and_nodes() {
     Call::new("GC", "").ok(&gc); // node1's GC does not see node2's sandbox
     assert!(state_ips(&lab.state_file("net1")).contains(&first[0]));
     let mut prev = node2.clone();
-    prev["prevResult"] = json!({"cniVersion": "1.1.0", "ips": [{"address": format!("{}/24", first[0])}]});
+    prev["prevResult"] =
+        json!({"cniVersion": "1.1.0", "ips": [{"address": format!("{}/24", first[0])}]});
     Call::new("CHECK", "sb2").args(pod2).ok(&prev);
 }
 

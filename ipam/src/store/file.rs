@@ -152,7 +152,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = FileStore::new(dir.path().to_path_buf());
         std::fs::create_dir_all(st.network_dir("net")).unwrap();
-        for bad in [&b"{\"version\":1,\"records\":[{"[..], b"", b"{\"version\":99}"] {
+        for bad in [
+            &b"{\"version\":1,\"records\":[{"[..],
+            b"",
+            b"{\"version\":99}",
+        ] {
             std::fs::write(st.state_path("net"), bad).unwrap();
             let e = st.load("net").unwrap_err();
             assert_eq!(e.code(), code::STORE_CORRUPT, "{e}");

@@ -124,7 +124,11 @@ impl<'a> Call<'a> {
     /// Run and require failure with `code`; returns the message.
     pub fn fails(&self, conf: &Value, code: u64) -> String {
         let (exit, v) = self.run(conf);
-        assert_eq!(exit, 1, "{} {} should fail: {v}", self.command, self.container);
+        assert_eq!(
+            exit, 1,
+            "{} {} should fail: {v}",
+            self.command, self.container
+        );
         assert_eq!(v["code"], code, "{v}");
         v["msg"].as_str().unwrap_or("").to_string()
     }
@@ -145,7 +149,8 @@ pub fn result_ips(v: &Value) -> Vec<String> {
 
 /// The records of a state file.
 pub fn state_ips(path: &Path) -> Vec<String> {
-    let v: Value = serde_json::from_slice(&std::fs::read(path).expect("state file")).expect("state JSON");
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(path).expect("state file")).expect("state JSON");
     v["records"]
         .as_array()
         .expect("records")
