@@ -680,6 +680,38 @@ mod tests {
         assert_eq!(c.pools[0].capacity(), 1);
     }
 
+    proptest::proptest! {
+        // Whatever the addresses, parsing never panics, and an accepted pool
+        // keeps its ranges inside its subnet with something to hand out.
+        #[test]
+        fn random_pools_parse_or_fail_cleanly(
+            a in proptest::prelude::any::<u32>(), prefix in 0u8..=33,
+            s in proptest::prelude::any::<u32>(), e in proptest::prelude::any::<u32>(),
+            gw in proptest::option::of(proptest::prelude::any::<u32>()),
+            wild in proptest::prelude::any::<bool>(),
+        ) {
+            let v4 = |x: u32| std::net::Ipv4Addr::from(x).to_string();
+            // Mostly well-formed input (host bits clear, range inside), so the
+            // accepting path is exercised too; `wild` keeps raw values.
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            let (a, s, e) = if wild { (a, s, e) } else { (a & mask, (a & mask) | (s & !mask), (a & mask) | (e & !mask)) };
+            let mut pool = json!({"subnet": format!("{}/{prefix}", v4(a)),
+                                  "ranges": [format!("{}-{}", v4(s), v4(e))]});
+            if let Some(g) = gw {
+                pool["gateway"] = json!(v4(g));
+            }
+            match parse(one_pool(pool)) {
+                Ok(c) => {
+                    let p = &c.pools[0];
+                    let (lo, hi) = crate::pool::net_interval(&p.subnet);
+                    proptest::prop_assert!(p.ranges.iter().all(|&(x, y)| lo <= x && x <= y && y <= hi));
+                    proptest::prop_assert!(p.capacity() > 0);
+                }
+                Err(e) => proptest::prop_assert_eq!(e.code(), 7),
+            }
+        }
+    }
+
     #[test]
     fn network_names() {
         assert!(check_network_name("macvlan-net1.v2").is_ok());

@@ -284,6 +284,26 @@ mod tests {
     }
 
     #[test]
+    fn half_of_a_64_excluded_is_skipped_in_one_step() {
+        // Walking address by address would take 2^63 steps here.
+        let mut p = pool("fd00:2::/64");
+        p.exclude = vec!["fd00:2::/65".parse().unwrap()];
+        let b = p.blocked([].iter());
+        let x = next_free(&p.ranges, &b, None).unwrap();
+        assert_eq!(from_u128(x, Family::V6), ip("fd00:2::8000:0:0:0"));
+        assert_eq!(free_count(&p.ranges, &b), 1u128 << 63);
+        let v4 = pool("10.0.0.0/16");
+        let taken: Vec<IpAddr> = (1..=60000u32)
+            .map(|i| IpAddr::from((10u32 << 24 | i).to_be_bytes()))
+            .collect();
+        let b = v4.blocked(taken.iter());
+        assert_eq!(
+            next_free(&v4.ranges, &b, None).map(|x| from_u128(x, Family::V4)),
+            Some(ip("10.0.234.97"))
+        );
+    }
+
+    #[test]
     fn applies_by_globs() {
         let mut p = pool("10.0.0.0/24");
         p.nodes = vec![Pattern::new("rack1-*").unwrap()];

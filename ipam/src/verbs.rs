@@ -103,7 +103,9 @@ fn requested(call: &Call) -> Result<(Vec<IpAddr>, String)> {
             .split(',')
             .filter(|s| !s.trim().is_empty())
             .map(|s| {
-                parse_requested(s, "CNI_ARGS IP").map_err(|e| Error::InvalidEnv(e.to_string()))
+                parse_requested(s, "CNI_ARGS IP").map_err(|_| {
+                    Error::InvalidEnv(format!("CNI_ARGS IP: {:?} is not an IP address", s.trim()))
+                })
             })
             .collect::<Result<_>>()?,
     };
