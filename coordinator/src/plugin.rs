@@ -1,9 +1,8 @@
 //! The CNI verbs of the coordinator.
 
-use cni::error::code;
 use cni::plugin::{Call, Plugin};
 use cni::result::CniResult;
-use cni::{Error, Result};
+use cni::Result;
 
 use crate::config::{Config, Mode};
 
@@ -17,33 +16,25 @@ fn load(call: &Call) -> Result<Config> {
 
 impl Plugin for Coordinator {
     fn add(&self, call: &Call) -> Result<CniResult> {
-        let cfg = load(call)?;
-        let prev = call.prev_result()?.ok_or_else(|| {
-            Error::config(
-                "prevResult",
-                "is required: coordinator must be chained after a main CNI plugin",
-            )
-        })?;
-        match cfg.mode {
-            Mode::Disabled => Ok(prev),
-            _ => Err(Error::plugin(
-                code::NOT_IMPLEMENTED,
-                format!("mode {:?} is not implemented yet", cfg.mode),
-            )),
-        }
+        crate::add::add(call, &load(call)?)
     }
 
     fn del(&self, call: &Call) -> Result<()> {
-        let _cfg = load(call)?;
-        Ok(())
+        // A config that no longer validates must not block pod deletion:
+        // clean up with the defaults (the host veth name needs no config).
+        let cfg = match load(call) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("DEL with an invalid config ({e}); cleaning up with defaults");
+                let mut c = Config::from_map(&Default::default())?;
+                c.mode = Mode::Auto;
+                c
+            }
+        };
+        crate::del::del(call, &cfg)
     }
 
     fn check(&self, call: &Call) -> Result<()> {
-        let cfg = load(call)?;
-        if call.prev_result()?.is_none() {
-            return Err(Error::config("prevResult", "is required for CHECK"));
-        }
-        let _ = cfg;
-        Ok(())
+        crate::check::check(call, &load(call)?)
     }
 }
