@@ -79,7 +79,10 @@ pub fn sweep(prefix: &str) -> io::Result<Vec<String>> {
     // Lab scratch directories (`<tmp>/<lab prefix>`) left by the same runs.
     if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
         for e in rd.flatten() {
-            let ours = e.file_name().to_str().is_some_and(|n| n.starts_with(prefix));
+            let ours = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(prefix));
             if ours && e.file_type().is_ok_and(|t| t.is_dir()) {
                 if let Err(err) = std::fs::remove_dir_all(e.path()) {
                     errors.push(format!("{}: {err}", e.path().display()));
