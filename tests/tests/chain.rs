@@ -382,6 +382,9 @@ fn sigterm_removes_the_labs_namespaces() {
         "died of SIGTERM, not otherwise"
     );
     assert_eq!(lab::list_netns(&prefix).unwrap(), Vec::<String>::new());
+    // The handler only unmounts namespaces; the scratch dir is left to sweep.
+    lab::sweep(&prefix).unwrap();
+    assert!(!std::env::temp_dir().join(&prefix).exists());
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! nothing is left.
 //!
 //! demo [CONFLIST]      run the demo (root)
-//! demo --sweep         remove namespaces left by crashed lab runs
+//! demo --sweep         remove namespaces and scratch dirs left by crashed lab
+//!                      runs (every `cl-*`: only when no lab run is in progress)
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
