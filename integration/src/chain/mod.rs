@@ -4,7 +4,7 @@
 
 mod cache;
 mod conf;
-mod exec;
+pub mod exec;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
