@@ -82,8 +82,11 @@ pub fn run(plugin: &dyn Plugin, about: &About) -> ! {
         Err(e) => failure(&Error::Io(format!("reading stdin: {e}")), LATEST),
     };
     let mut so = std::io::stdout().lock();
-    let _ = so.write_all(out.stdout.as_bytes());
-    let _ = so.write_all(b"\n");
+    // A verb without a result (DEL, CHECK, STATUS, GC) prints nothing at all.
+    if !out.stdout.is_empty() {
+        let _ = so.write_all(out.stdout.as_bytes());
+        let _ = so.write_all(b"\n");
+    }
     let _ = so.flush();
     std::process::exit(out.exit_code)
 }
