@@ -123,13 +123,15 @@ fn dispatch_inner(
     vars: &HashMap<String, String>,
     stdin: &[u8],
 ) -> Outcome {
+    // VERSION needs nothing but CNI_COMMAND: whatever else the runtime left
+    // in the environment must not make it fail.
+    if vars.get("CNI_COMMAND").map(String::as_str) == Some("VERSION") {
+        return version_info(stdin, about);
+    }
     let env = match CniEnv::from_map(vars, plugin.known_args()) {
         Ok(e) => e,
         Err(e) => return failure(&e, &request_version(stdin)),
     };
-    if env.command == Command::Version {
-        return version_info(stdin, about);
-    }
     let (conf, raw) = match NetConf::parse(stdin) {
         Ok(c) => c,
         Err(e) => return failure(&e, &request_version(stdin)),

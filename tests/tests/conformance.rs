@@ -54,7 +54,8 @@ fn sample_result(version: &str, eleven: bool) -> Value {
         "name": "eth0", "mac": "0a:58:0a:06:00:05", "sandbox": "/var/run/netns/pod1",
         "x-vendor": {"a": 1}
     });
-    let mut ip4 = json!({"address": "10.6.0.5/16", "gateway": "10.6.0.1", "interface": 0, "x-ip": "keep"});
+    let mut ip4 =
+        json!({"address": "10.6.0.5/16", "gateway": "10.6.0.1", "interface": 0, "x-ip": "keep"});
     let mut ip6 = json!({"address": "fd00:6::5/64", "gateway": "fd00:6::1", "interface": 0});
     let mut rt4 = json!({"dst": "0.0.0.0/0", "gw": "10.6.0.1", "x-rt": true});
     let rt6 = json!({"dst": "::/0", "gw": "fd00:6::1"});
@@ -110,14 +111,18 @@ fn disabled_add_prints_prev_result_in_config_version() {
         for prev_v in VERSIONS {
             let prev = sample_result(prev_v, prev_v == "1.1.0");
             let conf = with_prev(coord_conf(conf_v, dir.path(), "disabled"), prev);
-            let run = Exec::cni(coordinator(), "ADD", &unique_id("r"), &gone_netns(dir.path()))
-                .stdin_json(&conf)
-                .run();
+            let run = Exec::cni(
+                coordinator(),
+                "ADD",
+                &unique_id("r"),
+                &gone_netns(dir.path()),
+            )
+            .stdin_json(&conf)
+            .run();
             let got = run.ok_json();
             let want = sample_result(conf_v, prev_v == "1.1.0" && conf_v == "1.1.0");
             assert_eq!(
-                got,
-                want,
+                got, want,
                 "config {conf_v}, prevResult {prev_v}:\n got {got}\nwant {want}"
             );
         }
@@ -132,10 +137,15 @@ fn add_result_has_only_what_the_version_defines() {
     let prev = sample_result("1.1.0", true);
     for v in VERSIONS {
         let conf = with_prev(coord_conf(v, dir.path(), "disabled"), prev.clone());
-        let r = Exec::cni(coordinator(), "ADD", &unique_id("f"), &gone_netns(dir.path()))
-            .stdin_json(&conf)
-            .run()
-            .ok_json();
+        let r = Exec::cni(
+            coordinator(),
+            "ADD",
+            &unique_id("f"),
+            &gone_netns(dir.path()),
+        )
+        .stdin_json(&conf)
+        .run()
+        .ok_json();
         assert_eq!(r["cniVersion"], v);
         let old = v < "1.0.0";
         for (i, fam) in [(0, "4"), (1, "6")] {
@@ -154,7 +164,11 @@ fn add_result_has_only_what_the_version_defines() {
             );
         }
         for f in ["mtu", "advmss", "priority", "table", "scope"] {
-            assert_eq!(r["routes"][0].get(f).is_some(), eleven, "{v}: routes[0].{f}");
+            assert_eq!(
+                r["routes"][0].get(f).is_some(),
+                eleven,
+                "{v}: routes[0].{f}"
+            );
         }
         assert_eq!(r["vendorField"], json!({"k": [1, 2]}), "{v}");
         assert_eq!(r["interfaces"][0]["x-vendor"], json!({"a": 1}), "{v}");
@@ -168,11 +182,19 @@ fn add_result_has_only_what_the_version_defines() {
 fn check_of_disabled_coordinator_succeeds_silently() {
     let dir = tmp();
     for v in ["0.4.0", "1.0.0", "1.1.0"] {
-        let conf = with_prev(coord_conf(v, dir.path(), "disabled"), sample_result(v, false));
-        Exec::cni(coordinator(), "CHECK", &unique_id("c"), &gone_netns(dir.path()))
-            .stdin_json(&conf)
-            .run()
-            .ok_silent();
+        let conf = with_prev(
+            coord_conf(v, dir.path(), "disabled"),
+            sample_result(v, false),
+        );
+        Exec::cni(
+            coordinator(),
+            "CHECK",
+            &unique_id("c"),
+            &gone_netns(dir.path()),
+        )
+        .stdin_json(&conf)
+        .run()
+        .ok_silent();
     }
 }
 
@@ -202,6 +224,9 @@ fn version_echoes_request_and_lists_all_versions() {
     let run = Exec::new(&bin)
         .env("CNI_COMMAND", "VERSION")
         .env("CNI_IFNAME", "a/b")
+        .env("CNI_NETNS", "relative")
+        .env("CNI_ARGS", "novalue")
+        .env("CNI_CONTAINERID", "bad/id")
         .stdin_json(&json!({"cniVersion": "0.4.0", "name": "n", "type": "coordinator"}))
         .run();
     assert_version_info(&run, "0.4.0");
@@ -217,15 +242,24 @@ fn env_error_cases(dir: &Path) -> Vec<(String, Exec)> {
         ("no CNI_COMMAND".into(), base().unset("CNI_COMMAND")),
         ("empty CNI_COMMAND".into(), base().env("CNI_COMMAND", "")),
         ("unknown command".into(), base().env("CNI_COMMAND", "FROB")),
-        ("lower-case command".into(), base().env("CNI_COMMAND", "add")),
-        ("relative netns".into(), base().env("CNI_NETNS", "var/run/netns/x")),
+        (
+            "lower-case command".into(),
+            base().env("CNI_COMMAND", "add"),
+        ),
+        (
+            "relative netns".into(),
+            base().env("CNI_NETNS", "var/run/netns/x"),
+        ),
     ];
     for var in ["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH", "CNI_NETNS"] {
         cases.push((format!("ADD without {var}"), base().unset(var)));
         cases.push((format!("ADD with empty {var}"), base().env(var, "")));
     }
     for id in ["bad/id", "-leading-dash", "has space", "semi;colon", "é"] {
-        cases.push((format!("container id {id:?}"), base().env("CNI_CONTAINERID", id)));
+        cases.push((
+            format!("container id {id:?}"),
+            base().env("CNI_CONTAINERID", id),
+        ));
     }
     for name in ["0123456789abcdef", "..", ".", "a/b", "a:b", "a b"] {
         cases.push((format!("ifname {name:?}"), base().env("CNI_IFNAME", name)));
@@ -286,14 +320,26 @@ fn undecodable_config_is_code_6() {
         let run = base().stdin(doc.to_vec()).run();
         let e = run.err(6);
         // Nothing trustworthy names a version: the newest.
-        assert_eq!(e["cniVersion"], "1.1.0", "{:?}", String::from_utf8_lossy(doc));
+        assert_eq!(
+            e["cniVersion"],
+            "1.1.0",
+            "{:?}",
+            String::from_utf8_lossy(doc)
+        );
     }
 }
 
 #[test]
 fn missing_or_unsupported_cni_version_is_code_1() {
     let dir = tmp();
-    for v in [None, Some(""), Some("0.2.0"), Some("0.1.0"), Some("1.2.0"), Some("9.9.9")] {
+    for v in [
+        None,
+        Some(""),
+        Some("0.2.0"),
+        Some("0.1.0"),
+        Some("1.2.0"),
+        Some("9.9.9"),
+    ] {
         let mut conf = with_prev(
             coord_conf("1.0.0", dir.path(), "disabled"),
             sample_result("1.0.0", false),
@@ -304,9 +350,14 @@ fn missing_or_unsupported_cni_version_is_code_1() {
             }
             Some(s) => conf["cniVersion"] = json!(s),
         }
-        let run = Exec::cni(coordinator(), "ADD", &unique_id("v"), &gone_netns(dir.path()))
-            .stdin_json(&conf)
-            .run();
+        let run = Exec::cni(
+            coordinator(),
+            "ADD",
+            &unique_id("v"),
+            &gone_netns(dir.path()),
+        )
+        .stdin_json(&conf)
+        .run();
         let e = run.err(1);
         assert!(
             VERSIONS.contains(&e["cniVersion"].as_str().unwrap_or("")),
@@ -335,9 +386,14 @@ fn missing_name_or_type_is_code_7() {
             }
             Some(s) => conf[field] = json!(s),
         }
-        let run = Exec::cni(coordinator(), "ADD", &unique_id("n"), &gone_netns(dir.path()))
-            .stdin_json(&conf)
-            .run();
+        let run = Exec::cni(
+            coordinator(),
+            "ADD",
+            &unique_id("n"),
+            &gone_netns(dir.path()),
+        )
+        .stdin_json(&conf)
+        .run();
         let msg = run.err_msg(7);
         assert!(msg.contains(field), "{field}={val:?}: {msg}");
         assert_eq!(run.json()["cniVersion"], "1.0.0");
@@ -350,11 +406,19 @@ fn chained_add_without_prev_result_is_code_7() {
     for mode in ["disabled", "underlay", "auto"] {
         for v in VERSIONS {
             let conf = coord_conf(v, dir.path(), mode);
-            let run = Exec::cni(coordinator(), "ADD", &unique_id("p"), &gone_netns(dir.path()))
-                .stdin_json(&conf)
-                .run();
+            let run = Exec::cni(
+                coordinator(),
+                "ADD",
+                &unique_id("p"),
+                &gone_netns(dir.path()),
+            )
+            .stdin_json(&conf)
+            .run();
             let e = run.err(7);
-            assert!(e["msg"].as_str().unwrap_or("").contains("prevResult"), "{e}");
+            assert!(
+                e["msg"].as_str().unwrap_or("").contains("prevResult"),
+                "{e}"
+            );
             assert_eq!(e["cniVersion"], v, "{e}");
         }
     }
@@ -375,9 +439,14 @@ fn malformed_prev_result_is_code_6() {
     ];
     for prev in bad {
         let conf = with_prev(coord_conf("1.0.0", dir.path(), "disabled"), prev.clone());
-        let run = Exec::cni(coordinator(), "ADD", &unique_id("m"), &gone_netns(dir.path()))
-            .stdin_json(&conf)
-            .run();
+        let run = Exec::cni(
+            coordinator(),
+            "ADD",
+            &unique_id("m"),
+            &gone_netns(dir.path()),
+        )
+        .stdin_json(&conf)
+        .run();
         let msg = run.err_msg(6);
         assert!(msg.contains("prevResult"), "{prev}: {msg}");
     }
@@ -386,10 +455,15 @@ fn malformed_prev_result_is_code_6() {
         coord_conf("1.0.0", dir.path(), "disabled"),
         json!({"cniVersion": "0.2.0", "ip4": {"ip": "10.0.0.2/24"}}),
     );
-    Exec::cni(coordinator(), "ADD", &unique_id("m"), &gone_netns(dir.path()))
-        .stdin_json(&conf)
-        .run()
-        .err(1);
+    Exec::cni(
+        coordinator(),
+        "ADD",
+        &unique_id("m"),
+        &gone_netns(dir.path()),
+    )
+    .stdin_json(&conf)
+    .run()
+    .err(1);
 }
 
 #[test]
@@ -401,13 +475,19 @@ fn verbs_outside_their_version_are_code_1() {
         ("GC", &["0.3.0", "0.4.0", "1.0.0"][..]),
     ] {
         for v in versions {
-            let conf = with_prev(coord_conf(v, dir.path(), "disabled"), sample_result(v, false));
+            let conf = with_prev(
+                coord_conf(v, dir.path(), "disabled"),
+                sample_result(v, false),
+            );
             let run = Exec::cni(coordinator(), cmd, &unique_id("g"), &gone_netns(dir.path()))
                 .stdin_json(&conf)
                 .run();
             let e = run.err(1);
             assert_eq!(e["cniVersion"], *v, "{cmd} {v}: {e}");
-            assert!(e["msg"].as_str().unwrap_or("").contains(cmd), "{cmd} {v}: {e}");
+            assert!(
+                e["msg"].as_str().unwrap_or("").contains(cmd),
+                "{cmd} {v}: {e}"
+            );
         }
     }
 }
@@ -443,26 +523,51 @@ fn invalid_coordinator_field_is_code_7_naming_it() {
             conf["mode"] = json!("disabled");
         }
         conf[field] = val.clone();
-        let run = Exec::cni(coordinator(), "ADD", &unique_id("i"), &gone_netns(dir.path()))
-            .stdin_json(&conf)
-            .run();
+        let run = Exec::cni(
+            coordinator(),
+            "ADD",
+            &unique_id("i"),
+            &gone_netns(dir.path()),
+        )
+        .stdin_json(&conf)
+        .run();
         let msg = run.err_msg(7);
         assert!(msg.contains(field), "{field}={val}: {msg}");
     }
     // Nested fields are named by their path.
     for (outer, inner, val, name) in [
-        ("detectOptions", "retries", json!(0), "detectOptions.retries"),
-        ("detectOptions", "timeout", json!("1h"), "detectOptions.timeout"),
-        ("logOptions", "logLevel", json!("loud"), "logOptions.logLevel"),
+        (
+            "detectOptions",
+            "retries",
+            json!(0),
+            "detectOptions.retries",
+        ),
+        (
+            "detectOptions",
+            "timeout",
+            json!("1h"),
+            "detectOptions.timeout",
+        ),
+        (
+            "logOptions",
+            "logLevel",
+            json!("loud"),
+            "logOptions.logLevel",
+        ),
     ] {
         let mut conf = with_prev(
             coord_conf("1.0.0", dir.path(), "disabled"),
             sample_result("1.0.0", false),
         );
         conf[outer][inner] = val;
-        let run = Exec::cni(coordinator(), "ADD", &unique_id("i"), &gone_netns(dir.path()))
-            .stdin_json(&conf)
-            .run();
+        let run = Exec::cni(
+            coordinator(),
+            "ADD",
+            &unique_id("i"),
+            &gone_netns(dir.path()),
+        )
+        .stdin_json(&conf)
+        .run();
         let msg = run.err_msg(7);
         assert!(msg.contains(name), "{name}: {msg}");
     }
@@ -472,10 +577,18 @@ fn invalid_coordinator_field_is_code_7_naming_it() {
 fn add_into_missing_netns_is_code_3() {
     let dir = tmp();
     for v in VERSIONS {
-        let conf = with_prev(coord_conf(v, dir.path(), "underlay"), sample_result(v, false));
-        let run = Exec::cni(coordinator(), "ADD", &unique_id("3"), &gone_netns(dir.path()))
-            .stdin_json(&conf)
-            .run();
+        let conf = with_prev(
+            coord_conf(v, dir.path(), "underlay"),
+            sample_result(v, false),
+        );
+        let run = Exec::cni(
+            coordinator(),
+            "ADD",
+            &unique_id("3"),
+            &gone_netns(dir.path()),
+        )
+        .stdin_json(&conf)
+        .run();
         let e = run.err(3);
         assert_eq!(e["cniVersion"], v, "{e}");
     }
@@ -612,9 +725,14 @@ fn log_file_gets_the_logs() {
         sample_result("1.0.0", false),
     );
     conf["logOptions"] = json!({"logLevel": "debug", "logFile": log});
-    let run = Exec::cni(coordinator(), "ADD", &unique_id("f"), &gone_netns(dir.path()))
-        .stdin_json(&conf)
-        .run();
+    let run = Exec::cni(
+        coordinator(),
+        "ADD",
+        &unique_id("f"),
+        &gone_netns(dir.path()),
+    )
+    .stdin_json(&conf)
+    .run();
     run.err(3);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -663,12 +781,25 @@ fn random_value(rng: &mut Rng, depth: u32) -> Value {
         4 => json!(rng.below(70000)),
         5 => json!(1.5e300),
         6 => json!(*rng.pick(&[
-            "", "underlay", "disabled", "10.6.0.5/16", "fd00::1", "::/0", "0b:00", "eth0",
-            "1h", "10ms", "\u{0}", "é/..", "9999999999999999999999"
+            "",
+            "underlay",
+            "disabled",
+            "10.6.0.5/16",
+            "fd00::1",
+            "::/0",
+            "0b:00",
+            "eth0",
+            "1h",
+            "10ms",
+            "\u{0}",
+            "é/..",
+            "9999999999999999999999"
         ])),
         7 => {
             let n = rng.below(12);
-            json!((0..n).map(|_| (b'!' + rng.below(90) as u8) as char).collect::<String>())
+            json!((0..n)
+                .map(|_| (b'!' + rng.below(90) as u8) as char)
+                .collect::<String>())
         }
         8 => json!("0.0.0.0/0"),
         9 => {
@@ -687,11 +818,34 @@ fn random_value(rng: &mut Rng, depth: u32) -> Value {
 }
 
 const CONF_KEYS: &[&str] = &[
-    "cniVersion", "name", "type", "mode", "prevResult", "hostRuleTable", "podMACPrefix",
-    "podRPFilter", "vethMTU", "vethLinkAddress", "serviceCIDR", "overlayPodCIDR", "hijackCIDR",
-    "policyRoutes", "detectIPConflict", "detectGateway", "detectOptions", "podDefaultCniNic",
-    "podDefaultRouteNic", "tunePodRoutes", "txQueueLen", "quarantineTTL", "ipam", "dns",
-    "runtimeConfig", "capabilities", "args", "cni.dev/valid-attachments",
+    "cniVersion",
+    "name",
+    "type",
+    "mode",
+    "prevResult",
+    "hostRuleTable",
+    "podMACPrefix",
+    "podRPFilter",
+    "vethMTU",
+    "vethLinkAddress",
+    "serviceCIDR",
+    "overlayPodCIDR",
+    "hijackCIDR",
+    "policyRoutes",
+    "detectIPConflict",
+    "detectGateway",
+    "detectOptions",
+    "podDefaultCniNic",
+    "podDefaultRouteNic",
+    "tunePodRoutes",
+    "txQueueLen",
+    "quarantineTTL",
+    "ipam",
+    "dns",
+    "runtimeConfig",
+    "capabilities",
+    "args",
+    "cni.dev/valid-attachments",
 ];
 
 const PREV_PATHS: &[&[&str]] = &[
@@ -794,6 +948,7 @@ fn no_input_makes_the_coordinator_panic() {
     let mut rng = Rng(0x5eed_c0de_2026_1122);
     // Node defaults are fuzzed too: they merge under the config.
     let defaults = dir.path().join("defaults.json");
+    let mut seen = std::collections::BTreeMap::new();
     for i in 0..200 {
         let cmd = *rng.pick(&[
             "ADD", "ADD", "ADD", "DEL", "DEL", "CHECK", "VERSION", "STATUS", "GC", "", "add",
@@ -804,26 +959,56 @@ fn no_input_makes_the_coordinator_panic() {
             exec = exec.env("CNI_COMMAND", cmd);
         }
         let envs: [(&str, &[&str]); 5] = [
-            ("CNI_CONTAINERID", &["", "bad/id", "conf-fuzz-a", "conf-fuzz-b", "-x"]),
+            // The first value of each list is a valid one.
+            (
+                "CNI_CONTAINERID",
+                &["conf-fuzz-a", "", "bad/id", "conf-fuzz-b", "-x"],
+            ),
             (
                 "CNI_NETNS",
-                &["", "relative", "/nonexistent-conf-fuzz/ns", "/dev/null", "/tmp/conf-fuzz-gone"],
+                &[
+                    "/nonexistent-conf-fuzz/ns",
+                    "",
+                    "relative",
+                    "/dev/null",
+                    "/tmp/conf-fuzz-gone",
+                ],
             ),
-            ("CNI_IFNAME", &["eth0", "net1", "", "0123456789abcdef", "a/b", ".."]),
+            (
+                "CNI_IFNAME",
+                &["eth0", "net1", "", "0123456789abcdef", "a/b", ".."],
+            ),
             ("CNI_PATH", &["/opt/cni/bin", "", ":::"]),
             (
                 "CNI_ARGS",
-                &["", "IgnoreUnknown=1;FOO=bar", "K8S_POD_NAME=x;K8S_POD_NAMESPACE=y", "novalue", "=", ";;", "FOO=bar"],
+                &[
+                    "",
+                    "IgnoreUnknown=1;FOO=bar",
+                    "K8S_POD_NAME=x;K8S_POD_NAMESPACE=y",
+                    "novalue",
+                    "=",
+                    ";;",
+                    "FOO=bar",
+                ],
             ),
         ];
+        // Most cases get a valid environment so the config is fuzzed too;
+        // the rest drop or spoil some variables.
+        let spoil = rng.chance(35);
         for (k, vals) in envs {
-            if rng.chance(85) {
-                let mut v = rng.pick(vals).to_string();
-                if k == "CNI_CONTAINERID" && v.starts_with("conf-fuzz") {
-                    v = format!("{v}{}x{i}", std::process::id());
-                }
-                exec = exec.env(k, &v);
+            if spoil && rng.chance(20) {
+                continue;
             }
+            let valid = !spoil || rng.chance(60);
+            let mut v = if valid {
+                vals[0].to_string()
+            } else {
+                rng.pick(vals).to_string()
+            };
+            if k == "CNI_CONTAINERID" && v.starts_with("conf-fuzz") {
+                v = format!("{v}{}x{i}", std::process::id());
+            }
+            exec = exec.env(k, &v);
         }
         let version = *rng.pick(&VERSIONS);
         let mode = *rng.pick(&["disabled", "underlay", "overlay", "auto", "bogus"]);
@@ -852,7 +1037,20 @@ fn no_input_makes_the_coordinator_panic() {
         let _ = std::fs::write(&defaults, d.to_string());
         let run = exec.stdin(doc.clone()).run();
         assert_no_crash(&run, cmd, &doc, i);
+        let code = one_json(&run.stdout)
+            .ok()
+            .and_then(|v| v.get("code").and_then(Value::as_u64));
+        *seen.entry((cmd, run.code, code)).or_insert(0u32) += 1;
     }
+    eprintln!("fuzz outcomes (command, exit, error code): {seen:?}");
+    // The loop must have reached past the protocol layer, or it proves little.
+    let count = |f: &dyn Fn(&(&str, Option<i32>, Option<u64>)) -> bool| -> u32 {
+        seen.iter().filter(|(k, _)| f(k)).map(|(_, n)| n).sum()
+    };
+    assert!(count(&|k| k.0 == "ADD" && k.1 == Some(0)) >= 5, "{seen:?}");
+    assert!(count(&|k| k.0 == "DEL" && k.1 == Some(0)) >= 5, "{seen:?}");
+    let codes: std::collections::BTreeSet<u64> = seen.keys().filter_map(|k| k.2).collect();
+    assert!(codes.len() >= 5, "too few distinct error codes: {codes:?}");
 }
 
 /// Exit 0 or 1 only; stdout one JSON value, or nothing after a verb that
@@ -870,7 +1068,12 @@ fn assert_no_crash(run: &Run, cmd: &str, doc: &[u8], i: usize) {
     };
     assert!(matches!(run.code, Some(0) | Some(1)), "{}", ctx());
     if run.stdout.is_empty() {
-        assert_eq!(run.code, Some(0), "a failure must print an error: {}", ctx());
+        assert_eq!(
+            run.code,
+            Some(0),
+            "a failure must print an error: {}",
+            ctx()
+        );
         assert!(
             matches!(cmd, "DEL" | "CHECK" | "STATUS" | "GC"),
             "only verbs without a result may print nothing: {}",
@@ -884,7 +1087,9 @@ fn assert_no_crash(run: &Run, cmd: &str, doc: &[u8], i: usize) {
         assert!(code.is_some(), "error without a code: {}", ctx());
         assert_ne!(code, Some(999), "a caught panic: {}", ctx());
         assert!(
-            v.get("msg").and_then(Value::as_str).is_some_and(|m| !m.is_empty()),
+            v.get("msg")
+                .and_then(Value::as_str)
+                .is_some_and(|m| !m.is_empty()),
             "error without msg: {}",
             ctx()
         );
