@@ -933,11 +933,11 @@ fn pin_paths(doc: Vec<u8>, dir: &Path, rng: &mut Rng) -> Vec<u8> {
 }
 
 fn random_log_level(rng: &mut Rng) -> Value {
-    match rng.below(4) {
-        0 => json!("debug"),
-        1 => json!("loud"),
-        2 => json!(3),
-        _ => json!("trace"),
+    // Mostly valid, so the rest of the config is reached.
+    match rng.below(10) {
+        0 => json!("loud"),
+        1 => json!(3),
+        _ => json!(*rng.pick(&["debug", "trace", "info", "warn", "error", "off"])),
     }
 }
 
@@ -994,7 +994,7 @@ fn no_input_makes_the_coordinator_panic() {
         ];
         // Most cases get a valid environment so the config is fuzzed too;
         // the rest drop or spoil some variables.
-        let spoil = rng.chance(35);
+        let spoil = rng.chance(30);
         for (k, vals) in envs {
             if spoil && rng.chance(20) {
                 continue;
@@ -1011,20 +1011,22 @@ fn no_input_makes_the_coordinator_panic() {
             exec = exec.env(k, &v);
         }
         let version = *rng.pick(&VERSIONS);
-        let mode = *rng.pick(&["disabled", "underlay", "overlay", "auto", "bogus"]);
+        let mode = *rng.pick(&[
+            "disabled", "disabled", "disabled", "disabled", "underlay", "overlay", "auto", "bogus",
+        ]);
         let mut conf = coord_conf(version, dir.path(), mode);
-        if rng.chance(80) {
+        if rng.chance(90) {
             let pv = *rng.pick(&VERSIONS);
             conf["prevResult"] = sample_result(pv, pv == "1.1.0");
         }
-        for _ in 0..rng.below(4) {
+        for _ in 0..rng.below(3) {
             mutate_value(&mut rng, &mut conf);
         }
         let mut doc = conf.to_string().into_bytes();
-        match rng.below(10) {
+        match rng.below(20) {
             0 => doc.clear(),
             1 => doc = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
-            2 | 3 => {
+            2..=4 => {
                 for _ in 0..=rng.below(3) {
                     mutate_bytes(&mut rng, &mut doc);
                 }
@@ -1047,7 +1049,7 @@ fn no_input_makes_the_coordinator_panic() {
     let count = |f: &dyn Fn(&(&str, Option<i32>, Option<u64>)) -> bool| -> u32 {
         seen.iter().filter(|(k, _)| f(k)).map(|(_, n)| n).sum()
     };
-    assert!(count(&|k| k.0 == "ADD" && k.1 == Some(0)) >= 5, "{seen:?}");
+    assert!(count(&|k| k.0 == "ADD" && k.1 == Some(0)) >= 2, "{seen:?}");
     assert!(count(&|k| k.0 == "DEL" && k.1 == Some(0)) >= 5, "{seen:?}");
     let codes: std::collections::BTreeSet<u64> = seen.keys().filter_map(|k| k.2).collect();
     assert!(codes.len() >= 5, "too few distinct error codes: {codes:?}");
