@@ -941,6 +941,9 @@ fn random_log_level(rng: &mut Rng) -> Value {
     }
 }
 
+/// (CNI_COMMAND, exit code, CNI error code) of one fuzz case.
+type FuzzOutcome = (&'static str, Option<i32>, Option<u64>);
+
 #[test]
 fn no_input_makes_the_coordinator_panic() {
     let dir = tmp();
@@ -948,7 +951,7 @@ fn no_input_makes_the_coordinator_panic() {
     let mut rng = Rng(0x5eed_c0de_2026_1122);
     // Node defaults are fuzzed too: they merge under the config.
     let defaults = dir.path().join("defaults.json");
-    let mut seen = std::collections::BTreeMap::new();
+    let mut seen: std::collections::BTreeMap<FuzzOutcome, u32> = Default::default();
     for i in 0..200 {
         let cmd = *rng.pick(&[
             "ADD", "ADD", "ADD", "DEL", "DEL", "CHECK", "VERSION", "STATUS", "GC", "", "add",
@@ -1042,11 +1045,11 @@ fn no_input_makes_the_coordinator_panic() {
         let code = one_json(&run.stdout)
             .ok()
             .and_then(|v| v.get("code").and_then(Value::as_u64));
-        *seen.entry((cmd, run.code, code)).or_insert(0u32) += 1;
+        *seen.entry((cmd, run.code, code)).or_insert(0) += 1;
     }
     eprintln!("fuzz outcomes (command, exit, error code): {seen:?}");
     // The loop must have reached past the protocol layer, or it proves little.
-    let count = |f: &dyn Fn(&(&str, Option<i32>, Option<u64>)) -> bool| -> u32 {
+    let count = |f: &dyn Fn(&FuzzOutcome) -> bool| -> u32 {
         seen.iter().filter(|(k, _)| f(k)).map(|(_, n)| n).sum()
     };
     assert!(count(&|k| k.0 == "ADD" && k.1 == Some(0)) >= 2, "{seen:?}");
