@@ -85,7 +85,9 @@ pub fn context(
     if view.link(ifname).is_none() {
         return Err(Error::plugin(
             code::KERNEL,
-            format!("interface {ifname} is not in the pod netns: the main plugin did not create it"),
+            format!(
+                "interface {ifname} is not in the pod netns: the main plugin did not create it"
+            ),
         ));
     }
     let (ips, gateways) = nic_addresses(prev, ifname);

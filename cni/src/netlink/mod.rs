@@ -20,6 +20,14 @@ use ipnet::IpNet;
 
 use crate::netns::NetNs;
 
+mod addr;
+mod conn;
+mod errno;
+mod link;
+mod neigh;
+mod route;
+mod rule;
+
 pub type Mac = [u8; 6];
 
 /// IP family of a route, rule, neighbour or dump.
@@ -228,123 +236,11 @@ pub struct RouteLookup {
 }
 
 /// A netlink socket bound to one network namespace.
+///
+/// Methods are grouped by kernel object in the submodules (`link`, `addr`,
+/// `route`, `rule`, `neigh`); `conn` holds open/open_in and the request loop.
+/// Do not call them from inside an async runtime: each call blocks on this
+/// socket's own runtime.
 pub struct Netlink {
-    _private: (),
-}
-
-#[allow(unused_variables)]
-impl Netlink {
-    /// Open a socket in the calling thread's network namespace.
-    pub fn open() -> NlResult<Netlink> {
-        todo!()
-    }
-
-    /// Open a socket inside `ns`. The socket stays bound to `ns`; the calling
-    /// thread's namespace is never changed.
-    pub fn open_in(ns: &NetNs) -> NlResult<Netlink> {
-        todo!()
-    }
-
-    // ---- links
-    pub fn link(&self, name: &str) -> NlResult<Option<Link>> {
-        todo!()
-    }
-    pub fn link_by_index(&self, index: u32) -> NlResult<Option<Link>> {
-        todo!()
-    }
-    pub fn links(&self) -> NlResult<Vec<Link>> {
-        todo!()
-    }
-    pub fn add_veth(&self, spec: &VethSpec) -> NlResult<()> {
-        todo!()
-    }
-    /// NotFound when the link is gone.
-    pub fn del_link(&self, index: u32) -> NlResult<()> {
-        todo!()
-    }
-    pub fn set_link_up(&self, index: u32) -> NlResult<()> {
-        todo!()
-    }
-    pub fn set_link_down(&self, index: u32) -> NlResult<()> {
-        todo!()
-    }
-    pub fn set_link_mtu(&self, index: u32, mtu: u32) -> NlResult<()> {
-        todo!()
-    }
-    pub fn set_link_mac(&self, index: u32, mac: Mac) -> NlResult<()> {
-        todo!()
-    }
-    pub fn set_link_txqlen(&self, index: u32, qlen: u32) -> NlResult<()> {
-        todo!()
-    }
-    /// Move a link into another namespace.
-    pub fn move_link(&self, index: u32, ns: &NetNs) -> NlResult<()> {
-        todo!()
-    }
-
-    // ---- addresses
-    /// All addresses (of one link when `index` is set).
-    pub fn addresses(&self, index: Option<u32>) -> NlResult<Vec<Address>> {
-        todo!()
-    }
-    pub fn add_address(&self, index: u32, addr: IpNet, nodad: bool) -> NlResult<()> {
-        todo!()
-    }
-    pub fn del_address(&self, index: u32, addr: IpNet) -> NlResult<()> {
-        todo!()
-    }
-
-    // ---- routes
-    /// Routes of one family; of one table when `table` is set (filtered by the
-    /// kernel with strict checking, so only that table crosses the socket).
-    pub fn routes(&self, family: Family, table: Option<u32>) -> NlResult<Vec<Route>> {
-        todo!()
-    }
-    /// Ask the kernel which route it would use toward `dst` (no dump).
-    pub fn route_get(&self, dst: IpAddr) -> NlResult<Option<RouteLookup>> {
-        todo!()
-    }
-    /// Create; `Exists` when an identical key is present.
-    pub fn add_route(&self, route: &Route) -> NlResult<()> {
-        todo!()
-    }
-    /// Create or replace.
-    pub fn replace_route(&self, route: &Route) -> NlResult<()> {
-        todo!()
-    }
-    /// `NotFound` when absent.
-    pub fn del_route(&self, route: &Route) -> NlResult<()> {
-        todo!()
-    }
-
-    // ---- rules
-    pub fn rules(&self, family: Family) -> NlResult<Vec<Rule>> {
-        todo!()
-    }
-    /// `Exists` when an identical rule is present.
-    pub fn add_rule(&self, rule: &Rule) -> NlResult<()> {
-        todo!()
-    }
-    /// `NotFound` when absent.
-    pub fn del_rule(&self, rule: &Rule) -> NlResult<()> {
-        todo!()
-    }
-
-    // ---- neighbours
-    /// Neighbours of one family (of one link when `index` is set).
-    pub fn neighbours(&self, family: Family, index: Option<u32>) -> NlResult<Vec<Neighbour>> {
-        todo!()
-    }
-    /// One entry, by a non-dump RTM_GETNEIGH.
-    pub fn neighbour(&self, index: u32, ip: IpAddr) -> NlResult<Option<Neighbour>> {
-        todo!()
-    }
-    /// Add or replace a permanent entry.
-    pub fn set_permanent_neighbour(&self, index: u32, ip: IpAddr, mac: Mac) -> NlResult<()> {
-        todo!()
-    }
-    /// `NotFound` when absent.
-    pub fn del_neighbour(&self, index: u32, ip: IpAddr) -> NlResult<()> {
-        todo!()
-    }
+    conn: conn::Conn,
 }

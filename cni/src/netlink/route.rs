@@ -1,0 +1,338 @@
+//! Routes, in any table, and kernel route lookups.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::errno::errno_of;
+use super::{Family, Netlink, NlError, NlResult, Route, RouteKind, RouteLookup, Scope};
+
+impl Netlink {
+    /// Routes of one family; of one table when `table` is set (filtered by the
+    /// kernel with strict checking, so only that table crosses the socket).
+    /// A table that does not exist yet is simply empty.
+    pub fn routes(&self, family: Family, table: Option<u32>) -> NlResult<Vec<Route>> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = address_family(family);
+        if let Some(t) = table {
+            msg.header.table = header_table(t);
+            msg.attributes.push(RouteAttribute::Table(t));
+        }
+        let out = match self.dump(RouteNetlinkMessage::GetRoute(msg)) {
+            Err(NlError::NotFound) if table.is_some() => return Ok(Vec::new()),
+            r => r?,
+        };
+        Ok(out
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_route(r),
+                _ => None,
+            })
+            // Kernels without strict checking ignore the filter.
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .collect())
+    }
+
+    /// Ask the kernel which route it would use toward `dst` (no dump).
+    /// None when the destination is unreachable.
+    pub fn route_get(&self, dst: IpAddr) -> NlResult<Option<RouteLookup>> {
+        let mut msg = RouteMessage::default();
+        let family = Family::of(&dst);
+        msg.header.address_family = address_family(family);
+        msg.header.destination_prefix_length = match family {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        };
+        if family == Family::V4 {
+            // Report the table the route came from (IPv6 always does, and
+            // rejects this flag).
+            msg.header.flags = RouteFlags::LookupTable;
+        }
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        let reply = match self.get(RouteNetlinkMessage::GetRoute(msg)) {
+            Ok(RouteNetlinkMessage::NewRoute(r)) => r,
+            Ok(other) => {
+                return Err(NlError::Io(format!(
+                    "unexpected reply to RTM_GETROUTE: {other:?}"
+                )))
+            }
+            Err(e) if matches!(errno_of(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        if matches!(
+            reply.header.kind,
+            RouteType::Unreachable | RouteType::BlackHole | RouteType::Prohibit
+        ) {
+            return Ok(None);
+        }
+        let mut lookup = RouteLookup {
+            oif: None,
+            prefsrc: None,
+            gateway: None,
+            table: reply.header.table as u32,
+        };
+        for attr in reply.attributes {
+            match attr {
+                RouteAttribute::Oif(i) => lookup.oif = Some(i),
+                RouteAttribute::PrefSource(a) => lookup.prefsrc = ip_of(&a),
+                RouteAttribute::Gateway(a) => lookup.gateway = ip_of(&a),
+                RouteAttribute::Table(t) => lookup.table = t,
+                _ => {}
+            }
+        }
+        Ok(Some(lookup))
+    }
+
+    /// Create; `Exists` when an identical key is present.
+    pub fn add_route(&self, route: &Route) -> NlResult<()> {
+        let msg = route_message(route, false)?;
+        self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Create or replace.
+    pub fn replace_route(&self, route: &Route) -> NlResult<()> {
+        let msg = route_message(route, false)?;
+        self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// `NotFound` when absent. Matches like `ip route del`: dst, table, kind,
+    /// and oif/gateway/prefsrc/metric when set; scope and protocol are not
+    /// compared.
+    pub fn del_route(&self, route: &Route) -> NlResult<()> {
+        let msg = route_message(route, true)?;
+        self.ack(RouteNetlinkMessage::DelRoute(msg), 0)
+    }
+}
+
+fn address_family(f: Family) -> AddressFamily {
+    match f {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    }
+}
+
+/// rtm_table is 8 bits: larger ids go in RTA_TABLE with RT_TABLE_UNSPEC here.
+pub(super) fn header_table(table: u32) -> u8 {
+    u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC)
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn invalid(msg: String) -> NlError {
+    NlError::Kernel {
+        errno: libc::EINVAL,
+        msg,
+    }
+}
+
+/// The request for `route`. A delete leaves scope and protocol as wildcards
+/// (RT_SCOPE_NOWHERE, RTPROT_UNSPEC), like iproute2.
+fn route_message(route: &Route, delete: bool) -> NlResult<RouteMessage> {
+    let family = route.family();
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = address_family(family);
+    msg.header.destination_prefix_length = route.dst.prefix_len();
+    msg.header.table = header_table(route.table);
+    msg.header.kind = match route.kind {
+        RouteKind::Unicast => RouteType::Unicast,
+        RouteKind::Local => RouteType::Local,
+        RouteKind::Broadcast => RouteType::Broadcast,
+        RouteKind::Multicast => RouteType::Multicast,
+        RouteKind::Other if delete => RouteType::Unspec,
+        RouteKind::Other => return Err(invalid("cannot install a route of kind Other".into())),
+    };
+    if delete {
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.protocol = RouteProtocol::Unspec;
+    } else {
+        msg.header.scope = match route.scope {
+            Scope::Universe => RouteScope::Universe,
+            Scope::Link => RouteScope::Link,
+            Scope::Host => RouteScope::Host,
+        };
+        msg.header.protocol = RouteProtocol::from(route.protocol);
+    }
+    if route.dst.prefix_len() > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                route.dst.addr(),
+            )));
+    }
+    msg.attributes.push(RouteAttribute::Table(route.table));
+    if let Some(oif) = route.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    if let Some(gw) = route.gateway {
+        if Family::of(&gw) != family {
+            return Err(invalid(format!(
+                "gateway {gw} is not of the family of {}",
+                route.dst
+            )));
+        }
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    if let Some(src) = route.prefsrc {
+        if Family::of(&src) != family {
+            return Err(invalid(format!(
+                "source {src} is not of the family of {}",
+                route.dst
+            )));
+        }
+        msg.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+    }
+    if let Some(metric) = route.metric {
+        msg.attributes.push(RouteAttribute::Priority(metric));
+    }
+    Ok(msg)
+}
+
+fn parse_route(msg: RouteMessage) -> Option<Route> {
+    let family = match msg.header.address_family {
+        AddressFamily::Inet => Family::V4,
+        AddressFamily::Inet6 => Family::V6,
+        _ => return None,
+    };
+    let mut dst_ip = match family {
+        Family::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        Family::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    let mut route = Route::new(IpNet::new(dst_ip, 0).ok()?, msg.header.table as u32);
+    route.protocol = msg.header.protocol.into();
+    route.scope = match msg.header.scope {
+        RouteScope::Link => Scope::Link,
+        RouteScope::Host => Scope::Host,
+        _ => Scope::Universe,
+    };
+    route.kind = match msg.header.kind {
+        RouteType::Unicast => RouteKind::Unicast,
+        RouteType::Local => RouteKind::Local,
+        RouteType::Broadcast => RouteKind::Broadcast,
+        RouteType::Multicast => RouteKind::Multicast,
+        _ => RouteKind::Other,
+    };
+    for attr in msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst_ip = ip_of(&a)?,
+            // RTA_TABLE holds the full id; rtm_table is capped at 252 (compat).
+            RouteAttribute::Table(t) => route.table = t,
+            RouteAttribute::Oif(i) => route.oif = Some(i),
+            RouteAttribute::Gateway(a) => route.gateway = ip_of(&a),
+            RouteAttribute::PrefSource(a) => route.prefsrc = ip_of(&a),
+            RouteAttribute::Priority(p) => route.metric = Some(p),
+            _ => {}
+        }
+    }
+    route.dst = IpNet::new(dst_ip, msg.header.destination_prefix_length).ok()?;
+    Some(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{RTPROT_KERNEL, TABLE_MAIN};
+
+    #[test]
+    fn big_tables_go_in_the_attribute() {
+        assert_eq!(header_table(254), 254);
+        assert_eq!(header_table(1000), 0);
+        let mut r = Route::new("10.1.0.0/16".parse().unwrap(), 1000);
+        r.gateway = Some("10.0.0.1".parse().unwrap());
+        let msg = route_message(&r, false).unwrap();
+        assert_eq!(msg.header.table, 0);
+        assert!(msg.attributes.contains(&RouteAttribute::Table(1000)));
+        assert_eq!(msg.header.protocol, RouteProtocol::Boot);
+        let del = route_message(&r, true).unwrap();
+        assert_eq!(del.header.scope, RouteScope::NoWhere);
+        assert_eq!(del.header.protocol, RouteProtocol::Unspec);
+    }
+
+    #[test]
+    fn mixed_families_are_refused() {
+        let mut r = Route::new("fd00::/64".parse().unwrap(), 100);
+        r.gateway = Some("10.0.0.1".parse().unwrap());
+        assert!(matches!(
+            route_message(&r, false),
+            Err(NlError::Kernel {
+                errno: libc::EINVAL,
+                ..
+            })
+        ));
+        let mut r = Route::new("fd00::/64".parse().unwrap(), 100);
+        r.kind = RouteKind::Other;
+        assert!(route_message(&r, false).is_err());
+        assert!(route_message(&r, true).is_ok());
+    }
+
+    #[test]
+    fn parse_fills_every_field() {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.table = 252;
+        msg.header.protocol = RouteProtocol::Kernel;
+        msg.header.scope = RouteScope::Link;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.destination_prefix_length = 24;
+        msg.attributes = vec![
+            RouteAttribute::Table(1000),
+            RouteAttribute::Destination(RouteAddress::Inet("10.2.0.0".parse().unwrap())),
+            RouteAttribute::Oif(3),
+            RouteAttribute::PrefSource(RouteAddress::Inet("10.2.0.5".parse().unwrap())),
+            RouteAttribute::Gateway(RouteAddress::Inet("10.2.0.1".parse().unwrap())),
+            RouteAttribute::Priority(77),
+        ];
+        let r = parse_route(msg).unwrap();
+        assert_eq!(
+            r,
+            Route {
+                dst: "10.2.0.0/24".parse().unwrap(),
+                table: 1000,
+                oif: Some(3),
+                gateway: Some("10.2.0.1".parse().unwrap()),
+                prefsrc: Some("10.2.0.5".parse().unwrap()),
+                scope: Scope::Link,
+                metric: Some(77),
+                protocol: RTPROT_KERNEL,
+                kind: RouteKind::Unicast,
+            }
+        );
+
+        // No RTA_DST: the default route of the family; no RTA_TABLE: rtm_table.
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.header.table = TABLE_MAIN as u8;
+        msg.header.kind = RouteType::BlackHole;
+        let r = parse_route(msg).unwrap();
+        assert_eq!(r.dst, "::/0".parse::<IpNet>().unwrap());
+        assert_eq!(r.table, TABLE_MAIN);
+        assert_eq!(r.kind, RouteKind::Other);
+
+        // Garbage prefix length: skipped.
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 40;
+        assert!(parse_route(msg).is_none());
+    }
+}
