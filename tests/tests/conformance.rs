@@ -234,12 +234,11 @@ fn version_echoes_request_and_lists_all_versions() {
 
 // ---------------------------------------------------------------- errors
 
-/// (what, exec, code) with the config written in 0.4.0 so an error's
-/// cniVersion can be told apart from the newest version.
-fn env_error_cases(dir: &Path) -> Vec<(String, Exec)> {
-    let base = || good_add("0.4.0", dir);
+/// (what, exec) of a call whose environment is invalid; `base` is a valid
+/// ADD. Missing CNI_COMMAND is left to the caller (coordinator-ipam is its
+/// operator CLI then).
+fn env_error_cases(base: &dyn Fn() -> Exec) -> Vec<(String, Exec)> {
     let mut cases: Vec<(String, Exec)> = vec![
-        ("no CNI_COMMAND".into(), base().unset("CNI_COMMAND")),
         ("empty CNI_COMMAND".into(), base().env("CNI_COMMAND", "")),
         ("unknown command".into(), base().env("CNI_COMMAND", "FROB")),
         (
@@ -276,15 +275,25 @@ fn env_error_cases(dir: &Path) -> Vec<(String, Exec)> {
     cases
 }
 
-#[test]
-fn invalid_environment_is_code_4() {
-    let dir = tmp();
-    for (what, exec) in env_error_cases(dir.path()) {
+/// Each case fails with code 4 and answers in the config's version.
+fn assert_env_errors(cases: Vec<(String, Exec)>, version: &str) {
+    for (what, exec) in cases {
         let run = exec.run();
         let e = std::panic::catch_unwind(|| run.err(4))
             .unwrap_or_else(|_| panic!("case {what}: see above"));
-        assert_eq!(e["cniVersion"], "0.4.0", "{what}: {e}");
+        assert_eq!(e["cniVersion"], version, "{what}: {e}");
     }
+}
+
+#[test]
+fn invalid_environment_is_code_4() {
+    let dir = tmp();
+    // The config is written in 0.4.0 so the error's cniVersion can be told
+    // apart from the newest version.
+    let base = || good_add("0.4.0", dir.path());
+    let mut cases = env_error_cases(&base);
+    cases.push(("no CNI_COMMAND".into(), base().unset("CNI_COMMAND")));
+    assert_env_errors(cases, "0.4.0");
 }
 
 #[test]
@@ -1105,4 +1114,493 @@ fn assert_no_crash(run: &Run, cmd: &str, doc: &[u8], i: usize) {
             ctx()
         );
     }
+}
+
+// ================================================================ coordinator-ipam
+//
+// Called as an IPAM plugin: stdin is the main plugin's config with an
+// `ipam` block. The store and quarantine file live in a temp dir.
+
+fn ipam() -> PathBuf {
+    bin_path("coordinator-ipam")
+}
+
+fn dual_pools() -> Value {
+    json!([
+        {"name": "v4", "subnet": "10.6.0.0/16", "ranges": ["10.6.1.10-10.6.1.200"],
+         "gateway": "10.6.0.1", "routes": [{"dst": "0.0.0.0/0", "gw": "10.6.0.1"}]},
+        {"name": "v6", "subnet": "fd00:6::/64", "gateway": "fd00:6::1"}
+    ])
+}
+
+fn ipam_conf(version: &str, dir: &Path, pools: Value) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": "confipam",
+        "type": "macvlan",
+        "master": "ens1",
+        "ipam": {
+            "type": "coordinator-ipam",
+            "nodeName": "conf-node",
+            "store": {"kind": "file", "dataDir": dir.join("data")},
+            "quarantineFile": dir.join("quarantine.json"),
+            "pools": pools,
+        }
+    })
+}
+
+/// A per-attachment call of coordinator-ipam logging at debug level on stderr.
+fn ipam_call(cmd: &str, id: &str, dir: &Path) -> Exec {
+    Exec::cni(ipam(), cmd, id, &gone_netns(dir)).env("COORDINATOR_IPAM_LOG_LEVEL", "debug")
+}
+
+#[test]
+fn ipam_version_echoes_request_and_lists_all_versions() {
+    for v in VERSIONS {
+        let run = Exec::new(ipam())
+            .env("CNI_COMMAND", "VERSION")
+            .stdin_json(&json!({"cniVersion": v}))
+            .run();
+        assert_version_info(&run, v);
+    }
+    assert_version_info(
+        &Exec::new(ipam()).env("CNI_COMMAND", "VERSION").run(),
+        "1.1.0",
+    );
+    let run = Exec::new(ipam())
+        .env("CNI_COMMAND", "VERSION")
+        .env("CNI_ARGS", "novalue")
+        .env("CNI_NETNS", "relative")
+        .stdin_json(&json!({"cniVersion": "0.3.1", "name": "n", "type": "macvlan"}))
+        .run();
+    assert_version_info(&run, "0.3.1");
+}
+
+#[test]
+fn ipam_add_prints_its_result_in_the_config_version() {
+    let dir = tmp();
+    for v in VERSIONS {
+        let id = unique_id("ia");
+        let conf = ipam_conf(v, dir.path(), dual_pools());
+        let run = ipam_call("ADD", &id, dir.path()).stdin_json(&conf).run();
+        // Debug logs went to stderr; stdout is the result alone.
+        let r = run.ok_json();
+        assert!(
+            !run.stderr().trim().is_empty(),
+            "debug logs expected on stderr"
+        );
+        assert_eq!(r["cniVersion"], v, "{r}");
+        let ips = r["ips"].as_array().cloned().unwrap_or_default();
+        assert_eq!(ips.len(), 2, "{r}");
+        let old = v < "1.0.0";
+        for (ip, fam, gw) in [(&ips[0], "4", "10.6.0.1"), (&ips[1], "6", "fd00:6::1")] {
+            assert_eq!(
+                ip.get("version").and_then(Value::as_str),
+                old.then_some(fam),
+                "{r}"
+            );
+            assert_eq!(ip["gateway"], gw, "{r}");
+        }
+        let a4 = ips[0]["address"].as_str().unwrap_or("");
+        assert!(a4.starts_with("10.6.1.") && a4.ends_with("/16"), "{r}");
+        assert!(
+            ips[1]["address"].as_str().unwrap_or("").ends_with("/64"),
+            "{r}"
+        );
+        assert_eq!(
+            r["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "10.6.0.1"}]),
+            "{r}"
+        );
+        ipam_call("DEL", &id, dir.path())
+            .stdin_json(&conf)
+            .run()
+            .ok_silent();
+    }
+}
+
+#[test]
+fn ipam_invalid_environment_is_code_4() {
+    let dir = tmp();
+    let conf = ipam_conf("0.4.0", dir.path(), dual_pools());
+    let base = || ipam_call("ADD", &unique_id("ie"), dir.path()).stdin_json(&conf);
+    let mut cases = env_error_cases(&base);
+    cases.push((
+        "CNI_ARGS IP not an address".into(),
+        base().env("CNI_ARGS", "IP=nope"),
+    ));
+    assert_env_errors(cases, "0.4.0");
+    // IP is an argument coordinator-ipam knows.
+    let r = base().env("CNI_ARGS", "IP=10.6.1.77").run().ok_json();
+    assert_eq!(r["ips"][0]["address"], "10.6.1.77/16", "{r}");
+}
+
+#[test]
+fn ipam_without_cni_command_is_its_cli_not_a_crash() {
+    // Not a CNI call: the operator CLI prints its usage and exits 2.
+    let dir = tmp();
+    let conf = ipam_conf("1.0.0", dir.path(), dual_pools());
+    let run = ipam_call("ADD", &unique_id("cli"), dir.path())
+        .unset("CNI_COMMAND")
+        .stdin_json(&conf)
+        .run();
+    assert_eq!(run.code, Some(2), "{run:?}");
+}
+
+#[test]
+fn ipam_undecodable_or_incompatible_config() {
+    let dir = tmp();
+    let call = || ipam_call("ADD", &unique_id("ic"), dir.path());
+    for doc in [&b""[..], b"{", b"[]", b"7", b"{\"cniVersion\":\"1.0.0\"} x"] {
+        call().stdin(doc.to_vec()).run().err(6);
+    }
+    for v in ["", "0.2.0", "2.0.0"] {
+        let mut conf = ipam_conf("1.0.0", dir.path(), dual_pools());
+        conf["cniVersion"] = json!(v);
+        call().stdin_json(&conf).run().err(1);
+    }
+    for field in ["name", "type"] {
+        let mut conf = ipam_conf("1.0.0", dir.path(), dual_pools());
+        conf.as_object_mut().map(|o| o.remove(field));
+        let msg = call().stdin_json(&conf).run().err_msg(7);
+        assert!(msg.contains(field), "{msg}");
+    }
+    for (cmd, v) in [("CHECK", "0.3.1"), ("STATUS", "1.0.0"), ("GC", "1.0.0")] {
+        let conf = ipam_conf(v, dir.path(), dual_pools());
+        let e = ipam_call(cmd, &unique_id("ic"), dir.path())
+            .stdin_json(&conf)
+            .run()
+            .err(1);
+        assert_eq!(e["cniVersion"], v, "{e}");
+    }
+}
+
+#[test]
+fn ipam_invalid_ipam_config_is_code_7_naming_it() {
+    let dir = tmp();
+    let pool = |extra: Value| {
+        let mut p = json!({"subnet": "10.6.0.0/24"});
+        if let (Some(o), Value::Object(e)) = (p.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        json!([p])
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (json!([]), "ipam.pools"),
+        (json!("10.6.0.0/24"), "ipam.pools"),
+        (json!([{"subnet": "10.6.0.0/33"}]), "ipam.pools[0].subnet"),
+        (json!([{"gateway": "10.6.0.1"}]), "ipam.pools[0]"),
+        (
+            pool(json!({"gateway": "10.7.0.1"})),
+            "ipam.pools[0].gateway",
+        ),
+        (
+            pool(json!({"ranges": ["10.7.0.1-10.7.0.5"]})),
+            "ipam.pools[0].ranges[0]",
+        ),
+        (pool(json!({"exclude": ["x"]})), "ipam.pools[0].exclude[0]"),
+        (pool(json!({"bogus": 1})), "ipam.pools[0].bogus"),
+        (
+            pool(json!({"routes": [{"dst": "nope"}]})),
+            "ipam.pools[0].routes[0]",
+        ),
+    ];
+    for (pools, field) in cases {
+        let conf = ipam_conf("1.0.0", dir.path(), pools.clone());
+        let msg = ipam_call("ADD", &unique_id("i7"), dir.path())
+            .stdin_json(&conf)
+            .run()
+            .err_msg(7);
+        assert!(msg.contains(field), "{pools}: {msg} should name {field}");
+    }
+    let blocks: Vec<(&str, Value, &str)> = vec![
+        ("store", json!({"kind": "etcd"}), "ipam.store.kind"),
+        (
+            "store",
+            json!({"kind": "file", "dataDir": ""}),
+            "ipam.store.dataDir",
+        ),
+        (
+            "store",
+            json!({"kind": "file", "dataDir": "/d", "x": 1}),
+            "ipam.store.x",
+        ),
+        (
+            "sticky",
+            json!([{"namespace": "[", "pod": "x"}]),
+            "ipam.sticky[0].namespace",
+        ),
+        ("quarantineFile", json!(""), "ipam.quarantineFile"),
+    ];
+    for (key, val, field) in blocks {
+        let mut conf = ipam_conf("1.0.0", dir.path(), dual_pools());
+        conf["ipam"][key] = val;
+        for cmd in ["ADD", "STATUS"] {
+            let mut conf = conf.clone();
+            if cmd == "STATUS" {
+                conf["cniVersion"] = json!("1.1.0");
+            }
+            let msg = ipam_call(cmd, &unique_id("i7"), dir.path())
+                .stdin_json(&conf)
+                .run()
+                .err_msg(7);
+            assert!(
+                msg.contains(field),
+                "{cmd} {key}: {msg} should name {field}"
+            );
+        }
+    }
+    for ipam_block in [json!(null), json!([]), json!("coordinator-ipam")] {
+        let mut conf = ipam_conf("1.0.0", dir.path(), dual_pools());
+        conf["ipam"] = ipam_block;
+        let msg = ipam_call("ADD", &unique_id("i7"), dir.path())
+            .stdin_json(&conf)
+            .run()
+            .err_msg(7);
+        assert!(msg.contains("ipam"), "{msg}");
+    }
+}
+
+/// A pool of exactly one address: whether it is free tells whether DEL/GC
+/// released it.
+fn one_address_pool() -> Value {
+    json!([{"name": "one", "subnet": "10.9.0.0/24", "ranges": ["10.9.0.7-10.9.0.7"]}])
+}
+
+#[test]
+fn ipam_repeated_del_succeeds_and_releases_once() {
+    let dir = tmp();
+    let conf = ipam_conf("1.0.0", dir.path(), one_address_pool());
+    let (a, b) = (unique_id("da"), unique_id("db"));
+    let r = ipam_call("ADD", &a, dir.path())
+        .stdin_json(&conf)
+        .run()
+        .ok_json();
+    assert_eq!(r["ips"][0]["address"], "10.9.0.7/24", "{r}");
+    // The pool is full now: the proof that DEL below really frees.
+    ipam_call("ADD", &b, dir.path())
+        .stdin_json(&conf)
+        .run()
+        .err(110);
+    let mut chained = conf.clone();
+    chained["prevResult"] = r.clone();
+    for c in [&chained, &conf, &chained] {
+        ipam_call("DEL", &a, dir.path())
+            .stdin_json(c)
+            .run()
+            .ok_silent();
+    }
+    // DEL of an attachment never added, and without CNI_NETNS.
+    ipam_call("DEL", &unique_id("dn"), dir.path())
+        .unset("CNI_NETNS")
+        .stdin_json(&conf)
+        .run()
+        .ok_silent();
+    let r = ipam_call("ADD", &b, dir.path())
+        .stdin_json(&conf)
+        .run()
+        .ok_json();
+    assert_eq!(r["ips"][0]["address"], "10.9.0.7/24", "{r}");
+    // A repeated DEL of the first owner must not free the second's address.
+    ipam_call("DEL", &a, dir.path())
+        .stdin_json(&conf)
+        .run()
+        .ok_silent();
+    ipam_call("ADD", &unique_id("dc"), dir.path())
+        .stdin_json(&conf)
+        .run()
+        .err(110);
+}
+
+#[test]
+fn ipam_status_and_gc_on_1_1() {
+    let dir = tmp();
+    let conf = ipam_conf("1.1.0", dir.path(), one_address_pool());
+    let nonattach = |cmd: &str, c: &Value| {
+        Exec::new(ipam())
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin_json(c)
+            .run()
+    };
+    nonattach("STATUS", &conf).ok_silent();
+    let a = unique_id("ga");
+    ipam_call("ADD", &a, dir.path())
+        .stdin_json(&conf)
+        .run()
+        .ok_json();
+    // The only address is taken: the plugin cannot serve an ADD (code 50).
+    nonattach("STATUS", &conf).err(50);
+    // GC that still lists the attachment keeps it.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": a, "ifname": "eth0"}]);
+    nonattach("GC", &gc).ok_silent();
+    nonattach("STATUS", &conf).err(50);
+    // GC without it releases it.
+    gc["cni.dev/valid-attachments"] = json!([]);
+    nonattach("GC", &gc).ok_silent();
+    nonattach("STATUS", &conf).ok_silent();
+    ipam_call("ADD", &unique_id("gb"), dir.path())
+        .stdin_json(&conf)
+        .run()
+        .ok_json();
+}
+
+const IPAM_KEYS: &[&str] = &[
+    "type",
+    "nodeName",
+    "pools",
+    "sticky",
+    "quarantineFile",
+    "bogus",
+];
+const POOL_KEYS: &[&str] = &[
+    "name", "subnet", "ranges", "exclude", "gateway", "routes", "nodes", "pods",
+];
+
+fn mutate_ipam(rng: &mut Rng, conf: &mut Value) {
+    match rng.below(5) {
+        0 => {
+            let k = *rng.pick(IPAM_KEYS);
+            let v = random_value(rng, 0);
+            if let Some(o) = conf.get_mut("ipam").and_then(Value::as_object_mut) {
+                o.insert(k.into(), v);
+            }
+        }
+        1 => {
+            let k = *rng.pick(POOL_KEYS);
+            if let Some(p) = conf["ipam"]["pools"]
+                .get_mut(rng.below(2))
+                .filter(|p| p.is_object())
+            {
+                p[k] = random_value(rng, 1);
+            }
+        }
+        2 => {
+            let k = *rng.pick(&[
+                "cniVersion",
+                "name",
+                "type",
+                "ipam",
+                "runtimeConfig",
+                "args",
+            ]);
+            conf[k] = random_value(rng, 0);
+        }
+        3 => {
+            // Requested addresses, inside and outside the pools.
+            let ip = *rng.pick(&["10.6.1.50", "10.6.1.50/16", "10.7.0.1", "fd00:6::99", "x"]);
+            conf["runtimeConfig"] = json!({"ips": [ip]});
+        }
+        _ => {
+            let k = *rng.pick(POOL_KEYS);
+            if let Some(p) = conf["ipam"]["pools"]
+                .get_mut(0)
+                .and_then(Value::as_object_mut)
+            {
+                p.remove(k);
+            }
+        }
+    }
+}
+
+/// The store and quarantine file stay in `dir` whatever the fuzz wrote.
+fn pin_ipam_paths(doc: Vec<u8>, dir: &Path) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(&doc) {
+        Ok(Value::Object(mut o)) => {
+            if let Some(Value::Object(ipam)) = o.get_mut("ipam") {
+                ipam.insert(
+                    "store".into(),
+                    json!({"kind": "file", "dataDir": dir.join("data")}),
+                );
+                ipam.insert("quarantineFile".into(), json!(dir.join("quarantine.json")));
+            }
+            Value::Object(o).to_string().into_bytes()
+        }
+        _ => doc,
+    }
+}
+
+#[test]
+fn no_input_makes_coordinator_ipam_panic() {
+    let dir = tmp();
+    let bin = ipam();
+    let mut rng = Rng(0x1bad_5eed_0000_0007);
+    let mut seen: std::collections::BTreeMap<FuzzOutcome, u32> = Default::default();
+    for i in 0..200 {
+        // CNI_COMMAND is always set: without it this binary is its CLI.
+        let cmd = *rng.pick(&[
+            "ADD", "ADD", "ADD", "DEL", "DEL", "CHECK", "VERSION", "STATUS", "GC", "", "FROB",
+        ]);
+        let mut exec = Exec::new(&bin).env("CNI_COMMAND", cmd);
+        let envs: [(&str, &[&str]); 5] = [
+            (
+                "CNI_CONTAINERID",
+                &["ipam-fuzz", "", "bad/id", "ipam-fuzz-same"],
+            ),
+            ("CNI_NETNS", &["/nonexistent-conf-fuzz/ns", "", "relative"]),
+            ("CNI_IFNAME", &["eth0", "net1", "", "a/b"]),
+            ("CNI_PATH", &["/opt/cni/bin", ""]),
+            (
+                "CNI_ARGS",
+                &[
+                    "",
+                    "IP=10.6.1.60",
+                    "IP=bogus",
+                    "K8S_POD_NAMESPACE=db;K8S_POD_NAME=m-0",
+                    "X=1",
+                ],
+            ),
+        ];
+        let spoil = rng.chance(30);
+        for (k, vals) in envs {
+            if spoil && rng.chance(20) {
+                continue;
+            }
+            let valid = !spoil || rng.chance(60);
+            let mut v = if valid {
+                vals[0].to_string()
+            } else {
+                rng.pick(vals).to_string()
+            };
+            if v == "ipam-fuzz" {
+                v = format!("{v}{}x{i}", std::process::id());
+            }
+            exec = exec.env(k, &v);
+        }
+        let version = *rng.pick(&VERSIONS);
+        let mut conf = ipam_conf(version, dir.path(), dual_pools());
+        if cmd == "CHECK" || rng.chance(20) {
+            conf["prevResult"] = sample_result(version, false);
+        }
+        for _ in 0..rng.below(3) {
+            mutate_ipam(&mut rng, &mut conf);
+        }
+        let mut doc = conf.to_string().into_bytes();
+        match rng.below(20) {
+            0 => doc.clear(),
+            1 => doc = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            2..=4 => {
+                for _ in 0..=rng.below(3) {
+                    mutate_bytes(&mut rng, &mut doc);
+                }
+            }
+            _ => {}
+        }
+        let doc = pin_ipam_paths(doc, dir.path());
+        let run = exec.stdin(doc.clone()).run();
+        assert_no_crash(&run, cmd, &doc, i);
+        let code = one_json(&run.stdout)
+            .ok()
+            .and_then(|v| v.get("code").and_then(Value::as_u64));
+        *seen.entry((cmd, run.code, code)).or_insert(0) += 1;
+    }
+    eprintln!("ipam fuzz outcomes (command, exit, error code): {seen:?}");
+    let count = |f: &dyn Fn(&FuzzOutcome) -> bool| -> u32 {
+        seen.iter().filter(|(k, _)| f(k)).map(|(_, n)| n).sum()
+    };
+    assert!(count(&|k| k.0 == "ADD" && k.1 == Some(0)) >= 5, "{seen:?}");
+    assert!(count(&|k| k.0 == "DEL" && k.1 == Some(0)) >= 5, "{seen:?}");
+    let codes: std::collections::BTreeSet<u64> = seen.keys().filter_map(|k| k.2).collect();
+    assert!(codes.len() >= 5, "too few distinct error codes: {codes:?}");
 }
