@@ -603,6 +603,34 @@ fn add_into_missing_netns_is_code_3() {
     }
 }
 
+#[test]
+fn check_errors_are_reported_in_the_config_version() {
+    let dir = tmp();
+    let netns = gone_netns(dir.path());
+    for v in ["0.4.0", "1.0.0", "1.1.0"] {
+        // CHECK needs the result it checks.
+        let e = Exec::cni(coordinator(), "CHECK", &unique_id("k"), &netns)
+            .stdin_json(&coord_conf(v, dir.path(), "underlay"))
+            .run()
+            .err(7);
+        assert!(
+            e["msg"].as_str().unwrap_or("").contains("prevResult"),
+            "{e}"
+        );
+        assert_eq!(e["cniVersion"], v);
+        // A pod whose netns is gone is an unknown container.
+        let conf = with_prev(
+            coord_conf(v, dir.path(), "underlay"),
+            sample_result(v, false),
+        );
+        let e = Exec::cni(coordinator(), "CHECK", &unique_id("k"), &netns)
+            .stdin_json(&conf)
+            .run()
+            .err(3);
+        assert_eq!(e["cniVersion"], v);
+    }
+}
+
 // ---------------------------------------------------------------- DEL
 
 #[test]
