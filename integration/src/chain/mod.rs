@@ -4,7 +4,7 @@
 
 mod cache;
 mod conf;
-mod exec;
+pub mod exec;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -123,7 +123,7 @@ pub struct PluginRun {
     pub wall: Duration,
     /// Peak RSS of the plugin process in KiB.
     pub max_rss_kib: u64,
-    /// CPU time (user + system) of the plugin process.
+    /// User + system CPU time of the plugin process.
     pub cpu: Duration,
     /// Set when the plugin was not run (GC/STATUS on a plugin that does not
     /// support the required spec version).
