@@ -97,6 +97,20 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
         k,
         cache: HashMap::new(),
     };
+    // First: the nf_tables commit leaves an RCU grace period behind (see
+    // nftables::in_netns) that then elapses while the steps below run. The
+    // table only matches packets entering through veth0, so it may exist
+    // before veth0 does, and the pod runs nothing during ADD.
+    if plan.reply_mark {
+        nftables::install(
+            k.pod_ns,
+            &ReplyMark {
+                iif: crate::names::POD_VETH.into(),
+                mark: REPLY_MARK,
+            },
+        )?;
+        journal.push(Undo::RemoveReplyMark);
+    }
     if let Some(v) = plan.veth.as_ref().filter(|v| v.create) {
         k.host
             .add_veth(&VethSpec {
@@ -161,16 +175,6 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
     }
     for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Pod) {
         add_rule(k, *side, rule, journal)?;
-    }
-    if plan.reply_mark {
-        nftables::install(
-            k.pod_ns,
-            &ReplyMark {
-                iif: crate::names::POD_VETH.into(),
-                mark: REPLY_MARK,
-            },
-        )?;
-        journal.push(Undo::RemoveReplyMark);
     }
     for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Host) {
         add_rule(k, *side, rule, journal)?;

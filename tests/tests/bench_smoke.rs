@@ -35,6 +35,10 @@ fn smoke_run_produces_sane_outputs() {
         "coordinator/add/1nic-v4-node",
         "host-local/add/empty",
         "host-local/add/full",
+        "coordinator-ipam/add/empty",
+        "coordinator-ipam/add/full",
+        "coordinator/add/2nics-ds-detect-eth0",
+        "coordinator/add/2nics-ds-detect-net1",
     ] {
         let row = report.rows.iter().find(|r| r.id == id);
         let row = row.unwrap_or_else(|| panic!("no row {id}"));
@@ -59,6 +63,7 @@ fn smoke_run_produces_sane_outputs() {
 
     let burst = report.burst.as_ref().expect("burst ran");
     assert_eq!(burst.pods, opts.burst_pods);
+    assert_eq!(burst.ipam, "coordinator-ipam");
     assert_eq!(
         (burst.add_failures, burst.del_failures),
         (0, 0),

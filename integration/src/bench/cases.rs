@@ -3,12 +3,14 @@
 //! runs), never the whole chain.
 
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::stats::Sample;
+use super::stats::{micros, Sample};
 use crate::chain::{Attachment, Chain, Outcome, PluginRun, Verb};
-use crate::lab::Lab;
+use crate::lab::{state, Lab};
 
 /// Whose exec a row measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -57,6 +59,10 @@ pub enum Body<'l> {
     },
     /// A bare IPAM plugin: ADD then DEL of a fresh attachment. Rows: ADD, DEL.
     Ipam { chain: Chain, netns: PathBuf },
+    /// What the kernel charges for deleting a veth pair, whoever asks: rows
+    /// `ip link del <veth>` (pair made untimed just before) and `ip link show
+    /// lo` (the same exec without the deletion), in netns `ns`.
+    LinkDel { ns: String },
 }
 
 pub struct Case<'l> {
@@ -75,8 +81,20 @@ pub struct Iteration {
     pub errors: Vec<String>,
 }
 
+/// Give freed heap back to the kernel. A forked child starts with our
+/// anonymous RSS, and Linux counts it in the child's `ru_maxrss` even after
+/// exec: a fat harness would report every plugin at least as big as itself.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Case<'_> {
     pub fn once(&self, iter: usize) -> Iteration {
+        trim_heap();
         let mut it = Iteration {
             samples: vec![None; self.rows.len()],
             errors: Vec::new(),
@@ -106,6 +124,23 @@ impl Case<'_> {
                 nics,
                 measured,
             } => self.pod_once(lab, nics, measured, &cid, iter, &mut it),
+            Body::LinkDel { ns } => {
+                let (a, b) = (format!("bk{iter}a"), format!("bk{iter}b"));
+                let made = state::ip(ns, &["link", "add", &a, "type", "veth", "peer", "name", &b]);
+                if let Err(e) = made {
+                    it.errors.push(e.to_string());
+                    return it;
+                }
+                for (k, args) in [["link", "del", a.as_str()], ["link", "show", "lo"]]
+                    .iter()
+                    .enumerate()
+                {
+                    match timed(Command::new("ip").arg("-n").arg(ns).args(args)) {
+                        Ok(s) => it.samples[k] = Some(s),
+                        Err(e) => it.errors.push(format!("ip {}: {e}", args.join(" "))),
+                    }
+                }
+            }
         }
         it
     }
@@ -155,6 +190,44 @@ impl Case<'_> {
             it.errors.push(format!("remove pod netns: {e}"));
         }
     }
+}
+
+/// Run `cmd` (output discarded) and measure it like a plugin exec.
+fn timed(cmd: &mut Command) -> std::io::Result<Sample> {
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data, filled by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child; status and usage outlive the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let wall = start.elapsed();
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(std::io::Error::other(format!("exit status {status:#x}")));
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Ok(Sample {
+        wall_us: micros(wall),
+        cpu_us: micros(tv(usage.ru_utime) + tv(usage.ru_stime)),
+        rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    })
 }
 
 fn pick(out: &Outcome, ty: &str) -> Option<Sample> {

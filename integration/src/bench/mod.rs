@@ -146,6 +146,44 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         },
         optional: false,
     });
+    let big_group = format!("1 NIC IPv4, {} pods' routes on the node", opts.node_size);
+    for (short, ns, suffix, group) in [
+        (
+            "kdel",
+            lab.node(),
+            "",
+            "kernel: veth pair deletion".to_string(),
+        ),
+        (
+            "kdelbig",
+            big.node(),
+            "-node",
+            format!(
+                "kernel: veth pair deletion, {} pods' routes on the node",
+                opts.node_size
+            ),
+        ),
+    ] {
+        cases.push(Case {
+            short: short.into(),
+            rows: vec![
+                RowSpec::new(
+                    &format!("kernel/veth-del{suffix}"),
+                    "ip link del <veth pair>",
+                    &group,
+                    Kind::Floor,
+                ),
+                RowSpec::new(
+                    &format!("kernel/ip-floor{suffix}"),
+                    "ip link show lo (same exec, no deletion)",
+                    &group,
+                    Kind::Floor,
+                ),
+            ],
+            body: Body::LinkDel { ns: ns.to_string() },
+            optional: false,
+        });
+    }
     let chain = |lab: &Lab, name: &str, plugins: Vec<serde_json::Value>| -> io::Result<Chain> {
         let mut list: NetConfList = confs::list(name, plugins)?;
         lab.localize(&mut list);
@@ -265,7 +303,6 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         confs::coordinator(false, false),
         "coordinator",
     )?;
-    let big_group = format!("1 NIC IPv4, {} pods' routes on the node", opts.node_size);
     cases.push(pod_case(
         &big,
         "cbig",
@@ -295,9 +332,12 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         for (full, suffix) in [(false, "empty"), (true, "full")] {
             let name = format!("bench-ipam-{suffix}");
             let list = confs::ipam_only(&name, ty, &ipam_dir)?;
+            // Results cached on disk: thousands of pre-fill results in memory
+            // would bloat the harness and with it every child's ru_maxrss.
             let c = Chain::new(list)
                 .node_netns(Some(lab.node()))
-                .cni_path(cni_path.clone());
+                .cni_path(cni_path.clone())
+                .cache_dir(ipam_dir.join(format!("cache-{short}{suffix}")));
             let group = if full {
                 format!("IPAM, {} allocated", opts.ipam_prefill)
             } else {
@@ -344,6 +384,9 @@ pub fn run(opts: &Options) -> io::Result<Report> {
     let mut skipped = vec![false; cases.len()];
     let total = opts.warmup + opts.iterations;
     for iter in 0..total {
+        if iter % 10 == 0 {
+            eprintln!("bench: iteration {}/{total}", iter + 1);
+        }
         // Rotate the order so no case always follows the same neighbour.
         for j in 0..cases.len() {
             let ci = (iter + j) % cases.len();
@@ -398,6 +441,15 @@ pub fn run(opts: &Options) -> io::Result<Report> {
     }
     for r in &mut rows {
         r.finish();
+    }
+    if let Some(floor) = rows.iter().find(|r| r.id == "floor/exec").and_then(|r| r.stats) {
+        notes.push(format!(
+            "Peak RSS is the child's ru_maxrss, which Linux makes at least the harness's own \
+             anonymous RSS at fork time (it survives exec): the /bin/true floor row shows that \
+             bound ({:.2} MiB here). A plugin row at the floor's value is an upper bound; above \
+             it, the plugin's own peak.",
+            floor.rss_kib.max / 1024.0
+        ));
     }
     drop(lab);
     drop(big);
