@@ -643,4 +643,6 @@ fn netns_open_errors() {
     // open() in the calling thread works too and sees the root namespace's lo.
     let nl = Netlink::open().unwrap();
     assert!(nl.link("lo").unwrap().is_some());
+    assert_eq!(nl.link("").unwrap(), None);
+    assert_eq!(nl.link("a-name-longer-than-ifnamsiz").unwrap(), None);
 }
