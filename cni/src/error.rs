@@ -37,6 +37,8 @@ pub mod code {
     pub const STORE_CORRUPT: u32 = 112;
     /// A feature that is not implemented yet.
     pub const NOT_IMPLEMENTED: u32 = 199;
+    /// A bug: the plugin hit a state it cannot handle (a caught panic).
+    pub const INTERNAL: u32 = 999;
 }
 
 /// Errors of both plugins. Each variant maps to exactly one CNI code.

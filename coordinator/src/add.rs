@@ -1,0 +1,205 @@
+//! ADD: observe the pod and the host, plan, apply.
+
+use cni::error::code;
+use cni::netlink::{Link, Netlink};
+use cni::netns::NetNs;
+use cni::plugin::Call;
+use cni::result::CniResult;
+use cni::{Error, Result};
+use ipnet::IpNet;
+
+use crate::apply::{apply, Kernel};
+use crate::config::{Config, Mode};
+use crate::mode::{self, FirstNic};
+use crate::names::{host_veth_name, random_mac, POD_VETH};
+use crate::observe::{host_view, pod_view, HostView};
+use crate::plan::{plan_add, Inputs, Layout, Plan, PodView, VethPlan};
+
+/// Everything one call knows before it changes anything.
+pub struct Context {
+    pub layout: Layout,
+    pub inputs: Inputs,
+    pub host_view: HostView,
+}
+
+pub fn open_pod_ns(call: &Call) -> Result<NetNs> {
+    let path = call
+        .env
+        .netns
+        .as_ref()
+        .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is required".into()))?;
+    NetNs::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::UnknownContainer(format!("netns {} does not exist", path.display()))
+        }
+        _ => Error::Io(format!("opening netns {}: {e}", path.display())),
+    })
+}
+
+/// The NIC's addresses and gateways as the main plugin reported them.
+pub fn nic_addresses(prev: &CniResult, ifname: &str) -> (Vec<IpNet>, Vec<std::net::IpAddr>) {
+    let ips = prev.ips_of(prev.interface_index(ifname));
+    let addrs = ips.iter().map(|i| i.address).collect();
+    let mut gws = Vec::new();
+    for g in ips.iter().filter_map(|i| i.gateway) {
+        if !gws.contains(&g) {
+            gws.push(g);
+        }
+    }
+    (addrs, gws)
+}
+
+fn first_nic_facts(host: &Netlink, first: Option<&Link>) -> Result<FirstNic> {
+    let Some(l) = first else {
+        return Ok(FirstNic::default());
+    };
+    let is_veth = l.kind.as_deref() == Some("veth");
+    let mut peer_in_host = false;
+    if let (true, Some(_), Some(peer)) = (is_veth, l.link_netnsid, l.link) {
+        if let Some(p) = host.link_by_index(peer)? {
+            peer_in_host = p.kind.as_deref() == Some("veth") && p.link == Some(l.index);
+        }
+    }
+    Ok(FirstNic {
+        is_veth,
+        peer_in_host,
+    })
+}
+
+/// Read the pod and the host and decide the layout. None: disabled.
+pub fn context(
+    cfg: &Config,
+    call: &Call,
+    prev: &CniResult,
+    host: &Netlink,
+    view: PodView,
+) -> Result<Option<Context>> {
+    let ifname = call.env.ifname.as_str();
+    let is_first = ifname == cfg.pod_default_cni_nic;
+    let first = view.link(&cfg.pod_default_cni_nic).cloned();
+    let facts = first_nic_facts(host, first.as_ref())?;
+    let Some(layout) = mode::resolve(cfg.mode, is_first, facts, view.link(POD_VETH).is_some())
+    else {
+        return Ok(None);
+    };
+    if view.link(ifname).is_none() {
+        return Err(Error::plugin(
+            code::KERNEL,
+            format!(
+                "interface {ifname} is not in the pod netns: the main plugin did not create it"
+            ),
+        ));
+    }
+    let (ips, gateways) = nic_addresses(prev, ifname);
+    let host_view = match layout {
+        Layout::OverlayFirst => HostView::default(),
+        _ => host_view(host, &ips)?,
+    };
+    let veth = match layout {
+        Layout::UnderlayFirst | Layout::UnderlayLater => {
+            Some(veth_plan(cfg, call, host, &view, first.as_ref(), layout)?)
+        }
+        _ => None,
+    };
+    let overlay_peer = match (layout, &first) {
+        (Layout::OverlayLater, Some(eth0)) => match (eth0.link, eth0.mac) {
+            (Some(peer), Some(mac)) => host.link_by_index(peer)?.map(|p| (p.name, mac)),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(Some(Context {
+        layout,
+        inputs: Inputs {
+            layout,
+            ifname: ifname.to_string(),
+            ips,
+            gateways,
+            pod: view,
+            node_ips: host_view.node_ips.clone(),
+            veth,
+            overlay_peer,
+        },
+        host_view,
+    }))
+}
+
+fn veth_plan(
+    cfg: &Config,
+    call: &Call,
+    host: &Netlink,
+    view: &PodView,
+    first: Option<&Link>,
+    layout: Layout,
+) -> Result<VethPlan> {
+    let name = host_veth_name(&call.env.container_id);
+    let existing = host.link(&name)?;
+    let pod_end = view.link(POD_VETH);
+    match (existing, pod_end) {
+        (Some(h), Some(p)) => Ok(VethPlan {
+            host: name,
+            host_mac: h.mac.unwrap_or_default(),
+            pod: POD_VETH.into(),
+            pod_mac: p.mac.unwrap_or_default(),
+            mtu: h.mtu,
+            create: false,
+        }),
+        _ if layout == Layout::UnderlayLater => Err(Error::plugin(
+            code::KERNEL,
+            format!(
+                "{} is a later NIC of an underlay pod, but the pod has no {POD_VETH} \
+                 (was {} attached with coordinator in underlay mode?)",
+                call.env.ifname, cfg.pod_default_cni_nic
+            ),
+        )),
+        (Some(h), None) => Err(Error::plugin(
+            code::KERNEL,
+            format!("host link {} exists but the pod has no {POD_VETH}", h.name),
+        )),
+        (None, _) => Ok(VethPlan {
+            host: name,
+            host_mac: random_mac(),
+            pod: POD_VETH.into(),
+            pod_mac: random_mac(),
+            mtu: cfg
+                .veth_mtu
+                .or(first.map(|l| l.mtu).filter(|m| *m > 0))
+                .unwrap_or(1500),
+            create: true,
+        }),
+    }
+}
+
+pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
+    let prev = call.prev_result()?.ok_or_else(|| {
+        Error::config(
+            "prevResult",
+            "is required: coordinator must be chained after a main CNI plugin",
+        )
+    })?;
+    if cfg.mode == Mode::Disabled {
+        return Ok(prev);
+    }
+    let pod_ns = open_pod_ns(call)?;
+    let host = Netlink::open()?;
+    let pod = Netlink::open_in(&pod_ns)?;
+    let view = pod_view(&pod)?;
+    let Some(ctx) = context(cfg, call, &prev, &host, view)? else {
+        return Ok(prev);
+    };
+    let plan: Plan = plan_add(cfg, &ctx.inputs);
+    tracing::debug!(?ctx.layout, ?plan, "plan");
+    let k = Kernel {
+        host: &host,
+        pod: &pod,
+        pod_ns: &pod_ns,
+    };
+    apply(&k, &plan, &ctx.host_view.uplinks)?;
+    tracing::info!(
+        container = call.env.container_id,
+        ifname = call.env.ifname,
+        layout = ?ctx.layout,
+        "ADD done"
+    );
+    Ok(prev)
+}

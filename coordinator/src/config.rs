@@ -1,0 +1,642 @@
+//! The coordinator's own config fields (Spiderpool-compatible names), merged
+//! with the node defaults file and validated. Every invalid value is refused
+//! with code 7 naming the field.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cni::env::validate_ifname;
+use cni::Error;
+use ipnet::IpNet;
+use serde_json::{Map, Value};
+
+pub const DEFAULTS_FILE: &str = "/etc/cni/coordinator/defaults.json";
+pub const DEFAULT_LOG_FILE: &str = "/var/log/coordinator/coordinator.log";
+pub const DEFAULT_QUARANTINE_FILE: &str = "/var/lib/cni/coordinator/quarantine.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Underlay,
+    Overlay,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRoute {
+    pub dst: IpNet,
+    pub gw: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectOptions {
+    pub retries: u32,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for DetectOptions {
+    fn default() -> Self {
+        DetectOptions {
+            retries: 3,
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+impl DetectOptions {
+    /// The whole probe window: `retries × interval + timeout`.
+    pub fn window(&self) -> Duration {
+        self.interval * self.retries + self.timeout
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub mode: Mode,
+    pub pod_default_cni_nic: String,
+    pub tune_pod_routes: bool,
+    /// None: the first NIC keeps the default route.
+    pub pod_default_route_nic: Option<String>,
+    pub host_rule_table: u32,
+    /// None: leave the pod's rp_filter alone (-1).
+    pub pod_rp_filter: Option<u8>,
+    /// 0: leave.
+    pub tx_queue_len: u32,
+    /// None: the first NIC's MTU.
+    pub veth_mtu: Option<u32>,
+    pub veth_link_address: Option<IpNet>,
+    pub pod_mac_prefix: Option<[u8; 2]>,
+    pub service_cidr: Vec<IpNet>,
+    pub overlay_pod_cidr: Vec<IpNet>,
+    pub hijack_cidr: Vec<IpNet>,
+    pub policy_routes: Vec<PolicyRoute>,
+    pub detect_ip_conflict: bool,
+    pub detect_gateway: bool,
+    pub detect_options: DetectOptions,
+    pub quarantine_file: PathBuf,
+    pub quarantine_ttl: Duration,
+    pub log_level: Option<String>,
+    pub log_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Every CIDR that must be reached through the host (veth0 in underlay,
+    /// eth0 in overlay).
+    pub fn hijack_all(&self) -> Vec<IpNet> {
+        let mut v: Vec<IpNet> = Vec::new();
+        for n in self
+            .service_cidr
+            .iter()
+            .chain(&self.overlay_pod_cidr)
+            .chain(&self.hijack_cidr)
+        {
+            if !v.contains(n) {
+                v.push(*n);
+            }
+        }
+        v
+    }
+
+    /// The NIC that keeps the default route in `main`.
+    pub fn default_route_nic(&self) -> &str {
+        self.pod_default_route_nic
+            .as_deref()
+            .unwrap_or(&self.pod_default_cni_nic)
+    }
+
+    /// Parse the plugin's stdin JSON, filling gaps from the node defaults file
+    /// (path from the `defaultsFile` field, else [`DEFAULTS_FILE`]).
+    pub fn from_raw(raw: &Value) -> cni::Result<Config> {
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| Error::Decode("network config is not an object".into()))?;
+        let defaults_path = match obj.get("defaultsFile") {
+            None => PathBuf::from(DEFAULTS_FILE),
+            Some(Value::String(s)) if !s.is_empty() => PathBuf::from(s),
+            Some(_) => return Err(Error::config("defaultsFile", "must be a non-empty path")),
+        };
+        let defaults = load_defaults(&defaults_path)?;
+        let mut merged = defaults;
+        for (k, v) in obj {
+            if !v.is_null() {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        Config::from_map(&merged)
+    }
+
+    pub fn from_map(m: &Map<String, Value>) -> cni::Result<Config> {
+        let f = Fields(m);
+        let mode = match f.string("mode")?.as_deref() {
+            None | Some("") | Some("auto") => Mode::Auto,
+            Some("underlay") => Mode::Underlay,
+            Some("overlay") => Mode::Overlay,
+            Some("disabled") | Some("disable") => Mode::Disabled,
+            Some(other) => {
+                return Err(Error::config(
+                    "mode",
+                    format!("{other:?} is not one of auto, underlay, overlay, disabled"),
+                ))
+            }
+        };
+        let pod_default_cni_nic = f
+            .ifname("podDefaultCniNic")?
+            .unwrap_or_else(|| "eth0".into());
+        let pod_default_route_nic = f.ifname("podDefaultRouteNic")?;
+        let host_rule_table = match f.int("hostRuleTable")? {
+            None => 500,
+            Some(t) if t <= 0 || t > u32::MAX as i64 => {
+                return Err(Error::config(
+                    "hostRuleTable",
+                    format!("{t} is not a table id"),
+                ))
+            }
+            Some(t) if (253..=255).contains(&t) => {
+                return Err(Error::config(
+                    "hostRuleTable",
+                    format!("{t} is a reserved table (default/main/local)"),
+                ))
+            }
+            Some(t) => t as u32,
+        };
+        let pod_rp_filter = match f.int("podRPFilter")? {
+            None => Some(0),
+            Some(-1) => None,
+            Some(v @ 0..=2) => Some(v as u8),
+            Some(v) => {
+                return Err(Error::config(
+                    "podRPFilter",
+                    format!("{v} is not -1, 0, 1 or 2"),
+                ))
+            }
+        };
+        let tx_queue_len = match f.int("txQueueLen")? {
+            None => 0,
+            Some(v) if (0..=u32::MAX as i64).contains(&v) => v as u32,
+            Some(v) => return Err(Error::config("txQueueLen", format!("{v} is out of range"))),
+        };
+        let veth_mtu = match f.int("vethMTU")? {
+            None | Some(0) => None,
+            Some(v) if (68..=65535).contains(&v) => Some(v as u32),
+            Some(v) => {
+                return Err(Error::config(
+                    "vethMTU",
+                    format!("{v} is not between 68 and 65535"),
+                ))
+            }
+        };
+        let veth_link_address = match f.string("vethLinkAddress")? {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(parse_link_local(&s)?),
+        };
+        let pod_mac_prefix = match f.string("podMACPrefix")? {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(crate::macprefix::parse_prefix(&s)?),
+        };
+        let policy_routes = f.policy_routes("policyRoutes")?;
+        let detect_options = f.detect_options("detectOptions")?;
+        let quarantine_file = f
+            .string("quarantineFile")?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_QUARANTINE_FILE));
+        let quarantine_ttl = f
+            .duration("quarantineTTL")?
+            .unwrap_or(Duration::from_secs(600));
+        let (log_level, log_file) = f.log_options("logOptions")?;
+        Ok(Config {
+            mode,
+            pod_default_cni_nic,
+            tune_pod_routes: f.bool("tunePodRoutes")?.unwrap_or(true),
+            pod_default_route_nic,
+            host_rule_table,
+            pod_rp_filter,
+            tx_queue_len,
+            veth_mtu,
+            veth_link_address,
+            pod_mac_prefix,
+            service_cidr: f.cidrs("serviceCIDR")?,
+            overlay_pod_cidr: f.cidrs("overlayPodCIDR")?,
+            hijack_cidr: f.cidrs("hijackCIDR")?,
+            policy_routes,
+            detect_ip_conflict: f.bool("detectIPConflict")?.unwrap_or(false),
+            detect_gateway: f.bool("detectGateway")?.unwrap_or(false),
+            detect_options,
+            quarantine_file,
+            quarantine_ttl,
+            log_level,
+            log_file,
+        })
+    }
+}
+
+fn load_defaults(path: &Path) -> cni::Result<Map<String, Value>> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
+        Err(e) => {
+            return Err(Error::Io(format!(
+                "reading node defaults {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    match serde_json::from_slice::<Value>(&text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::config(
+            "defaultsFile",
+            format!("{} is not a JSON object", path.display()),
+        )),
+        Err(e) => Err(Error::config(
+            "defaultsFile",
+            format!("{} is not valid JSON: {e}", path.display()),
+        )),
+    }
+}
+
+fn parse_link_local(s: &str) -> cni::Result<IpNet> {
+    let net: IpNet = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => IpNet::new(IpAddr::V4(a), 32).expect("32 is valid"),
+            Ok(IpAddr::V6(a)) => IpNet::new(IpAddr::V6(a), 128).expect("128 is valid"),
+            Err(_) => {
+                return Err(Error::config(
+                    "vethLinkAddress",
+                    format!("{s:?} is not an IP address"),
+                ))
+            }
+        },
+    };
+    let link_local = match net.addr() {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if !link_local {
+        return Err(Error::config(
+            "vethLinkAddress",
+            format!("{s} is not a link-local address (169.254.0.0/16 or fe80::/10)"),
+        ));
+    }
+    Ok(net)
+}
+
+/// Typed access to config fields with errors that name the field.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+
+    fn string(&self, k: &str) -> cni::Result<Option<String>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(Error::config(k, format!("{v} is not a string"))),
+        }
+    }
+
+    fn bool(&self, k: &str) -> cni::Result<Option<bool>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(Error::config(k, format!("{v} is not true or false"))),
+        }
+    }
+
+    fn int(&self, k: &str) -> cni::Result<Option<i64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| Error::config(k, format!("{n} is not an integer"))),
+            Some(v) => Err(Error::config(k, format!("{v} is not an integer"))),
+        }
+    }
+
+    fn ifname(&self, k: &str) -> cni::Result<Option<String>> {
+        match self.string(k)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) => {
+                validate_ifname(&s).map_err(|_| {
+                    Error::config(k, format!("{s:?} is not a valid interface name"))
+                })?;
+                Ok(Some(s))
+            }
+        }
+    }
+
+    fn cidrs(&self, k: &str) -> cni::Result<Vec<IpNet>> {
+        let items = match self.get(k) {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(a)) => a,
+            Some(v) => return Err(Error::config(k, format!("{v} is not a list of CIDRs"))),
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let s = item
+                .as_str()
+                .ok_or_else(|| Error::config(&format!("{k}[{i}]"), "is not a string"))?;
+            let net: IpNet = s
+                .trim()
+                .parse()
+                .map_err(|_| Error::config(&format!("{k}[{i}]"), format!("{s:?} is not a CIDR")))?;
+            // Spiderpool reads these with net.ParseCIDR, which drops host bits.
+            let net = net.trunc();
+            if !out.contains(&net) {
+                out.push(net);
+            }
+        }
+        Ok(out)
+    }
+
+    fn duration(&self, k: &str) -> cni::Result<Option<Duration>> {
+        match self.get(k) {
+            None => Ok(None),
+            // A bare number is milliseconds.
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(ms) => Ok(Some(Duration::from_millis(ms))),
+                None => Err(Error::config(k, format!("{n} is not a duration"))),
+            },
+            Some(Value::String(s)) => parse_duration(s)
+                .map(Some)
+                .ok_or_else(|| Error::config(k, format!("{s:?} is not a duration like \"10ms\""))),
+            Some(v) => Err(Error::config(k, format!("{v} is not a duration"))),
+        }
+    }
+
+    fn policy_routes(&self, k: &str) -> cni::Result<Vec<PolicyRoute>> {
+        let items = match self.get(k) {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(a)) => a,
+            Some(v) => return Err(Error::config(k, format!("{v} is not a list"))),
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let name = format!("{k}[{i}]");
+            let o = item
+                .as_object()
+                .ok_or_else(|| Error::config(&name, "is not an object {dst, gw}"))?;
+            let dst: IpNet = o
+                .get("dst")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::config(&format!("{name}.dst"), "missing or not a CIDR"))?;
+            let gw: IpAddr = o
+                .get("gw")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::config(&format!("{name}.gw"), "missing or not an IP"))?;
+            if dst.addr().is_ipv4() != gw.is_ipv4() {
+                return Err(Error::config(
+                    &name,
+                    format!("dst {dst} and gw {gw} are of different families"),
+                ));
+            }
+            out.push(PolicyRoute {
+                dst: dst.trunc(),
+                gw,
+            });
+        }
+        Ok(out)
+    }
+
+    fn detect_options(&self, k: &str) -> cni::Result<DetectOptions> {
+        let mut d = DetectOptions::default();
+        let o = match self.get(k) {
+            None => return Ok(d),
+            Some(Value::Object(o)) => o,
+            Some(v) => return Err(Error::config(k, format!("{v} is not an object"))),
+        };
+        let sub = Fields(o);
+        match sub.int("retries").map_err(|e| e.context(k))? {
+            None => {}
+            Some(r) if (1..=100).contains(&r) => d.retries = r as u32,
+            Some(r) => {
+                return Err(Error::config(
+                    &format!("{k}.retries"),
+                    format!("{r} is not between 1 and 100"),
+                ))
+            }
+        }
+        let limit = Duration::from_secs(10);
+        for (name, slot) in [("interval", &mut d.interval), ("timeout", &mut d.timeout)] {
+            if let Some(v) = sub.duration(name).map_err(|e| e.context(k))? {
+                if v > limit {
+                    return Err(Error::config(
+                        &format!("{k}.{name}"),
+                        format!("{v:?} is longer than 10s"),
+                    ));
+                }
+                *slot = v;
+            }
+        }
+        Ok(d)
+    }
+
+    fn log_options(&self, k: &str) -> cni::Result<(Option<String>, Option<PathBuf>)> {
+        let o = match self.get(k) {
+            None => return Ok((None, Some(PathBuf::from(DEFAULT_LOG_FILE)))),
+            Some(Value::Object(o)) => o,
+            Some(v) => return Err(Error::config(k, format!("{v} is not an object"))),
+        };
+        let sub = Fields(o);
+        let level = sub.string("logLevel").map_err(|e| e.context(k))?;
+        if let Some(l) = &level {
+            let ok = [
+                "", "trace", "debug", "info", "warn", "warning", "error", "off", "none",
+            ]
+            .contains(&l.to_ascii_lowercase().as_str());
+            if !ok {
+                return Err(Error::config(
+                    &format!("{k}.logLevel"),
+                    format!("{l:?} is not one of trace, debug, info, warn, error, off"),
+                ));
+            }
+        }
+        // Spiderpool calls it logFilePath; "-" or "stderr" keeps logs on stderr.
+        let file = match sub
+            .string("logFile")
+            .map_err(|e| e.context(k))?
+            .or(sub.string("logFilePath").map_err(|e| e.context(k))?)
+        {
+            None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
+            Some(s) if s.is_empty() => Some(PathBuf::from(DEFAULT_LOG_FILE)),
+            Some(s) if s == "-" || s == "stderr" => None,
+            Some(s) => Some(PathBuf::from(s)),
+        };
+        Ok((level, file))
+    }
+}
+
+/// Go-style durations as Spiderpool writes them: "10ms", "1s", "1.5s", "100us", "1m".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> cni::Result<Config> {
+        let mut v = v;
+        v["defaultsFile"] = json!("/nonexistent/defaults.json");
+        Config::from_raw(&v)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(json!({})).unwrap();
+        assert_eq!(c.mode, Mode::Auto);
+        assert_eq!(c.pod_default_cni_nic, "eth0");
+        assert_eq!(c.host_rule_table, 500);
+        assert_eq!(c.pod_rp_filter, Some(0));
+        assert!(c.tune_pod_routes);
+        assert_eq!(c.detect_options.window(), Duration::from_millis(130));
+        assert_eq!(c.default_route_nic(), "eth0");
+        assert_eq!(c.log_file.as_deref(), Some(Path::new(DEFAULT_LOG_FILE)));
+    }
+
+    #[test]
+    fn full_spiderpool_config() {
+        let c = parse(json!({
+            "mode": "disable", "podDefaultCniNic": "eth0", "podDefaultRouteNic": "net1",
+            "hostRuleTable": 600, "podRPFilter": -1, "txQueueLen": 2000, "vethMTU": 1400,
+            "vethLinkAddress": "169.254.200.1", "podMACPrefix": "0a:1b",
+            "serviceCIDR": ["10.233.0.0/18", "fd00:233::/110"], "overlayPodCIDR": ["10.244.0.1/16"],
+            "hijackCIDR": ["10.233.0.0/18", "169.254.25.10/32"],
+            "policyRoutes": [{"dst": "192.168.0.0/16", "gw": "10.6.0.1"}],
+            "detectIPConflict": true, "detectGateway": true,
+            "detectOptions": {"retries": 5, "interval": "20ms", "timeout": 200},
+            "logOptions": {"logLevel": "debug", "logFilePath": "-"},
+            "multusNicPrefix": "net"
+        }))
+        .unwrap();
+        assert_eq!(c.mode, Mode::Disabled);
+        assert_eq!(c.default_route_nic(), "net1");
+        assert_eq!(c.pod_rp_filter, None);
+        assert_eq!(c.overlay_pod_cidr[0].to_string(), "10.244.0.0/16");
+        assert_eq!(c.hijack_all().len(), 4);
+        assert_eq!(c.detect_options.window(), Duration::from_millis(300));
+        assert_eq!(c.pod_mac_prefix, Some([0x0a, 0x1b]));
+        assert_eq!(c.log_file, None);
+    }
+
+    #[test]
+    fn each_invalid_value_names_its_field() {
+        let cases = [
+            (json!({"mode": "fancy"}), "mode"),
+            (json!({"mode": 3}), "mode"),
+            (
+                json!({"podDefaultCniNic": "way-too-long-name0"}),
+                "podDefaultCniNic",
+            ),
+            (json!({"podDefaultRouteNic": "a/b"}), "podDefaultRouteNic"),
+            (json!({"tunePodRoutes": "yes"}), "tunePodRoutes"),
+            (json!({"hostRuleTable": 254}), "hostRuleTable"),
+            (json!({"hostRuleTable": -5}), "hostRuleTable"),
+            (json!({"hostRuleTable": "500"}), "hostRuleTable"),
+            (json!({"podRPFilter": 3}), "podRPFilter"),
+            (json!({"txQueueLen": -1}), "txQueueLen"),
+            (json!({"vethMTU": 10}), "vethMTU"),
+            (json!({"vethLinkAddress": "10.0.0.1"}), "vethLinkAddress"),
+            (json!({"vethLinkAddress": "nope"}), "vethLinkAddress"),
+            (json!({"podMACPrefix": "0b:00"}), "podMACPrefix"),
+            (json!({"podMACPrefix": "zz:00"}), "podMACPrefix"),
+            (json!({"serviceCIDR": "10.0.0.0/8"}), "serviceCIDR"),
+            (json!({"serviceCIDR": ["10.0.0.0/33"]}), "serviceCIDR[0]"),
+            (json!({"overlayPodCIDR": [1]}), "overlayPodCIDR[0]"),
+            (json!({"hijackCIDR": ["x"]}), "hijackCIDR[0]"),
+            (
+                json!({"policyRoutes": [{"dst": "10.0.0.0/8"}]}),
+                "policyRoutes[0].gw",
+            ),
+            (
+                json!({"policyRoutes": [{"dst": "10.0.0.0/8", "gw": "fd00::1"}]}),
+                "policyRoutes[0]",
+            ),
+            (json!({"detectIPConflict": 1}), "detectIPConflict"),
+            (json!({"detectGateway": "true"}), "detectGateway"),
+            (
+                json!({"detectOptions": {"retries": 0}}),
+                "detectOptions.retries",
+            ),
+            (json!({"detectOptions": {"interval": "fast"}}), "interval"),
+            (
+                json!({"detectOptions": {"timeout": "1h"}}),
+                "detectOptions.timeout",
+            ),
+            (
+                json!({"logOptions": {"logLevel": "loud"}}),
+                "logOptions.logLevel",
+            ),
+            (json!({"quarantineTTL": "soon"}), "quarantineTTL"),
+            (json!({"defaultsFile": 5}), "defaultsFile"),
+        ];
+        for (v, field) in cases {
+            let mut v = v;
+            if v.get("defaultsFile").is_none() {
+                v["defaultsFile"] = json!("/nonexistent/defaults.json");
+            }
+            let e = Config::from_raw(&v).unwrap_err();
+            assert_eq!(e.code(), 7, "{v}: {e}");
+            assert!(
+                e.to_string().contains(field),
+                "{v}: {e} should name {field}"
+            );
+        }
+    }
+
+    #[test]
+    fn node_defaults_fill_gaps_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("defaults.json");
+        std::fs::write(
+            &p,
+            r#"{"serviceCIDR": ["10.233.0.0/18"], "hostRuleTable": 700, "mode": "overlay"}"#,
+        )
+        .unwrap();
+        let c = Config::from_raw(&json!({"defaultsFile": p, "mode": "underlay"})).unwrap();
+        assert_eq!(c.mode, Mode::Underlay);
+        assert_eq!(c.host_rule_table, 700);
+        assert_eq!(c.service_cidr.len(), 1);
+        std::fs::write(&p, "{oops").unwrap();
+        let e = Config::from_raw(&json!({"defaultsFile": p})).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("defaultsFile"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10ms"), Some(Duration::from_millis(10)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("100us"), Some(Duration::from_micros(100)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("ms"), None);
+    }
+}

@@ -1,0 +1,135 @@
+//! DEL: take back what ADD did. Never blocks pod deletion: the netns, the
+//! links and the routes may already be gone, and every step goes on past the
+//! failure of another (errors are logged, not returned).
+
+use std::net::IpAddr;
+
+use cni::netlink::{Family, Netlink, NlError, Route, Rule};
+use cni::netns::NetNs;
+use cni::plugin::Call;
+use cni::Result;
+use ipnet::IpNet;
+
+use crate::add::nic_addresses;
+use crate::config::{Config, Mode};
+use crate::names::{host_veth_name, POD_VETH};
+use crate::plan::{PRIO_FROM, PRIO_FWMARK, REPLY_MARK, TABLE_REPLY};
+
+fn log_err<T>(what: &str, r: std::result::Result<T, NlError>) {
+    match r {
+        Ok(_) | Err(NlError::NotFound) => {}
+        Err(e) => tracing::warn!("DEL: {what}: {e}"),
+    }
+}
+
+pub fn del(call: &Call, cfg: &Config) -> Result<()> {
+    if cfg.mode == Mode::Disabled {
+        return Ok(());
+    }
+    let ifname = call.env.ifname.as_str();
+    let is_first = ifname == cfg.pod_default_cni_nic;
+    let host = Netlink::open()?;
+    let pod_ns = call.env.netns.as_ref().and_then(|p| NetNs::open(p).ok());
+    let pod = pod_ns.as_ref().and_then(|ns| Netlink::open_in(ns).ok());
+
+    // The NIC's addresses: prevResult when the runtime passed it, else what
+    // the NIC still holds.
+    let mut ips: Vec<IpNet> = match call.prev_result() {
+        Ok(Some(prev)) => nic_addresses(&prev, ifname).0,
+        _ => Vec::new(),
+    };
+    let mut eth0_peer: Option<u32> = None;
+    if let Some(pod) = &pod {
+        if ips.is_empty() {
+            if let Ok(Some(l)) = pod.link(ifname) {
+                if let Ok(addrs) = pod.addresses(Some(l.index)) {
+                    ips = addrs
+                        .into_iter()
+                        .filter(|a| a.scope == 0)
+                        .map(|a| a.addr)
+                        .collect();
+                }
+            }
+        }
+        if let Ok(Some(eth0)) = pod.link(&cfg.pod_default_cni_nic) {
+            if eth0.kind.as_deref() == Some("veth") && eth0.link_netnsid.is_some() {
+                eth0_peer = eth0.link;
+            }
+        }
+    }
+
+    let hveth = host_veth_name(&call.env.container_id);
+    let host_veth = host.link(&hveth).ok().flatten();
+
+    // Host: routes and neighbours of this NIC's addresses. They point at our
+    // veth (gone with it below) or at the overlay's host peer.
+    let dev = host_veth.as_ref().map(|l| l.index).or(eth0_peer);
+    for ip in &ips {
+        let mut r = Route::new(IpNet::from(ip.addr()), cfg.host_rule_table);
+        r.oif = dev;
+        if dev.is_some() {
+            log_err("host route", host.del_route(&r));
+        }
+        if let Some(d) = dev {
+            log_err("host neighbour", host.del_neighbour(d, ip.addr()));
+        }
+    }
+
+    if let Some(pod) = &pod {
+        if is_first {
+            remove_reply_path(pod, pod_ns.as_ref());
+        } else {
+            remove_nic_tables(pod, &ips);
+        }
+    }
+    if is_first {
+        if let Some(l) = host_veth {
+            // Takes the pod end, and every host route and neighbour on it, along.
+            log_err("host veth", host.del_link(l.index));
+        }
+    }
+    tracing::info!(container = call.env.container_id, ifname, "DEL done");
+    Ok(())
+}
+
+/// The fwmark rules, table 100 and the nftables table of the first NIC.
+fn remove_reply_path(pod: &Netlink, ns: Option<&NetNs>) {
+    for f in [Family::V4, Family::V6] {
+        let mut r = Rule::new(f, PRIO_FWMARK, TABLE_REPLY);
+        r.fwmark = Some(REPLY_MARK);
+        r.fwmask = Some(0xffff_ffff);
+        log_err("fwmark rule", pod.del_rule(&r));
+        flush_table(pod, f, TABLE_REPLY);
+    }
+    if let Some(ns) = ns {
+        if let Err(e) = crate::nftables::remove(ns) {
+            tracing::warn!("DEL: nftables: {e}");
+        }
+    }
+    if let Ok(Some(l)) = pod.link(POD_VETH) {
+        log_err("pod veth", pod.del_link(l.index));
+    }
+}
+
+/// `from <address> lookup T` rules of the NIC and the tables they point at.
+fn remove_nic_tables(pod: &Netlink, ips: &[IpNet]) {
+    let addrs: Vec<IpAddr> = ips.iter().map(|n| n.addr()).collect();
+    for f in [Family::V4, Family::V6] {
+        let Ok(rules) = pod.rules(f) else { continue };
+        for r in rules
+            .into_iter()
+            .filter(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| addrs.contains(&s.addr())))
+        {
+            log_err("from rule", pod.del_rule(&r));
+            flush_table(pod, f, r.table);
+        }
+    }
+}
+
+fn flush_table(pod: &Netlink, f: Family, table: u32) {
+    if let Ok(routes) = pod.routes(f, Some(table)) {
+        for r in routes.iter().filter(|r| r.table == table) {
+            log_err("table route", pod.del_route(r));
+        }
+    }
+}

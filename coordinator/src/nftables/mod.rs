@@ -1,0 +1,330 @@
+//! Reply-path connmark in the pod netns, programmed over nf_tables netlink.
+//!
+//! In underlay mode the pod's default route leaves through `eth0`, yet
+//! connections can also enter through `veth0` (kubelet probes, NodePort and
+//! Service traffic DNATed on the node). Their replies must go back through
+//! `veth0`. We own one table in the pod:
+//!
+//! ```text
+//! table inet coordinator {
+//!   chain prerouting { type filter hook prerouting priority -150
+//!     iifname "<iif>" ct state new ct mark set <mark> }
+//!   chain output { type route hook output priority -150
+//!     ct mark <mark> meta mark set ct mark }
+//! }
+//! ```
+//!
+//! The `route` chain type makes the kernel redo the route lookup when the
+//! packet mark changes, so the caller's `ip rule fwmark <mark> lookup <table>`
+//! sends the reply out through `veth0`. The table is written as raw netlink
+//! (no `nft` binary, no C libraries, no GPL crates).
+
+mod expr;
+mod socket;
+mod wire;
+
+use cni::netns::NetNs;
+use cni::{Error, Result};
+
+use expr::{CmpOp, CtKey, MetaKey};
+use socket::{NfSocket, NlError};
+use wire::{Attrs, NftMsg, Request, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP};
+
+/// Name of our table (family inet: IPv4 and IPv6 alike).
+pub const TABLE: &str = "coordinator";
+pub const PREROUTING_CHAIN: &str = "prerouting";
+pub const OUTPUT_CHAIN: &str = "output";
+/// Just before conntrack's own priority (-200 is conntrack, -150 is mangle):
+/// the ct entry exists, and the mark is set before the routing decision.
+pub const CHAIN_PRIORITY: i32 = -150;
+
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
+const NF_ACCEPT: u32 = 1;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+
+/// What to mark: connections entering through `iif` get ct mark `mark`, and
+/// the packets the pod sends on them get packet mark `mark`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyMark {
+    pub iif: String,
+    pub mark: u32,
+}
+
+/// One base chain of our table.
+struct ChainSpec {
+    name: &'static str,
+    kind: &'static str,
+    hook: u32,
+}
+
+const CHAINS: [ChainSpec; 2] = [
+    ChainSpec {
+        name: PREROUTING_CHAIN,
+        kind: "filter",
+        hook: NF_INET_PRE_ROUTING,
+    },
+    ChainSpec {
+        name: OUTPUT_CHAIN,
+        kind: "route",
+        hook: NF_INET_LOCAL_OUT,
+    },
+];
+
+fn table_msg(msg: NftMsg, flags: u16) -> Request {
+    Request::nft(msg, flags, Attrs::new().string(NFTA_TABLE_NAME, TABLE))
+}
+
+fn chain_msg(c: &ChainSpec) -> Request {
+    let hook = Attrs::new()
+        .be32(NFTA_HOOK_HOOKNUM, c.hook)
+        .be32(NFTA_HOOK_PRIORITY, CHAIN_PRIORITY as u32);
+    Request::nft(
+        NftMsg::NewChain,
+        NLM_F_CREATE,
+        Attrs::new()
+            .string(NFTA_CHAIN_TABLE, TABLE)
+            .string(NFTA_CHAIN_NAME, c.name)
+            .nested(NFTA_CHAIN_HOOK, hook)
+            .be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+            .string(NFTA_CHAIN_TYPE, c.kind),
+    )
+}
+
+fn rule_msg(chain: &str, exprs: &[expr::Expr]) -> Request {
+    Request::nft(
+        NftMsg::NewRule,
+        NLM_F_CREATE | NLM_F_APPEND,
+        Attrs::new()
+            .string(NFTA_RULE_TABLE, TABLE)
+            .string(NFTA_RULE_CHAIN, chain)
+            .nested(NFTA_RULE_EXPRESSIONS, expr::expression_list(exprs)),
+    )
+}
+
+/// `iifname "<iif>" ct state new ct mark set <mark>`
+fn prerouting_rule(iif: &[u8; expr::IFNAMSIZ], mark: u32) -> Vec<expr::Expr> {
+    vec![
+        expr::meta_load(MetaKey::IifName),
+        expr::cmp(CmpOp::Eq, iif),
+        expr::ct_load(CtKey::State),
+        expr::and_mask(expr::CT_STATE_NEW),
+        expr::cmp(CmpOp::Neq, &0u32.to_ne_bytes()),
+        expr::immediate_u32(mark),
+        expr::ct_set(CtKey::Mark),
+    ]
+}
+
+/// `ct mark <mark> meta mark set ct mark`: register 1 still holds the ct
+/// mark after the compare, so it is stored straight into the packet mark.
+fn output_rule(mark: u32) -> Vec<expr::Expr> {
+    vec![
+        expr::ct_load(CtKey::Mark),
+        expr::cmp(CmpOp::Eq, &mark.to_ne_bytes()),
+        expr::meta_set(MetaKey::Mark),
+    ]
+}
+
+/// The install transaction as data. Adding the table before deleting it makes
+/// the delete succeed whether or not an old copy exists, so one atomic batch
+/// replaces whatever was there (the trick `nft -f` files use).
+fn install_plan(spec: &ReplyMark) -> Result<Vec<(Request, String)>> {
+    let iif = expr::ifname_bytes(&spec.iif).ok_or_else(|| {
+        Error::config(
+            "reply mark interface",
+            format!("{:?} is not an interface name", spec.iif),
+        )
+    })?;
+    if spec.mark == 0 {
+        // ct mark 0 is every unmarked connection: the output rule would
+        // re-route all of the pod's traffic.
+        return Err(Error::config("reply mark", "must not be 0"));
+    }
+    let mut plan = vec![
+        (
+            table_msg(NftMsg::NewTable, NLM_F_CREATE),
+            format!("add table {TABLE}"),
+        ),
+        (
+            table_msg(NftMsg::DelTable, 0),
+            format!("delete table {TABLE}"),
+        ),
+        (
+            table_msg(NftMsg::NewTable, NLM_F_CREATE),
+            format!("add table {TABLE}"),
+        ),
+    ];
+    for c in &CHAINS {
+        plan.push((chain_msg(c), format!("add chain {TABLE} {}", c.name)));
+    }
+    plan.push((
+        rule_msg(PREROUTING_CHAIN, &prerouting_rule(&iif, spec.mark)),
+        format!("add rule {TABLE} {PREROUTING_CHAIN}"),
+    ));
+    plan.push((
+        rule_msg(OUTPUT_CHAIN, &output_rule(spec.mark)),
+        format!("add rule {TABLE} {OUTPUT_CHAIN}"),
+    ));
+    Ok(plan)
+}
+
+fn kernel(what: &str, e: NlError) -> Error {
+    Error::kernel(format!("nftables {what}"), e)
+}
+
+/// Run `f` with a fresh nf_tables socket inside `ns`.
+fn in_netns<T: Send>(
+    ns: &NetNs,
+    what: &str,
+    f: impl FnOnce(&mut NfSocket) -> Result<T> + Send,
+) -> Result<T> {
+    ns.run(|| {
+        let mut sock = NfSocket::open().map_err(|e| kernel(what, e.into()))?;
+        f(&mut sock)
+    })
+    .map_err(|e| Error::kernel(format!("nftables {what}: enter netns"), e))?
+}
+
+/// Create (or re-create: idempotent, replaces our table) the table in netns `ns`.
+pub fn install(ns: &NetNs, spec: &ReplyMark) -> Result<()> {
+    let plan = install_plan(spec)?;
+    in_netns(ns, "install", |sock| {
+        sock.batch(&plan).map_err(|e| kernel("install", e))
+    })?;
+    tracing::debug!(iif = %spec.iif, mark = spec.mark, "nftables reply-mark table installed");
+    Ok(())
+}
+
+/// Delete our table; Ok when it's absent.
+pub fn remove(ns: &NetNs) -> Result<()> {
+    let del = [(
+        table_msg(NftMsg::DelTable, 0),
+        format!("delete table {TABLE}"),
+    )];
+    in_netns(ns, "remove", |sock| match sock.batch(&del) {
+        Ok(()) => Ok(()),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(kernel("remove", e)),
+    })?;
+    tracing::debug!("nftables reply-mark table removed");
+    Ok(())
+}
+
+/// For CHECK: is our table there with both chains (right hook and type) and a
+/// rule in each?
+pub fn present(ns: &NetNs) -> Result<bool> {
+    in_netns(ns, "check", |sock| {
+        match sock.get(&table_msg(NftMsg::GetTable, 0), "get table") {
+            Ok(_) => {}
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(false),
+            Err(e) => return Err(kernel("check", e)),
+        }
+        for c in &CHAINS {
+            if !chain_ok(sock, c)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+}
+
+fn chain_ok(sock: &mut NfSocket, c: &ChainSpec) -> Result<bool> {
+    let get = Request::nft(
+        NftMsg::GetChain,
+        0,
+        Attrs::new()
+            .string(NFTA_CHAIN_TABLE, TABLE)
+            .string(NFTA_CHAIN_NAME, c.name),
+    );
+    let chains = match sock.get(&get, &format!("get chain {}", c.name)) {
+        Ok(chains) => chains,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(kernel("check", e)),
+    };
+    let Some(attrs) = chains.first() else {
+        return Ok(false);
+    };
+    let kind = wire::find_attr(attrs, NFTA_CHAIN_TYPE).map(wire::c_string);
+    let hook = wire::find_attr(attrs, NFTA_CHAIN_HOOK)
+        .and_then(|h| wire::find_attr(h, NFTA_HOOK_HOOKNUM))
+        .and_then(wire::be32);
+    if kind.as_deref() != Some(c.kind) || hook != Some(c.hook) {
+        return Ok(false);
+    }
+    // A dump filtered by table and chain: the kernel returns only their rules.
+    let rules = Request::nft(
+        NftMsg::GetRule,
+        NLM_F_DUMP,
+        Attrs::new()
+            .string(NFTA_RULE_TABLE, TABLE)
+            .string(NFTA_RULE_CHAIN, c.name),
+    );
+    let rules = sock
+        .get(&rules, &format!("list rules of {}", c.name))
+        .map_err(|e| kernel("check", e))?;
+    Ok(rules.iter().any(|r| {
+        wire::find_attr(r, NFTA_RULE_CHAIN)
+            .map(wire::c_string)
+            .as_deref()
+            == Some(c.name)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(iif: &str, mark: u32) -> ReplyMark {
+        ReplyMark {
+            iif: iif.into(),
+            mark,
+        }
+    }
+
+    #[test]
+    fn install_replaces_atomically() {
+        let plan = install_plan(&spec("veth0", 0x100)).unwrap();
+        let kinds: Vec<_> = plan.iter().map(|(r, _)| r.msg_type & 0xff).collect();
+        assert_eq!(kinds, [0, 2, 0, 3, 3, 6, 6]);
+        assert!(plan.iter().all(|(r, _)| r.family == wire::NFPROTO_INET));
+    }
+
+    #[test]
+    fn chains_carry_hook_type_and_priority() {
+        let r = chain_msg(&CHAINS[1]);
+        let a = r.attrs.as_bytes();
+        assert_eq!(
+            wire::find_attr(a, NFTA_CHAIN_TYPE)
+                .map(wire::c_string)
+                .as_deref(),
+            Some("route")
+        );
+        let hook = wire::find_attr(a, NFTA_CHAIN_HOOK).unwrap();
+        assert_eq!(
+            wire::find_attr(hook, NFTA_HOOK_HOOKNUM).and_then(wire::be32),
+            Some(NF_INET_LOCAL_OUT)
+        );
+        assert_eq!(
+            wire::find_attr(hook, NFTA_HOOK_PRIORITY).and_then(wire::be32),
+            Some(-150i32 as u32)
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_config_errors() {
+        for s in [spec("", 1), spec("veth0", 0), spec("a-very-long-ifname", 1)] {
+            assert_eq!(install_plan(&s).unwrap_err().code(), 7, "{s:?}");
+        }
+    }
+}

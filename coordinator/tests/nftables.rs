@@ -1,0 +1,465 @@
+//! Root tests of the reply-path connmark table: kernel state read back with
+//! `nft -j`, and real TCP traffic whose replies only come back when the
+//! table is installed. Every namespace is created here and removed by a Drop
+//! guard; nothing touches the root namespace.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cni::netns::NetNs;
+use coordinator::nftables::{self, ReplyMark};
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, unique netns name (pid + counter + role).
+fn unique(role: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("tnft{}x{}{}", std::process::id(), n, role)
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip <args>` inside netns `ns`.
+fn ip(ns: &str, args: &str) {
+    let mut full = vec!["-n", ns];
+    full.extend(args.split_whitespace());
+    run("ip", &full);
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ],
+    );
+}
+
+/// Named network namespaces, deleted on drop (also when a test panics).
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn new(roles: &[&str]) -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "these tests need root (network namespaces, nf_tables)"
+        );
+        let mut guard = Namespaces(Vec::new());
+        for role in roles {
+            let name = unique(role);
+            run("ip", &["netns", "add", &name]);
+            guard.0.push(name.clone());
+            ip(&name, "link set lo up");
+        }
+        guard
+    }
+
+    fn name(&self, i: usize) -> &str {
+        &self.0[i]
+    }
+
+    fn open(&self, i: usize) -> NetNs {
+        NetNs::open(format!("/var/run/netns/{}", self.0[i])).expect("open netns")
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn ruleset(ns: &str) -> Value {
+    let out = run("ip", &["netns", "exec", ns, "nft", "-j", "list", "ruleset"]);
+    serde_json::from_str(&out).expect("nft -j output is JSON")
+}
+
+/// The `nftables` array entries of one kind ("table", "chain", "rule").
+fn objects<'a>(rs: &'a Value, kind: &str) -> Vec<&'a Value> {
+    rs["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|o| o.get(kind))
+        .collect()
+}
+
+fn spec(mark: u32) -> ReplyMark {
+    ReplyMark {
+        iif: "veth0".into(),
+        mark,
+    }
+}
+
+#[test]
+fn install_is_idempotent_and_remove_cleans_up() {
+    let nss = Namespaces::new(&["s"]);
+    let (name, ns) = (nss.name(0), nss.open(0));
+    let mark = 0x1_0063;
+
+    nftables::install(&ns, &spec(mark)).expect("install");
+    nftables::install(&ns, &spec(mark)).expect("install again");
+
+    let rs = ruleset(name);
+    let tables = objects(&rs, "table");
+    assert_eq!(tables.len(), 1, "{rs:#}");
+    assert_eq!(tables[0]["family"], "inet");
+    assert_eq!(tables[0]["name"], "coordinator");
+
+    let chains = objects(&rs, "chain");
+    assert_eq!(chains.len(), 2, "{rs:#}");
+    for (chain, kind, hook) in [
+        ("prerouting", "filter", "prerouting"),
+        ("output", "route", "output"),
+    ] {
+        let c = chains
+            .iter()
+            .find(|c| c["name"] == chain)
+            .unwrap_or_else(|| panic!("chain {chain} missing: {rs:#}"));
+        assert_eq!(c["family"], "inet");
+        assert_eq!(c["table"], "coordinator");
+        assert_eq!(c["type"], kind, "{c}");
+        assert_eq!(c["hook"], hook, "{c}");
+        assert_eq!(c["prio"], -150, "{c}");
+        assert_eq!(c["policy"], "accept", "{c}");
+    }
+
+    let rules = objects(&rs, "rule");
+    assert_eq!(
+        rules.len(),
+        2,
+        "one rule per chain, even after two installs: {rs:#}"
+    );
+    let rule = |chain: &str| {
+        rules
+            .iter()
+            .find(|r| r["chain"] == chain)
+            .unwrap_or_else(|| panic!("no rule in {chain}: {rs:#}"))["expr"]
+            .clone()
+    };
+    // iifname "veth0" ct state new ct mark set <mark>
+    let pre = rule("prerouting");
+    assert_eq!(pre.as_array().map(Vec::len), Some(3), "{pre}");
+    assert_eq!(pre[0]["match"]["left"]["meta"]["key"], "iifname", "{pre}");
+    assert_eq!(pre[0]["match"]["right"], "veth0", "{pre}");
+    assert_eq!(pre[1]["match"]["left"]["ct"]["key"], "state", "{pre}");
+    assert_eq!(pre[1]["match"]["right"], "new", "{pre}");
+    assert_eq!(pre[2]["mangle"]["key"]["ct"]["key"], "mark", "{pre}");
+    assert_eq!(pre[2]["mangle"]["value"], mark, "{pre}");
+    // ct mark <mark> meta mark set ct mark
+    let out = rule("output");
+    assert_eq!(out.as_array().map(Vec::len), Some(2), "{out}");
+    assert_eq!(out[0]["match"]["left"]["ct"]["key"], "mark", "{out}");
+    assert_eq!(out[0]["match"]["op"], "==", "{out}");
+    assert_eq!(out[0]["match"]["right"], mark, "{out}");
+    assert_eq!(out[1]["mangle"]["key"]["meta"]["key"], "mark", "{out}");
+    assert_eq!(out[1]["mangle"]["value"]["ct"]["key"], "mark", "{out}");
+
+    // Re-install with another spec replaces, not appends.
+    nftables::install(
+        &ns,
+        &ReplyMark {
+            iif: "eth9".into(),
+            mark: 7,
+        },
+    )
+    .expect("reinstall");
+    let rs = ruleset(name);
+    assert_eq!(objects(&rs, "rule").len(), 2, "{rs:#}");
+    assert!(
+        rs.to_string().contains("eth9") && !rs.to_string().contains("veth0"),
+        "{rs:#}"
+    );
+
+    nftables::remove(&ns).expect("remove");
+    let rs = ruleset(name);
+    assert!(
+        objects(&rs, "table").is_empty(),
+        "table left behind: {rs:#}"
+    );
+    nftables::remove(&ns).expect("remove when absent");
+}
+
+#[test]
+fn remove_keeps_other_tables() {
+    let nss = Namespaces::new(&["o"]);
+    let (name, ns) = (nss.name(0), nss.open(0));
+    run(
+        "ip",
+        &["netns", "exec", name, "nft", "add table inet other"],
+    );
+    nftables::install(&ns, &spec(9)).expect("install");
+    nftables::remove(&ns).expect("remove");
+    let rs = ruleset(name);
+    let tables = objects(&rs, "table");
+    assert_eq!(tables.len(), 1, "{rs:#}");
+    assert_eq!(tables[0]["name"], "other");
+}
+
+#[test]
+fn present_follows_install_and_remove() {
+    let nss = Namespaces::new(&["p"]);
+    let (name, ns) = (nss.name(0), nss.open(0));
+    assert!(!nftables::present(&ns).expect("present before"));
+    nftables::install(&ns, &spec(0x42)).expect("install");
+    assert!(nftables::present(&ns).expect("present after install"));
+
+    // A table of our name with a chain missing is not "present".
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            name,
+            "nft",
+            "delete chain inet coordinator output",
+        ],
+    );
+    assert!(!nftables::present(&ns).expect("present, chain gone"));
+    nftables::install(&ns, &spec(0x42)).expect("repair");
+    assert!(nftables::present(&ns).expect("present after repair"));
+
+    // An emptied chain is not "present" either.
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            name,
+            "nft",
+            "flush chain inet coordinator prerouting",
+        ],
+    );
+    assert!(!nftables::present(&ns).expect("present, rule gone"));
+
+    nftables::remove(&ns).expect("remove");
+    assert!(!nftables::present(&ns).expect("present after remove"));
+}
+
+#[test]
+fn bad_spec_is_refused_before_touching_the_kernel() {
+    let nss = Namespaces::new(&["b"]);
+    let (name, ns) = (nss.name(0), nss.open(0));
+    let err = nftables::install(
+        &ns,
+        &ReplyMark {
+            iif: "x".repeat(16),
+            mark: 1,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), 7, "{err}");
+    let err = nftables::install(&ns, &spec(0)).unwrap_err();
+    assert_eq!(err.code(), 7, "{err}");
+    assert!(objects(&ruleset(name), "table").is_empty());
+}
+
+/// pod: eth0 (default route, to "fabric") + veth0 (to "host").
+/// The host reaches the pod's eth0 address through veth0; the fabric has no
+/// route back to the host subnet, so a reply that follows the pod's default
+/// route is lost.
+struct Lab {
+    nss: Namespaces,
+    pod_addr: IpAddr,
+    host_addr: IpAddr,
+}
+
+const MARK: u32 = 0x63;
+const PORT: u16 = 8080;
+
+impl Lab {
+    fn new(v6: bool) -> Lab {
+        let nss = Namespaces::new(&["pod", "host", "fab"]);
+        let (pod, host, fab) = (nss.name(0), nss.name(1), nss.name(2));
+        for ns in [pod, host, fab] {
+            // Link-local addresses usable at once (NDP source on veth0).
+            sysctl(ns, "net.ipv6.conf.all.accept_dad", "0");
+            sysctl(ns, "net.ipv6.conf.default.accept_dad", "0");
+        }
+        ip(
+            pod,
+            &format!("link add veth0 type veth peer name hveth netns {host}"),
+        );
+        ip(
+            pod,
+            &format!("link add eth0 type veth peer name feth netns {fab}"),
+        );
+        for (ns, dev) in [
+            (pod, "veth0"),
+            (pod, "eth0"),
+            (host, "hveth"),
+            (fab, "feth"),
+        ] {
+            ip(ns, &format!("link set {dev} up"));
+        }
+        let (pod_addr, host_addr, fab_addr, plen, host_plen, any) = if v6 {
+            ("fd98::2", "fd99::1", "fd98::1", 64, 128, "-6")
+        } else {
+            ("10.98.0.2", "10.99.0.1", "10.98.0.1", 24, 32, "-4")
+        };
+        let nodad = if v6 { "nodad" } else { "" };
+        ip(pod, &format!("addr add {pod_addr}/{plen} dev eth0 {nodad}"));
+        ip(fab, &format!("addr add {fab_addr}/{plen} dev feth {nodad}"));
+        ip(
+            host,
+            &format!("addr add {host_addr}/{plen} dev hveth {nodad}"),
+        );
+        ip(
+            pod,
+            &format!("{any} route add default via {fab_addr} dev eth0"),
+        );
+        ip(
+            host,
+            &format!("{any} route add {pod_addr}/{host_plen} dev hveth"),
+        );
+        // As the coordinator lays it out: the host resolves the pod IP to
+        // veth0's MAC (the pod would not answer for an eth0 address on veth0).
+        let veth0_mac = mac(pod, "veth0");
+        ip(
+            host,
+            &format!("neigh replace {pod_addr} lladdr {veth0_mac} dev hveth nud permanent"),
+        );
+        // Packets from the host arrive on veth0 while the pod's route back is
+        // eth0: strict reverse-path filtering would drop them before any mark.
+        sysctl(pod, "net.ipv4.conf.all.rp_filter", "0");
+        sysctl(pod, "net.ipv4.conf.veth0.rp_filter", "0");
+        // What the lead installs next to our table: fwmark -> table 100 -> veth0.
+        ip(pod, &format!("{any} rule add fwmark {MARK} lookup 100"));
+        ip(pod, &format!("{any} route add default dev veth0 table 100"));
+        Lab {
+            pod_addr: pod_addr.parse().expect("addr"),
+            host_addr: host_addr.parse().expect("addr"),
+            nss,
+        }
+    }
+
+    fn pod(&self) -> NetNs {
+        self.nss.open(0)
+    }
+
+    fn host(&self) -> NetNs {
+        self.nss.open(1)
+    }
+
+    fn listen(&self) -> TcpListener {
+        let addr = SocketAddr::new(self.pod_addr, PORT);
+        let l = self
+            .pod()
+            .run(|| TcpListener::bind(addr))
+            .expect("enter pod")
+            .expect("listen in pod");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    }
+
+    /// Connect from the host netns to the pod through veth0.
+    fn connect(&self, timeout: Duration) -> std::io::Result<TcpStream> {
+        let addr = SocketAddr::new(self.pod_addr, PORT);
+        self.host()
+            .run(|| TcpStream::connect_timeout(&addr, timeout))
+            .expect("enter host")
+    }
+}
+
+fn mac(ns: &str, dev: &str) -> String {
+    let out = run("ip", &["-n", ns, "-j", "link", "show", dev]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j link");
+    v[0]["address"].as_str().expect("mac").to_string()
+}
+
+/// Accept one connection (polling, so a lost connection cannot hang the
+/// test) and echo what it receives, prefixed.
+fn echo_once(l: TcpListener) -> std::thread::JoinHandle<std::io::Result<IpAddr>> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut s, peer) = loop {
+            match l.accept() {
+                Ok(c) => break c,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        s.set_nonblocking(false)?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)?;
+        s.write_all(b"echo")?;
+        s.write_all(&buf)?;
+        Ok(peer.ip())
+    })
+}
+
+fn reply_path(v6: bool) {
+    let lab = Lab::new(v6);
+    let listener = lab.listen();
+
+    // Without the table the SYN-ACK follows the default route into the
+    // fabric, which drops it: the connection cannot complete.
+    let lost = lab.connect(Duration::from_secs(2));
+    assert!(
+        lost.is_err(),
+        "reply escaped without the mark machinery: {lost:?}"
+    );
+
+    nftables::install(
+        &lab.pod(),
+        &ReplyMark {
+            iif: "veth0".into(),
+            mark: MARK,
+        },
+    )
+    .expect("install");
+    let server = echo_once(listener.try_clone().expect("clone listener"));
+    let mut s = lab
+        .connect(Duration::from_secs(10))
+        .expect("connect through veth0 with the reply mark");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"ping").expect("send");
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got).expect("echo back through veth0");
+    assert_eq!(&got, b"echoping");
+    let peer = server.join().expect("server thread").expect("server");
+    assert_eq!(peer, lab.host_addr, "the pod saw the host's own address");
+
+    // Removing the table brings the asymmetric path (and its loss) back.
+    nftables::remove(&lab.pod()).expect("remove");
+    let lost = lab.connect(Duration::from_secs(2));
+    assert!(lost.is_err(), "reply still marked after remove: {lost:?}");
+    drop(listener);
+}
+
+#[test]
+fn replies_to_connections_via_veth0_return_via_veth0_ipv4() {
+    reply_path(false);
+}
+
+#[test]
+fn replies_to_connections_via_veth0_return_via_veth0_ipv6() {
+    reply_path(true);
+}

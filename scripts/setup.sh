@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 root machine lacks to build, test and demo
+# the plugins. Idempotent: does nothing when everything is there.
+set -euo pipefail
+
+need=()
+[ -x /usr/lib/cni/macvlan ] || need+=(containernetworking-plugins)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v hyperfine >/dev/null || need+=(hyperfine)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v unshare >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is missing; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+for comp in clippy rustfmt; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$comp"
+  fi
+done
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: the tests and the demo create network namespaces and need root" >&2
+  exit 1
+fi
