@@ -585,6 +585,60 @@ fn default_route_nic_net1_keeps_cluster_traffic_on_eth0() {
     }
 }
 
+/// A third NIC attached after podDefaultRouteNic moved eth0's default into
+/// table 100 still sends cluster traffic through eth0's gateway.
+#[test]
+fn third_nic_after_default_route_nic_reaches_cluster_through_eth0() {
+    let lab = lab(2, DUAL);
+    strict_node_ports(&lab);
+    let o = overlay_pod(&lab, "o", DUAL, true, &|l| {
+        set_coordinator(l, "podDefaultRouteNic", json!("net1"))
+    });
+    let ns = o.pod.name.clone();
+    let mut l2 = load(&lab, "macvlan-underlay-net1.conflist", DUAL);
+    set_coordinator(&mut l2, "mode", json!("auto"));
+    set_coordinator(&mut l2, "podDefaultRouteNic", json!("net1"));
+    set_coordinator(
+        &mut l2,
+        "overlayPodCIDR",
+        json!(["10.244.0.0/16", "fd00:244::/48"]),
+    );
+    let net2 = attach(chain(&lab, l2), &o.pod, "ctr-o", "net2");
+    assert!(
+        main_defaults(&ns).iter().all(|(dev, _)| dev == "net1"),
+        "{:?}",
+        main_defaults(&ns)
+    );
+    let _backend = node_services(&lab, DUAL);
+    let _srv = TcpServer::start(&ns, SocketAddr::new("::".parse().unwrap(), POD_PORT)).unwrap();
+    let (c4, c6) = client_addrs(&lab, 2, 4);
+    let client = lab.fabric_client(2, c4, c6).unwrap();
+    for v4 in [true, false] {
+        let n2 = pick(&net2.ips, v4);
+        let node = node_ip(&lab, 1, v4);
+        assert_eq!(route_dev(&ns, service(v4).ip(), Some(n2)), "eth0");
+        assert_eq!(
+            tcp_peer(&ns, Some(n2), service(v4)),
+            n2,
+            "Service from net2"
+        );
+        assert_eq!(
+            tcp_peer(&ns, Some(n2), SocketAddr::new(node, BACKEND_PORT)),
+            n2,
+            "node from net2"
+        );
+        let cip: IpAddr = if v4 {
+            client.ipv4.unwrap().into()
+        } else {
+            client.ipv6.unwrap().into()
+        };
+        assert_eq!(
+            tcp_peer(&client.name, None, SocketAddr::new(n2, POD_PORT)),
+            cip
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 3. auto picks the layout from the pod.
 
