@@ -11,7 +11,8 @@
 //! there, so a reply that arrives proves it left through `net1`.
 //!
 //! Mixed node (underlay pod A: macvlan eth0 + coordinator; overlay pod B: ptp
-//! eth0 + macvlan net1 on the same parent), see `mixed_node_pairs`:
+//! eth0 + macvlan net1 on the same parent), see `mixed_node_pairs` and
+//! `mixed_node_pairs_that_cannot_work`:
 //! - A <-> B.net1, both directions, both families: direct on the shared L2,
 //!   symmetric.
 //! - A -> B.eth0 (overlay address) works only when A's coordinator lists the
@@ -21,9 +22,11 @@
 //!   reply to A's underlay address leaves through net1 (A's subnet is
 //!   connected there) with B's overlay address as source: asymmetric. It works
 //!   on one node because macvlan bridges the two pods directly and A's
-//!   `podRPFilter` defaults to 0; it cannot work with `podRPFilter: 1` in A,
-//!   nor across nodes where the fabric checks sources (uRPF, port security),
-//!   since B's overlay source appears on the underlay wire.
+//!   `podRPFilter` defaults to 0; over IPv4 it cannot work with
+//!   `podRPFilter: 1` in A (the reply arrives on eth0, A's route back is
+//!   veth0; rp_filter has no IPv6 counterpart), nor across nodes where the
+//!   fabric checks sources (uRPF, port security), since B's overlay source
+//!   appears on the underlay wire.
 //! - B.eth0-sourced -> A (a socket bound to B's overlay address): same
 //!   asymmetry mirrored (out through net1, back through A's veth0 and the
 //!   node), same caveats.
@@ -727,6 +730,66 @@ fn mixed_node_pairs() {
         tcp_peer(lab.node(), None, at(b_eth0));
         assert!(ping(&a.name, b_net1, None) && ping(&b.pod.name, a_ip, None));
     }
+}
+
+/// The pairs the module comment says cannot work, pinned so the README stays
+/// true: an underlay pod without `overlayPodCIDR` cannot reach an overlay
+/// address, and with `podRPFilter: 1` it drops the asymmetric replies.
+#[test]
+fn mixed_node_pairs_that_cannot_work() {
+    let lab = lab(1, DUAL);
+    let b = overlay_pod(&lab, "b", DUAL, true, &|_| {});
+    let _sb = TcpServer::start(
+        &b.pod.name,
+        SocketAddr::new("::".parse().unwrap(), POD_PORT),
+    )
+    .unwrap();
+    let short = Duration::from_secs(2);
+    for (name, extra) in [
+        ("plain", json!({})),
+        (
+            "strict",
+            json!({"overlayPodCIDR": ["10.244.0.0/16", "fd00:244::/48"], "podRPFilter": 1}),
+        ),
+    ] {
+        let a = lab.pod(name).unwrap();
+        let mut la = load(&lab, "macvlan-underlay.conflist", DUAL);
+        for (k, v) in extra.as_object().unwrap() {
+            set_coordinator(&mut la, k, v.clone());
+        }
+        let an = attach(chain(&lab, la), &a, &format!("ctr-{name}"), "eth0");
+        // Still fine: B's underlay address.
+        let b_net1 = pick(&b.net1().ips, true);
+        assert_eq!(
+            tcp_peer(&a.name, None, SocketAddr::new(b_net1, POD_PORT)),
+            pick(&an.ips, true)
+        );
+        // Not: B's overlay address (IPv4; rp_filter is IPv4 only).
+        let b_eth0 = pick(&b.eth0.ips, true);
+        assert!(
+            tcp_request(&a.name, None, SocketAddr::new(b_eth0, POD_PORT), short).is_err(),
+            "{name}: A -> B.eth0 {b_eth0} was expected to fail"
+        );
+        if name == "strict" {
+            // ...because A's rp_filter dropped B's reply, not for another reason.
+            assert!(rp_filter_drops(&a.name) > 0, "no rp_filter drop in {name}");
+        }
+    }
+}
+
+/// `TcpExt: IPReversePathFilter` of netns `ns`.
+fn rp_filter_drops(ns: &str) -> u64 {
+    let text = lab::in_netns(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/netstat")
+    })
+    .unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
+    names
+        .zip(values)
+        .find(|(n, _)| *n == "IPReversePathFilter")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("IPReversePathFilter counter")
 }
 
 // ---------------------------------------------------------------------------
