@@ -375,32 +375,45 @@ fn overlay_default(f: Fams) {
         "{defaults:?}"
     );
 
-    let _backend = node_services(&lab, f);
-    let _srv = TcpServer::start(&ns, SocketAddr::new("::".parse().unwrap(), POD_PORT)).unwrap();
-    let (c1v4, c1v6) = client_addrs(&lab, 1, 1);
-    let (c2v4, c2v6) = client_addrs(&lab, 2, 2);
+    prove_overlay_default(&lab, f, &ns, &o.eth0.ips, &net1.ips, &o.peer);
+}
+
+/// The traffic of issue 4 item 1 for an overlay pod `ns` with eth0's and
+/// net1's addresses, eth0's host peer `peer`, on a strict two-subnet lab.
+fn prove_overlay_default(
+    lab: &Lab,
+    f: Fams,
+    ns: &str,
+    eth0_ips: &[IpAddr],
+    net1_ips: &[IpAddr],
+    peer: &str,
+) {
+    let _backend = node_services(lab, f);
+    let _srv = TcpServer::start(ns, SocketAddr::new("::".parse().unwrap(), POD_PORT)).unwrap();
+    let (c1v4, c1v6) = client_addrs(lab, 1, 1);
+    let (c2v4, c2v6) = client_addrs(lab, 2, 2);
     let same = lab.fabric_client(1, c1v4, c1v6).unwrap();
     let routed = lab.fabric_client(2, c2v4, c2v6).unwrap();
 
     for v4 in families(f) {
-        let eth0_ip = pick(&o.eth0.ips, v4);
-        let net1_ip = pick(&net1.ips, v4);
-        let node = node_ip(&lab, 1, v4);
+        let eth0_ip = pick(eth0_ips, v4);
+        let net1_ip = pick(net1_ips, v4);
+        let node = node_ip(lab, 1, v4);
 
         // Services and the node: through eth0, unsourced and sourced from net1.
-        assert_eq!(tcp_peer(&ns, None, service(v4)), eth0_ip, "Service {v4}");
-        assert_eq!(tcp_peer(&ns, Some(net1_ip), service(v4)), net1_ip);
+        assert_eq!(tcp_peer(ns, None, service(v4)), eth0_ip, "Service {v4}");
+        assert_eq!(tcp_peer(ns, Some(net1_ip), service(v4)), net1_ip);
         let node_sock = SocketAddr::new(node, BACKEND_PORT);
-        assert_eq!(tcp_peer(&ns, None, node_sock), eth0_ip, "node {node}");
-        assert_eq!(tcp_peer(&ns, Some(net1_ip), node_sock), net1_ip);
-        assert!(ping(&ns, node, None), "ping node {node}");
+        assert_eq!(tcp_peer(ns, None, node_sock), eth0_ip, "node {node}");
+        assert_eq!(tcp_peer(ns, Some(net1_ip), node_sock), net1_ip);
+        assert!(ping(ns, node, None), "ping node {node}");
         assert!(
-            ping(&ns, node, Some(net1_ip)),
+            ping(ns, node, Some(net1_ip)),
             "ping node {node} from {net1_ip}"
         );
-        assert_eq!(route_dev(&ns, node, None), "eth0");
-        assert_eq!(route_dev(&ns, node, Some(net1_ip)), "eth0");
-        assert_eq!(route_dev(&ns, service(v4).ip(), Some(net1_ip)), "eth0");
+        assert_eq!(route_dev(ns, node, None), "eth0");
+        assert_eq!(route_dev(ns, node, Some(net1_ip)), "eth0");
+        assert_eq!(route_dev(ns, service(v4).ip(), Some(net1_ip)), "eth0");
 
         // Clients on net1's subnet and behind the router: replies symmetric.
         for c in [&same, &routed] {
@@ -411,7 +424,7 @@ fn overlay_default(f: Fams) {
             };
             let got = tcp_peer(&c.name, None, SocketAddr::new(net1_ip, POD_PORT));
             assert_eq!(got, cip, "client {cip} -> pod {net1_ip}");
-            assert_eq!(route_dev(&ns, cip, Some(net1_ip)), "net1");
+            assert_eq!(route_dev(ns, cip, Some(net1_ip)), "net1");
         }
 
         // The node reaches net1's address through eth0's host peer, and the
@@ -420,14 +433,14 @@ fn overlay_default(f: Fams) {
         assert!(
             routes_of(lab.node(), HOST_RULE_TABLE)
                 .iter()
-                .any(|r| r["dst"] == host_dst(net1_ip) && r["dev"] == o.peer.as_str()),
+                .any(|r| r["dst"] == host_dst(net1_ip) && r["dev"] == peer),
             "host route {net1_ip} dev {}",
-            o.peer
+            peer
         );
-        assert_eq!(route_dev(lab.node(), net1_ip, None), o.peer);
+        assert_eq!(route_dev(lab.node(), net1_ip, None), peer);
         let seen = tcp_peer(lab.node(), None, SocketAddr::new(net1_ip, POD_PORT));
         assert_eq!(
-            route_dev(&ns, seen, Some(net1_ip)),
+            route_dev(ns, seen, Some(net1_ip)),
             "eth0",
             "reply to {seen}"
         );
@@ -440,21 +453,17 @@ fn overlay_default(f: Fams) {
     // Negative control: the strict fabric does drop a reply that leaves
     // through eth0 (so the successes above prove symmetry).
     if let Some(c) = same.ipv4 {
-        let net1_ip = pick(&net1.ips, true);
-        let table = from_table(&ns, net1_ip).expect("net1 table");
-        let gw = pick(
-            &o.eth0.result["ips"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|i| i["gateway"].as_str()?.parse().ok())
-                .collect::<Vec<IpAddr>>(),
-            true,
-        );
+        let net1_ip = pick(net1_ips, true);
+        let table = from_table(ns, net1_ip).expect("net1 table");
+        let gw = main_defaults(ns)
+            .into_iter()
+            .find(|(dev, gw)| dev == "eth0" && gw.parse::<std::net::Ipv4Addr>().is_ok())
+            .map(|(_, gw)| gw)
+            .expect("IPv4 default via eth0");
         let dst = format!("{c}/32");
-        let gws = gw.to_string();
+        let gws = gw;
         lab::ip(
-            &ns,
+            ns,
             &[
                 "route", "add", &dst, "via", &gws, "dev", "eth0", "table", &table,
             ],
@@ -470,7 +479,7 @@ fn overlay_default(f: Fams) {
             .is_err(),
             "an asymmetric reply must not arrive"
         );
-        lab::ip(&ns, &["route", "del", &dst, "table", &table]).unwrap();
+        lab::ip(ns, &["route", "del", &dst, "table", &table]).unwrap();
     }
 }
 
@@ -493,6 +502,71 @@ fn overlay_default_ipv6() {
 #[test]
 fn overlay_default_dual_stack() {
     overlay_default(DUAL);
+}
+
+/// Calico's own layout, built by hand (no Calico here): eth0 a veth with a
+/// /32 (/128), default via the link-local 169.254.1.1 (proxy ARP on the host
+/// end) and fe80::ecee:eeff:feee:eeee (the host end's own link-local, from
+/// its MAC ee:ee:ee:ee:ee:ee), host routes per pod address on `cali*`. Then
+/// macvlan net1 + coordinator auto, and the same traffic as with ptp.
+#[test]
+fn calico_style_eth0_with_link_local_gateways() {
+    let lab = lab(2, DUAL);
+    strict_node_ports(&lab);
+    let pod = lab.pod("cal").unwrap();
+    let ns = pod.name.clone();
+    let host = "cali1234567890a";
+    let (e4, e6) = ("10.244.7.5", "fd00:244:0:7::5");
+    lab::state::ip_batch(
+        lab.node(),
+        &[
+            format!(
+                "link add {host} address ee:ee:ee:ee:ee:ee type veth peer name eth0 netns {ns}"
+            ),
+            format!("link set {host} up"),
+            format!("route add {e4}/32 dev {host} scope link"),
+            format!("route add {e6}/128 dev {host}"),
+        ],
+    )
+    .unwrap();
+    lab::in_netns(lab.node(), || {
+        cni::netns::sysctl_set(&format!("net/ipv4/conf/{host}/proxy_arp"), "1")?;
+        cni::netns::sysctl_set(&format!("net/ipv6/conf/{host}/accept_dad"), "0")
+    })
+    .unwrap();
+    lab::state::ip_batch(
+        &ns,
+        &[
+            format!("addr add {e4}/32 dev eth0"),
+            format!("addr add {e6}/128 dev eth0 nodad"),
+            "link set eth0 up".into(),
+            "route add 169.254.1.1 dev eth0 scope link".into(),
+            "route add default via 169.254.1.1 dev eth0".into(),
+            "route add default via fe80::ecee:eeff:feee:eeee dev eth0".into(),
+        ],
+    )
+    .unwrap();
+    let mut l1 = load(&lab, "macvlan-overlay-net1.conflist", DUAL);
+    set_coordinator(
+        &mut l1,
+        "overlayPodCIDR",
+        json!(["10.244.0.0/16", "fd00:244::/48"]),
+    );
+    let net1 = attach(chain(&lab, l1), &pod, "ctr-cal", "net1");
+    let t = from_table(&ns, pick(&net1.ips, false)).expect("net1 table");
+    assert!(
+        routes_of(&ns, &t)
+            .iter()
+            .any(|r| r["gateway"] == "fe80::ecee:eeff:feee:eeee" && r["dev"] == "eth0"),
+        "{:#?}",
+        routes_of(&ns, &t)
+    );
+    let eth0_ips: Vec<IpAddr> = vec![e4.parse().unwrap(), e6.parse().unwrap()];
+    prove_overlay_default(&lab, DUAL, &ns, &eth0_ips, &net1.ips, host);
+    net1.chain
+        .del(&net1.att)
+        .unwrap_or_else(|e| panic!("DEL net1: {e}"));
+    assert_eq!(host_state_of(&lab, &net1.ips), (vec![], vec![]));
 }
 
 // ---------------------------------------------------------------------------
