@@ -660,6 +660,32 @@ fn default_route_nic_net1_keeps_cluster_traffic_on_eth0() {
         assert_eq!(route_dev(&ns, cip, None), "net1");
         assert_eq!(route_dev(&ns, cip, Some(eth0_ip)), "eth0");
     }
+
+    // Detaching net1 (dynamic networks) gives main its eth0 default back.
+    net1.chain
+        .del(&net1.att)
+        .unwrap_or_else(|e| panic!("DEL net1: {e}"));
+    let defaults = main_defaults(&ns);
+    assert_eq!(defaults.len(), 2, "{defaults:?}");
+    assert!(
+        defaults.iter().all(|(dev, _)| dev == "eth0"),
+        "{defaults:?}"
+    );
+    for v4 in [true, false] {
+        let eth0_ip = pick(&o.eth0.ips, v4);
+        assert_eq!(from_table(&ns, eth0_ip), None);
+        assert_eq!(tcp_peer(&ns, None, service(v4)), eth0_ip, "Service");
+        let p_eth0 = pick(&p.eth0.ips, v4);
+        assert_eq!(
+            tcp_peer(&ns, None, SocketAddr::new(p_eth0, POD_PORT)),
+            eth0_ip
+        );
+    }
+    assert_eq!(routes_of(&ns, "100"), Vec::<Value>::new());
+    net1.chain
+        .del(&net1.att)
+        .unwrap_or_else(|e| panic!("second DEL net1: {e}"));
+    assert_eq!(main_defaults(&ns).len(), 2);
 }
 
 /// A third NIC attached after podDefaultRouteNic moved eth0's default into
