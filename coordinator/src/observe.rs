@@ -14,8 +14,24 @@ use crate::plan::{is_link_local, PodView};
 /// Interface name prefixes of container plumbing: their addresses are not
 /// the node's.
 const PLUMBING: &[&str] = &[
-    "veth", "cali", "cilium", "lxc", "docker", "cni", "flannel", "kube-ipvs", "vxlan", "tunl",
-    "genev", "nodelocaldns", "weave", "vxlan", "br-", "virbr", "tap", "tun",
+    "veth",
+    "cali",
+    "cilium",
+    "lxc",
+    "docker",
+    "cni",
+    "flannel",
+    "kube-ipvs",
+    "vxlan",
+    "tunl",
+    "genev",
+    "nodelocaldns",
+    "weave",
+    "vxlan",
+    "br-",
+    "virbr",
+    "tap",
+    "tun",
 ];
 
 pub fn is_plumbing(name: &str) -> bool {
@@ -108,7 +124,16 @@ mod tests {
 
     #[test]
     fn plumbing_names() {
-        for n in ["veth1a2b", "cali123", "cilium_host", "lxc12", "docker0", "cni0", "kube-ipvs0", "lo"] {
+        for n in [
+            "veth1a2b",
+            "cali123",
+            "cilium_host",
+            "lxc12",
+            "docker0",
+            "cni0",
+            "kube-ipvs0",
+            "lo",
+        ] {
             assert!(is_plumbing(n), "{n}");
         }
         for n in ["eth0", "ens1", "bond0", "enp3s0f1"] {

@@ -939,14 +939,9 @@ mod tests {
             "veth0",
             Some("10.6.0.2")
         ));
-        assert!(has_route(
-            &p,
-            Side::Pod,
-            "192.168.0.0/16",
-            t,
-            "net1",
-            Some("10.7.0.254")
-        ));
+        assert_eq!(p.policy.len(), 1);
+        assert_eq!((p.policy[0].table, p.policy[0].dev.as_str()), (t, "net1"));
+        assert_eq!(p.policy[0].via, Some("10.7.0.254".parse().unwrap()));
         // the static route moves, the connected one stays in main too.
         assert_eq!(p.moves.len(), 1, "{:?}", p.moves);
         assert_eq!(p.moves[0].dst, "172.16.0.0/12".parse::<IpNet>().unwrap());
