@@ -1,0 +1,538 @@
+//! coordinator-ipam in the lab (issue 6 item 5): the reference `macvlan`
+//! with our IPAM, chained with the coordinator in underlay mode, loaded from
+//! conf-examples/, proven with real traffic between pods, gateways and
+//! fabric clients. Needs root; never skips.
+//!
+//! Every lab keeps the IPAM store and the quarantine file in its own
+//! directory, so parallel tests never share records.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+use cni_tests::{bin_dir, cni_path, conf_example};
+use integration::chain::{Attachment, Chain, NetConfList, Outcome};
+use integration::lab::{self, Lab, Pod};
+use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(5);
+const PORT: u16 = 8080;
+
+/// Load `file`, keep its IPAM store and both quarantine files in the lab.
+fn load(lab: &Lab, file: &str) -> NetConfList {
+    let mut list = NetConfList::from_file(conf_example(file)).unwrap();
+    assert_eq!(list.types(), vec!["macvlan", "coordinator"], "{file}");
+    lab.localize(&mut list);
+    let quarantine = lab.dir().join("quarantine.json");
+    let ipam = list
+        .plugin_mut("macvlan")
+        .and_then(|m| m.get_mut("ipam"))
+        .and_then(Value::as_object_mut)
+        .expect("macvlan has an ipam block");
+    assert_eq!(ipam["type"], "coordinator-ipam", "{file}");
+    ipam.insert(
+        "store".into(),
+        json!({"kind": "file", "dataDir": store_dir(lab)}),
+    );
+    ipam.insert("quarantineFile".into(), json!(quarantine));
+    list.plugin_mut("coordinator")
+        .unwrap()
+        .insert("quarantineFile".into(), json!(quarantine));
+    for bin in ["coordinator", "coordinator-ipam"] {
+        assert!(
+            bin_dir().join(bin).is_file(),
+            "{bin} binary missing in {} (cargo build --workspace --bins)",
+            bin_dir().display()
+        );
+    }
+    list
+}
+
+fn store_dir(lab: &Lab) -> std::path::PathBuf {
+    lab.dir().join("ipam")
+}
+
+fn chain(lab: &Lab, file: &str) -> Chain {
+    lab.chain(load(lab, file)).cni_path(cni_path())
+}
+
+/// The ipam block of the macvlan plugin, for a test's own tweaks.
+fn ipam_mut(list: &mut NetConfList) -> &mut serde_json::Map<String, Value> {
+    list.plugin_mut("macvlan")
+        .and_then(|m| m.get_mut("ipam"))
+        .and_then(Value::as_object_mut)
+        .unwrap()
+}
+
+/// A Kubernetes pod's attachment (CNI_ARGS as the kubelet passes them).
+fn pod_att(cid: &str, pod: &Pod, ifname: &str, namespace: &str, name: &str) -> Attachment {
+    Attachment::new(cid, &pod.path, ifname)
+        .arg("IgnoreUnknown", "1")
+        .arg("K8S_POD_NAMESPACE", namespace)
+        .arg("K8S_POD_NAME", name)
+}
+
+fn add(chain: &Chain, att: &Attachment) -> Value {
+    let out: Outcome = chain
+        .add(att)
+        .unwrap_or_else(|e| panic!("ADD {}/{}: {e}", att.container_id, att.ifname));
+    out.result.expect("ADD result")
+}
+
+/// The result's addresses of one family (the IPAM gives one per family).
+fn ip_of(result: &Value, v4: bool) -> IpAddr {
+    let ips: Vec<IpAddr> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .filter(|ip: &IpAddr| ip.is_ipv4() == v4)
+        .collect();
+    assert_eq!(ips.len(), 1, "one address per family in {result}");
+    ips[0]
+}
+
+fn both(result: &Value) -> [IpAddr; 2] {
+    [ip_of(result, true), ip_of(result, false)]
+}
+
+/// `coordinator-ipam list --data-dir D --json`: the operator's view of the store.
+fn cli_list(lab: &Lab) -> Vec<Value> {
+    let out = Command::new(bin_dir().join("coordinator-ipam"))
+        .args(["list", "--data-dir"])
+        .arg(store_dir(lab))
+        .arg("--json")
+        .env_remove("CNI_COMMAND")
+        .output()
+        .expect("run coordinator-ipam list");
+    assert!(
+        out.status.success(),
+        "coordinator-ipam list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
+    v.as_array().cloned().expect("list --json is an array")
+}
+
+/// `(ip, containerId)` of every record, sorted.
+fn records(lab: &Lab) -> Vec<(String, Option<String>)> {
+    let mut r: Vec<_> = cli_list(lab)
+        .iter()
+        .map(|r| {
+            (
+                r["ip"].as_str().unwrap_or_default().to_string(),
+                r["containerId"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    r.sort();
+    r
+}
+
+fn record_of<'a>(list: &'a [Value], ip: &IpAddr) -> &'a Value {
+    let ip = ip.to_string();
+    list.iter()
+        .find(|r| r["ip"] == ip.as_str())
+        .unwrap_or_else(|| panic!("no record for {ip} in {list:?}"))
+}
+
+/// A fabric client on `subnet` TCP-connects to `dst` in the pod and the pod's
+/// server saw the client's own address (so the reply made it back too: the
+/// fabric drops asymmetric replies).
+fn client_reaches(client: &lab::Client, pod: &Pod, dst: IpAddr) {
+    let srv = TcpServer::start(&pod.name, SocketAddr::new(unspecified(dst), PORT)).unwrap();
+    let src: IpAddr = if dst.is_ipv4() {
+        client.ipv4.unwrap().into()
+    } else {
+        client.ipv6.unwrap().into()
+    };
+    let reply = tcp_request(&client.name, None, SocketAddr::new(dst, PORT), T)
+        .unwrap_or_else(|e| panic!("client {src} -> pod {dst}: {e}"));
+    assert_eq!(reply_peer(&reply).map(|p| p.ip()), Some(src), "{reply}");
+    assert_eq!(srv.peers().len(), 1, "{:?}", srv.peers());
+}
+
+fn unspecified(like: IpAddr) -> IpAddr {
+    if like.is_ipv4() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    }
+}
+
+fn assert_in(ip: IpAddr, nets: &[&str]) {
+    let ok = nets
+        .iter()
+        .any(|n| n.parse::<ipnet::IpNet>().unwrap().contains(&ip));
+    assert!(ok, "{ip} not in {nets:?}");
+}
+
+/// Nothing of the pod is left on `node` or in `pod`: no pod NIC or veth, no
+/// host veth, no host route to its addresses.
+fn assert_detached(node: &str, pod: &Pod, ifname: &str, ips: &[IpAddr]) {
+    let in_pod = lab::state::link_names(&pod.name).unwrap();
+    assert!(
+        !in_pod.iter().any(|l| l == ifname || l.starts_with("veth")),
+        "pod links left: {in_pod:?}"
+    );
+    let node_links = lab::state::link_names(node).unwrap();
+    assert!(
+        !node_links.iter().any(|l| l.starts_with("veth")),
+        "host veth left: {node_links:?}"
+    );
+    let routes = lab::routes(node, "all").unwrap().to_string();
+    for ip in ips {
+        assert!(
+            !routes.contains(&format!("\"{ip}\"")),
+            "host route to {ip} left: {routes}"
+        );
+    }
+}
+
+// 1. One dual-stack pod: addresses, gateways, fabric client, CHECK, DEL.
+#[test]
+fn dual_stack_pod_from_conf_example() {
+    let lab = Lab::new().expect("build lab (needs root)");
+    let chain = chain(&lab, "macvlan-coordinator-ipam.conflist");
+    let pod = lab.pod("a").unwrap();
+    let att = pod_att("ctr-ipam-ds", &pod, "eth0", "default", "web-0");
+    let result = add(&chain, &att);
+    let [v4, v6] = both(&result);
+    assert_in(v4, &["10.6.1.0/24"]);
+    assert_in(v6, &["fd00:6::1:0/120"]);
+    let on_eth0 = lab::state::addresses_of(&pod.name, "eth0").unwrap();
+    assert!(on_eth0.contains(&format!("{v4}/16")), "{on_eth0:?}");
+    assert!(on_eth0.contains(&format!("{v6}/64")), "{on_eth0:?}");
+    // The pool's gateways came back with the addresses.
+    let gws: Vec<&str> = result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["gateway"].as_str())
+        .collect();
+    assert_eq!(gws.len(), 2, "{result}");
+    assert!(
+        gws.contains(&"10.6.0.1") && gws.contains(&"fd00:6::1"),
+        "{result}"
+    );
+
+    // The store holds exactly this attachment's two addresses.
+    let list = cli_list(&lab);
+    assert_eq!(list.len(), 2, "{list:?}");
+    for ip in [v4, v6] {
+        let r = record_of(&list, &ip);
+        assert_eq!(r["containerId"], "ctr-ipam-ds", "{r}");
+        assert_eq!(r["ifname"], "eth0", "{r}");
+        assert_eq!(r["network"], "macvlan-coordinator-ipam", "{r}");
+        assert_eq!(r["parked"], false, "{r}");
+    }
+
+    let sn = lab.subnet(1).unwrap();
+    assert!(ping(&pod.name, sn.gateway4.unwrap().into(), None));
+    assert!(ping(&pod.name, sn.gateway6.unwrap().into(), None));
+    let client = lab
+        .fabric_client(1, sn.host4(9, 9), sn.host6(0x9999))
+        .unwrap();
+    client_reaches(&client, &pod, v4);
+    client_reaches(&client, &pod, v6);
+
+    chain.check(&att).unwrap_or_else(|e| panic!("CHECK: {e}"));
+    // An ADD repeated by the runtime is idempotent: same addresses, no new record.
+    let again = add(&chain, &att);
+    assert_eq!(both(&again), [v4, v6]);
+    assert_eq!(cli_list(&lab).len(), 2);
+
+    chain.del(&att).unwrap_or_else(|e| panic!("DEL: {e}"));
+    assert_eq!(records(&lab), vec![], "DEL released the addresses");
+    assert_detached(lab.node(), &pod, "eth0", &[v4, v6]);
+    // A repeated DEL, and one after the netns is gone, still succeed.
+    chain
+        .del(&att)
+        .unwrap_or_else(|e| panic!("second DEL: {e}"));
+    lab.remove_netns(&pod.name).unwrap();
+    let gone = Attachment {
+        netns: None,
+        ..att.clone()
+    };
+    chain
+        .del(&gone)
+        .unwrap_or_else(|e| panic!("DEL without netns: {e}"));
+    assert_eq!(records(&lab), vec![]);
+}
+
+// 2. Two NICs, a pool each.
+#[test]
+fn two_nics_each_from_its_own_pool() {
+    let lab = Lab::builder().subnets(2).build().expect("build lab");
+    let eth0 = chain(&lab, "macvlan-coordinator-ipam.conflist");
+    let net1 = chain(&lab, "macvlan-coordinator-ipam-net1.conflist");
+    let pod = lab.pod("two").unwrap();
+    let a0 = pod_att("ctr-ipam-two", &pod, "eth0", "default", "app-0");
+    let a1 = pod_att("ctr-ipam-two", &pod, "net1", "default", "app-0");
+    let r0 = add(&eth0, &a0);
+    let r1 = add(&net1, &a1);
+    let [e4, e6] = both(&r0);
+    let [n4, n6] = both(&r1);
+    assert_in(e4, &["10.6.1.0/24"]);
+    assert_in(e6, &["fd00:6::1:0/120"]);
+    assert_in(n4, &["10.7.1.0/24"]);
+    assert_in(n6, &["fd00:7::1:0/120"]);
+    let on_net1 = lab::state::addresses_of(&pod.name, "net1").unwrap();
+    assert!(on_net1.contains(&format!("{n4}/16")), "{on_net1:?}");
+    assert!(on_net1.contains(&format!("{n6}/64")), "{on_net1:?}");
+
+    // Each network has its own records under the one data dir.
+    let list = cli_list(&lab);
+    assert_eq!(list.len(), 4, "{list:?}");
+    for (ip, network, pool, ifname) in [
+        (e4, "macvlan-coordinator-ipam", "ens1-v4", "eth0"),
+        (e6, "macvlan-coordinator-ipam", "ens1-v6", "eth0"),
+        (n4, "macvlan-coordinator-ipam-ens2", "ens2-v4", "net1"),
+        (n6, "macvlan-coordinator-ipam-ens2", "ens2-v6", "net1"),
+    ] {
+        let r = record_of(&list, &ip);
+        assert_eq!(
+            (&r["network"], &r["pool"], &r["ifname"]),
+            (&json!(network), &json!(pool), &json!(ifname)),
+            "{r}"
+        );
+    }
+
+    for (subnet, ips) in [(1u8, [e4, e6]), (2, [n4, n6])] {
+        let sn = lab.subnet(subnet).unwrap();
+        let client = lab
+            .fabric_client(subnet, sn.host4(9, 9), sn.host6(0x9999))
+            .unwrap();
+        for ip in ips {
+            client_reaches(&client, &pod, ip);
+        }
+    }
+
+    net1.del(&a1).unwrap_or_else(|e| panic!("DEL net1: {e}"));
+    eth0.del(&a0).unwrap_or_else(|e| panic!("DEL eth0: {e}"));
+    assert_eq!(records(&lab), vec![]);
+    assert_detached(lab.node(), &pod, "net1", &[e4, e6, n4, n6]);
+}
+
+// 3. Two nodes in different racks, one config: pools chosen by node name.
+#[test]
+fn one_config_two_racks_pools_by_node_name() {
+    let lab = Lab::builder().subnets(2).build().expect("build lab");
+    // The second node's ens1 is wired to subnet 2 (another rack's subnet).
+    let node_b = lab.extra_node("nodeb", &[2]).unwrap();
+    assert_eq!(node_b.nics[0].name, "ens1");
+    let mut list = load(&lab, "macvlan-coordinator-ipam-racks.conflist");
+    assert!(
+        ipam_mut(&mut list).get("nodeName").is_none(),
+        "the config names no node: each node's NODE_NAME decides"
+    );
+    let on_a = lab
+        .chain(list.clone())
+        .cni_path(cni_path())
+        .env("NODE_NAME", "rack1-n01");
+    let on_b = node_b
+        .chain(list)
+        .cni_path(cni_path())
+        .env("NODE_NAME", "rack2-n07");
+    let pod_a = lab.pod("ra").unwrap();
+    let pod_b = lab.pod("rb").unwrap();
+    let att_a = pod_att("ctr-rack-a", &pod_a, "eth0", "default", "web-a");
+    let att_b = pod_att("ctr-rack-b", &pod_b, "eth0", "default", "web-b");
+    let [a4, a6] = both(&add(&on_a, &att_a));
+    let [b4, b6] = both(&add(&on_b, &att_b));
+    assert_in(a4, &["10.6.1.0/24"]);
+    assert_in(a6, &["fd00:6::1:0/120"]);
+    assert_in(b4, &["10.7.1.0/24"]);
+    assert_in(b6, &["fd00:7::1:0/120"]);
+    let records = cli_list(&lab);
+    for (ip, node, pool) in [
+        (a4, "rack1-n01", "rack1-v4"),
+        (a6, "rack1-n01", "rack1-v6"),
+        (b4, "rack2-n07", "rack2-v4"),
+        (b6, "rack2-n07", "rack2-v6"),
+    ] {
+        let r = record_of(&records, &ip);
+        assert_eq!(
+            (&r["node"], &r["pool"]),
+            (&json!(node), &json!(pool)),
+            "{r}"
+        );
+    }
+    // Each pod works on its own rack's subnet.
+    for (pod, subnet, ips) in [(&pod_a, 1u8, [a4, a6]), (&pod_b, 2, [b4, b6])] {
+        let sn = lab.subnet(subnet).unwrap();
+        assert!(ping(&pod.name, sn.gateway4.unwrap().into(), None));
+        assert!(ping(&pod.name, sn.gateway6.unwrap().into(), None));
+        let client = lab
+            .fabric_client(subnet, sn.host4(9, 9), sn.host6(0x9999))
+            .unwrap();
+        for ip in ips {
+            client_reaches(&client, pod, ip);
+        }
+    }
+    // A node that matches no pool gets a clean error, not an address.
+    let pod_c = lab.pod("rc").unwrap();
+    let off = lab
+        .chain(load(&lab, "macvlan-coordinator-ipam-racks.conflist"))
+        .cni_path(cni_path())
+        .env("NODE_NAME", "rack3-n01");
+    let att_c = pod_att("ctr-rack-c", &pod_c, "eth0", "default", "web-c");
+    let err = off.add(&att_c).expect_err("no pool serves rack3");
+    assert_eq!(err.plugin.as_deref(), Some("macvlan"), "{err:?}");
+    assert!(err.code != 0, "a CNI error code: {err:?}");
+    off.del(&att_c)
+        .unwrap_or_else(|e| panic!("DEL after failed ADD: {e}"));
+    assert!(!lab::state::link_names(&pod_c.name)
+        .unwrap()
+        .contains(&"eth0".to_string()));
+
+    on_b.del(&att_b).unwrap_or_else(|e| panic!("DEL b: {e}"));
+    on_a.del(&att_a).unwrap_or_else(|e| panic!("DEL a: {e}"));
+    assert_eq!(self::records(&lab), vec![]);
+    assert_detached(lab.node(), &pod_a, "eth0", &[a4, a6]);
+    assert_detached(&node_b.name, &pod_b, "eth0", &[b4, b6]);
+}
+
+// 4. Pool exhausted: code 110, nothing reserved, no link.
+#[test]
+fn exhausted_pool_fails_cleanly() {
+    let lab = Lab::new().expect("build lab");
+    let mut list = load(&lab, "macvlan-coordinator-ipam.conflist");
+    // Two IPv4 addresses; IPv6 has room, so the failed ADD must also give
+    // back the IPv6 address it would have taken (dual-stack is all or nothing).
+    ipam_mut(&mut list)["pools"][0]["ranges"] = json!(["10.6.1.1-10.6.1.2"]);
+    let chain = lab.chain(list).cni_path(cni_path());
+    let mut held = Vec::new();
+    for (i, name) in ["p0", "p1"].iter().enumerate() {
+        let pod = lab.pod(name).unwrap();
+        let att = pod_att(&format!("ctr-ex-{i}"), &pod, "eth0", "default", name);
+        let r = add(&chain, &att);
+        held.extend(both(&r));
+    }
+    let before = records(&lab);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    let pod = lab.pod("p2").unwrap();
+    let att = pod_att("ctr-ex-2", &pod, "eth0", "default", "p2");
+    let err = chain.add(&att).expect_err("third pod: the pool is full");
+    assert_eq!(err.plugin.as_deref(), Some("macvlan"), "{err:?}");
+    assert_eq!(err.code, 110, "pool exhausted: {err:?}");
+    assert!(err.msg.contains("ens1-v4"), "names the pool: {}", err.msg);
+    assert_eq!(records(&lab), before, "nothing reserved for the failed pod");
+    assert!(
+        !lab::state::link_names(&pod.name)
+            .unwrap()
+            .contains(&"eth0".to_string()),
+        "no link left in the pod"
+    );
+    // The runtime's DEL after the failed ADD succeeds and frees nothing else.
+    chain
+        .del(&att)
+        .unwrap_or_else(|e| panic!("DEL after failed ADD: {e}"));
+    assert_eq!(records(&lab), before);
+    // The two pods still work.
+    let sn = lab.subnet(1).unwrap();
+    let client = lab
+        .fabric_client(1, sn.host4(9, 9), sn.host6(0x9999))
+        .unwrap();
+    for ip in &held {
+        assert!(ping(&client.name, *ip, None), "client -> {ip}");
+    }
+}
+
+// 5. Sticky: a StatefulSet pod keeps its address across re-creation.
+#[test]
+fn sticky_statefulset_pod_keeps_its_address() {
+    let lab = Lab::new().expect("build lab");
+    let chain = chain(&lab, "macvlan-coordinator-ipam.conflist");
+    let sn = lab.subnet(1).unwrap();
+    let client = lab
+        .fabric_client(1, sn.host4(9, 9), sn.host6(0x9999))
+        .unwrap();
+
+    let old = lab.pod("mysql0-a").unwrap();
+    let att_old = pod_att("ctr-mysql-0-old", &old, "eth0", "db", "mysql-0");
+    let ips = both(&add(&chain, &att_old));
+    for ip in ips {
+        client_reaches(&client, &old, ip);
+    }
+
+    // Pod deleted: the addresses are parked for db/mysql-0, not freed.
+    chain
+        .del(&att_old)
+        .unwrap_or_else(|e| panic!("DEL old: {e}"));
+    lab.remove_netns(&old.name).unwrap();
+    let list = cli_list(&lab);
+    assert_eq!(list.len(), 2, "{list:?}");
+    for ip in &ips {
+        let r = record_of(&list, ip);
+        assert_eq!(r["parked"], true, "{r}");
+        assert_eq!(r["sticky"], "db/mysql-0", "{r}");
+    }
+
+    // Meanwhile other pods come and go; none gets the parked addresses.
+    let other = lab.pod("web").unwrap();
+    let att_other = pod_att("ctr-web-1", &other, "eth0", "default", "web-1");
+    let web = both(&add(&chain, &att_other));
+    assert!(web.iter().all(|ip| !ips.contains(ip)), "{web:?} vs {ips:?}");
+
+    // Re-created (new sandbox, new container ID): the same addresses.
+    let new = lab.pod("mysql0-b").unwrap();
+    let att_new = pod_att("ctr-mysql-0-new", &new, "eth0", "db", "mysql-0");
+    assert_eq!(both(&add(&chain, &att_new)), ips);
+    let list = cli_list(&lab);
+    for ip in &ips {
+        let r = record_of(&list, ip);
+        assert_eq!(r["containerId"], "ctr-mysql-0-new", "{r}");
+        assert_eq!(r["parked"], false, "{r}");
+    }
+    for ip in ips {
+        client_reaches(&client, &new, ip);
+    }
+
+    // A late DEL from the old sandbox frees nothing the new one holds.
+    let late = Attachment {
+        netns: None,
+        ..att_old.clone()
+    };
+    chain.del(&late).unwrap_or_else(|e| panic!("late DEL: {e}"));
+    let list = cli_list(&lab);
+    for ip in &ips {
+        assert_eq!(record_of(&list, ip)["containerId"], "ctr-mysql-0-new");
+    }
+    for ip in ips {
+        client_reaches(&client, &new, ip);
+    }
+
+    chain.del(&att_other).unwrap();
+    chain.del(&att_new).unwrap();
+    assert_detached(lab.node(), &new, "eth0", &ips);
+}
+
+/// The conf-examples added for this file parse as coordinator-ipam configs
+/// (the plugin's own CLI reads them), so a typo there fails here too.
+#[test]
+fn conf_examples_parse_with_the_cli() {
+    for file in [
+        "macvlan-coordinator-ipam.conflist",
+        "macvlan-coordinator-ipam-net1.conflist",
+        "macvlan-coordinator-ipam-racks.conflist",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(bin_dir().join("coordinator-ipam"))
+            .args(["usage", "--config"])
+            .arg(conf_example(file))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("NODE_NAME", "rack1-n01")
+            .env_remove("CNI_COMMAND")
+            .output()
+            .expect("run coordinator-ipam usage");
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
