@@ -363,6 +363,14 @@ fn one_config_two_racks_pools_by_node_name() {
             "{r}"
         );
     }
+    // The second node is on rack 2's subnet.
+    let b_ip = node_b.nics[0].ipv4.unwrap();
+    assert_in(b_ip.into(), &["10.7.0.0/16"]);
+    assert!(ping(
+        &node_b.name,
+        lab.subnet(2).unwrap().gateway4.unwrap().into(),
+        None
+    ));
     // Each pod works on its own rack's subnet.
     for (pod, subnet, ips) in [(&pod_a, 1u8, [a4, a6]), (&pod_b, 2, [b4, b6])] {
         let sn = lab.subnet(subnet).unwrap();
@@ -513,9 +521,54 @@ fn sticky_statefulset_pod_keeps_its_address() {
         client_reaches(&client, &new, ip);
     }
 
+    // The pod moves to another node that shares the store (same subnet):
+    // same addresses again, and the client's neighbour entries, REACHABLE
+    // with the previous pod's MAC, follow the new one.
     chain.del(&att_other).unwrap();
-    chain.del(&att_new).unwrap();
+    chain
+        .del(&att_new)
+        .unwrap_or_else(|e| panic!("DEL new: {e}"));
     assert_detached(lab.node(), &new, "eth0", &ips);
+    let node_b = lab.extra_node("nodeb", &[1]).unwrap();
+    let on_b = node_b.chain(load(&lab, "macvlan-coordinator-ipam.conflist"));
+    let on_b = on_b.cni_path(cni_path());
+    let moved = lab.pod("mysql0-c").unwrap();
+    let att_moved = pod_att("ctr-mysql-0-moved", &moved, "eth0", "db", "mysql-0");
+    assert_eq!(both(&add(&on_b, &att_moved)), ips);
+    for ip in ips {
+        client_reaches(&client, &moved, ip);
+    }
+    let mac = mac_of(&moved.name, "eth0");
+    let neigh = lab::neighbours(&client.name).unwrap();
+    for ip in ips {
+        let entry = neigh
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["dst"] == ip.to_string().as_str())
+            .unwrap_or_else(|| panic!("client has no entry for {ip}: {neigh}"));
+        assert_eq!(entry["lladdr"], mac.as_str(), "{entry}");
+    }
+
+    on_b.del(&att_moved).unwrap();
+    assert_detached(&node_b.name, &moved, "eth0", &ips);
+    assert_eq!(
+        cli_list(&lab).len(),
+        2,
+        "only db/mysql-0's parked addresses"
+    );
+}
+
+fn mac_of(ns: &str, ifname: &str) -> String {
+    let links = lab::links(ns).unwrap();
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["ifname"] == ifname)
+        .and_then(|l| l["address"].as_str())
+        .unwrap_or_else(|| panic!("{ifname} not in {ns}: {links}"))
+        .to_string()
 }
 
 /// The conf-examples added for this file parse as coordinator-ipam configs
