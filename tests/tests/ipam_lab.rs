@@ -597,3 +597,128 @@ fn conf_examples_parse_with_the_cli() {
         );
     }
 }
+
+/// Many pods of one node ADD at once (the kubelet starts sandboxes in
+/// parallel): the store's lock serialises them, every pod gets its own
+/// addresses, every address works, and parallel DELs free them all.
+#[test]
+fn parallel_adds_get_distinct_addresses() {
+    const PODS: usize = 8;
+    let lab = Lab::new().expect("build lab");
+    let chain = chain(&lab, "macvlan-coordinator-ipam.conflist");
+    let pods: Vec<Pod> = (0..PODS)
+        .map(|i| lab.pod(&format!("par{i}")).unwrap())
+        .collect();
+    let atts: Vec<Attachment> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            pod_att(
+                &format!("ctr-par-{i}"),
+                p,
+                "eth0",
+                "default",
+                &format!("par-{i}"),
+            )
+        })
+        .collect();
+    let results: Vec<[IpAddr; 2]> = std::thread::scope(|s| {
+        let handles: Vec<_> = atts
+            .iter()
+            .map(|a| s.spawn(|| both(&add(&chain, a))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<IpAddr> = results.iter().flatten().copied().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 2 * PODS, "distinct addresses: {results:?}");
+    let list = cli_list(&lab);
+    assert_eq!(list.len(), 2 * PODS, "{list:?}");
+    for (att, ips) in atts.iter().zip(&results) {
+        for ip in ips {
+            assert_eq!(
+                record_of(&list, ip)["containerId"],
+                att.container_id.as_str()
+            );
+        }
+    }
+    let sn = lab.subnet(1).unwrap();
+    let client = lab
+        .fabric_client(1, sn.host4(9, 9), sn.host6(0x9999))
+        .unwrap();
+    for ip in results.iter().flatten() {
+        assert!(ping(&client.name, *ip, None), "client -> {ip}");
+    }
+    std::thread::scope(|s| {
+        for a in &atts {
+            let chain = &chain;
+            s.spawn(move || {
+                chain
+                    .del(a)
+                    .unwrap_or_else(|e| panic!("DEL {}: {e}", a.container_id))
+            });
+        }
+    });
+    assert_eq!(records(&lab), vec![]);
+}
+
+/// Issue 5 meets the IPAM: the coordinator finds the IPAM's address in use
+/// on the fabric, fails the ADD and quarantines it; the IPAM then never
+/// hands that address out while the quarantine lasts, even when its
+/// rotation comes back round to it.
+#[test]
+fn conflicting_address_is_quarantined_and_skipped() {
+    let lab = Lab::new().expect("build lab");
+    let mut list = load(&lab, "macvlan-coordinator-ipam.conflist");
+    ipam_mut(&mut list)["pools"][0]["ranges"] = json!(["10.6.1.1-10.6.1.2"]);
+    list.plugin_mut("coordinator")
+        .unwrap()
+        .insert("detectIPConflict".into(), json!(true));
+    let chain = lab.chain(list).cni_path(cni_path());
+    let first: IpAddr = "10.6.1.1".parse().unwrap();
+    let second: IpAddr = "10.6.1.2".parse().unwrap();
+    // An outside machine already uses the first address of the range.
+    let _holder = lab
+        .fabric_client(1, Some("10.6.1.1".parse().unwrap()), None)
+        .unwrap();
+
+    let p0 = lab.pod("q0").unwrap();
+    let a0 = pod_att("ctr-q-0", &p0, "eth0", "default", "q-0");
+    let err = chain.add(&a0).expect_err("10.6.1.1 is in use");
+    assert_eq!(err.plugin.as_deref(), Some("coordinator"), "{err:?}");
+    assert_eq!(err.code, 101, "{err:?}");
+    let q = std::fs::read_to_string(lab.dir().join("quarantine.json")).unwrap_or_default();
+    assert!(q.contains("\"10.6.1.1\""), "quarantined: {q}");
+    chain
+        .del(&a0)
+        .unwrap_or_else(|e| panic!("DEL after failed ADD: {e}"));
+    assert_eq!(records(&lab), vec![], "the runtime's DEL released it");
+
+    // The cursor now stands after 10.6.1.1: one pod takes 10.6.1.2 and
+    // leaves, so the rotation wraps round to the quarantined 10.6.1.1.
+    let p1 = lab.pod("q1").unwrap();
+    let a1 = pod_att("ctr-q-1", &p1, "eth0", "default", "q-1");
+    assert_eq!(ip_of(&add(&chain, &a1), true), second);
+    chain.del(&a1).unwrap();
+    let p2 = lab.pod("q2").unwrap();
+    let a2 = pod_att("ctr-q-2", &p2, "eth0", "default", "q-2");
+    let r2 = add(&chain, &a2);
+    assert_eq!(ip_of(&r2, true), second, "10.6.1.1 is skipped: {r2}");
+    assert!(!cli_list(&lab)
+        .iter()
+        .any(|r| r["ip"] == first.to_string().as_str()));
+    let sn = lab.subnet(1).unwrap();
+    assert!(ping(&p2.name, sn.gateway4.unwrap().into(), None));
+    // With the only other address taken, the pool is exhausted rather than
+    // handing out the conflicting one.
+    let p3 = lab.pod("q3").unwrap();
+    let a3 = pod_att("ctr-q-3", &p3, "eth0", "default", "q-3");
+    let err = chain
+        .add(&a3)
+        .expect_err("only a quarantined address is left");
+    assert_eq!(err.code, 110, "{err:?}");
+    chain.del(&a3).unwrap();
+    chain.del(&a2).unwrap();
+    assert_eq!(records(&lab), vec![]);
+}
