@@ -136,7 +136,12 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
     for n in plan.neighbours.iter().filter(|n| n.side == Side::Pod) {
         let i = links.index(n.side, &n.dev)?;
         k.pod.set_permanent_neighbour(i, n.ip, n.mac).map_err(|e| {
-            Error::from(e).context(format!("neighbour {} lladdr {} dev {}", n.ip, format_mac(&n.mac), n.dev))
+            Error::from(e).context(format!(
+                "neighbour {} lladdr {} dev {}",
+                n.ip,
+                format_mac(&n.mac),
+                n.dev
+            ))
         })?;
     }
     let (pod_routes, host_routes): (Vec<&RouteSpec>, Vec<&RouteSpec>) =
@@ -149,7 +154,9 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
         match k.pod.del_route(m) {
             Ok(()) => journal.push(Undo::ReAddRoute(m.clone())),
             Err(NlError::NotFound) => {}
-            Err(e) => return Err(Error::from(e).context(format!("moving route {} out of main", m.dst))),
+            Err(e) => {
+                return Err(Error::from(e).context(format!("moving route {} out of main", m.dst)))
+            }
         }
     }
     for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Pod) {
@@ -164,9 +171,6 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
             },
         )?;
         journal.push(Undo::RemoveReplyMark);
-    }
-    for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Host) {
-        add_rule(k, *side, rule, journal)?;
     }
     for r in &host_routes {
         add_route(&mut links, r, journal)?;
@@ -184,14 +188,22 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
                 Err(e) => tracing::warn!("looking up neighbour {} on {up}: {e}", n.ip),
             }
         }
-        k.host.set_permanent_neighbour(i, n.ip, n.mac).map_err(|e| {
-            Error::from(e).context(format!("host neighbour {} dev {}", n.ip, n.dev))
-        })?;
+        k.host
+            .set_permanent_neighbour(i, n.ip, n.mac)
+            .map_err(|e| {
+                Error::from(e).context(format!("host neighbour {} dev {}", n.ip, n.dev))
+            })?;
         journal.push(Undo::DelNeigh(Side::Host, i, n.ip));
     }
-    // policyRoutes last: a bad gateway fails here and the journal takes the rest back.
+    // policyRoutes last but one: a bad gateway fails here and the journal
+    // takes the rest back.
     for r in &plan.policy {
         add_route(&mut links, r, journal)?;
+    }
+    // The host rule is shared by every pod, so it is never undone; added last,
+    // a failed first ADD on a node leaves no rule behind.
+    for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Host) {
+        add_rule(k, *side, rule, journal)?;
     }
     Ok(())
 }
@@ -239,9 +251,8 @@ fn write_sysctls(k: &Kernel, plan: &Plan) -> Result<()> {
             .pod_ns
             .run(move || -> std::io::Result<()> {
                 for (key, val) in &pod {
-                    sysctl_set(key, val).map_err(|e| {
-                        std::io::Error::new(e.kind(), format!("{key}={val}: {e}"))
-                    })?;
+                    sysctl_set(key, val)
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("{key}={val}: {e}")))?;
                 }
                 Ok(())
             })
@@ -268,7 +279,9 @@ fn rollback(k: &Kernel, journal: Vec<Undo>) {
             Undo::DelRule(side, r) => k.nl(*side).del_rule(r),
             Undo::DelNeigh(side, i, ip) => k.nl(*side).del_neighbour(*i, *ip),
             Undo::DelAddr(i, a) => k.pod.del_address(*i, *a),
-            Undo::RemoveReplyMark => nftables::remove(k.pod_ns).map_err(|e| NlError::Io(e.to_string())),
+            Undo::RemoveReplyMark => {
+                nftables::remove(k.pod_ns).map_err(|e| NlError::Io(e.to_string()))
+            }
         };
         match res {
             Ok(()) | Err(NlError::NotFound) => {}
