@@ -10,10 +10,12 @@
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod fsutil;
 pub mod logging;
 pub mod netlink;
 pub mod netns;
 pub mod plugin;
+pub mod quarantine;
 pub mod result;
 pub mod version;
 

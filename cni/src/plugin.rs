@@ -82,8 +82,11 @@ pub fn run(plugin: &dyn Plugin, about: &About) -> ! {
         Err(e) => failure(&Error::Io(format!("reading stdin: {e}")), LATEST),
     };
     let mut so = std::io::stdout().lock();
-    let _ = so.write_all(out.stdout.as_bytes());
-    let _ = so.write_all(b"\n");
+    // A verb without a result (DEL, CHECK, STATUS, GC) prints nothing at all.
+    if !out.stdout.is_empty() {
+        let _ = so.write_all(out.stdout.as_bytes());
+        let _ = so.write_all(b"\n");
+    }
     let _ = so.flush();
     std::process::exit(out.exit_code)
 }
@@ -120,13 +123,15 @@ fn dispatch_inner(
     vars: &HashMap<String, String>,
     stdin: &[u8],
 ) -> Outcome {
+    // VERSION needs nothing but CNI_COMMAND: whatever else the runtime left
+    // in the environment must not make it fail.
+    if vars.get("CNI_COMMAND").map(String::as_str) == Some("VERSION") {
+        return version_info(stdin, about);
+    }
     let env = match CniEnv::from_map(vars, plugin.known_args()) {
         Ok(e) => e,
         Err(e) => return failure(&e, &request_version(stdin)),
     };
-    if env.command == Command::Version {
-        return version_info(stdin, about);
-    }
     let (conf, raw) = match NetConf::parse(stdin) {
         Ok(c) => c,
         Err(e) => return failure(&e, &request_version(stdin)),

@@ -1,17 +1,23 @@
 //! ADD: observe the pod and the host, plan, apply.
 
+use std::net::IpAddr;
+
 use cni::error::code;
-use cni::netlink::{Link, Netlink};
-use cni::netns::NetNs;
+use cni::netlink::{Link, Mac, Netlink};
+use cni::netns::{sysctl_get, NetNs};
 use cni::plugin::Call;
+use cni::quarantine;
 use cni::result::CniResult;
 use cni::{Error, Result};
 use ipnet::IpNet;
 
+use crate::announce::announce;
 use crate::apply::{apply, Kernel};
 use crate::config::{Config, Mode};
+use crate::detect::{detect, KernelDad, NicProbe};
+use crate::macprefix::mac_for;
 use crate::mode::{self, FirstNic};
-use crate::names::{host_veth_name, random_mac, POD_VETH};
+use crate::names::{format_mac, host_veth_name, random_mac, POD_VETH};
 use crate::observe::{host_view, pod_view, HostView};
 use crate::plan::{plan_add, Inputs, Layout, Plan, PodView, VethPlan};
 
@@ -85,7 +91,9 @@ pub fn context(
     if view.link(ifname).is_none() {
         return Err(Error::plugin(
             code::KERNEL,
-            format!("interface {ifname} is not in the pod netns: the main plugin did not create it"),
+            format!(
+                "interface {ifname} is not in the pod netns: the main plugin did not create it"
+            ),
         ));
     }
     let (ips, gateways) = nic_addresses(prev, ifname);
@@ -169,7 +177,7 @@ fn veth_plan(
 }
 
 pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
-    let prev = call.prev_result()?.ok_or_else(|| {
+    let mut prev = call.prev_result()?.ok_or_else(|| {
         Error::config(
             "prevResult",
             "is required: coordinator must be chained after a main CNI plugin",
@@ -185,6 +193,39 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     let Some(ctx) = context(cfg, call, &prev, &host, view)? else {
         return Ok(prev);
     };
+    let ifname = call.env.ifname.as_str();
+    let nic = ctx
+        .inputs
+        .pod
+        .link(ifname)
+        .cloned()
+        .ok_or_else(|| Error::kernel(format!("pod link {ifname}"), "not found"))?;
+
+    // The MAC first: probes must go out with the address the pod will keep.
+    let mac_change = set_mac_prefix(cfg, &pod, &nic, &ctx.inputs.ips)?;
+    let undo_mac = || {
+        if let Some((old, _)) = mac_change {
+            if let Err(e) = pod.set_link_mac(nic.index, old) {
+                tracing::warn!("restoring the MAC of {ifname}: {e}");
+            }
+        }
+    };
+    if let Some((_, mac)) = mac_change {
+        if let Some(i) = prev.interface_index(ifname) {
+            prev.interfaces[i].mac = format_mac(&mac);
+        }
+    }
+    let mac = mac_change
+        .map(|(_, new)| new)
+        .or(nic.mac)
+        .unwrap_or_default();
+    if cfg.detect_ip_conflict || cfg.detect_gateway {
+        if let Err(e) = run_detection(cfg, &pod, &pod_ns, &nic, mac, &ctx.inputs) {
+            undo_mac();
+            return Err(e);
+        }
+    }
+
     let plan: Plan = plan_add(cfg, &ctx.inputs);
     tracing::debug!(?ctx.layout, ?plan, "plan");
     let k = Kernel {
@@ -192,12 +233,115 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         pod: &pod,
         pod_ns: &pod_ns,
     };
-    apply(&k, &plan, &ctx.host_view.uplinks)?;
+    if let Err(e) = apply(&k, &plan, &ctx.host_view.uplinks) {
+        undo_mac();
+        return Err(e);
+    }
+    if mac_change.is_some() {
+        // Neighbours that cached the old MAC learn the new one at once.
+        let addrs: Vec<IpAddr> = ctx.inputs.ips.iter().map(|n| n.addr()).collect();
+        if let Err(e) = announce(&pod_ns, nic.index, mac, &addrs) {
+            tracing::warn!("announcing the new MAC of {ifname}: {e}");
+        }
+    }
     tracing::info!(
         container = call.env.container_id,
-        ifname = call.env.ifname,
+        ifname,
         layout = ?ctx.layout,
         "ADD done"
     );
     Ok(prev)
+}
+
+/// `podMACPrefix`: (old, new) when the NIC's MAC changed.
+fn set_mac_prefix(
+    cfg: &Config,
+    pod: &Netlink,
+    nic: &Link,
+    ips: &[IpNet],
+) -> Result<Option<(Mac, Mac)>> {
+    let Some(prefix) = cfg.pod_mac_prefix else {
+        return Ok(None);
+    };
+    let Some(mac) = mac_for(prefix, ips) else {
+        return Ok(None);
+    };
+    let old = nic.mac.unwrap_or_default();
+    if old == mac {
+        return Ok(None);
+    }
+    pod.set_link_mac(nic.index, mac).map_err(|e| {
+        Error::from(e).context(format!(
+            "podMACPrefix: setting the MAC of {} to {}",
+            nic.name,
+            format_mac(&mac)
+        ))
+    })?;
+    Ok(Some((old, mac)))
+}
+
+/// The kernel's own DAD verdict on an address, so a settled one is not
+/// probed (and waited for) a second time.
+fn kernel_dad(pod: &Netlink, ifindex: u32, ip: IpAddr, dad_enabled: bool) -> KernelDad {
+    if ip.is_ipv4() {
+        return KernelDad::NotRun;
+    }
+    let addrs = match pod.addresses(Some(ifindex)) {
+        Ok(a) => a,
+        Err(_) => return KernelDad::NotRun,
+    };
+    match addrs.iter().find(|a| a.addr.addr() == ip) {
+        Some(a) if a.flags.dadfailed => KernelDad::Failed,
+        Some(a) if a.flags.tentative => KernelDad::Tentative,
+        Some(a) if a.flags.nodad || !dad_enabled => KernelDad::NotRun,
+        Some(_) => KernelDad::Done,
+        None => KernelDad::NotRun,
+    }
+}
+
+fn run_detection(
+    cfg: &Config,
+    pod: &Netlink,
+    pod_ns: &NetNs,
+    nic: &Link,
+    mac: Mac,
+    inp: &crate::plan::Inputs,
+) -> Result<()> {
+    let key = format!("net/ipv6/conf/{}/accept_dad", nic.name);
+    let dad_enabled = pod_ns
+        .run(|| sysctl_get(&key))
+        .ok()
+        .and_then(|r| r.ok())
+        .is_none_or(|v| v != "0");
+    let addrs = inp
+        .ips
+        .iter()
+        .map(|n| (n.addr(), kernel_dad(pod, nic.index, n.addr(), dad_enabled)))
+        .collect();
+    let probe = NicProbe {
+        ifname: nic.name.clone(),
+        ifindex: nic.index,
+        mac,
+        addrs,
+        gateways: inp.gateways.clone(),
+        check_conflict: cfg.detect_ip_conflict,
+        check_gateway: cfg.detect_gateway,
+    };
+    let dad_state = |ip: IpAddr| kernel_dad(pod, nic.index, ip, dad_enabled);
+    let report = detect(pod_ns, &probe, &cfg.detect_options, &dad_state)?;
+    tracing::info!(
+        ifname = nic.name,
+        elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+        conflicts = report.conflicts.len(),
+        unreachable = report.unreachable_gateways.len(),
+        "detection"
+    );
+    for c in &report.conflicts {
+        let reason = format!("{} on {} is used by {}", c.ip, nic.name, format_mac(&c.mac));
+        if let Err(e) = quarantine::record(&cfg.quarantine_file, c.ip, cfg.quarantine_ttl, &reason)
+        {
+            tracing::warn!("quarantine {}: {e}", c.ip);
+        }
+    }
+    report.to_result(&nic.name)
 }

@@ -56,7 +56,10 @@ pub fn check(call: &Call, cfg: &Config) -> Result<()> {
             Side::Pod => route_present(&pod, &view.routes, r)?,
             Side::Host => {
                 let f = Family::of_net(&r.dst);
-                if !host_tables.iter().any(|(hf, t, _)| *hf == f && *t == r.table) {
+                if !host_tables
+                    .iter()
+                    .any(|(hf, t, _)| *hf == f && *t == r.table)
+                {
                     host_tables.push((f, r.table, host.routes(f, Some(r.table))?));
                 }
                 let routes = host_tables

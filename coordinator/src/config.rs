@@ -129,7 +129,7 @@ impl Config {
     }
 
     pub fn from_map(m: &Map<String, Value>) -> cni::Result<Config> {
-        let f = Fields(m);
+        let f = Fields(m, "");
         let mode = match f.string("mode")?.as_deref() {
             None | Some("") | Some("auto") => Mode::Auto,
             Some("underlay") => Mode::Underlay,
@@ -286,19 +286,28 @@ fn parse_link_local(s: &str) -> cni::Result<IpNet> {
     Ok(net)
 }
 
-/// Typed access to config fields with errors that name the field.
-struct Fields<'a>(&'a Map<String, Value>);
+/// Typed access to config fields with errors that name the field (nested
+/// objects prefix their parent: `detectOptions.retries`).
+struct Fields<'a>(&'a Map<String, Value>, &'a str);
 
 impl Fields<'_> {
     fn get(&self, k: &str) -> Option<&Value> {
         self.0.get(k).filter(|v| !v.is_null())
     }
 
+    fn err(&self, k: &str, why: impl std::fmt::Display) -> Error {
+        if self.1.is_empty() {
+            Error::config(k, why)
+        } else {
+            Error::config(&format!("{}.{k}", self.1), why)
+        }
+    }
+
     fn string(&self, k: &str) -> cni::Result<Option<String>> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(Error::config(k, format!("{v} is not a string"))),
+            Some(v) => Err(self.err(k, format!("{v} is not a string"))),
         }
     }
 
@@ -306,7 +315,7 @@ impl Fields<'_> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(Error::config(k, format!("{v} is not true or false"))),
+            Some(v) => Err(self.err(k, format!("{v} is not true or false"))),
         }
     }
 
@@ -316,8 +325,8 @@ impl Fields<'_> {
             Some(Value::Number(n)) => n
                 .as_i64()
                 .map(Some)
-                .ok_or_else(|| Error::config(k, format!("{n} is not an integer"))),
-            Some(v) => Err(Error::config(k, format!("{v} is not an integer"))),
+                .ok_or_else(|| self.err(k, format!("{n} is not an integer"))),
+            Some(v) => Err(self.err(k, format!("{v} is not an integer"))),
         }
     }
 
@@ -326,9 +335,8 @@ impl Fields<'_> {
             None => Ok(None),
             Some(s) if s.is_empty() => Ok(None),
             Some(s) => {
-                validate_ifname(&s).map_err(|_| {
-                    Error::config(k, format!("{s:?} is not a valid interface name"))
-                })?;
+                validate_ifname(&s)
+                    .map_err(|_| self.err(k, format!("{s:?} is not a valid interface name")))?;
                 Ok(Some(s))
             }
         }
@@ -338,7 +346,7 @@ impl Fields<'_> {
         let items = match self.get(k) {
             None => return Ok(Vec::new()),
             Some(Value::Array(a)) => a,
-            Some(v) => return Err(Error::config(k, format!("{v} is not a list of CIDRs"))),
+            Some(v) => return Err(self.err(k, format!("{v} is not a list of CIDRs"))),
         };
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -364,12 +372,12 @@ impl Fields<'_> {
             // A bare number is milliseconds.
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(ms) => Ok(Some(Duration::from_millis(ms))),
-                None => Err(Error::config(k, format!("{n} is not a duration"))),
+                None => Err(self.err(k, format!("{n} is not a duration"))),
             },
             Some(Value::String(s)) => parse_duration(s)
                 .map(Some)
-                .ok_or_else(|| Error::config(k, format!("{s:?} is not a duration like \"10ms\""))),
-            Some(v) => Err(Error::config(k, format!("{v} is not a duration"))),
+                .ok_or_else(|| self.err(k, format!("{s:?} is not a duration like \"10ms\""))),
+            Some(v) => Err(self.err(k, format!("{v} is not a duration"))),
         }
     }
 
@@ -377,7 +385,7 @@ impl Fields<'_> {
         let items = match self.get(k) {
             None => return Ok(Vec::new()),
             Some(Value::Array(a)) => a,
-            Some(v) => return Err(Error::config(k, format!("{v} is not a list"))),
+            Some(v) => return Err(self.err(k, format!("{v} is not a list"))),
         };
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -414,10 +422,10 @@ impl Fields<'_> {
         let o = match self.get(k) {
             None => return Ok(d),
             Some(Value::Object(o)) => o,
-            Some(v) => return Err(Error::config(k, format!("{v} is not an object"))),
+            Some(v) => return Err(self.err(k, format!("{v} is not an object"))),
         };
-        let sub = Fields(o);
-        match sub.int("retries").map_err(|e| e.context(k))? {
+        let sub = Fields(o, k);
+        match sub.int("retries")? {
             None => {}
             Some(r) if (1..=100).contains(&r) => d.retries = r as u32,
             Some(r) => {
@@ -429,7 +437,7 @@ impl Fields<'_> {
         }
         let limit = Duration::from_secs(10);
         for (name, slot) in [("interval", &mut d.interval), ("timeout", &mut d.timeout)] {
-            if let Some(v) = sub.duration(name).map_err(|e| e.context(k))? {
+            if let Some(v) = sub.duration(name)? {
                 if v > limit {
                     return Err(Error::config(
                         &format!("{k}.{name}"),
@@ -446,10 +454,10 @@ impl Fields<'_> {
         let o = match self.get(k) {
             None => return Ok((None, Some(PathBuf::from(DEFAULT_LOG_FILE)))),
             Some(Value::Object(o)) => o,
-            Some(v) => return Err(Error::config(k, format!("{v} is not an object"))),
+            Some(v) => return Err(self.err(k, format!("{v} is not an object"))),
         };
-        let sub = Fields(o);
-        let level = sub.string("logLevel").map_err(|e| e.context(k))?;
+        let sub = Fields(o, k);
+        let level = sub.string("logLevel")?;
         if let Some(l) = &level {
             let ok = [
                 "", "trace", "debug", "info", "warn", "warning", "error", "off", "none",
@@ -463,11 +471,7 @@ impl Fields<'_> {
             }
         }
         // Spiderpool calls it logFilePath; "-" or "stderr" keeps logs on stderr.
-        let file = match sub
-            .string("logFile")
-            .map_err(|e| e.context(k))?
-            .or(sub.string("logFilePath").map_err(|e| e.context(k))?)
-        {
+        let file = match sub.string("logFile")?.or(sub.string("logFilePath")?) {
             None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
             Some(s) if s.is_empty() => Some(PathBuf::from(DEFAULT_LOG_FILE)),
             Some(s) if s == "-" || s == "stderr" => None,

@@ -29,11 +29,7 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
     let ifname = call.env.ifname.as_str();
     let is_first = ifname == cfg.pod_default_cni_nic;
     let host = Netlink::open()?;
-    let pod_ns = call
-        .env
-        .netns
-        .as_ref()
-        .and_then(|p| NetNs::open(p).ok());
+    let pod_ns = call.env.netns.as_ref().and_then(|p| NetNs::open(p).ok());
     let pod = pod_ns.as_ref().and_then(|ns| Netlink::open_in(ns).ok());
 
     // The NIC's addresses: prevResult when the runtime passed it, else what
@@ -120,9 +116,10 @@ fn remove_nic_tables(pod: &Netlink, ips: &[IpNet]) {
     let addrs: Vec<IpAddr> = ips.iter().map(|n| n.addr()).collect();
     for f in [Family::V4, Family::V6] {
         let Ok(rules) = pod.rules(f) else { continue };
-        for r in rules.into_iter().filter(|r| {
-            r.priority == PRIO_FROM && r.src.is_some_and(|s| addrs.contains(&s.addr()))
-        }) {
+        for r in rules
+            .into_iter()
+            .filter(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| addrs.contains(&s.addr())))
+        {
             log_err("from rule", pod.del_rule(&r));
             flush_table(pod, f, r.table);
         }

@@ -7,10 +7,12 @@
 //! ([`apply`]) that talks to the kernel and undoes its steps on failure.
 
 pub mod add;
+pub mod announce;
 pub mod apply;
 pub mod check;
 pub mod config;
 pub mod del;
+pub mod detect;
 pub mod macprefix;
 pub mod mode;
 pub mod names;

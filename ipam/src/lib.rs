@@ -1,1 +1,15 @@
-//! coordinator-ipam library
+//! coordinator-ipam: underlay address pools for CNI.
+//!
+//! - [`config`]: the `ipam` block, validated field by field;
+//! - [`pool`]: pools and the address arithmetic (u128 intervals);
+//! - [`allocator`]: pure allocation decisions on one network's state;
+//! - [`store`]: where the state lives (file store; etcd can follow);
+//! - [`verbs`]: ADD/DEL/CHECK/GC/STATUS wired to the CNI protocol;
+//! - [`cli`]: the operator commands run without `CNI_COMMAND`.
+
+pub mod allocator;
+pub mod cli;
+pub mod config;
+pub mod pool;
+pub mod store;
+pub mod verbs;

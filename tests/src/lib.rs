@@ -20,3 +20,4 @@ pub fn conf_example(name: &str) -> PathBuf {
         .join("conf-examples")
         .join(name)
 }
+pub mod exec;

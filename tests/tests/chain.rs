@@ -382,6 +382,9 @@ fn sigterm_removes_the_labs_namespaces() {
         "died of SIGTERM, not otherwise"
     );
     assert_eq!(lab::list_netns(&prefix).unwrap(), Vec::<String>::new());
+    // The handler only unmounts namespaces; the scratch dir is left to sweep.
+    lab::sweep(&prefix).unwrap();
+    assert!(!std::env::temp_dir().join(&prefix).exists());
 }
 
 #[test]
@@ -454,4 +457,28 @@ fn node_service_dnats_pod_traffic_to_a_fabric_backend() {
         assert_eq!(reply_peer(&reply).map(|p| p.ip()), Some(node_ip), "{reply}");
     }
     chain.del(&att).unwrap_or_else(|e| panic!("DEL ptp: {e}"));
+}
+
+#[test]
+fn sweep_removes_namespaces_and_scratch_dirs_of_a_prefix() {
+    // A prefix of our own, so labs of parallel tests are not swept.
+    let prefix = format!("{}sweep{}-", lab::PREFIX, std::process::id());
+    for n in ["a", "b"] {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "add", &format!("{prefix}{n}")])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add (needs root)");
+    }
+    let scratch = std::env::temp_dir().join(format!("{prefix}dir"));
+    std::fs::create_dir_all(scratch.join("x")).unwrap();
+    assert_eq!(lab::list_netns(&prefix).unwrap().len(), 2);
+    let gone = lab::sweep(&prefix).unwrap();
+    assert_eq!(gone, vec![format!("{prefix}a"), format!("{prefix}b")]);
+    assert!(lab::list_netns(&prefix).unwrap().is_empty());
+    assert!(!scratch.exists());
+    assert!(
+        lab::sweep("").is_err(),
+        "an empty prefix would sweep everything"
+    );
 }

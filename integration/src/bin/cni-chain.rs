@@ -108,11 +108,12 @@ fn report(runs: &[PluginRun]) {
                 r.plugin
             ),
             None => eprintln!(
-                "{} #{} {}: {:.3} ms, max RSS {} KiB, exit {}",
+                "{} #{} {}: {:.3} ms wall, {:.3} ms CPU, max RSS {} KiB, exit {}",
                 r.verb.as_str(),
                 r.index,
                 r.plugin,
                 r.wall.as_secs_f64() * 1e3,
+                r.cpu.as_secs_f64() * 1e3,
                 r.max_rss_kib,
                 r.exit_code.map_or("signal".to_string(), |c| c.to_string()),
             ),

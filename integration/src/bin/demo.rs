@@ -3,7 +3,8 @@
 //! nothing is left.
 //!
 //! demo [CONFLIST]      run the demo (root)
-//! demo --sweep         remove namespaces left by crashed lab runs
+//! demo --sweep         remove namespaces and scratch dirs left by crashed lab
+//!                      runs (every `cl-*`: only when no lab run is in progress)
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -16,8 +17,18 @@ use integration::lab::{self, state, Lab};
 use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
 use serde_json::Value;
 
+/// `println!` that tolerates a closed stdout (`demo | head`): the lab must
+/// still be torn down normally rather than by a panic.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 const TIMEOUT: Duration = Duration::from_secs(3);
 const PORT: u16 = 8080;
+const SVC_BACKEND_PORT: u16 = 9090;
 
 fn default_conflist() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,7 +42,7 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("--sweep") {
         return match lab::sweep(lab::PREFIX) {
             Ok(gone) => {
-                println!("removed {} namespaces: {gone:?}", gone.len());
+                out!("removed {} namespaces: {gone:?}", gone.len());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -55,7 +66,7 @@ fn main() -> ExitCode {
 }
 
 fn title(t: &str) {
-    println!("\n== {t}");
+    out!("\n== {t}");
 }
 
 fn run(conflist: PathBuf) -> Result<bool, Box<dyn std::error::Error>> {
@@ -63,7 +74,7 @@ fn run(conflist: PathBuf) -> Result<bool, Box<dyn std::error::Error>> {
     let prefix = lab.prefix().to_string();
     let sn = lab.subnet(1).ok_or("lab has no subnet 1")?.clone();
     title("lab");
-    println!(
+    out!(
         "node netns {}: {} {} {} (macvlan parent), default via {} / {}",
         lab.node(),
         sn.parent,
@@ -72,7 +83,7 @@ fn run(conflist: PathBuf) -> Result<bool, Box<dyn std::error::Error>> {
         opt(sn.gateway4),
         opt(sn.gateway6)
     );
-    println!(
+    out!(
         "fabric netns {}: bridge {} with gateways {} {} (rp_filter=1)",
         lab.fabric(),
         sn.bridge,
@@ -82,7 +93,7 @@ fn run(conflist: PathBuf) -> Result<bool, Box<dyn std::error::Error>> {
 
     let mut list = NetConfList::from_file(&conflist)?;
     lab.localize(&mut list);
-    println!(
+    out!(
         "conflist {} ({}): {}",
         conflist.display(),
         list.cni_version,
@@ -150,11 +161,40 @@ fn run(conflist: PathBuf) -> Result<bool, Box<dyn std::error::Error>> {
         );
     }
 
+    // A Service whose backend is host-networked on the node: the pod's
+    // hijack route sends clusterIP traffic through the node, and the reply
+    // must come back the same way for the DNAT to be undone.
+    let _backend = TcpServer::start(lab.node(), SocketAddr::new("::".parse()?, SVC_BACKEND_PORT))?;
+    let services = [
+        (sn.node4.map(IpAddr::from), "10.233.0.10:80"),
+        (sn.node6.map(IpAddr::from), "[fd00:233::10]:80"),
+    ];
+    let svc_why = underlay_off
+        .then_some("expected while the coordinator runs disabled: no hijack route to the node");
+    for (node_ip, cluster) in services {
+        let (Some(node_ip), Ok(cluster)) = (node_ip, cluster.parse::<SocketAddr>()) else {
+            continue;
+        };
+        let backend = SocketAddr::new(node_ip, SVC_BACKEND_PORT);
+        lab.node_service(cluster, backend)?;
+        let pod_ip = ips
+            .iter()
+            .find(|i| i.is_ipv4() == node_ip.is_ipv4())
+            .copied();
+        ok &= tcp_check(
+            &format!("pod -> Service {cluster} (DNAT on the node to {backend})"),
+            &pod.name,
+            cluster,
+            pod_ip,
+            svc_why,
+        );
+    }
+
     title("DEL");
     let del = chain.del(&att).map_err(|e| describe(&e))?;
     times(&del.runs);
     let links = state::link_names(&pod.name)?;
-    println!("pod links after DEL: {}", links.join(" "));
+    out!("pod links after DEL: {}", links.join(" "));
     ok &= check("pod has no eth0", !links.iter().any(|l| l == "eth0"), None);
     let store = lab.host_local_dir(&chain.list().name);
     let held: Vec<String> = std::fs::read_dir(&store)
@@ -176,11 +216,33 @@ fn run(conflist: PathBuf) -> Result<bool, Box<dyn std::error::Error>> {
         left.is_empty(),
         None,
     );
+    let veths: Vec<String> = state::link_names(lab.node())?
+        .into_iter()
+        .filter(|l| l.starts_with("veth"))
+        .collect();
+    ok &= check(
+        &format!("node has no pod veth ({veths:?})"),
+        veths.is_empty(),
+        None,
+    );
+    let neigh: Vec<String> = state::neighbours(lab.node())?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| in_ips(n["dst"].as_str(), &ips))
+        .map(state::neigh_line)
+        .collect();
+    ok &= check(
+        &format!("node has no neighbour entry for the pod IPs ({neigh:?})"),
+        neigh.is_empty(),
+        None,
+    );
     let again = chain.del(&att);
     ok &= check("second DEL succeeds", again.is_ok(), None);
 
     title("clean-up");
     drop(_server);
+    drop(_backend);
     drop(lab);
     let remaining = lab::list_netns(&prefix)?;
     ok &= check(
@@ -188,7 +250,7 @@ fn run(conflist: PathBuf) -> Result<bool, Box<dyn std::error::Error>> {
         remaining.is_empty(),
         None,
     );
-    println!(
+    out!(
         "\n{}",
         if ok {
             "demo: all checks PASS"
@@ -206,7 +268,7 @@ fn add(chain: &mut Chain, att: &Attachment) -> Result<(Outcome, bool), String> {
         Ok(out) => Ok((out, false)),
         Err(e) if e.code == NOT_IMPLEMENTED && e.plugin.as_deref() == Some("coordinator") => {
             times(&e.runs);
-            println!(
+            out!(
                 "NOTE: coordinator answered code {NOT_IMPLEMENTED} ({}); cleaning up with DEL and \
                  retrying with \"mode\": \"disabled\" until underlay mode lands",
                 e.msg
@@ -232,7 +294,7 @@ fn describe(e: &ChainError) -> String {
 
 fn times(runs: &[PluginRun]) {
     for r in runs {
-        println!(
+        out!(
             "  {:<6} {:<12} {:>9.3} ms  max RSS {:>6} KiB  exit {}",
             r.verb.as_str(),
             r.plugin,
@@ -246,15 +308,15 @@ fn times(runs: &[PluginRun]) {
 fn check(what: &str, passed: bool, expected_failure: Option<&str>) -> bool {
     match (passed, expected_failure) {
         (true, _) => {
-            println!("PASS {what}");
+            out!("PASS {what}");
             true
         }
         (false, Some(why)) => {
-            println!("FAIL {what} -- {why}");
+            out!("FAIL {what} -- {why}");
             true
         }
         (false, None) => {
-            println!("FAIL {what}");
+            out!("FAIL {what}");
             false
         }
     }
@@ -290,44 +352,44 @@ fn show_pod(ns: &str) -> Result<(), Box<dyn std::error::Error>> {
             .flatten()
             .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]))
             .collect();
-        println!(
+        out!(
             "link {name} {} mtu {}: {}",
             link["address"].as_str().unwrap_or("-"),
             link["mtu"],
             addrs.join(" ")
         );
     }
-    println!("rules:");
+    out!("rules:");
     for r in state::rules(ns)?.as_array().into_iter().flatten() {
-        println!(
+        out!(
             "  {:<6} {}",
             r["family"].as_str().unwrap_or(""),
             state::rule_line(r)
         );
     }
-    println!("routes (all tables but local):");
+    out!("routes (all tables but local):");
     for r in non_local_routes(ns)? {
-        println!("  {}", state::route_line(&r));
+        out!("  {}", state::route_line(&r));
     }
     Ok(())
 }
 
 fn show_host(node: &str, ips: &[IpAddr]) -> Result<(), Box<dyn std::error::Error>> {
-    println!("rules:");
+    out!("rules:");
     for r in state::rules(node)?.as_array().into_iter().flatten() {
-        println!(
+        out!(
             "  {:<6} {}",
             r["family"].as_str().unwrap_or(""),
             state::rule_line(r)
         );
     }
     let to_pod = node_routes_to(node, ips)?;
-    println!(
+    out!(
         "routes to the pod IPs: {}",
         if to_pod.is_empty() { "none" } else { "" }
     );
     for r in &to_pod {
-        println!("  {r}");
+        out!("  {r}");
     }
     let neigh: Vec<String> = state::neighbours(node)?
         .as_array()
@@ -336,12 +398,12 @@ fn show_host(node: &str, ips: &[IpAddr]) -> Result<(), Box<dyn std::error::Error
         .filter(|n| in_ips(n["dst"].as_str(), ips))
         .map(state::neigh_line)
         .collect();
-    println!(
+    out!(
         "neighbours of the pod IPs: {}",
         if neigh.is_empty() { "none" } else { "" }
     );
     for n in &neigh {
-        println!("  {n}");
+        out!("  {n}");
     }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct RawRun {
     pub wall: Duration,
     /// Peak resident set size in KiB (`ru_maxrss`).
     pub max_rss_kib: u64,
+    /// User + system CPU time.
+    pub cpu: Duration,
     pub timed_out: bool,
 }
 
@@ -100,6 +102,11 @@ pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
+            // Someone else reaped it: the pid is no longer ours to kill.
+            if let Ok(mut s) = state.lock() {
+                s.0 = true;
+            }
+            let _ = done_tx.send(());
             return Err(e);
         }
     }
@@ -143,8 +150,15 @@ pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
         signal,
         wall,
         max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
         timed_out,
     })
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let micros = u32::try_from(t.tv_usec).unwrap_or(0).min(999_999);
+    Duration::new(secs, micros * 1000)
 }
 
 fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {

@@ -4,7 +4,7 @@
 
 mod cache;
 mod conf;
-mod exec;
+pub mod exec;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -123,6 +123,8 @@ pub struct PluginRun {
     pub wall: Duration,
     /// Peak RSS of the plugin process in KiB.
     pub max_rss_kib: u64,
+    /// User + system CPU time of the plugin process.
+    pub cpu: Duration,
     /// Set when the plugin was not run (GC/STATUS on a plugin that does not
     /// support the required spec version).
     pub skipped: Option<String>,
@@ -426,6 +428,7 @@ impl Chain {
                     exit_code: None,
                     wall: Duration::ZERO,
                     max_rss_kib: 0,
+                    cpu: Duration::ZERO,
                     skipped: Some(why),
                 });
                 continue;
@@ -544,6 +547,7 @@ impl Chain {
             exit_code: raw.exit_code,
             wall: raw.wall,
             max_rss_kib: raw.max_rss_kib,
+            cpu: raw.cpu,
             skipped: None,
         });
         let parsed: Option<Value> = if stdout.trim().is_empty() {

@@ -59,7 +59,8 @@ pub fn list_netns(prefix: &str) -> io::Result<Vec<String>> {
 }
 
 /// Remove every netns whose name starts with `prefix` (e.g. [`PREFIX`] after a
-/// crashed run). Returns the names removed. An empty prefix is refused: it
+/// crashed run), and lab scratch directories of that prefix in the temp dir.
+/// Returns the netns names removed. An empty prefix is refused: it
 /// would remove namespaces that are not ours.
 pub fn sweep(prefix: &str) -> io::Result<Vec<String>> {
     if prefix.is_empty() {
@@ -73,6 +74,20 @@ pub fn sweep(prefix: &str) -> io::Result<Vec<String>> {
     for n in &names {
         if let Err(e) = remove_netns(n) {
             errors.push(format!("{n}: {e}"));
+        }
+    }
+    // Lab scratch directories (`<tmp>/<lab prefix>`) left by the same runs.
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let ours = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(prefix));
+            if ours && e.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    errors.push(format!("{}: {err}", e.path().display()));
+                }
+            }
         }
     }
     if errors.is_empty() {

@@ -284,6 +284,7 @@ impl Lab {
         }
         lines.push("link set eth0 up".into());
         state::ip_batch(&ns, &lines)?;
+        wait_up(&self.fabric, &[port])?;
         Ok(Client {
             path: nsexec::netns_path(&ns),
             name: ns,
@@ -448,12 +449,15 @@ impl Lab {
         state::ip_batch(&self.node, &node)?;
         state::ip_batch(&self.fabric, &fabric)?;
         let bridges: Vec<String> = self.subnets.iter().map(|s| s.bridge.clone()).collect();
+        let mut ready = bridges.clone();
+        ready.extend(self.subnets.iter().map(|s| format!("n{}", s.index)));
         in_netns(&self.fabric, move || {
             for b in &bridges {
                 sysctl_set(&format!("net/ipv4/conf/{b}/rp_filter"), "1")?;
             }
             Ok(())
-        })
+        })?;
+        wait_up(&self.fabric, &ready)
     }
 
     /// `ip netns add`, recorded for clean-up first, then lo up and DAD off
@@ -490,6 +494,33 @@ impl Drop for Lab {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Wait until every link in `names` has carrier (operstate UP) in `ns`. The
+/// kernel reports carrier through linkwatch, which may batch events for up to
+/// a second; until then a bridge port does not forward, and the first frames
+/// of a test (an ARP probe, a DAD probe) would be lost.
+fn wait_up(ns: &str, names: &[String]) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let links = state::links(ns)?;
+        let up = |name: &String| {
+            links
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["ifname"] == name.as_str() && l["operstate"] == "UP")
+        };
+        if names.iter().all(up) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "links {names:?} in {ns} have no carrier after 5 s"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -1,0 +1,598 @@
+//! IP conflict and gateway reachability detection for one pod NIC.
+//!
+//! Every probe of a call (ARP probes, DAD probes, gateway requests, for all
+//! addresses and gateways) runs at once over two packet sockets opened inside
+//! the pod netns, so a whole check costs one window
+//! (`retries × interval + timeout`) whatever the number of addresses.
+//!
+//! The sockets are created on a short-lived thread inside the netns and then
+//! driven from the calling thread, which never changes namespace.
+
+pub mod arp;
+pub mod ndp;
+pub mod socket;
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use cni::error::code;
+use cni::netns::NetNs;
+use cni::Error;
+
+use self::arp::Arp;
+use self::ndp::Nd;
+use self::socket::{Direction, PacketSocket, ETH_P_ARP, ETH_P_IPV6};
+
+/// Probe count, spacing and wait after the last round (`detectOptions`).
+/// `retries` 0 is treated as 1: a check that sends nothing proves nothing.
+pub use crate::config::DetectOptions;
+
+fn rounds(o: &DetectOptions) -> u32 {
+    o.retries.max(1)
+}
+
+/// `retries × interval + timeout`, saturating (the config caps the values,
+/// but this function must not panic on any input).
+fn window(o: &DetectOptions) -> Duration {
+    o.interval
+        .saturating_mul(rounds(o))
+        .saturating_add(o.timeout)
+}
+
+/// What the kernel's own IPv6 duplicate address detection says of an address.
+/// IPv4 addresses are always probed; pass `NotRun` for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelDad {
+    /// No kernel DAD (`nodad`, `accept_dad=0`): probe ourselves.
+    NotRun,
+    /// Kernel DAD in progress: probe ourselves and watch the kernel's verdict.
+    Tentative,
+    /// Kernel DAD passed: nothing to probe.
+    Done,
+    /// Kernel DAD failed (`dadfailed`): a conflict, other MAC unknown.
+    Failed,
+}
+
+/// One NIC to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicProbe {
+    pub ifname: String,
+    pub ifindex: u32,
+    /// The NIC's current MAC (checked): answers are addressed to it.
+    pub mac: [u8; 6],
+    pub addrs: Vec<(IpAddr, KernelDad)>,
+    pub gateways: Vec<IpAddr>,
+    pub check_conflict: bool,
+    pub check_gateway: bool,
+}
+
+/// Another host uses `ip`. `mac` is all zeros when only the kernel's DAD
+/// failure is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict {
+    pub ip: IpAddr,
+    pub mac: [u8; 6],
+}
+
+/// Outcome of [`detect`]. When a conflict is found the check stops at once
+/// (the ADD fails anyway): `unreachable_gateways` then lists nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub conflicts: Vec<Conflict>,
+    pub unreachable_gateways: Vec<IpAddr>,
+    pub elapsed: Duration,
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub struct Mac<'a>(pub &'a [u8; 6]);
+
+impl fmt::Display for Mac<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mac == [0; 6] {
+            write!(
+                f,
+                "{} is already in use (kernel DAD failed, other MAC unknown)",
+                self.ip
+            )
+        } else {
+            write!(f, "{} is already in use by {}", self.ip, Mac(&self.mac))
+        }
+    }
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.conflicts.is_empty() && self.unreachable_gateways.is_empty()
+    }
+
+    /// The ADD error for this report: a conflict (code 101) wins over an
+    /// unreachable gateway (code 102). `Ok` when clean.
+    pub fn to_result(&self, ifname: &str) -> cni::Result<()> {
+        if let Some(first) = self.conflicts.first() {
+            let all: Vec<String> = self.conflicts.iter().map(|c| c.to_string()).collect();
+            return Err(Error::plugin_details(
+                code::IP_CONFLICT,
+                format!("IP conflict on {ifname}: {first}"),
+                all.join("; "),
+            ));
+        }
+        if !self.unreachable_gateways.is_empty() {
+            let gws: Vec<String> = self
+                .unreachable_gateways
+                .iter()
+                .map(|g| g.to_string())
+                .collect();
+            return Err(Error::plugin(
+                code::GATEWAY_UNREACHABLE,
+                format!(
+                    "gateway {} unreachable from {ifname}: no ARP/NDP answer within {:?}",
+                    gws.join(", "),
+                    self.elapsed
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Run every requested probe for `nic` at once inside netns `ns`; costs one
+/// window (`retries × interval + timeout`), less when every answer is in early.
+///
+/// `dad_state` re-reads the kernel's DAD flags of an address; it is polled
+/// every `interval` for addresses passed as [`KernelDad::Tentative`].
+///
+/// Errors: the NIC is missing or down, the NIC has no address to check or to
+/// probe from, a socket cannot be opened or a probe cannot be sent. A
+/// conflict or a silent gateway is not an error here but in the [`Report`]
+/// (see [`Report::to_result`]).
+pub fn detect(
+    ns: &NetNs,
+    nic: &NicProbe,
+    opts: &DetectOptions,
+    dad_state: &dyn Fn(IpAddr) -> KernelDad,
+) -> cni::Result<Report> {
+    let start = Instant::now();
+    let mut watch = Watch::plan(nic)?;
+    if !watch.conflicts.is_empty() || watch.finished() {
+        return Ok(watch.report(start.elapsed()));
+    }
+    let socks = open_sockets(ns, nic, &watch)?;
+    run(&socks, &mut watch, nic, opts, dad_state, start)?;
+    Ok(watch.report(start.elapsed()))
+}
+
+/// What is being waited for, and what has been seen so far.
+#[derive(Debug)]
+struct Watch {
+    ifname: String,
+    mac: [u8; 6],
+    /// Addresses under our own probing (IPv4 always; IPv6 NotRun/Tentative).
+    v4_probe: Vec<Ipv4Addr>,
+    v6_probe: Vec<Ipv6Addr>,
+    /// IPv6 addresses whose kernel verdict is awaited.
+    tentative: Vec<Ipv6Addr>,
+    v4_src: Ipv4Addr,
+    v6_src: Ipv6Addr,
+    /// Gateways not heard from yet.
+    v4_gw: Vec<Ipv4Addr>,
+    v6_gw: Vec<Ipv6Addr>,
+    conflicts: Vec<Conflict>,
+}
+
+impl Watch {
+    fn plan(nic: &NicProbe) -> cni::Result<Watch> {
+        let want_gw = nic.check_gateway && !nic.gateways.is_empty();
+        if (nic.check_conflict || want_gw) && nic.addrs.is_empty() {
+            let field = if nic.check_conflict {
+                "detectIPConflict"
+            } else {
+                "detectGateway"
+            };
+            return Err(Error::config(
+                field,
+                format!(
+                    "interface {} has no IP address to check or probe from",
+                    nic.ifname
+                ),
+            ));
+        }
+        let mut w = Watch {
+            ifname: nic.ifname.clone(),
+            mac: nic.mac,
+            v4_probe: Vec::new(),
+            v6_probe: Vec::new(),
+            tentative: Vec::new(),
+            v4_src: Ipv4Addr::UNSPECIFIED,
+            v6_src: Ipv6Addr::UNSPECIFIED,
+            v4_gw: Vec::new(),
+            v6_gw: Vec::new(),
+            conflicts: Vec::new(),
+        };
+        let mut v6_link_local = None;
+        for (ip, dad) in &nic.addrs {
+            match ip {
+                IpAddr::V4(a) => {
+                    if w.v4_src.is_unspecified() {
+                        w.v4_src = *a;
+                    }
+                    if nic.check_conflict {
+                        push_unique(&mut w.v4_probe, *a);
+                    }
+                }
+                IpAddr::V6(a) => {
+                    if is_link_local(a) {
+                        v6_link_local.get_or_insert(*a);
+                    } else if w.v6_src.is_unspecified() {
+                        w.v6_src = *a;
+                    }
+                    if !nic.check_conflict {
+                        continue;
+                    }
+                    match dad {
+                        KernelDad::Done => {}
+                        KernelDad::Failed => w.conflicts.push(Conflict {
+                            ip: *ip,
+                            mac: [0; 6],
+                        }),
+                        KernelDad::NotRun => push_unique(&mut w.v6_probe, *a),
+                        KernelDad::Tentative => {
+                            push_unique(&mut w.v6_probe, *a);
+                            push_unique(&mut w.tentative, *a);
+                        }
+                    }
+                }
+            }
+        }
+        if w.v6_src.is_unspecified() {
+            w.v6_src = v6_link_local.unwrap_or(Ipv6Addr::UNSPECIFIED);
+        }
+        if nic.check_gateway {
+            for gw in &nic.gateways {
+                match gw {
+                    IpAddr::V4(g) => push_unique(&mut w.v4_gw, *g),
+                    IpAddr::V6(g) => push_unique(&mut w.v6_gw, *g),
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    fn needs_v4(&self) -> bool {
+        !self.v4_probe.is_empty() || !self.v4_gw.is_empty()
+    }
+
+    fn needs_v6(&self) -> bool {
+        !self.v6_probe.is_empty() || !self.v6_gw.is_empty()
+    }
+
+    /// Nothing left that an answer could change: no address under probe
+    /// (silence is the only "no conflict") and every gateway answered.
+    fn finished(&self) -> bool {
+        self.v4_probe.is_empty()
+            && self.v6_probe.is_empty()
+            && self.tentative.is_empty()
+            && self.v4_gw.is_empty()
+            && self.v6_gw.is_empty()
+    }
+
+    fn conflict(&mut self, ip: IpAddr, mac: [u8; 6]) {
+        if self.conflicts.iter().any(|c| c.ip == ip) {
+            return;
+        }
+        tracing::warn!(ifname = %self.ifname, %ip, mac = %Mac(&mac), "IP conflict detected");
+        self.conflicts.push(Conflict { ip, mac });
+    }
+
+    /// Account for one ARP frame received from the wire.
+    fn see_arp(&mut self, a: &Arp) {
+        if a.sender_mac == self.mac {
+            return; // our own probe or the pod kernel's traffic
+        }
+        if self.v4_probe.contains(&a.sender_ip) {
+            // A reply to our probe, or any ARP claiming the address.
+            self.conflict(IpAddr::V4(a.sender_ip), a.sender_mac);
+        } else if a.is_probe() && self.v4_probe.contains(&a.target_ip) {
+            // RFC 5227 §2.1.1: another host probing for the same address.
+            self.conflict(IpAddr::V4(a.target_ip), a.sender_mac);
+        }
+        if let Some(i) = self.v4_gw.iter().position(|g| *g == a.sender_ip) {
+            tracing::debug!(ifname = %self.ifname, gateway = %a.sender_ip, "gateway answered");
+            self.v4_gw.swap_remove(i);
+        }
+    }
+
+    /// Account for one neighbour discovery frame received from the wire.
+    fn see_nd(&mut self, nd: &Nd) {
+        match *nd {
+            Nd::Advert {
+                target,
+                lladdr,
+                eth_src,
+                ..
+            } => {
+                if eth_src == self.mac || lladdr == self.mac {
+                    return;
+                }
+                if self.v6_probe.contains(&target) {
+                    self.conflict(IpAddr::V6(target), lladdr);
+                }
+                if let Some(i) = self.v6_gw.iter().position(|g| *g == target) {
+                    tracing::debug!(ifname = %self.ifname, gateway = %target, "gateway answered");
+                    self.v6_gw.swap_remove(i);
+                }
+            }
+            Nd::Solicit {
+                src,
+                target,
+                eth_src,
+            } => {
+                // Only a DAD probe (source ::) for our address is a claim;
+                // ordinary address resolution of it is just a neighbour asking.
+                if eth_src != self.mac && src.is_unspecified() && self.v6_probe.contains(&target) {
+                    self.conflict(IpAddr::V6(target), eth_src);
+                }
+            }
+        }
+    }
+
+    /// Take the kernel's verdict on tentative addresses.
+    fn poll_kernel(&mut self, dad_state: &dyn Fn(IpAddr) -> KernelDad) {
+        let pending = std::mem::take(&mut self.tentative);
+        for a in pending {
+            match dad_state(IpAddr::V6(a)) {
+                KernelDad::Failed => {
+                    self.v6_probe.retain(|p| *p != a);
+                    self.conflict(IpAddr::V6(a), [0; 6]);
+                }
+                // The kernel's DAD passed: it saw no answer for its own probes.
+                KernelDad::Done => self.v6_probe.retain(|p| *p != a),
+                KernelDad::Tentative | KernelDad::NotRun => self.tentative.push(a),
+            }
+        }
+    }
+
+    fn report(&self, elapsed: Duration) -> Report {
+        if !self.conflicts.is_empty() {
+            return Report {
+                conflicts: self.conflicts.clone(),
+                unreachable_gateways: Vec::new(),
+                elapsed,
+            };
+        }
+        let mut gws: Vec<IpAddr> = self.v4_gw.iter().map(|g| IpAddr::V4(*g)).collect();
+        gws.extend(self.v6_gw.iter().map(|g| IpAddr::V6(*g)));
+        Report {
+            conflicts: Vec::new(),
+            unreachable_gateways: gws,
+            elapsed,
+        }
+    }
+}
+
+fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
+    if !v.contains(&x) {
+        v.push(x);
+    }
+}
+
+fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+#[derive(Debug)]
+struct Sockets {
+    v4: Option<PacketSocket>,
+    v6: Option<PacketSocket>,
+}
+
+fn open_sockets(ns: &NetNs, nic: &NicProbe, watch: &Watch) -> cni::Result<Sockets> {
+    let ifname = nic.ifname.as_str();
+    let ifindex = nic.ifindex;
+    let (need_v4, need_v6) = (watch.needs_v4(), watch.needs_v6());
+    // Groups whose frames we must hear: answers to DAD probes go to all-nodes,
+    // another host's DAD probe to the solicited-node group of the address.
+    let mut groups: BTreeSet<[u8; 6]> = BTreeSet::new();
+    if need_v6 {
+        groups.insert(ndp::multicast_mac(ndp::ALL_NODES));
+        for a in &watch.v6_probe {
+            groups.insert(ndp::multicast_mac(ndp::solicited_node(*a)));
+        }
+    }
+    let opened = ns.run(|| -> cni::Result<Sockets> {
+        check_ifindex(ifname, ifindex)?;
+        let open = |proto| {
+            PacketSocket::open(ifindex, proto)
+                .map_err(|e| Error::kernel(format!("open packet socket on {ifname}"), e))
+        };
+        let v4 = if need_v4 { Some(open(ETH_P_ARP)?) } else { None };
+        let v6 = if need_v6 { Some(open(ETH_P_IPV6)?) } else { None };
+        if let Some(s) = v4.as_ref().or(v6.as_ref()) {
+            let flags = s
+                .if_flags(ifname)
+                .map_err(|e| Error::kernel(format!("read flags of {ifname}"), e))?;
+            if flags & libc::IFF_UP as u32 == 0 {
+                return Err(Error::plugin(
+                    code::KERNEL,
+                    format!("{ifname} is down: cannot probe for IP conflicts or gateways"),
+                ));
+            }
+            if flags & libc::IFF_RUNNING as u32 == 0 {
+                tracing::warn!(ifname, "no carrier: probes are likely lost");
+            }
+            // Answers go to the MAC inside our probes: a MAC the NIC does not
+            // own (macvlan, VFs filter unicast) would hide every conflict.
+            let actual = s
+                .if_hwaddr(ifname)
+                .map_err(|e| Error::kernel(format!("read MAC of {ifname}"), e))?;
+            if actual != nic.mac {
+                return Err(Error::plugin(
+                    code::KERNEL,
+                    format!(
+                        "{ifname} has MAC {}, not {}: probe with the NIC's current MAC",
+                        Mac(&actual),
+                        Mac(&nic.mac)
+                    ),
+                ));
+            }
+        }
+        if let Some(s) = &v6 {
+            for g in &groups {
+                if let Err(e) = s.join_multicast(*g) {
+                    tracing::warn!(ifname, group = %Mac(g), error = %e, "cannot join multicast group");
+                }
+            }
+        }
+        Ok(Sockets { v4, v6 })
+    });
+    opened.map_err(|e| Error::kernel(format!("enter netns {}", ns.path().display()), e))?
+}
+
+/// The NIC must exist in the netns with the index we were given.
+fn check_ifindex(ifname: &str, ifindex: u32) -> cni::Result<()> {
+    let c = CString::new(ifname)
+        .map_err(|_| Error::plugin(code::KERNEL, format!("invalid interface name {ifname:?}")))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let found = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if found == 0 {
+        return Err(Error::plugin(
+            code::KERNEL,
+            format!("no interface {ifname} in the pod netns: cannot probe"),
+        ));
+    }
+    if found != ifindex {
+        return Err(Error::plugin(
+            code::KERNEL,
+            format!("interface {ifname} has index {found}, not {ifindex}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Send one round: a probe per address under test, a request per silent gateway.
+fn send_round(socks: &Sockets, w: &Watch) -> cni::Result<()> {
+    let mut frames: Vec<(&PacketSocket, Option<Vec<u8>>)> = Vec::new();
+    if let Some(s) = &socks.v4 {
+        frames.extend(w.v4_probe.iter().map(|a| (s, arp::probe(w.mac, *a))));
+        frames.extend(w.v4_gw.iter().map(|g| (s, arp::ask(w.mac, w.v4_src, *g))));
+    }
+    if let Some(s) = &socks.v6 {
+        frames.extend(w.v6_probe.iter().map(|a| (s, ndp::dad_probe(w.mac, *a))));
+        frames.extend(w.v6_gw.iter().map(|g| (s, ndp::ask(w.mac, w.v6_src, *g))));
+    }
+    for (s, frame) in frames {
+        let frame = frame.ok_or_else(|| Error::plugin(code::KERNEL, "cannot build probe frame"))?;
+        if let Err(e) = s.send(&frame) {
+            if e.raw_os_error() == Some(libc::ENETDOWN) {
+                return Err(Error::plugin(
+                    code::KERNEL,
+                    format!("{} is down: cannot send probes", w.ifname),
+                ));
+            }
+            // A full queue loses one probe; the next round sends again.
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+            {
+                tracing::debug!(ifname = %w.ifname, error = %e, "probe dropped");
+                continue;
+            }
+            return Err(Error::kernel(format!("send probe on {}", w.ifname), e));
+        }
+    }
+    Ok(())
+}
+
+fn run(
+    socks: &Sockets,
+    w: &mut Watch,
+    nic: &NicProbe,
+    opts: &DetectOptions,
+    dad_state: &dyn Fn(IpAddr) -> KernelDad,
+    start: Instant,
+) -> cni::Result<()> {
+    let hour = later(start, Duration::from_secs(3600), start);
+    let deadline = later(start, window(opts), hour);
+    let poll_every = opts.interval.max(Duration::from_millis(1));
+    let mut rounds_sent = 0u32;
+    let mut next_round = start;
+    let mut next_poll = start;
+    let mut buf = vec![0u8; 9216];
+    let list: Vec<&PacketSocket> = [socks.v4.as_ref(), socks.v6.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    loop {
+        let now = Instant::now();
+        if rounds_sent < rounds(opts) && now >= next_round {
+            send_round(socks, w)?;
+            rounds_sent += 1;
+            next_round = later(start, opts.interval.saturating_mul(rounds_sent), deadline);
+        }
+        if !w.tentative.is_empty() && now >= next_poll {
+            w.poll_kernel(dad_state);
+            next_poll = later(now, poll_every, deadline);
+        }
+        if !w.conflicts.is_empty() || w.finished() {
+            return Ok(());
+        }
+        if now >= deadline {
+            // Last word of the kernel on addresses still tentative; if it
+            // has not decided, our own probes met silence: no conflict.
+            if !w.tentative.is_empty() {
+                w.poll_kernel(dad_state);
+            }
+            return Ok(());
+        }
+        let mut wake = deadline;
+        if rounds_sent < rounds(opts) {
+            wake = wake.min(next_round);
+        }
+        if !w.tentative.is_empty() {
+            wake = wake.min(next_poll);
+        }
+        let ready = socket::wait_readable(&list, wake)
+            .map_err(|e| Error::kernel(format!("wait for answers on {}", nic.ifname), e))?;
+        for i in ready {
+            let Some(s) = list.get(i) else { continue };
+            drain(s, &mut buf, w, &nic.ifname)?;
+        }
+    }
+}
+
+/// `t + d`, or `otherwise` if that is past what `Instant` can hold.
+fn later(t: Instant, d: Duration, otherwise: Instant) -> Instant {
+    t.checked_add(d).unwrap_or(otherwise)
+}
+
+fn drain(s: &PacketSocket, buf: &mut [u8], w: &mut Watch, ifname: &str) -> cni::Result<()> {
+    loop {
+        let got = s
+            .try_recv(buf)
+            .map_err(|e| Error::kernel(format!("receive on {ifname}"), e))?;
+        let Some((n, dir)) = got else { return Ok(()) };
+        if dir == Direction::Outgoing {
+            continue;
+        }
+        let frame = &buf[..n];
+        if let Some(a) = arp::parse(frame) {
+            w.see_arp(&a);
+        } else if let Some(nd) = ndp::parse(frame) {
+            w.see_nd(&nd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

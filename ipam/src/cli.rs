@@ -1,0 +1,283 @@
+//! Operator commands, run when the binary is started without `CNI_COMMAND`.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use cni::{quarantine, Error, Result};
+use serde_json::{json, Value};
+
+use crate::allocator::{self, Record};
+use crate::config::{Config, StoreConfig};
+use crate::store::{self, file::FileStore, Store};
+
+pub const HELP: &str = "\
+coordinator-ipam: CNI IPAM plugin for underlay pods, and its operator tool.
+
+As a CNI plugin it is run by the container runtime with CNI_COMMAND set and
+the network configuration on stdin. Run by hand, it inspects and repairs the
+allocation state on this node.
+
+USAGE:
+  coordinator-ipam list    [--data-dir DIR | --config FILE] [--network NAME] [--json]
+      Every reserved address: network, address, pool, node, container,
+      interface, sticky pod, and whether it is parked for a sticky pod.
+  coordinator-ipam usage   --config FILE [--data-dir DIR] [--json]
+      Per pool of the network in FILE: capacity, in use, parked, quarantined, free.
+  coordinator-ipam release IP --network NAME [--data-dir DIR | --config FILE]
+      Forget the reservation of IP (e.g. a pod deleted while the node was down).
+      Only do this when nothing uses the address any more.
+  coordinator-ipam --help | --version
+
+OPTIONS:
+  --data-dir DIR   the file store directory (default: the config's
+                   ipam.store.dataDir, else /var/lib/cni/coordinator-ipam)
+  --config FILE    a network config (.conf/.json with an \"ipam\" block, or a
+                   .conflist whose plugins include one with \"ipam\": {\"type\":
+                   \"coordinator-ipam\", ...}); gives the pools, the network
+                   name and the data dir
+  --network NAME   the network (the \"name\" of the config); default with
+                   --config: its name; for list: all networks
+  --json           machine-readable output
+
+EXAMPLES:
+  coordinator-ipam list --data-dir /var/lib/cni/coordinator-ipam
+  coordinator-ipam usage --config /etc/cni/net.d/10-macvlan.conflist
+  coordinator-ipam release 172.20.1.23 --network macvlan-net1
+
+Exit status: 0 success, 1 failure, 2 bad command line.
+";
+
+#[derive(Debug, Default)]
+struct Opts {
+    positional: Vec<String>,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    network: Option<String>,
+    json: bool,
+}
+
+fn parse_opts(args: &[String]) -> std::result::Result<Opts, String> {
+    let mut o = Opts::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--data-dir" => o.data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--config" => o.config = Some(PathBuf::from(value("--config")?)),
+            "--network" => o.network = Some(value("--network")?),
+            "--json" => o.json = true,
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            s => o.positional.push(s.to_string()),
+        }
+    }
+    Ok(o)
+}
+
+/// A network config file: the network name and its coordinator-ipam block.
+fn load_config_file(path: &Path) -> Result<(String, Config)> {
+    let text = std::fs::read(path).map_err(|e| cni::fsutil::io_error("cannot read", path, &e))?;
+    let v: Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::Decode(format!("{}: not valid JSON: {e}", path.display())))?;
+    let name = v
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::config("name", format!("missing in {}", path.display())))?
+        .to_string();
+    let is_ours =
+        |ipam: &&Value| ipam.get("type").and_then(Value::as_str) == Some("coordinator-ipam");
+    let from_plugins = v
+        .get("plugins")
+        .and_then(Value::as_array)
+        .and_then(|ps| ps.iter().filter_map(|p| p.get("ipam")).find(is_ours));
+    let ipam = from_plugins
+        .or_else(|| v.get("ipam").filter(is_ours))
+        .ok_or_else(|| {
+            Error::config(
+                "ipam",
+                format!(
+                    "{} has no ipam block of type coordinator-ipam",
+                    path.display()
+                ),
+            )
+        })?;
+    // The node name does not matter to an operator looking at all pools.
+    let cfg = Config::parse(ipam, || Some("-".into())).map_err(|e| e.context(path.display()))?;
+    Ok((name, cfg))
+}
+
+struct Target {
+    store: FileStore,
+    network: Option<String>,
+    config: Option<Config>,
+}
+
+fn target(o: &Opts) -> Result<Target> {
+    let (cfg_name, config) = match &o.config {
+        Some(p) => {
+            let (n, c) = load_config_file(p)?;
+            (Some(n), Some(c))
+        }
+        None => (None, None),
+    };
+    let data_dir = match (&o.data_dir, &config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => match &c.store {
+            StoreConfig::File { data_dir } => data_dir.clone(),
+        },
+        (None, None) => PathBuf::from(crate::config::DEFAULT_DATA_DIR),
+    };
+    Ok(Target {
+        store: FileStore::new(data_dir),
+        network: o.network.clone().or(cfg_name),
+        config,
+    })
+}
+
+fn record_json(network: &str, r: &Record) -> Value {
+    json!({
+        "network": network,
+        "ip": r.ip.to_string(),
+        "pool": r.pool,
+        "node": r.node,
+        "containerId": r.owner.as_ref().map(|o| o.container_id.clone()),
+        "ifname": r.owner.as_ref().map(|o| o.ifname.clone()).or_else(|| r.sticky.as_ref().map(|s| s.ifname.clone())),
+        "sticky": r.sticky.as_ref().map(|s| format!("{}/{}", s.namespace, s.pod)),
+        "parked": r.parked(),
+    })
+}
+
+fn list(o: &Opts, out: &mut dyn Write) -> Result<()> {
+    let t = target(o)?;
+    let networks = match &t.network {
+        Some(n) => vec![n.clone()],
+        None => t.store.networks()?,
+    };
+    let mut rows = Vec::new();
+    for n in &networks {
+        for r in &t.store.load(n)?.records {
+            rows.push(record_json(n, r));
+        }
+    }
+    if o.json {
+        writeln!(out, "{}", Value::Array(rows))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<20} {:<28} {:<14} {:<14} {:<16} {:<8} {:<20} STATE",
+        "NETWORK", "IP", "POOL", "NODE", "CONTAINER", "IFNAME", "STICKY"
+    )?;
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    for r in &rows {
+        let mut cid = s(&r["containerId"]);
+        cid.truncate(16);
+        writeln!(
+            out,
+            "{:<20} {:<28} {:<14} {:<14} {:<16} {:<8} {:<20} {}",
+            s(&r["network"]),
+            s(&r["ip"]),
+            s(&r["pool"]),
+            s(&r["node"]),
+            cid,
+            s(&r["ifname"]),
+            s(&r["sticky"]),
+            if r["parked"] == true {
+                "parked"
+            } else {
+                "in-use"
+            }
+        )?;
+    }
+    Ok(())
+}
+
+fn usage(o: &Opts, out: &mut dyn Write) -> Result<()> {
+    let t = target(o)?;
+    let cfg = t.config.as_ref().ok_or_else(|| {
+        Error::InvalidEnv("usage needs --config FILE (it gives the pools)".into())
+    })?;
+    let network = t.network.clone().unwrap_or_default();
+    let state = t.store.load(&network)?;
+    let quarantined = quarantine::load_active(&cfg.quarantine_file)?;
+    let rows = allocator::usage(&state, cfg, &quarantined);
+    if o.json {
+        writeln!(out, "{}", serde_json::to_string(&rows)?)?;
+        return Ok(());
+    }
+    writeln!(out, "network {network}")?;
+    writeln!(
+        out,
+        "{:<16} {:<24} {:>22} {:>8} {:>8} {:>12} {:>22}",
+        "POOL", "SUBNET", "CAPACITY", "IN-USE", "PARKED", "QUARANTINED", "FREE"
+    )?;
+    for u in rows {
+        writeln!(
+            out,
+            "{:<16} {:<24} {:>22} {:>8} {:>8} {:>12} {:>22}",
+            u.name, u.subnet, u.capacity, u.in_use, u.parked, u.quarantined, u.free
+        )?;
+    }
+    Ok(())
+}
+
+fn release(o: &Opts, out: &mut dyn Write) -> Result<()> {
+    let ip_s = match o.positional.get(1) {
+        Some(s) => s,
+        None => return Err(Error::InvalidEnv("release needs an IP address".into())),
+    };
+    let ip: IpAddr = ip_s
+        .parse()
+        .map_err(|_| Error::InvalidEnv(format!("{ip_s:?} is not an IP address")))?;
+    let t = target(o)?;
+    let network = t.network.clone().ok_or_else(|| {
+        Error::InvalidEnv("release needs --network NAME (or --config FILE)".into())
+    })?;
+    if t.store.load(&network)?.get(&ip).is_none() {
+        return Err(Error::plugin(
+            cni::error::code::ADDRESS_UNAVAILABLE,
+            format!("{ip} has no reservation in network {network}"),
+        ));
+    }
+    let gone = store::update(&t.store, &network, |s| Ok(s.remove(&ip)))?;
+    match gone {
+        Some(r) => writeln!(out, "released {}", record_json(&network, &r))?,
+        None => writeln!(out, "{ip} was released meanwhile")?,
+    }
+    Ok(())
+}
+
+/// Run the operator CLI; returns the exit status.
+pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let o = match parse_opts(args) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = writeln!(err, "coordinator-ipam: {e}\n\n{HELP}");
+            return 2;
+        }
+    };
+    let res = match o.positional.first().map(String::as_str) {
+        None | Some("help") | Some("-h") => {
+            let _ = write!(out, "{HELP}");
+            return if args.is_empty() { 2 } else { 0 };
+        }
+        Some("list") => list(&o, out),
+        Some("usage") => usage(&o, out),
+        Some("release") => release(&o, out),
+        Some(other) => {
+            let _ = writeln!(err, "coordinator-ipam: unknown command {other:?}\n\n{HELP}");
+            return 2;
+        }
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "coordinator-ipam: {e}");
+            if matches!(e, Error::InvalidEnv(_)) {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Where allocation state lives.
+//!
+//! The allocator only sees a [`State`]; a store loads it and applies changes
+//! atomically with respect to other plugin processes. The file store serves
+//! one node; a cluster-wide store (etcd) implements the same trait.
+
+pub mod file;
+
+use cni::Result;
+
+use crate::allocator::State;
+use crate::config::StoreConfig;
+
+pub trait Store {
+    /// The state of `network` as last committed (empty if never written).
+    fn load(&self, network: &str) -> Result<State>;
+
+    /// Run `f` on the current state with every other writer excluded, and
+    /// commit the result if `f` succeeds and changed it. When `f` fails
+    /// nothing is written.
+    fn update(&self, network: &str, f: &mut dyn FnMut(&mut State) -> Result<()>) -> Result<()>;
+
+    /// Networks that have state in this store.
+    fn networks(&self) -> Result<Vec<String>>;
+}
+
+/// [`Store::update`] returning a value from the closure. The closure may run
+/// more than once (a store with optimistic concurrency retries it on a
+/// conflict); the value of the committed run is returned.
+pub fn update<T>(
+    store: &dyn Store,
+    network: &str,
+    mut f: impl FnMut(&mut State) -> Result<T>,
+) -> Result<T> {
+    let mut out = None;
+    store.update(network, &mut |s| {
+        out = Some(f(s)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| cni::Error::plugin(cni::error::code::INTERNAL, "store skipped an update"))
+}
+
+pub fn open(cfg: &StoreConfig) -> Box<dyn Store> {
+    match cfg {
+        StoreConfig::File { data_dir } => Box::new(file::FileStore::new(data_dir.clone())),
+    }
+}

@@ -1,0 +1,174 @@
+//! Running the built `coordinator-ipam` binary the way a runtime does.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_coordinator-ipam");
+pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// A temporary data dir and quarantine file for one test.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        Lab {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    pub fn quarantine(&self) -> PathBuf {
+        self.dir.path().join("quarantine.json")
+    }
+    pub fn state_file(&self, network: &str) -> PathBuf {
+        self.data_dir().join(network).join("state.json")
+    }
+    /// A network config with these pools (and extra ipam fields).
+    pub fn conf(&self, version: &str, pools: Value, extra: Value) -> Value {
+        let mut ipam = json!({
+            "type": "coordinator-ipam",
+            "nodeName": "node1",
+            "store": {"kind": "file", "dataDir": self.data_dir()},
+            "quarantineFile": self.quarantine(),
+            "pools": pools,
+        });
+        if let (Some(m), Some(e)) = (ipam.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        json!({"cniVersion": version, "name": "net1", "type": "macvlan", "ipam": ipam})
+    }
+}
+
+pub struct Call<'a> {
+    pub command: &'a str,
+    pub container: &'a str,
+    pub ifname: &'a str,
+    pub args: &'a str,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(command: &'a str, container: &'a str) -> Call<'a> {
+        Call {
+            command,
+            container,
+            ifname: "net1",
+            args: "",
+        }
+    }
+    pub fn args(mut self, args: &'a str) -> Self {
+        self.args = args;
+        self
+    }
+    pub fn ifname(mut self, ifname: &'a str) -> Self {
+        self.ifname = ifname;
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !self.container.is_empty() {
+            c.env("CNI_CONTAINERID", self.container)
+                .env("CNI_IFNAME", self.ifname)
+                .env("CNI_NETNS", format!("/var/run/netns/{}", self.container));
+        }
+        if !self.args.is_empty() {
+            c.env("CNI_ARGS", self.args);
+        }
+        c
+    }
+
+    pub fn spawn(&self, conf: &Value) -> Child {
+        let mut child = self.command().spawn().expect("spawn coordinator-ipam");
+        if let Some(mut stdin) = child.stdin.take() {
+            // A child killed early closes its end: ignore EPIPE.
+            let _ = stdin.write_all(conf.to_string().as_bytes());
+        }
+        child
+    }
+
+    /// Exit status and the stdout JSON (Null when empty).
+    pub fn run(&self, conf: &Value) -> (i32, Value) {
+        let out = self.spawn(conf).wait_with_output().expect("wait");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v = if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout)
+                .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
+        };
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    /// Run and require success.
+    pub fn ok(&self, conf: &Value) -> Value {
+        let (code, v) = self.run(conf);
+        assert_eq!(code, 0, "{} {} failed: {v}", self.command, self.container);
+        v
+    }
+
+    /// Run and require failure with `code`; returns the message.
+    pub fn fails(&self, conf: &Value, code: u64) -> String {
+        let (exit, v) = self.run(conf);
+        assert_eq!(
+            exit, 1,
+            "{} {} should fail: {v}",
+            self.command, self.container
+        );
+        assert_eq!(v["code"], code, "{v}");
+        v["msg"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// The addresses (without prefix) of a result.
+pub fn result_ips(v: &Value) -> Vec<String> {
+    v["ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["address"].as_str())
+                .map(|s| s.split('/').next().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The records of a state file.
+pub fn state_ips(path: &Path) -> Vec<String> {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(path).expect("state file")).expect("state JSON");
+    v["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["ip"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Run the CLI; exit status, stdout, stderr.
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .env_remove("CNI_COMMAND")
+        .args(args)
+        .output()
+        .expect("run cli");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,245 @@
+//! Exec a built plugin binary the way a CNI runtime does: a cleared
+//! environment with explicit `CNI_*` variables, the network config on stdin,
+//! and stdout, stderr and the exit status captured for assertions.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A plugin that has not exited after this long is killed and the run
+/// reported as hung: a guard against a stuck suite, not a timing assertion.
+const HANG_LIMIT: Duration = Duration::from_secs(120);
+
+/// `target/<profile>/<name>`, found next to the running test executable
+/// (`target/<profile>/deps/<test>-<hash>`). Panics with the command to run
+/// when the binary was not built.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("test executable has no target/<profile>/deps parent");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before these tests",
+        p.display()
+    );
+    p
+}
+
+/// One planned exec.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    bin: PathBuf,
+    env: BTreeMap<String, String>,
+    stdin: Vec<u8>,
+}
+
+/// What one exec did.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub stdout: String,
+    pub stderr: String,
+    /// None: killed by a signal.
+    pub code: Option<i32>,
+}
+
+impl Exec {
+    /// The binary with an empty environment and empty stdin.
+    pub fn new(bin: impl Into<PathBuf>) -> Exec {
+        Exec {
+            bin: bin.into(),
+            env: BTreeMap::new(),
+            stdin: Vec::new(),
+        }
+    }
+
+    /// The usual per-attachment environment of `command`.
+    pub fn cni(bin: impl Into<PathBuf>, command: &str, container_id: &str, netns: &str) -> Exec {
+        Exec::new(bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
+    }
+
+    pub fn env(mut self, key: &str, val: &str) -> Exec {
+        self.env.insert(key.to_string(), val.to_string());
+        self
+    }
+
+    pub fn unset(mut self, key: &str) -> Exec {
+        self.env.remove(key);
+        self
+    }
+
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Exec {
+        self.stdin = data.into();
+        self
+    }
+
+    pub fn stdin_json(self, v: &Value) -> Exec {
+        self.stdin(v.to_string())
+    }
+
+    /// Run to completion. Panics only when the binary cannot be started or
+    /// hangs, both failures of the suite's premise.
+    pub fn run(&self) -> Run {
+        let mut child = Command::new(&self.bin)
+            .env_clear()
+            .envs(&self.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
+        // Feed stdin and drain both pipes on their own threads so a plugin
+        // that writes before it has read everything cannot deadlock us.
+        let mut sin = child.stdin.take().expect("piped stdin");
+        let data = self.stdin.clone();
+        let writer = std::thread::spawn(move || {
+            // The plugin may exit without reading (VERSION): EPIPE is fine.
+            let _ = sin.write_all(&data);
+        });
+        let mut sout = child.stdout.take().expect("piped stdout");
+        let mut serr = child.stderr.take().expect("piped stderr");
+        let out_t = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = sout.read_to_end(&mut b);
+            b
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = serr.read_to_end(&mut b);
+            b
+        });
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if start.elapsed() > HANG_LIMIT => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "{} hung for {HANG_LIMIT:?} with env {:?}",
+                        self.bin.display(),
+                        self.env
+                    );
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Err(e) => panic!("waiting for {}: {e}", self.bin.display()),
+            }
+        };
+        let _ = writer.join();
+        let stdout = out_t.join().unwrap_or_default();
+        let stderr = err_t.join().unwrap_or_default();
+        Run {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            code: status.code(),
+        }
+    }
+}
+
+/// `s` holds exactly one JSON value and nothing but whitespace around it.
+pub fn one_json(s: &str) -> Result<Value, String> {
+    let mut it = serde_json::Deserializer::from_str(s).into_iter::<Value>();
+    let first = match it.next() {
+        None => return Err("no JSON value".into()),
+        Some(Err(e)) => return Err(format!("not JSON: {e}")),
+        Some(Ok(v)) => v,
+    };
+    match it.next() {
+        None => Ok(first),
+        Some(Ok(v)) => Err(format!("a second JSON value follows: {v}")),
+        Some(Err(e)) => Err(format!("trailing bytes after the JSON value: {e}")),
+    }
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// Exit 0 and stdout exactly one JSON value, returned.
+    pub fn ok_json(&self) -> Value {
+        assert_eq!(self.code, Some(0), "expected success: {}", self.describe());
+        self.json()
+    }
+
+    /// Stdout exactly one JSON value, whatever the exit code.
+    pub fn json(&self) -> Value {
+        one_json(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", self.describe()))
+    }
+
+    /// Exit 0 and nothing at all on stdout (DEL, CHECK, STATUS, GC).
+    pub fn ok_silent(&self) {
+        assert_eq!(self.code, Some(0), "expected success: {}", self.describe());
+        assert!(
+            self.stdout.is_empty(),
+            "stdout must be empty: {}",
+            self.describe()
+        );
+    }
+
+    /// Exit != 0 and stdout exactly one CNI error object with `code`, a
+    /// non-empty `msg` and a string `cniVersion`; the object is returned.
+    pub fn err(&self, code: u64) -> Value {
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "expected a clean failure exit: {}",
+            self.describe()
+        );
+        let v = self.json();
+        assert!(v.is_object(), "error is not an object: {}", self.describe());
+        assert_eq!(
+            v.get("code").and_then(Value::as_u64),
+            Some(code),
+            "wrong error code: {}",
+            self.describe()
+        );
+        let msg = v.get("msg").and_then(Value::as_str).unwrap_or("");
+        assert!(!msg.is_empty(), "error without msg: {}", self.describe());
+        assert!(
+            v.get("cniVersion").and_then(Value::as_str).is_some(),
+            "error without cniVersion: {}",
+            self.describe()
+        );
+        v
+    }
+
+    /// The error's `msg`.
+    pub fn err_msg(&self, code: u64) -> String {
+        self.err(code)["msg"].as_str().unwrap_or("").to_string()
+    }
+
+    pub fn stderr(&self) -> &str {
+        &self.stderr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_json;
+
+    #[test]
+    fn one_json_is_strict() {
+        assert!(one_json("{\"a\":1}\n").is_ok());
+        assert!(one_json("  [1] ").is_ok());
+        assert!(one_json("").is_err());
+        assert!(one_json("{} {}").is_err());
+        assert!(one_json("{}\nlog line").is_err());
+        assert!(one_json("INFO x\n{}").is_err());
+    }
+}

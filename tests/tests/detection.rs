@@ -1,0 +1,336 @@
+//! Issue 5 in the lab: IPv4/IPv6 conflict detection, gateway detection, the
+//! quarantine file and the fixed MAC prefix, with the real macvlan +
+//! host-local in front of the coordinator and real peers on the fabric.
+//! Needs root; never skips.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use cni_tests::{cni_path, conf_example};
+use coordinator::detect::arp;
+use coordinator::detect::ndp::{self, Nd};
+use coordinator::detect::socket::{wait_readable, PacketSocket, ETH_P_ARP, ETH_P_IPV6};
+use integration::chain::{Attachment, Chain, ChainError, NetConfList};
+use integration::lab::{self, in_netns, Lab};
+use integration::traffic::ping;
+use serde_json::{json, Value};
+
+/// host-local hands out the start of each range first.
+const POD4: Ipv4Addr = Ipv4Addr::new(10, 6, 1, 1);
+const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 6, 0, 0, 0, 0, 1, 1);
+
+fn chain(lab: &Lab, file: &str, coordinator: Value) -> Chain {
+    let mut list = NetConfList::from_file(conf_example(file)).unwrap();
+    lab.localize(&mut list);
+    let c = list.plugin_mut("coordinator").unwrap();
+    for (k, v) in coordinator.as_object().unwrap() {
+        c.insert(k.clone(), v.clone());
+    }
+    c.insert(
+        "quarantineFile".into(),
+        json!(lab.dir().join("quarantine.json")),
+    );
+    lab.chain(list).cni_path(cni_path())
+}
+
+fn detection_on() -> Value {
+    json!({"detectIPConflict": true, "detectGateway": true})
+}
+
+fn mac_of(ns: &str, ifname: &str) -> String {
+    let links = lab::links(ns).unwrap();
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifname"] == ifname)
+        .and_then(|l| l["address"].as_str())
+        .unwrap_or_else(|| panic!("{ifname} not in {ns}"))
+        .to_string()
+}
+
+fn expect_failure(res: Result<integration::chain::Outcome, Box<ChainError>>) -> Box<ChainError> {
+    match res {
+        Ok(o) => panic!("ADD should fail, got {:?}", o.result),
+        Err(e) => {
+            assert_eq!(e.plugin.as_deref(), Some("coordinator"), "{e:?}");
+            e
+        }
+    }
+}
+
+/// After a failed coordinator ADD: no host veth, no host route or neighbour
+/// for the pod's addresses, no veth0 in the pod.
+fn assert_nothing_configured(lab: &Lab, pod: &str, ips: &[IpAddr]) {
+    let node_links = lab::state::link_names(lab.node()).unwrap();
+    assert!(
+        !node_links.iter().any(|l| l.starts_with("veth")),
+        "host veth left: {node_links:?}"
+    );
+    assert!(
+        !lab::state::link_names(pod)
+            .unwrap()
+            .contains(&"veth0".to_string()),
+        "pod veth0 left"
+    );
+    let routes = lab::routes(lab.node(), "all").unwrap().to_string();
+    let neigh = lab::neighbours(lab.node()).unwrap().to_string();
+    for ip in ips {
+        assert!(
+            !routes.contains(&format!("\"{ip}\"")),
+            "host route to {ip} left: {routes}"
+        );
+        assert!(
+            !neigh.contains(&format!("\"{ip}\"")),
+            "host neighbour {ip} left: {neigh}"
+        );
+    }
+    let rules = lab::rules(pod).unwrap().to_string();
+    assert!(!rules.contains("fwmark"), "pod rules left: {rules}");
+}
+
+fn quarantined(lab: &Lab) -> Vec<String> {
+    let text = std::fs::read_to_string(lab.dir().join("quarantine.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    v["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["ip"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn ipv4_conflict_fails_the_add_and_is_quarantined() {
+    let lab = Lab::new().unwrap();
+    // An outside machine already uses the address host-local will hand out.
+    let holder = lab.fabric_client(1, Some(POD4), None).unwrap();
+    let holder_mac = mac_of(&holder.name, "eth0");
+    let chain = chain(&lab, "macvlan-underlay.conflist", detection_on());
+    let pod = lab.pod("p").unwrap();
+    let att = Attachment::new("c-conflict4", &pod.path, "eth0");
+    let err = expect_failure(chain.add(&att));
+    assert_eq!(err.code, 101, "{err:?}");
+    for part in ["eth0", &POD4.to_string(), &holder_mac] {
+        assert!(err.msg.contains(part), "{} should name {part}", err.msg);
+    }
+    assert_eq!(quarantined(&lab), vec![POD4.to_string()]);
+    assert_nothing_configured(&lab, &pod.name, &[POD4.into(), POD6.into()]);
+    // The runtime then runs DEL for the chain: it succeeds.
+    chain.del(&att).unwrap();
+}
+
+#[test]
+fn ipv6_conflict_fails_the_add_and_is_quarantined() {
+    let lab = Lab::new().unwrap();
+    let holder = lab.fabric_client(1, None, Some(POD6)).unwrap();
+    let holder_mac = mac_of(&holder.name, "eth0");
+    let chain = chain(&lab, "macvlan-underlay.conflist", detection_on());
+    let pod = lab.pod("p").unwrap();
+    let att = Attachment::new("c-conflict6", &pod.path, "eth0");
+    let err = expect_failure(chain.add(&att));
+    assert_eq!(err.code, 101, "{err:?}");
+    for part in ["eth0", &POD6.to_string(), &holder_mac] {
+        assert!(err.msg.contains(part), "{} should name {part}", err.msg);
+    }
+    assert_eq!(quarantined(&lab), vec![POD6.to_string()]);
+    assert_nothing_configured(&lab, &pod.name, &[POD4.into(), POD6.into()]);
+    chain.del(&att).unwrap();
+}
+
+#[test]
+fn no_conflict_and_reachable_gateways_pass() {
+    let lab = Lab::new().unwrap();
+    let chain = chain(&lab, "macvlan-underlay.conflist", detection_on());
+    let pod = lab.pod("p").unwrap();
+    let att = Attachment::new("c-clean", &pod.path, "eth0");
+    let out = chain.add(&att).unwrap();
+    let coord = out.runs.iter().find(|r| r.plugin == "coordinator").unwrap();
+    // One probe window (130 ms by default) is the floor of a clean check.
+    assert!(coord.wall >= Duration::from_millis(130), "{:?}", coord.wall);
+    assert!(quarantined(&lab).is_empty());
+    assert!(ping(&pod.name, "10.6.0.1".parse().unwrap(), None));
+    chain.del(&att).unwrap();
+}
+
+#[test]
+fn missing_gateway_fails_the_add() {
+    let lab = Lab::new().unwrap();
+    let mut list = NetConfList::from_file(conf_example("macvlan-underlay.conflist")).unwrap();
+    // A gateway nobody holds.
+    list.plugin_mut("macvlan").unwrap()["ipam"]["ranges"][0][0]["gateway"] = json!("10.6.0.99");
+    lab.localize(&mut list);
+    list.plugin_mut("coordinator")
+        .unwrap()
+        .insert("detectGateway".into(), json!(true));
+    let chain = lab.chain(list).cni_path(cni_path());
+    let pod = lab.pod("p").unwrap();
+    let att = Attachment::new("c-nogw", &pod.path, "eth0");
+    let err = expect_failure(chain.add(&att));
+    assert_eq!(err.code, 102, "{err:?}");
+    assert!(err.msg.contains("10.6.0.99"), "{}", err.msg);
+    assert!(
+        !err.msg.contains("fd00:6::1 "),
+        "the IPv6 gateway answers: {}",
+        err.msg
+    );
+    assert_nothing_configured(&lab, &pod.name, &[POD4.into(), POD6.into()]);
+    chain.del(&att).unwrap();
+}
+
+/// Frames a fabric listener heard on a bridge.
+#[derive(Default, Debug)]
+struct Heard {
+    arp: Vec<arp::Arp>,
+    nd: Vec<Nd>,
+}
+
+/// Listen on `bridge` in the fabric until `stop` says so or 5 s pass.
+fn listen(fabric: &str, bridge: &str, stop: impl Fn(&Heard) -> bool + Send) -> Heard {
+    let (fabric, bridge) = (fabric.to_string(), bridge.to_string());
+    in_netns(&fabric, move || {
+        // sysfs shows the mount's netns, not this thread's: ask the kernel.
+        let idx = ifindex(&bridge)?;
+        let socks = [
+            PacketSocket::open(idx, ETH_P_ARP)?,
+            PacketSocket::open(idx, ETH_P_IPV6)?,
+        ];
+        let mut heard = Heard::default();
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < until && !stop(&heard) {
+            let refs: Vec<&PacketSocket> = socks.iter().collect();
+            for i in wait_readable(&refs, until.min(Instant::now() + Duration::from_millis(50)))? {
+                while let Some((n, _)) = socks[i].try_recv(&mut buf)? {
+                    if let Some(a) = arp::parse(&buf[..n]) {
+                        heard.arp.push(a);
+                    } else if let Some(nd) = ndp::parse(&buf[..n]) {
+                        heard.nd.push(nd);
+                    }
+                }
+            }
+        }
+        Ok(heard)
+    })
+    .unwrap()
+}
+
+fn ifindex(name: &str) -> std::io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        i => Ok(i),
+    }
+}
+
+#[test]
+fn mac_prefix_sets_the_mac_and_announces_it() {
+    let lab = Lab::new().unwrap();
+    let chain = chain(
+        &lab,
+        "macvlan-underlay.conflist",
+        json!({"podMACPrefix": "0a:1b"}),
+    );
+    let pod = lab.pod("p").unwrap();
+    let att = Attachment::new("c-mac", &pod.path, "eth0");
+    let want: [u8; 6] = [0x0a, 0x1b, 10, 6, 1, 1];
+    let want_s = "0a:1b:0a:06:01:01";
+    let fabric = lab.fabric().to_string();
+    let listener = std::thread::spawn(move || {
+        listen(&fabric, "br1", |h| {
+            h.arp
+                .iter()
+                .any(|a| a.sender_mac == want && a.sender_ip == POD4)
+                && h.nd
+                    .iter()
+                    .any(|n| matches!(n, Nd::Advert { target, .. } if *target == POD6))
+        })
+    });
+    // Let the listener open its sockets before the ADD sends anything.
+    std::thread::sleep(Duration::from_millis(200));
+    let out = chain.add(&att).unwrap();
+    let heard = listener.join().unwrap();
+
+    assert_eq!(mac_of(&pod.name, "eth0"), want_s);
+    let result = out.result.unwrap();
+    assert_eq!(result["interfaces"][0]["mac"], want_s, "{result}");
+    // Gratuitous ARP: sender = target = the pod address, with the new MAC.
+    assert!(
+        heard
+            .arp
+            .iter()
+            .any(|a| a.sender_mac == want && a.sender_ip == POD4 && a.target_ip == POD4),
+        "no GARP for {POD4} from {want_s}: {heard:?}"
+    );
+    // Unsolicited NA: override set, solicited clear, target link-layer = new MAC.
+    assert!(
+        heard.nd.iter().any(|n| matches!(n,
+            Nd::Advert { target, flags, lladdr, .. }
+                if *target == POD6 && *lladdr == want && flags & 0x20 != 0 && flags & 0x40 == 0)),
+        "no unsolicited NA for {POD6} with {want_s}: {heard:?}"
+    );
+    // The fabric reaches the pod at its new MAC.
+    assert!(ping(lab.fabric(), POD4.into(), None));
+    assert!(ping(lab.fabric(), POD6.into(), None));
+    chain.del(&att).unwrap();
+}
+
+#[test]
+fn dual_stack_two_nics_probe_on_both_fabrics() {
+    let lab = Lab::builder().subnets(2).build().unwrap();
+    let eth0 = chain(&lab, "macvlan-underlay.conflist", detection_on());
+    let net1 = chain(&lab, "macvlan-underlay-net1.conflist", detection_on());
+    let pod = lab.pod("p").unwrap();
+    let pod1_v4: Ipv4Addr = "10.7.1.1".parse().unwrap();
+    let pod1_v6: Ipv6Addr = "fd00:7::1:1".parse().unwrap();
+    let fab = lab.fabric().to_string();
+    let l1 = std::thread::spawn({
+        let fab = fab.clone();
+        move || {
+            listen(&fab, "br1", |h| {
+                h.arp.iter().any(|a| a.is_probe() && a.target_ip == POD4)
+                    && h.nd.iter().any(|n| {
+                        matches!(n, Nd::Solicit { src, target, .. } if src.is_unspecified() && *target == POD6)
+                    })
+            })
+        }
+    });
+    let l2 = std::thread::spawn(move || {
+        listen(&fab, "br2", |h| {
+            h.arp.iter().any(|a| a.is_probe() && a.target_ip == pod1_v4)
+                && h.nd.iter().any(|n| {
+                    matches!(n, Nd::Solicit { src, target, .. } if src.is_unspecified() && *target == pod1_v6)
+                })
+        })
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let a0 = Attachment::new("c-two", &pod.path, "eth0");
+    let a1 = Attachment::new("c-two", &pod.path, "net1");
+    let o0 = eth0.add(&a0).unwrap();
+    let o1 = net1.add(&a1).unwrap();
+    let (h1, h2) = (l1.join().unwrap(), l2.join().unwrap());
+    assert!(
+        h1.arp.iter().any(|a| a.is_probe() && a.target_ip == POD4),
+        "{h1:?}"
+    );
+    assert!(
+        h2.arp
+            .iter()
+            .any(|a| a.is_probe() && a.target_ip == pod1_v4),
+        "{h2:?}"
+    );
+    assert!(
+        h1.nd.iter().any(|n| matches!(n, Nd::Solicit { src, target, .. } if src.is_unspecified() && *target == POD6)),
+        "{h1:?}"
+    );
+    assert!(
+        h2.nd.iter().any(|n| matches!(n, Nd::Solicit { src, target, .. } if src.is_unspecified() && *target == pod1_v6)),
+        "{h2:?}"
+    );
+    for o in [&o0, &o1] {
+        let c = o.runs.iter().find(|r| r.plugin == "coordinator").unwrap();
+        eprintln!("coordinator ADD with detection: {:?}", c.wall);
+    }
+    net1.del(&a1).unwrap();
+    eth0.del(&a0).unwrap();
+}
