@@ -174,6 +174,8 @@ struct Nic {
     att: Attachment,
     result: Value,
     ips: Vec<IpAddr>,
+    /// What the main plugin (macvlan) printed: replayed for a repeated ADD.
+    main_stdout: String,
 }
 
 impl Nic {
@@ -227,6 +229,7 @@ fn attach_with(lab: &Lab, list: NetConfList, att: Attachment) -> Nic {
         att,
         result,
         ips,
+        main_stdout: out.runs[0].stdout.clone(),
     }
 }
 
@@ -843,6 +846,14 @@ fn default_route_nic_net1_moves_the_default() {
         .iter()
         .any(|r| r.starts_with("default via 10.6.0.1 dev eth0")));
 
+    // A repeated ADD of net1 (the default NIC now) changes nothing.
+    let (pod_state, node_state) = (snapshot(&pod.name), snapshot(lab.node()));
+    replay_chain(&lab, &net1)
+        .add(&net1.att)
+        .unwrap_or_else(|e| panic!("repeated ADD net1: {}", describe(&e)));
+    assert_eq!(snapshot(&pod.name), pod_state, "pod after repeated ADD");
+    assert_eq!(snapshot(lab.node()), node_state, "node after repeated ADD");
+
     // Off-subnet traffic (subnet 3: neither NIC's) leaves by net1.
     let c3 = client_on(&lab, 3);
     let _c = TcpServer::start(&c3.name, sa("::".parse().unwrap(), CLIENT_PORT)).unwrap();
@@ -1154,12 +1165,12 @@ fn host_rule_once_per_pod_entries_and_stale_neighbours() {
 
 /// A plugin that prints a recorded result: replays the main plugin's ADD so
 /// the coordinator can be run again on the same container and NIC.
-fn replay_chain(lab: &Lab, nic: &Nic, main_stdout: &str) -> Chain {
+fn replay_chain(lab: &Lab, nic: &Nic) -> Chain {
     let dir = lab.dir().join("replay");
     std::fs::create_dir_all(&dir).unwrap();
     let ty = format!("replay-{}", nic.att.ifname);
     let saved = dir.join(format!("{ty}.json"));
-    std::fs::write(&saved, main_stdout).unwrap();
+    std::fs::write(&saved, &nic.main_stdout).unwrap();
     let script = dir.join(&ty);
     std::fs::write(
         &script,
@@ -1188,31 +1199,20 @@ fn replay_chain(lab: &Lab, nic: &Nic, main_stdout: &str) -> Chain {
 fn repeated_add_changes_nothing() {
     let lab = build_lab(Lab::builder().subnets(2));
     let pod = lab.pod("p").unwrap();
-    let mut outs = Vec::new();
-    let mut nics = Vec::new();
-    for (list, ifname) in [
-        (load(&lab, "macvlan-underlay.conflist"), "eth0"),
-        (load(&lab, "macvlan-underlay-net1.conflist"), "net1"),
-    ] {
-        let chain = chain_for(&lab, list);
-        let att = Attachment::new(&container_id(&pod), &pod.path, ifname);
-        let out = chain
-            .add(&att)
-            .unwrap_or_else(|e| panic!("ADD {ifname}: {}", describe(&e)));
-        outs.push(out.runs[0].stdout.clone());
-        let result = out.result.unwrap();
-        nics.push(Nic {
-            ips: result_ips(&result),
-            chain,
-            att,
-            result,
-        });
-    }
+    let nics = [
+        attach(&lab, &pod, load(&lab, "macvlan-underlay.conflist"), "eth0"),
+        attach(
+            &lab,
+            &pod,
+            load(&lab, "macvlan-underlay-net1.conflist"),
+            "net1",
+        ),
+    ];
     let pod_before = snapshot(&pod.name);
     let node_before = snapshot(lab.node());
     for _ in 0..2 {
-        for (nic, main_out) in nics.iter().zip(&outs) {
-            let again = replay_chain(&lab, nic, main_out);
+        for nic in &nics {
+            let again = replay_chain(&lab, nic);
             let out = again
                 .add(&nic.att)
                 .unwrap_or_else(|e| panic!("repeated ADD {}: {}", nic.att.ifname, describe(&e)));
