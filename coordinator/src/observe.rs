@@ -75,14 +75,16 @@ pub struct HostView {
 
 /// Node addresses in a fixed order, first of each family = hijack gateway:
 /// for each pod address the node's own address on that subnet, else the
-/// host's source toward it over a real uplink; then every global address of
-/// a non-plumbing interface.
+/// host's source toward the pod's network over a real uplink; then every
+/// global address of a non-plumbing interface.
 ///
 /// The order must not depend on what ADD itself installed: once the host has
 /// `<pod IP> dev <our veth>` in its table, the kernel's source toward the pod
-/// is just the first address of the netns, so a later CHECK or repeated ADD
-/// would pick another hijack gateway than the first ADD did.
-pub fn host_view(host: &Netlink, pod_ips: &[IpNet]) -> Result<HostView> {
+/// IP is just the first address of the netns, so a later CHECK or repeated
+/// ADD would pick another hijack gateway than the first ADD did. Hence the
+/// lookup goes toward the pod's gateway (or its subnet's network address),
+/// never toward the pod IP itself.
+pub fn host_view(host: &Netlink, pod_ips: &[IpNet], gateways: &[IpAddr]) -> Result<HostView> {
     let mut v = HostView::default();
     let mut names: HashMap<u32, Option<Link>> = HashMap::new();
     let mut plumbing = |index: u32, host: &Netlink| -> Result<bool> {
@@ -115,7 +117,12 @@ pub fn host_view(host: &Netlink, pod_ips: &[IpNet]) -> Result<HostView> {
         if uplink_addrs.iter().any(|a| a.contains(&ip.addr())) {
             continue;
         }
-        if let Some(l) = host.route_get(ip.addr())? {
+        let toward = gateways
+            .iter()
+            .copied()
+            .find(|g| g.is_ipv4() == ip.addr().is_ipv4())
+            .unwrap_or_else(|| ip.network());
+        if let Some(l) = host.route_get(toward)? {
             let through_uplink = match l.oif {
                 Some(oif) => !plumbing(oif, host)?,
                 None => false,
@@ -130,7 +137,7 @@ pub fn host_view(host: &Netlink, pod_ips: &[IpNet]) -> Result<HostView> {
 }
 
 /// See [`host_view`]: `uplink_addrs` in the kernel's dump order, `routed` the
-/// host's sources toward pod addresses that are on none of its subnets.
+/// host's sources toward the networks of pod addresses on none of its subnets.
 pub fn node_ip_order(pod_ips: &[IpNet], uplink_addrs: &[IpNet], routed: &[IpAddr]) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
     let mut push = |ip: IpAddr| {

@@ -964,6 +964,63 @@ fn three_nics_default_route_on_net2() {
     }
 }
 
+/// Pods on a subnet the node has no address in (routed by the fabric, the
+/// node reaching it through a second uplink): the hijack gateway is the
+/// node's source toward the pod's network, and stays the same for CHECK and
+/// a repeated ADD after the host got its route to the pod through the veth.
+#[test]
+fn pod_on_a_subnet_the_node_is_not_on() {
+    let lab = build_lab(Lab::builder().subnets(2).ipv6(false));
+    lab::ip(lab.fabric(), &["addr", "add", "10.70.0.1/24", "dev", "br2"]).unwrap();
+    lab::ip(
+        lab.node(),
+        &[
+            "route",
+            "add",
+            "10.70.0.0/24",
+            "via",
+            "10.7.0.1",
+            "dev",
+            "ens2",
+        ],
+    )
+    .unwrap();
+    let mut list = load(&lab, "macvlan-underlay.conflist");
+    keep_families(&mut list, true, false);
+    let m = macvlan(&mut list);
+    m.insert("master".into(), json!("ens2"));
+    m["ipam"]["ranges"] = json!([[{
+        "subnet": "10.70.0.0/24", "rangeStart": "10.70.0.5",
+        "rangeEnd": "10.70.0.50", "gateway": "10.70.0.1"
+    }]]);
+    let pod = lab.pod("p").unwrap();
+    let nic = attach(&lab, &pod, list, "eth0");
+    let main = route_lines(&pod.name, "main");
+    assert!(
+        main.iter()
+            .any(|r| r.starts_with("10.233.0.0/18 via 10.7.0.2 dev veth0")),
+        "hijack via the node's address toward the pod's network: {main:#?}"
+    );
+    nic.chain
+        .check(&nic.att)
+        .unwrap_or_else(|e| panic!("CHECK: {}", describe(&e)));
+    let (pod_state, node_state) = (snapshot(&pod.name), snapshot(lab.node()));
+    replay_chain(&lab, &nic)
+        .add(&nic.att)
+        .unwrap_or_else(|e| panic!("repeated ADD: {}", describe(&e)));
+    assert_eq!(snapshot(&pod.name), pod_state, "pod after repeated ADD");
+    assert_eq!(snapshot(lab.node()), node_state, "node after repeated ADD");
+
+    let _srv = TcpServer::start(&pod.name, "[::]:8080".parse().unwrap()).unwrap();
+    node_reaches(&lab, &pod, &nic.ips);
+    let c1 = client_on(&lab, 1);
+    clients_reach(&[&c1], &nic.ips);
+    let _backend = TcpServer::start(lab.node(), sa("::".parse().unwrap(), BACKEND_PORT)).unwrap();
+    let cluster = services(true, false)[0];
+    install_services(&lab, &[cluster]);
+    expect_peer_via_veth0(&pod, &pod.name, None, cluster, nic.v4());
+}
+
 // ---------------------------------------------------------------- 3. tuning
 
 #[test]
