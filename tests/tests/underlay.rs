@@ -801,6 +801,41 @@ fn two_nics_symmetric_replies_policy_routes_and_del_of_net1() {
             .unwrap_or_else(|e| panic!("CHECK {}: {}", nic.att.ifname, describe(&e)));
     }
 
+    // CHECK of net1 names its missing `from` rule.
+    let from = net1.v4().to_string();
+    let del_rule = [
+        "rule",
+        "del",
+        "from",
+        from.as_str(),
+        "lookup",
+        table.as_str(),
+    ];
+    lab::ip(&pod.name, &del_rule).unwrap();
+    let err = net1
+        .chain
+        .check(&net1.att)
+        .expect_err("CHECK net1 without its from rule");
+    assert!(
+        err.msg.contains("rule") && err.msg.contains(&from),
+        "{}",
+        err.msg
+    );
+    let add_rule = [
+        "rule",
+        "add",
+        "priority",
+        "1000",
+        "from",
+        from.as_str(),
+        "lookup",
+        table.as_str(),
+    ];
+    lab::ip(&pod.name, &add_rule).unwrap();
+    net1.chain
+        .check(&net1.att)
+        .unwrap_or_else(|e| panic!("CHECK net1 restored: {}", describe(&e)));
+
     // DEL net1 alone: the pod and the node are back to before its ADD.
     net1.chain
         .del(&net1.att)
