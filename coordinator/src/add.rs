@@ -99,7 +99,7 @@ pub fn context(
     let (ips, gateways) = nic_addresses(prev, ifname);
     let host_view = match layout {
         Layout::OverlayFirst => HostView::default(),
-        _ => host_view(host, &ips)?,
+        _ => host_view(host, &ips, &gateways)?,
     };
     let veth = match layout {
         Layout::UnderlayFirst | Layout::UnderlayLater => {

@@ -351,15 +351,13 @@ fn sigterm_removes_the_labs_namespaces() {
     use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
 
-    let exe = std::env::current_exe().unwrap();
-    let child = Command::new(exe)
-        .args([
-            "--exact",
-            "hold_lab_until_killed",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("CNI_TESTS_HOLD_LAB", "1")
+    let holder = bin_dir().join("lab-hold");
+    assert!(
+        holder.is_file(),
+        "{} missing: cargo build --workspace --bins",
+        holder.display()
+    );
+    let child = Command::new(holder)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -385,21 +383,6 @@ fn sigterm_removes_the_labs_namespaces() {
     // The handler only unmounts namespaces; the scratch dir is left to sweep.
     lab::sweep(&prefix).unwrap();
     assert!(!std::env::temp_dir().join(&prefix).exists());
-}
-
-#[test]
-#[ignore = "helper process of sigterm_removes_the_labs_namespaces"]
-fn hold_lab_until_killed() {
-    if std::env::var_os("CNI_TESTS_HOLD_LAB").is_none() {
-        return;
-    }
-    let lab = Lab::new().expect("build lab (needs root)");
-    let _pod = lab.pod("held").unwrap();
-    println!("LAB-PREFIX {}", lab.prefix());
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    // Bounded: if nobody kills us, the lab is dropped normally.
-    std::thread::sleep(Duration::from_secs(60));
 }
 
 /// A ptp pod (veth + host route, like Calico) reaches a Service DNATed in
