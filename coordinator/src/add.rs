@@ -246,7 +246,7 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         // entry for the old MAC and black-hole the pod for up to ~30 s.
         let addrs: Vec<IpAddr> = ctx.inputs.ips.iter().map(|n| n.addr()).collect();
         if let Err(e) = announce(&pod_ns, nic.index, mac, &addrs) {
-            tracing::warn!("announcing the new MAC of {ifname}: {e}");
+            tracing::warn!("announcing the MAC of {ifname}: {e}");
         }
     }
     tracing::info!(
