@@ -722,3 +722,52 @@ fn conflicting_address_is_quarantined_and_skipped() {
     chain.del(&a2).unwrap();
     assert_eq!(records(&lab), vec![]);
 }
+
+/// Fixed addresses through the two ways a runtime asks for them: CNI_ARGS
+/// `IP=` and the `ips` capability (Multus' `ips` annotation becomes
+/// `runtimeConfig.ips`, which macvlan hands to its IPAM unchanged). A second
+/// pod asking for a held address fails with 111 and gets nothing.
+#[test]
+fn requested_addresses_via_cni_args_and_runtime_config() {
+    let lab = Lab::new().expect("build lab");
+    let mut list = load(&lab, "macvlan-coordinator-ipam.conflist");
+    list.plugin_mut("macvlan")
+        .unwrap()
+        .insert("capabilities".into(), json!({"ips": true}));
+    let chain = lab.chain(list).cni_path(cni_path());
+    let want4: IpAddr = "10.6.1.77".parse().unwrap();
+    let want6: IpAddr = "fd00:6::1:77".parse().unwrap();
+
+    let p0 = lab.pod("fix0").unwrap();
+    let a0 = pod_att("ctr-fix-0", &p0, "eth0", "default", "fix-0").arg("IP", "10.6.1.77");
+    let r0 = add(&chain, &a0);
+    assert_eq!(ip_of(&r0, true), want4, "{r0}");
+    assert_in(ip_of(&r0, false), &["fd00:6::1:0/120"]);
+
+    let p1 = lab.pod("fix1").unwrap();
+    let a1 = pod_att("ctr-fix-1", &p1, "eth0", "default", "fix-1")
+        .capability("ips", json!(["fd00:6::1:77/64"]));
+    let r1 = add(&chain, &a1);
+    assert_eq!(ip_of(&r1, false), want6, "{r1}");
+    assert_ne!(ip_of(&r1, true), want4);
+
+    let sn = lab.subnet(1).unwrap();
+    let client = lab
+        .fabric_client(1, sn.host4(9, 9), sn.host6(0x9999))
+        .unwrap();
+    client_reaches(&client, &p0, want4);
+    client_reaches(&client, &p1, want6);
+
+    let before = records(&lab);
+    let p2 = lab.pod("fix2").unwrap();
+    let a2 = pod_att("ctr-fix-2", &p2, "eth0", "default", "fix-2").arg("IP", "10.6.1.77");
+    let err = chain.add(&a2).expect_err("10.6.1.77 is held by fix-0");
+    assert_eq!(err.code, 111, "{err:?}");
+    assert!(err.msg.contains("10.6.1.77"), "{}", err.msg);
+    assert_eq!(records(&lab), before, "nothing reserved for fix-2");
+    chain.del(&a2).unwrap();
+
+    chain.del(&a1).unwrap();
+    chain.del(&a0).unwrap();
+    assert_eq!(records(&lab), vec![]);
+}
