@@ -771,3 +771,53 @@ fn requested_addresses_via_cni_args_and_runtime_config() {
     chain.del(&a0).unwrap();
     assert_eq!(records(&lab), vec![]);
 }
+
+/// A sticky pod re-created on a node of another rack, whose subnet cannot
+/// carry its address: the ADD fails loudly (111, naming the address and the
+/// node) instead of moving the pod to a new address or handing it one that
+/// rack cannot route; the parked addresses stay parked, nothing is taken
+/// from rack 2's pools, and back on rack 1 the pod gets them again.
+#[test]
+fn sticky_pod_on_a_rack_that_cannot_hold_its_address_fails_loudly() {
+    let lab = Lab::builder().subnets(2).build().expect("build lab");
+    let node_b = lab.extra_node("nodeb", &[2]).unwrap();
+    let mut list = load(&lab, "macvlan-coordinator-ipam-racks.conflist");
+    ipam_mut(&mut list).insert(
+        "sticky".into(),
+        json!([{"namespace": "db", "pod": "mysql-*"}]),
+    );
+    let on_a = lab
+        .chain(list.clone())
+        .cni_path(cni_path())
+        .env("NODE_NAME", "rack1-n01");
+    let on_b = node_b
+        .chain(list)
+        .cni_path(cni_path())
+        .env("NODE_NAME", "rack2-n07");
+
+    let p0 = lab.pod("m0").unwrap();
+    let a0 = pod_att("ctr-m-0", &p0, "eth0", "db", "mysql-0");
+    let ips = both(&add(&on_a, &a0));
+    on_a.del(&a0).unwrap();
+    let parked = cli_list(&lab);
+
+    let p1 = lab.pod("m1").unwrap();
+    let a1 = pod_att("ctr-m-1", &p1, "eth0", "db", "mysql-0");
+    let err = on_b.add(&a1).expect_err("rack 2 cannot hold 10.6.x");
+    assert_eq!(err.code, 111, "{err:?}");
+    for part in [ips[0].to_string().as_str(), "rack2-n07"] {
+        assert!(err.msg.contains(part), "{} should name {part}", err.msg);
+    }
+    on_b.del(&a1).unwrap();
+    assert_eq!(cli_list(&lab), parked, "still parked, nothing taken");
+
+    let p2 = lab.pod("m2").unwrap();
+    let a2 = pod_att("ctr-m-2", &p2, "eth0", "db", "mysql-0");
+    assert_eq!(both(&add(&on_a, &a2)), ips);
+    let sn = lab.subnet(1).unwrap();
+    let client = lab
+        .fabric_client(1, sn.host4(9, 9), sn.host6(0x9999))
+        .unwrap();
+    client_reaches(&client, &p2, ips[1]);
+    on_a.del(&a2).unwrap();
+}
