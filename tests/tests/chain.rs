@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path, conf_example};
-use integration::chain::{Attachment, Chain, NetConfList, Verb};
+use integration::chain::{result_ips, Attachment, Chain, NetConfList, Verb};
 use integration::lab::{self, Lab};
 use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
 use serde_json::{json, Value};
@@ -29,16 +29,6 @@ fn underlay_chain(lab: &Lab) -> Chain {
         bin_dir().display()
     );
     lab.chain(list).cni_path(cni_path())
-}
-
-/// IPs of a CNI result as `IpAddr`.
-fn result_ips(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect()
 }
 
 /// host-local reservation files (named after the IP) left in `dir`.

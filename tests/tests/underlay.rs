@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path, conf_example};
-use integration::chain::{Attachment, Chain, ChainError, NetConfList};
+use integration::chain::{result_ips, Attachment, Chain, ChainError, NetConfList};
 use integration::lab::{self, state, Lab, LabBuilder, Pod, Subnet};
 use integration::nsexec::{self, Enter};
 use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
@@ -235,15 +235,6 @@ fn attach_with(lab: &Lab, list: NetConfList, att: Attachment) -> Nic {
 
 fn container_id(pod: &Pod) -> String {
     format!("ctr-{}", pod.name)
-}
-
-fn result_ips(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect()
 }
 
 fn host_veth(pod: &Pod) -> String {

@@ -636,6 +636,16 @@ fn join_path(dirs: &[PathBuf]) -> String {
 }
 
 /// `a >= b` for dotted spec versions; unparsable parts count as 0.
+/// The addresses (without prefix) of a CNI result.
+pub fn result_ips(result: &Value) -> Vec<std::net::IpAddr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
+}
+
 pub fn version_at_least(a: &str, b: &str) -> bool {
     let parse = |s: &str| -> Vec<u64> { s.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
     parse(a) >= parse(b)
