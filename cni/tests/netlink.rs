@@ -362,6 +362,20 @@ fn routes_in_main_and_numbered_tables() {
         assert_eq!(nl.routes(family, Some(4242)).unwrap(), vec![]);
     }
 
+    // Kernel refusals keep their errno and the kernel's own explanation.
+    let mut bad = Route::new(net("10.96.0.0/24"), 100);
+    bad.gateway = Some(ip("192.0.2.1"));
+    match nl.add_route(&bad) {
+        Err(NlError::Kernel { errno, msg }) => {
+            assert_eq!(errno, libc::ENETUNREACH, "{msg}");
+            assert!(
+                msg.to_lowercase().contains("gateway"),
+                "no extended ack: {msg}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
     // A scoped route with a preferred source in a big table.
     let mut r = Route::new(net("10.97.0.0/24"), 1000);
     r.oif = Some(idx);
@@ -643,4 +657,6 @@ fn netns_open_errors() {
     // open() in the calling thread works too and sees the root namespace's lo.
     let nl = Netlink::open().unwrap();
     assert!(nl.link("lo").unwrap().is_some());
+    assert_eq!(nl.link("").unwrap(), None);
+    assert_eq!(nl.link("a-name-longer-than-ifnamsiz").unwrap(), None);
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use cni::netlink::{Family, Netlink, NlError, Route, Rule};
+use cni::netlink::{Family, Netlink, NlError, Route, Rule, TABLE_MAIN};
 use cni::netns::NetNs;
 use cni::plugin::Call;
 use cni::Result;
@@ -80,6 +80,9 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
             remove_reply_path(pod, pod_ns.as_ref());
         } else {
             remove_nic_tables(pod, &ips);
+            if ifname == cfg.default_route_nic() {
+                restore_first_nic_default(pod, &cfg.pod_default_cni_nic);
+            }
         }
     }
     if is_first {
@@ -109,6 +112,44 @@ fn remove_reply_path(pod: &Netlink, ns: Option<&NetNs>) {
     if let Ok(Some(l)) = pod.link(POD_VETH) {
         log_err("pod veth", pod.del_link(l.index));
     }
+}
+
+/// podDefaultRouteNic named the NIC being removed: ADD moved the first NIC's
+/// default into that NIC's own table; put it back into `main` (replacing the
+/// removed NIC's default), or a pod whose NIC is detached at run time is left
+/// without a default route. Then drop the first NIC's `from` rules and table.
+fn restore_first_nic_default(pod: &Netlink, first: &str) {
+    let Ok(Some(eth0)) = pod.link(first) else {
+        return;
+    };
+    let Ok(addrs) = pod.addresses(Some(eth0.index)) else {
+        return;
+    };
+    let ips: Vec<IpNet> = addrs
+        .into_iter()
+        .filter(|a| a.scope == 0)
+        .map(|a| a.addr)
+        .collect();
+    let own: Vec<IpAddr> = ips.iter().map(|n| n.addr()).collect();
+    for f in [Family::V4, Family::V6] {
+        let Ok(rules) = pod.rules(f) else { continue };
+        for r in rules
+            .iter()
+            .filter(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| own.contains(&s.addr())))
+        {
+            let Ok(routes) = pod.routes(f, Some(r.table)) else {
+                continue;
+            };
+            for d in routes.iter().filter(|x| {
+                x.table == r.table && x.dst.prefix_len() == 0 && x.oif == Some(eth0.index)
+            }) {
+                let mut back = d.clone();
+                back.table = TABLE_MAIN;
+                log_err("first NIC default back to main", pod.replace_route(&back));
+            }
+        }
+    }
+    remove_nic_tables(pod, &ips);
 }
 
 /// `from <address> lookup T` rules of the NIC and the tables they point at.

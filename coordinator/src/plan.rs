@@ -234,6 +234,17 @@ fn is_connected(r: &Route) -> bool {
 
 /// Routes to the node and the hijacked CIDRs through `veth0` (underlay), in `table`.
 fn via_veth(inp: &Inputs, cfg: &Config, table: u32, pod_fams: &BTreeSet<Family>) -> Vec<RouteSpec> {
+    via_veth_from(inp, &inp.ips, cfg, table, pod_fams)
+}
+
+/// [`via_veth`] for traffic sourced from `ips` (the NIC whose table it is).
+fn via_veth_from(
+    inp: &Inputs,
+    ips: &[IpNet],
+    cfg: &Config,
+    table: u32,
+    pod_fams: &BTreeSet<Family>,
+) -> Vec<RouteSpec> {
     let mut out = Vec::new();
     for ip in &inp.node_ips {
         let f = Family::of(ip);
@@ -246,7 +257,7 @@ fn via_veth(inp: &Inputs, cfg: &Config, table: u32, pod_fams: &BTreeSet<Family>)
             table,
             dev: POD_VETH.into(),
             via: None,
-            src: src_for(&inp.ips, f),
+            src: src_for(ips, f),
             scope: Scope::Link,
         });
     }
@@ -259,7 +270,9 @@ fn via_veth(inp: &Inputs, cfg: &Config, table: u32, pod_fams: &BTreeSet<Family>)
                 table,
                 dev: POD_VETH.into(),
                 via: Some(gw),
-                src: None,
+                // veth0 may carry a link-local `vethLinkAddress`, which the
+                // kernel would pick as source; the node cannot answer it.
+                src: src_for(ips, f),
                 scope: Scope::Universe,
             });
         }
@@ -280,25 +293,37 @@ fn via_overlay(
     };
     let mut out = Vec::new();
     for f in pod_fams {
-        // eth0's default gateway in main, and the connected route that makes it reachable.
-        let Some(def) = inp.pod.routes.iter().find(|r| {
-            r.table == TABLE_MAIN
-                && r.oif == Some(eth0.index)
-                && r.dst.prefix_len() == 0
-                && r.family() == *f
-        }) else {
+        // eth0's default gateway: in main, or in table 100 once an earlier
+        // NIC took main's default (podDefaultRouteNic).
+        let eth0_default = |t: u32| {
+            inp.pod.routes.iter().find(|r| {
+                r.table == t
+                    && r.oif == Some(eth0.index)
+                    && r.dst.prefix_len() == 0
+                    && r.family() == *f
+            })
+        };
+        let Some(def) = eth0_default(TABLE_MAIN).or_else(|| eth0_default(TABLE_REPLY)) else {
             continue;
         };
         let Some(gw) = def.gateway else { continue };
-        out.push(RouteSpec {
-            side: Side::Pod,
-            dst: host_net(gw),
-            table,
-            dev: first.clone(),
-            via: None,
-            src: None,
-            scope: Scope::Link,
-        });
+        // The on-link route that makes the gateway reachable; main already has
+        // one from the overlay CNI (ptp, Calico), which must keep its `src`.
+        let gw_in_table = table == TABLE_MAIN
+            && inp.pod.routes.iter().any(|r| {
+                r.table == TABLE_MAIN && r.oif == Some(eth0.index) && r.dst == host_net(gw)
+            });
+        if !gw_in_table {
+            out.push(RouteSpec {
+                side: Side::Pod,
+                dst: host_net(gw),
+                table,
+                dev: first.clone(),
+                via: None,
+                src: None,
+                scope: Scope::Link,
+            });
+        }
         let dsts = inp
             .node_ips
             .iter()
@@ -541,7 +566,15 @@ fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         }
         let cluster = match inp.layout {
             Layout::UnderlayLater => via_veth(inp, cfg, table, &fams),
-            _ => via_overlay(inp, cfg, table, &fams),
+            // main too: a node address inside this NIC's subnet would
+            // otherwise leave through this NIC (a macvlan cannot reach its
+            // parent's address), and with podDefaultRouteNic = this NIC main's
+            // default no longer leads to eth0 for Services and overlay pods.
+            _ => {
+                let mut v = via_overlay(inp, cfg, table, &fams);
+                v.extend(via_overlay(inp, cfg, TABLE_MAIN, &fams));
+                v
+            }
         };
         plan.routes.extend(cluster);
         plan.rules.extend(from_rules(&inp.ips, table));
@@ -600,6 +633,18 @@ fn move_first_nic_default(cfg: &Config, inp: &Inputs, this_table: u32, plan: &mu
             && r.dst.prefix_len() > 0
     }) {
         plan.routes.push(copy_into(r, table, first));
+    }
+    // Once eth0's addresses have a `from` rule, even unbound sockets end up
+    // in this table (the route is looked up again with the chosen source):
+    // the node and the hijacked CIDRs must stay behind veth0 here too.
+    if inp.layout == Layout::UnderlayLater {
+        plan.routes.extend(via_veth_from(
+            inp,
+            &eth0_ips,
+            cfg,
+            table,
+            &families(&eth0_ips),
+        ));
     }
     plan.moves.extend(defaults.into_iter().cloned());
     plan.rules.extend(from_rules(&eth0_ips, table));
@@ -754,7 +799,7 @@ mod tests {
         dev: &str,
         via: Option<&str>,
     ) -> bool {
-        p.routes.iter().any(|r| {
+        p.routes.iter().chain(&p.policy).any(|r| {
             r.side == side
                 && r.dst == dst.parse::<IpNet>().unwrap()
                 && r.table == table
@@ -873,6 +918,19 @@ mod tests {
             .find(|r| r.dst == "10.6.0.2/32".parse::<IpNet>().unwrap())
             .unwrap();
         assert_eq!(r.src, Some("10.6.0.5".parse().unwrap()));
+        // So do hijack routes: a link-local vethLinkAddress on veth0 must not
+        // become the source of Service traffic.
+        for (dst, src) in [
+            ("10.233.0.0/18", "10.6.0.5"),
+            ("fd00:233::/110", "fd00:6::5"),
+        ] {
+            let r = p
+                .routes
+                .iter()
+                .find(|r| r.dst == dst.parse::<IpNet>().unwrap() && r.table == TABLE_MAIN)
+                .unwrap();
+            assert_eq!(r.src, Some(src.parse().unwrap()), "{dst}");
+        }
     }
 
     #[test]
@@ -939,14 +997,14 @@ mod tests {
             "veth0",
             Some("10.6.0.2")
         ));
-        assert!(has_route(
-            &p,
-            Side::Pod,
-            "192.168.0.0/16",
-            t,
-            "net1",
-            Some("10.7.0.254")
-        ));
+        // policyRoutes are planned apart, applied last.
+        assert!(p
+            .policy
+            .iter()
+            .any(|r| r.dst == "192.168.0.0/16".parse::<IpNet>().unwrap()
+                && r.table == t
+                && r.dev == "net1"
+                && r.via == Some("10.7.0.254".parse().unwrap())));
         // the static route moves, the connected one stays in main too.
         assert_eq!(p.moves.len(), 1, "{:?}", p.moves);
         assert_eq!(p.moves[0].dst, "172.16.0.0/12".parse::<IpNet>().unwrap());
@@ -1032,6 +1090,22 @@ mod tests {
             .rules
             .iter()
             .any(|(_, r)| r.table == eth0_table && r.src == Some("10.6.0.5/32".parse().unwrap())));
+        // Traffic from eth0's address still reaches the node and Services
+        // through veth0, with eth0's address as source.
+        let c = cfg(json!({"podDefaultRouteNic": "net1", "serviceCIDR": ["10.233.0.0/18"]}));
+        let p = plan_add(&c, &i);
+        for (dst, via) in [("10.6.0.2/32", None), ("10.233.0.0/18", Some("10.6.0.2"))] {
+            assert!(
+                has_route(&p, Side::Pod, dst, eth0_table, "veth0", via),
+                "{dst} in eth0's table"
+            );
+            let r = p
+                .routes
+                .iter()
+                .find(|r| r.table == eth0_table && r.dst == dst.parse::<IpNet>().unwrap())
+                .unwrap();
+            assert_eq!(r.src, Some("10.6.0.5".parse().unwrap()));
+        }
         // naming a NIC not attached yet is fine: net1's call with net2 as default moves nothing of eth0.
         let c = cfg(json!({"podDefaultRouteNic": "net2"}));
         let p = plan_add(&c, &i);
@@ -1122,6 +1196,114 @@ mod tests {
             TABLE_MAIN,
             "net1",
             Some("10.7.0.1")
+        ));
+    }
+
+    /// Overlay pod: ptp-style eth0 (10.244.0.5/32 via 10.244.0.1), net1 macvlan.
+    fn overlay_inputs() -> Inputs {
+        let mut i = later_inputs(Layout::OverlayLater);
+        i.pod.links[1].kind = Some("veth".into());
+        i.pod.links.retain(|l| l.name != "veth0");
+        i.pod.routes.retain(|r| r.oif != Some(2));
+        i.pod.addrs.retain(|(idx, _)| *idx != 2);
+        i.pod.addrs.push((2, "10.244.0.5/32".parse().unwrap()));
+        for (dst, gw) in [("10.244.0.1/32", None), ("0.0.0.0/0", Some("10.244.0.1"))] {
+            let scope = if gw.is_some() {
+                Scope::Universe
+            } else {
+                Scope::Link
+            };
+            i.pod
+                .routes
+                .push(route(dst, TABLE_MAIN, 2, gw, RTPROT_BOOT, scope));
+        }
+        i.veth = None;
+        i.overlay_peer = Some(("vethpeer".into(), [2, 9, 9, 9, 9, 9]));
+        i
+    }
+
+    /// Bug found by the overlay lab: the node address 10.6.0.2 sits in net1's
+    /// subnet 10.6.0.0/16, so unsourced traffic to it left through net1 (a
+    /// macvlan cannot reach its parent's address); and with
+    /// podDefaultRouteNic=net1, Services left through net1's gateway.
+    #[test]
+    fn overlay_later_nic_puts_cluster_routes_in_main_too() {
+        let c = cfg(json!({"serviceCIDR": ["10.233.0.0/18"], "overlayPodCIDR": ["10.244.0.0/16"]}));
+        let mut i = overlay_inputs();
+        i.ips = vec!["10.6.0.5/16".parse().unwrap()];
+        i.gateways = vec!["10.6.0.1".parse().unwrap()];
+        i.pod.routes.push(route(
+            "10.6.0.0/16",
+            TABLE_MAIN,
+            3,
+            None,
+            RTPROT_KERNEL,
+            Scope::Link,
+        ));
+        for p in [
+            plan_add(&c, &i),
+            plan_add(
+                &cfg(
+                    json!({"serviceCIDR": ["10.233.0.0/18"], "overlayPodCIDR": ["10.244.0.0/16"], "podDefaultRouteNic": "net1"}),
+                ),
+                &i,
+            ),
+        ] {
+            for dst in ["10.6.0.2/32", "10.233.0.0/18", "10.244.0.0/16"] {
+                assert!(
+                    has_route(&p, Side::Pod, dst, TABLE_MAIN, "eth0", Some("10.244.0.1")),
+                    "{dst} in main: {:#?}",
+                    p.routes
+                );
+            }
+            // main keeps the overlay CNI's own gateway route (and its src).
+            assert!(!has_route(
+                &p,
+                Side::Pod,
+                "10.244.0.1/32",
+                TABLE_MAIN,
+                "eth0",
+                None
+            ));
+            assert!(has_route(
+                &p,
+                Side::Pod,
+                "10.244.0.1/32",
+                TABLE_FIRST_NIC,
+                "eth0",
+                None
+            ));
+        }
+    }
+
+    /// A third NIC after podDefaultRouteNic moved eth0's default to table 100
+    /// still gets cluster routes through eth0's gateway.
+    #[test]
+    fn overlay_third_nic_finds_eth0_gateway_in_table_100() {
+        let c = cfg(json!({"serviceCIDR": ["10.233.0.0/18"]}));
+        let mut i = overlay_inputs();
+        for r in i.pod.routes.iter_mut() {
+            if r.oif == Some(2) && r.dst.prefix_len() == 0 {
+                r.table = TABLE_REPLY;
+            }
+        }
+        let p = plan_add(&c, &i);
+        let t = TABLE_FIRST_NIC;
+        assert!(has_route(
+            &p,
+            Side::Pod,
+            "10.233.0.0/18",
+            t,
+            "eth0",
+            Some("10.244.0.1")
+        ));
+        assert!(has_route(
+            &p,
+            Side::Pod,
+            "10.6.0.2/32",
+            t,
+            "eth0",
+            Some("10.244.0.1")
         ));
     }
 

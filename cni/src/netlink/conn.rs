@@ -155,15 +155,54 @@ impl Netlink {
 
     /// A dump, asked again while the kernel says it was interrupted.
     pub(super) fn dump(&self, msg: RouteNetlinkMessage) -> NlResult<Vec<RouteNetlinkMessage>> {
-        for attempt in 1..=DUMP_ATTEMPTS {
-            let (out, intr) = self.exchange(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)?;
-            if !intr {
-                return Ok(out);
-            }
-            tracing::debug!(attempt, "netlink dump interrupted, retrying");
+        retry_interrupted(|| self.exchange(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP))
+    }
+}
+
+/// Run `dump` until the kernel answers without NLM_F_DUMP_INTR (the object
+/// list changed while it was being walked, so entries may be missing or
+/// doubled), at most [`DUMP_ATTEMPTS`] times.
+fn retry_interrupted<T>(mut dump: impl FnMut() -> NlResult<(Vec<T>, bool)>) -> NlResult<Vec<T>> {
+    for attempt in 1..=DUMP_ATTEMPTS {
+        let (out, intr) = dump()?;
+        if !intr {
+            return Ok(out);
         }
-        Err(NlError::Io(format!(
-            "netlink dump interrupted {DUMP_ATTEMPTS} times in a row"
-        )))
+        tracing::debug!(attempt, "netlink dump interrupted, retrying");
+    }
+    Err(NlError::Io(format!(
+        "netlink dump interrupted {DUMP_ATTEMPTS} times in a row"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_dumps_are_retried() {
+        let mut calls = 0;
+        let got = retry_interrupted(|| {
+            calls += 1;
+            Ok((vec![calls], calls < 3))
+        });
+        assert_eq!(got, Ok(vec![3]));
+
+        let mut calls = 0;
+        let got: NlResult<Vec<u8>> = retry_interrupted(|| {
+            calls += 1;
+            Ok((vec![], true))
+        });
+        assert!(matches!(got, Err(NlError::Io(_))));
+        assert_eq!(calls, DUMP_ATTEMPTS);
+
+        let got: NlResult<Vec<u8>> = retry_interrupted(|| Err(NlError::NotFound));
+        assert_eq!(got, Err(NlError::NotFound));
+    }
+
+    #[test]
+    fn netlink_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Netlink>();
     }
 }

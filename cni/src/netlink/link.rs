@@ -14,6 +14,10 @@ use crate::netns::NetNs;
 impl Netlink {
     /// The link called `name`, None when there is none.
     pub fn link(&self, name: &str) -> NlResult<Option<Link>> {
+        // No such name can exist (IFNAMSIZ); the kernel would say EINVAL.
+        if name.is_empty() || name.len() >= IFNAMSIZ {
+            return Ok(None);
+        }
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes.push(skip_stats());
@@ -135,6 +139,8 @@ impl Netlink {
         }
     }
 }
+
+const IFNAMSIZ: usize = 16;
 
 /// Counters are large and never used here; leaving them out halves the replies.
 fn skip_stats() -> LinkAttribute {

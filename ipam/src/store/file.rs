@@ -87,7 +87,7 @@ impl Store for FileStore {
             return Ok(());
         }
         state.version = STATE_VERSION;
-        let bytes = serde_json::to_vec_pretty(&state)?;
+        let bytes = serde_json::to_vec(&state)?;
         fsutil::write_atomic(&dir.join(STATE_FILE), &bytes)
     }
 
