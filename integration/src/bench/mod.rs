@@ -442,7 +442,11 @@ pub fn run(opts: &Options) -> io::Result<Report> {
     for r in &mut rows {
         r.finish();
     }
-    if let Some(floor) = rows.iter().find(|r| r.id == "floor/exec").and_then(|r| r.stats) {
+    if let Some(floor) = rows
+        .iter()
+        .find(|r| r.id == "floor/exec")
+        .and_then(|r| r.stats)
+    {
         notes.push(format!(
             "Peak RSS is the child's ru_maxrss, which Linux makes at least the harness's own \
              anonymous RSS at fork time (it survives exec): the /bin/true floor row shows that \
