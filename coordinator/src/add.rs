@@ -226,17 +226,10 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         }
     }
 
-    let plan: Plan = plan_add(cfg, &ctx.inputs);
-    tracing::debug!(?ctx.layout, ?plan, "plan");
-    let k = Kernel {
-        host: &host,
-        pod: &pod,
-        pod_ns: &pod_ns,
-    };
-    if let Err(e) = apply(&k, &plan, &ctx.host_view.uplinks) {
-        undo_mac();
-        return Err(e);
-    }
+    // Announced before apply, once detection (if on) has cleared the
+    // addresses: closing the packet sockets waits out an RCU grace period
+    // (see detect::close_in_background) that then overlaps apply instead of
+    // delaying the end of the call.
     if mac != [0; 6] {
         // Neighbours that cached another MAC for these addresses learn this
         // one at once: the old MAC after a podMACPrefix change, or a previous
@@ -248,6 +241,18 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         if let Err(e) = announce(&pod_ns, nic.index, mac, &addrs) {
             tracing::warn!("announcing the MAC of {ifname}: {e}");
         }
+    }
+
+    let plan: Plan = plan_add(cfg, &ctx.inputs);
+    tracing::debug!(?ctx.layout, ?plan, "plan");
+    let k = Kernel {
+        host: &host,
+        pod: &pod,
+        pod_ns: &pod_ns,
+    };
+    if let Err(e) = apply(&k, &plan, &ctx.host_view.uplinks) {
+        undo_mac();
+        return Err(e);
     }
     tracing::info!(
         container = call.env.container_id,

@@ -51,5 +51,7 @@ pub fn announce(ns: &NetNs, ifindex: u32, mac: [u8; 6], addrs: &[IpAddr]) -> cni
             .map_err(|e| Error::kernel(format!("announce {ip} on ifindex {ifindex}"), e))?;
         tracing::debug!(%ip, ifindex, "announced");
     }
+    // Two sockets closed in a row would wait out two RCU grace periods.
+    crate::detect::close_in_background([socks.0, socks.1].into_iter().flatten());
     Ok(())
 }

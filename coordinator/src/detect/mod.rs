@@ -173,7 +173,7 @@ pub fn detect(
     let socks = open_sockets(ns, nic, &watch)?;
     run(&socks, &mut watch, nic, opts, dad_state, start)?;
     let report = watch.report(start.elapsed());
-    close_in_background(socks);
+    close_in_background([socks.v4, socks.v6].into_iter().flatten());
     Ok(report)
 }
 
@@ -181,8 +181,8 @@ pub fn detect(
 /// (`packet_release` calls `synchronize_net`): 5-15 ms each on a busy node,
 /// one after the other. On their own threads those waits overlap each other
 /// and the rest of the ADD instead of adding up in front of it.
-fn close_in_background(socks: Sockets) {
-    for s in [socks.v4, socks.v6].into_iter().flatten() {
+pub(crate) fn close_in_background(socks: impl IntoIterator<Item = PacketSocket>) {
+    for s in socks {
         // When no thread can be made, spawn drops the closure: the socket is
         // then closed right here, as before.
         let _ = std::thread::Builder::new()

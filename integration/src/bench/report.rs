@@ -272,12 +272,18 @@ pub fn checks(r: &Report, opts: &Options) -> Vec<Check> {
         0.1,
         "ours / Spiderpool <= 0.1",
     );
+    let cpu = |id: &str| row(id).and_then(|x| x.stats).map(|s| s.cpu_ms.median);
     for verb in ["add", "del"] {
-        let (a, b) = (
-            med(&format!("coordinator/{verb}/1nic-v4-node")),
-            med(&format!("coordinator/{verb}/1nic-v4")),
+        let (big, empty) = (
+            format!("coordinator/{verb}/1nic-v4-node"),
+            format!("coordinator/{verb}/1nic-v4"),
         );
+        let (a, b) = (med(&big), med(&empty));
         let v = a.zip(b).map(|(a, b)| a / b - 1.0);
+        let cpu_note = match (cpu(&big), cpu(&empty)) {
+            (Some(x), Some(y)) => format!("; CPU {x:.2} vs {y:.2} ms ({:+.1}%)", (x / y - 1.0) * 100.0),
+            _ => String::new(),
+        };
         out.push(Check {
             name: format!(
                 "{} flat with node size ({} routes+neighbours vs empty node)",
@@ -287,7 +293,7 @@ pub fn checks(r: &Report, opts: &Options) -> Vec<Check> {
             target: "within 10%".into(),
             value: match (a, b, v) {
                 (Some(a), Some(b), Some(v)) => {
-                    format!("{a:.2} ms vs {b:.2} ms ({:+.1}%)", v * 100.0)
+                    format!("{a:.2} ms vs {b:.2} ms ({:+.1}%){cpu_note}", v * 100.0)
                 }
                 _ => "n/a".into(),
             },
@@ -297,6 +303,10 @@ pub fn checks(r: &Report, opts: &Options) -> Vec<Check> {
     for ifname in ["eth0", "net1"] {
         let id = format!("coordinator/add/2nics-ds-detect-{ifname}");
         let v = med(&id);
+        let over = v
+            .zip(med(&format!("coordinator/add/2nics-ds-{ifname}")))
+            .map(|(d, p)| format!(", +{:.1} ms over the same ADD without detection", d - p))
+            .unwrap_or_default();
         out.push(Check {
             name: format!("detection on, ADD {ifname}, 2 NICs dual-stack"),
             target: format!(
@@ -307,7 +317,7 @@ pub fn checks(r: &Report, opts: &Options) -> Vec<Check> {
                 Some(v) if v < DETECT_WINDOW_MS => {
                     format!("{v:.2} ms (below one window: no probing took place)")
                 }
-                Some(v) => format!("{v:.2} ms"),
+                Some(v) => format!("{v:.2} ms{over}"),
                 None => "n/a".into(),
             },
             pass: v.map(|v| (DETECT_WINDOW_MS..=DETECT_WINDOW_MS + 5.0).contains(&v)),
