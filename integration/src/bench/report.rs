@@ -281,7 +281,9 @@ pub fn checks(r: &Report, opts: &Options) -> Vec<Check> {
         let (a, b) = (med(&big), med(&empty));
         let v = a.zip(b).map(|(a, b)| a / b - 1.0);
         let cpu_note = match (cpu(&big), cpu(&empty)) {
-            (Some(x), Some(y)) => format!("; CPU {x:.2} vs {y:.2} ms ({:+.1}%)", (x / y - 1.0) * 100.0),
+            (Some(x), Some(y)) => {
+                format!("; CPU {x:.2} vs {y:.2} ms ({:+.1}%)", (x / y - 1.0) * 100.0)
+            }
             _ => String::new(),
         };
         out.push(Check {
