@@ -88,7 +88,8 @@ impl State {
         self.index(ip).ok().map(|i| &self.records[i])
     }
 
-    fn put(&mut self, rec: Record) {
+    /// Insert or replace the record of `rec.ip`, keeping the order.
+    pub fn put(&mut self, rec: Record) {
         match self.index(&rec.ip) {
             Ok(i) => self.records[i] = rec,
             Err(i) => self.records.insert(i, rec),
@@ -225,46 +226,58 @@ pub fn add(
             ifname: req.attachment.ifname.clone(),
         });
 
-    let mut next = state.clone();
-    let mut leases = Vec::new();
+    // Families use disjoint pools, cursors and records, so each family's
+    // choice can be made on the unchanged state and all applied at the end:
+    // all or nothing without copying the state.
+    let mut chosen = Vec::new();
     for fam in families {
         let pools: Vec<&Pool> = applicable
             .iter()
             .copied()
             .filter(|p| p.family() == fam)
             .collect();
-        let rec = match requested.get(&fam) {
-            Some(ip) => take_requested(&next, cfg, req, &pools, *ip, sticky.as_ref(), quarantined)?,
-            None => match sticky.as_ref().and_then(|s| parked_for(&next, s, fam)) {
-                Some(old) => take_sticky(cfg, req, &pools, old)?,
-                None => take_next_free(&mut next, cfg, req, &pools, quarantined)?,
+        let (rec, cursor) = match requested.get(&fam) {
+            Some(ip) => (
+                take_requested(state, cfg, req, &pools, *ip, sticky.as_ref(), quarantined)?,
+                None,
+            ),
+            None => match sticky.as_ref().and_then(|s| parked_for(state, s, fam)) {
+                Some(old) => (take_sticky(cfg, req, &pools, old)?, None),
+                None => take_next_free(state, cfg, req, &pools, quarantined)?,
             },
         };
         // A sticky identity holds one address per family: moving it to a
         // requested address lets go of the old one.
-        if let Some(s) = &sticky {
-            let stale: Vec<IpAddr> = next
+        let stale: Vec<IpAddr> = match &sticky {
+            Some(s) => state
                 .records
                 .iter()
                 .filter(|r| {
                     r.sticky.as_ref() == Some(s) && Family::of(&r.ip) == fam && r.ip != rec.ip
                 })
                 .map(|r| r.ip)
-                .collect();
-            for ip in stale {
-                next.remove(&ip);
-            }
-        }
+                .collect(),
+            None => Vec::new(),
+        };
         let rec = Record {
             owner: Some(req.attachment.clone()),
             node: cfg.node_name.clone(),
             sticky: sticky.clone(),
             ..rec
         };
-        leases.push(lease(&rec));
-        next.put(rec);
+        chosen.push((rec, cursor, stale));
     }
-    *state = next;
+    let mut leases = Vec::new();
+    for (rec, cursor, stale) in chosen {
+        for ip in stale {
+            state.remove(&ip);
+        }
+        if let Some((pool, ip)) = cursor {
+            state.cursors.insert(pool, ip);
+        }
+        leases.push(lease(&rec));
+        state.put(rec);
+    }
     Ok(leases)
 }
 
@@ -341,31 +354,44 @@ fn take_requested(
     })
 }
 
+/// The next free address of the first pool with room, and the cursor to
+/// record. Records are sorted, so a candidate is checked by binary search
+/// instead of building the blocked set from every record: the cost depends on
+/// the taken addresses right after the cursor, not on how many there are.
 fn take_next_free(
-    state: &mut State,
+    state: &State,
     cfg: &Config,
     req: &AddRequest,
     pools: &[&Pool],
     quarantined: &[IpAddr],
-) -> Result<Record> {
+) -> Result<(Record, Option<(String, IpAddr)>)> {
     for pool in pools {
-        let taken = state
-            .records
-            .iter()
-            .map(|r| &r.ip)
-            .chain(quarantined.iter());
-        let blocked = pool.blocked(taken);
+        let fam = pool.family();
+        let blocked = pool.blocked(quarantined.iter());
+        let free_from = |from: u128| {
+            let mut from = from;
+            loop {
+                let x = pool::first_free_from(&pool.ranges, &blocked, from)?;
+                if state.get(&pool::from_u128(x, fam)).is_none() {
+                    return Some(x);
+                }
+                from = x.checked_add(1)?;
+            }
+        };
         let cursor = state.cursors.get(&pool.name).map(|c| pool::to_u128(*c));
-        if let Some(x) = pool::next_free(&pool.ranges, &blocked, cursor) {
-            let ip = pool::from_u128(x, pool.family());
-            state.cursors.insert(pool.name.clone(), ip);
-            return Ok(Record {
-                ip,
-                pool: pool.name.clone(),
-                node: cfg.node_name.clone(),
-                owner: None,
-                sticky: None,
-            });
+        let from = cursor.and_then(|c| c.checked_add(1)).unwrap_or(0);
+        if let Some(x) = free_from(from).or_else(|| free_from(0)) {
+            let ip = pool::from_u128(x, fam);
+            return Ok((
+                Record {
+                    ip,
+                    pool: pool.name.clone(),
+                    node: cfg.node_name.clone(),
+                    owner: None,
+                    sticky: None,
+                },
+                Some((pool.name.clone(), ip)),
+            ));
         }
     }
     let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();

@@ -1,25 +1,70 @@
-//! The file store: `<dataDir>/<network>/{lock,state.json}`.
+//! The file store: `<dataDir>/<network>/{lock,state.json,journal}`.
 //!
-//! Every change takes an exclusive `flock` on `lock`, reads `state.json`,
-//! applies the change and replaces the file atomically and durably
-//! (`cni::fsutil`). A killed process releases its lock with its file
-//! descriptors and leaves the old or the new state, never a mix. Readers
-//! (`load`) need no lock for the same reason.
+//! `state.json` is a snapshot of the whole state; `journal` holds the changes
+//! made since, one checksummed line each (`<fnv1a32 hex> <json>\n`). A change
+//! takes an exclusive `flock` on `lock`, reads snapshot + journal, applies the
+//! change in memory, and appends only the difference to the journal (write,
+//! fsync). So an ADD or DEL writes and syncs a few hundred bytes whatever the
+//! number of records, where rewriting the whole state cost O(records) bytes
+//! and two syncs per call.
+//!
+//! Crash safety: a journal line is committed once its fsync returned; only
+//! the last append can be cut short by a crash, so an invalid *last* line is
+//! a torn write and ignored (and cut off by the next writer), while an invalid
+//! line followed by others is corruption. When the journal has grown to a
+//! fraction of the snapshot, the writer compacts: it replaces the snapshot
+//! atomically (`cni::fsutil::write_atomic`) and then empties the journal. A
+//! crash in between leaves the new snapshot with the old journal, which
+//! replays to the same state because every journal entry is an absolute
+//! assignment (put record, delete address, set cursor), not a relative edit.
+//! Readers (`load`) take no lock: they see the old or the new state.
 
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use cni::error::code;
 use cni::{fsutil, Error, Result};
+use serde::{Deserialize, Serialize};
 
 use super::Store;
-use crate::allocator::{State, STATE_VERSION};
+use crate::allocator::{Record, State, STATE_VERSION};
 
 pub const STATE_FILE: &str = "state.json";
+pub const JOURNAL_FILE: &str = "journal";
 pub const LOCK_FILE: &str = "lock";
+
+/// The journal is folded into the snapshot once it is larger than this
+/// fraction of the snapshot (or than `MIN_COMPACT_BYTES`): replaying it then
+/// costs a fraction of reading the snapshot, and the snapshot rewrite is paid
+/// once per many calls.
+const COMPACT_DIVISOR: u64 = 8;
+const MIN_COMPACT_BYTES: u64 = 16 * 1024;
+
+/// One journal entry. Absolute assignments only, so replaying entries that
+/// are already in the snapshot changes nothing (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Change {
+    Put(Record),
+    Del(IpAddr),
+    Cursor { pool: String, ip: Option<IpAddr> },
+}
 
 #[derive(Debug, Clone)]
 pub struct FileStore {
     data_dir: PathBuf,
+}
+
+/// What a read found, beyond the state: how much there is to compact and
+/// where the valid part of the journal ends.
+struct Loaded {
+    state: State,
+    snapshot_len: u64,
+    journal_len: u64,
+    journal_exists: bool,
 }
 
 impl FileStore {
@@ -39,56 +84,277 @@ impl FileStore {
         self.network_dir(network).join(STATE_FILE)
     }
 
-    fn read(&self, network: &str) -> Result<State> {
-        let path = self.state_path(network);
-        match fsutil::read_optional(&path)? {
-            None => Ok(State::default()),
-            Some(bytes) => decode(&path, &bytes),
-        }
+    pub fn journal_path(&self, network: &str) -> PathBuf {
+        self.network_dir(network).join(JOURNAL_FILE)
     }
+
+    fn read(&self, network: &str) -> Result<Loaded> {
+        let path = self.state_path(network);
+        let (mut state, snapshot_len) = match fsutil::read_optional(&path)? {
+            None => (State::default(), 0),
+            Some(bytes) => (decode(&path, &bytes)?, bytes.len() as u64),
+        };
+        let jpath = self.journal_path(network);
+        let (journal_len, journal_exists) = match fsutil::read_optional(&jpath)? {
+            None => (0, false),
+            Some(bytes) => (replay(&jpath, &bytes, &mut state)?, true),
+        };
+        Ok(Loaded {
+            state,
+            snapshot_len,
+            journal_len,
+            journal_exists,
+        })
+    }
+}
+
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::plugin(
+        code::STORE_CORRUPT,
+        format!(
+            "IPAM state file {} is corrupt ({why}); repair it or move it aside after checking which addresses are in use",
+            path.display()
+        ),
+    )
 }
 
 /// A state file that does not parse is reported, never replaced by an empty
 /// state: that would hand out every address again.
 fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
-    let corrupt = |why: String| {
-        Error::plugin(
-            code::STORE_CORRUPT,
-            format!(
-                "IPAM state file {} is corrupt ({why}); repair it or move it aside after checking which addresses are in use",
-                path.display()
-            ),
-        )
-    };
-    let mut state: State = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut state: State = serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?;
     if state.version > STATE_VERSION {
-        return Err(corrupt(format!(
-            "format version {} is newer than this plugin's {STATE_VERSION}",
-            state.version
-        )));
+        return Err(corrupt(
+            path,
+            format!(
+                "format version {} is newer than this plugin's {STATE_VERSION}",
+                state.version
+            ),
+        ));
     }
-    state.normalize().map_err(|e| corrupt(e.to_string()))?;
+    state.normalize().map_err(|e| corrupt(path, e))?;
     Ok(state)
+}
+
+/// FNV-1a, 32 bits: enough to tell a torn or zero-filled line from a written
+/// one, and no dependency.
+fn checksum(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn encode_line(c: &Change, out: &mut Vec<u8>) -> Result<()> {
+    let json = serde_json::to_vec(c)?;
+    out.extend_from_slice(format!("{:08x} ", checksum(&json)).as_bytes());
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    Ok(())
+}
+
+fn decode_line(line: &[u8]) -> Option<Change> {
+    let (sum, json) = (line.get(..8)?, line.get(9..)?);
+    let sum = u32::from_str_radix(std::str::from_utf8(sum).ok()?, 16).ok()?;
+    if line.get(8) != Some(&b' ') || checksum(json) != sum {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+fn apply(state: &mut State, c: Change) {
+    match c {
+        Change::Put(r) => state.put(r),
+        Change::Del(ip) => {
+            state.remove(&ip);
+        }
+        Change::Cursor { pool, ip: Some(ip) } => {
+            state.cursors.insert(pool, ip);
+        }
+        Change::Cursor { pool, ip: None } => {
+            state.cursors.remove(&pool);
+        }
+    }
+}
+
+/// Apply the journal to `state`; returns the length of its valid part (a torn
+/// last line is left out).
+fn replay(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64> {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let (line, next) = match rest.iter().position(|b| *b == b'\n') {
+            Some(n) => (&rest[..n], pos + n + 1),
+            None => (rest, bytes.len()),
+        };
+        let complete = next <= bytes.len() && bytes.get(next - 1) == Some(&b'\n');
+        match decode_line(line).filter(|_| complete) {
+            Some(c) => apply(state, c),
+            // Only the last append can be torn by a crash.
+            None if bytes[next..].iter().all(|b| *b == 0 || *b == b'\n') => break,
+            None => {
+                return Err(corrupt(
+                    path,
+                    format!("invalid entry at byte {pos} followed by others"),
+                ))
+            }
+        }
+        pos = next;
+    }
+    Ok(pos as u64)
+}
+
+/// The entries that turn `before` into `after` (both sorted by address).
+fn diff(before: &State, after: &State) -> Vec<Change> {
+    let mut out = Vec::new();
+    let (a, b) = (&before.records, &after.records);
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.ip == y.ip => {
+                if x != y {
+                    out.push(Change::Put(y.clone()));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.ip < y.ip => {
+                out.push(Change::Del(x.ip));
+                i += 1;
+            }
+            (Some(x), None) => {
+                out.push(Change::Del(x.ip));
+                i += 1;
+            }
+            (_, Some(y)) => {
+                out.push(Change::Put(y.clone()));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    for (pool, ip) in &after.cursors {
+        if before.cursors.get(pool) != Some(ip) {
+            out.push(Change::Cursor {
+                pool: pool.clone(),
+                ip: Some(*ip),
+            });
+        }
+    }
+    for pool in before.cursors.keys() {
+        if !after.cursors.contains_key(pool) {
+            out.push(Change::Cursor {
+                pool: pool.clone(),
+                ip: None,
+            });
+        }
+    }
+    out
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fsutil::io_error("cannot sync directory", dir, &e))
+}
+
+/// Append `data` at `at` (the end of the valid journal, cutting off a torn
+/// line) and make it durable.
+fn append(dir: &Path, path: &Path, at: u64, existed: bool, data: &[u8]) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| fsutil::io_error("cannot open", path, &e))?;
+    let res = file
+        .set_len(at)
+        .and_then(|()| file.seek(SeekFrom::Start(at)))
+        .and_then(|_| file.write_all(data))
+        .and_then(|()| file.sync_data());
+    if let Err(e) = res {
+        // Leave the journal as it was: a partial append would read as a
+        // torn line anyway, but ENOSPC should not leave garbage behind.
+        let _ = file.set_len(at);
+        return Err(fsutil::io_error("cannot write", path, &e));
+    }
+    if !existed {
+        // A new file exists durably only once its directory entry does.
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Fold everything into a new snapshot, then empty the journal.
+fn compact(dir: &Path, state: &State, journal_exists: bool) -> Result<()> {
+    let mut state_bytes = serde_json::to_vec(state)?;
+    state_bytes.push(b'\n');
+    fsutil::write_atomic(&dir.join(STATE_FILE), &state_bytes)?;
+    if journal_exists {
+        let path = dir.join(JOURNAL_FILE);
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .and_then(|f| f.set_len(0).and_then(|()| f.sync_data()))
+            .map_err(|e| fsutil::io_error("cannot truncate", &path, &e))?;
+    }
+    Ok(())
 }
 
 impl Store for FileStore {
     fn load(&self, network: &str) -> Result<State> {
-        self.read(network)
+        Ok(self.read(network)?.state)
     }
 
     fn update(&self, network: &str, f: &mut dyn FnMut(&mut State) -> Result<()>) -> Result<()> {
         let dir = self.network_dir(network);
+        if !dir.exists() {
+            // Nothing stored yet: a change that changes nothing (a DEL of an
+            // attachment never added) must not create files.
+            let mut state = State::default();
+            if f(&mut state).is_ok() && state == State::default() {
+                return Ok(());
+            }
+        }
         fsutil::ensure_dir(&dir)?;
-        let _lock = fsutil::lock_exclusive(&dir.join(LOCK_FILE))?;
-        let before = self.read(network)?;
-        let mut state = before.clone();
+        let _lock = match fsutil::lock_exclusive(&dir.join(LOCK_FILE)) {
+            Ok(l) => l,
+            Err(e) => {
+                // A read-only store can still answer a change that changes
+                // nothing (a DEL of what is not there).
+                let mut state = self.read(network)?.state;
+                let before = state.clone();
+                if f(&mut state).is_ok() && state == before {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
+        let loaded = self.read(network)?;
+        let mut state = loaded.state.clone();
         f(&mut state)?;
-        if state == before {
+        state.normalize()?;
+        let changes = diff(&loaded.state, &state);
+        if changes.is_empty() {
             return Ok(());
         }
-        state.version = STATE_VERSION;
-        let bytes = serde_json::to_vec(&state)?;
-        fsutil::write_atomic(&dir.join(STATE_FILE), &bytes)
+        let mut lines = Vec::new();
+        for c in &changes {
+            encode_line(c, &mut lines)?;
+        }
+        let journal = loaded.journal_len + lines.len() as u64;
+        if journal > MIN_COMPACT_BYTES.max(loaded.snapshot_len / COMPACT_DIVISOR) {
+            state.version = STATE_VERSION;
+            return compact(&dir, &state, loaded.journal_exists);
+        }
+        append(
+            &dir,
+            &dir.join(JOURNAL_FILE),
+            loaded.journal_len,
+            loaded.journal_exists,
+            &lines,
+        )
     }
 
     fn networks(&self) -> Result<Vec<String>> {
@@ -99,7 +365,10 @@ impl Store for FileStore {
         };
         let mut out: Vec<String> = rd
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join(STATE_FILE).is_file())
+            .filter(|e| {
+                let p = e.path();
+                p.join(STATE_FILE).is_file() || p.join(JOURNAL_FILE).is_file()
+            })
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         out.sort();
@@ -177,7 +446,13 @@ mod tests {
         let blocker = dir.path().join("data");
         std::fs::write(&blocker, b"").unwrap();
         let st = FileStore::new(blocker);
-        let e = update(&st, "net", |_| Ok(())).unwrap_err();
+        // A change that changes nothing needs no store and succeeds.
+        update(&st, "net", |_| Ok(())).unwrap();
+        let e = update(&st, "net", |s| {
+            s.records.push(rec("10.0.0.2", "a"));
+            Ok(())
+        })
+        .unwrap_err();
         assert_eq!(e.code(), code::IO);
         assert!(e.to_string().contains("not a directory"), "{e}");
     }
