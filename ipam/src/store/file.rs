@@ -1,6 +1,8 @@
-//! The file store: `<dataDir>/<network>/{lock,state.json,journal}`.
+//! The file store: `<dataDir>/<network>/{lock,state.bin,journal}`.
 //!
-//! `state.json` is a snapshot of the whole state; `journal` holds the changes
+//! `state.bin` is a snapshot of the whole state (see [`super::snapshot`];
+//! a `state.json` written by earlier versions is read while no `state.bin`
+//! exists, and removed by the first compaction); `journal` holds the changes
 //! made since, one checksummed line each (`<fnv1a32 hex> <json>\n`). A change
 //! takes an exclusive `flock` on `lock`, reads snapshot + journal, applies the
 //! change in memory, and appends only the difference to the journal (write,
@@ -29,10 +31,12 @@ use cni::error::code;
 use cni::{fsutil, Error, Result};
 use serde::{Deserialize, Serialize};
 
-use super::Store;
+use super::{snapshot, Store};
 use crate::allocator::{Record, State, STATE_VERSION};
 
-pub const STATE_FILE: &str = "state.json";
+pub const STATE_FILE: &str = "state.bin";
+/// The JSON snapshot of earlier versions.
+pub const LEGACY_STATE_FILE: &str = "state.json";
 pub const JOURNAL_FILE: &str = "journal";
 pub const LOCK_FILE: &str = "lock";
 
@@ -84,6 +88,10 @@ impl FileStore {
         self.network_dir(network).join(STATE_FILE)
     }
 
+    pub fn legacy_state_path(&self, network: &str) -> PathBuf {
+        self.network_dir(network).join(LEGACY_STATE_FILE)
+    }
+
     pub fn journal_path(&self, network: &str) -> PathBuf {
         self.network_dir(network).join(JOURNAL_FILE)
     }
@@ -91,8 +99,15 @@ impl FileStore {
     fn read(&self, network: &str) -> Result<Loaded> {
         let path = self.state_path(network);
         let (mut state, snapshot_len) = match fsutil::read_optional(&path)? {
-            None => (State::default(), 0),
             Some(bytes) => (decode(&path, &bytes)?, bytes.len() as u64),
+            None => {
+                let legacy = self.legacy_state_path(network);
+                match fsutil::read_optional(&legacy)? {
+                    // u64::MAX: the first change compacts, replacing the slow JSON.
+                    Some(bytes) => (decode_json(&legacy, &bytes)?, u64::MAX),
+                    None => (State::default(), 0),
+                }
+            }
         };
         let jpath = self.journal_path(network);
         let (journal_len, journal_exists) = match fsutil::read_optional(&jpath)? {
@@ -121,7 +136,14 @@ fn corrupt(path: &Path, why: impl std::fmt::Display) -> Error {
 /// A state file that does not parse is reported, never replaced by an empty
 /// state: that would hand out every address again.
 fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
-    let mut state: State = serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?;
+    checked(path, snapshot::decode(bytes).map_err(|e| corrupt(path, e))?)
+}
+
+fn decode_json(path: &Path, bytes: &[u8]) -> Result<State> {
+    checked(path, serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?)
+}
+
+fn checked(path: &Path, mut state: State) -> Result<State> {
     if state.version > STATE_VERSION {
         return Err(corrupt(
             path,
@@ -287,9 +309,10 @@ fn append(dir: &Path, path: &Path, at: u64, existed: bool, data: &[u8]) -> Resul
 
 /// Fold everything into a new snapshot, then empty the journal.
 fn compact(dir: &Path, state: &State, journal_exists: bool) -> Result<()> {
-    let mut state_bytes = serde_json::to_vec(state)?;
-    state_bytes.push(b'\n');
-    fsutil::write_atomic(&dir.join(STATE_FILE), &state_bytes)?;
+    let bytes = snapshot::encode(state).map_err(|e| {
+        Error::plugin(code::INTERNAL, format!("cannot encode the IPAM state: {e}"))
+    })?;
+    fsutil::write_atomic(&dir.join(STATE_FILE), &bytes)?;
     if journal_exists {
         let path = dir.join(JOURNAL_FILE);
         OpenOptions::new()
@@ -298,6 +321,11 @@ fn compact(dir: &Path, state: &State, journal_exists: bool) -> Result<()> {
             .open(&path)
             .and_then(|f| f.set_len(0).and_then(|()| f.sync_data()))
             .map_err(|e| fsutil::io_error("cannot truncate", &path, &e))?;
+    }
+    // state.bin now wins over a legacy state.json; removing it is tidiness.
+    let legacy = dir.join(LEGACY_STATE_FILE);
+    if legacy.exists() {
+        std::fs::remove_file(&legacy).map_err(|e| fsutil::io_error("cannot remove", &legacy, &e))?;
     }
     Ok(())
 }
@@ -344,7 +372,8 @@ impl Store for FileStore {
             encode_line(c, &mut lines)?;
         }
         let journal = loaded.journal_len + lines.len() as u64;
-        if journal > MIN_COMPACT_BYTES.max(loaded.snapshot_len / COMPACT_DIVISOR) {
+        let legacy = loaded.snapshot_len == u64::MAX;
+        if legacy || journal > MIN_COMPACT_BYTES.max(loaded.snapshot_len / COMPACT_DIVISOR) {
             state.version = STATE_VERSION;
             return compact(&dir, &state, loaded.journal_exists);
         }
@@ -367,7 +396,9 @@ impl Store for FileStore {
             .filter_map(|e| e.ok())
             .filter(|e| {
                 let p = e.path();
-                p.join(STATE_FILE).is_file() || p.join(JOURNAL_FILE).is_file()
+                [STATE_FILE, LEGACY_STATE_FILE, JOURNAL_FILE]
+                    .iter()
+                    .any(|f| p.join(f).is_file())
             })
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
@@ -421,23 +452,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = FileStore::new(dir.path().to_path_buf());
         std::fs::create_dir_all(st.network_dir("net")).unwrap();
-        for bad in [
-            &b"{\"version\":1,\"records\":[{"[..],
-            b"",
-            b"{\"version\":99}",
-        ] {
+        let mut newer = State::default();
+        newer.version = 99;
+        let newer = snapshot::encode(&newer).unwrap();
+        let good = snapshot::encode(&State::default()).unwrap();
+        for bad in [&b"CIPAMSN1\x01\0\0\0\x05"[..], b"", &newer, &good[..good.len() - 1]] {
             std::fs::write(st.state_path("net"), bad).unwrap();
             let e = st.load("net").unwrap_err();
             assert_eq!(e.code(), code::STORE_CORRUPT, "{e}");
-            assert!(e.to_string().contains("state.json"), "{e}");
+            assert!(e.to_string().contains("state.bin"), "{e}");
             let e = update(&st, "net", |_| Ok(())).unwrap_err();
             assert_eq!(e.code(), code::STORE_CORRUPT);
             assert_eq!(std::fs::read(st.state_path("net")).unwrap(), bad);
         }
-        let dup = serde_json::json!({"version": 1, "records": [
-            {"ip": "10.0.0.2", "pool": "p", "node": "n"}, {"ip": "10.0.0.2", "pool": "p", "node": "m"}]});
-        std::fs::write(st.state_path("net"), dup.to_string()).unwrap();
+        let mut dup = State::default();
+        dup.records = vec![rec("10.0.0.2", "a"), rec("10.0.0.2", "b")];
+        std::fs::write(st.state_path("net"), snapshot::encode(&dup).unwrap()).unwrap();
         assert_eq!(st.load("net").unwrap_err().code(), code::STORE_CORRUPT);
+        // A corrupt legacy JSON snapshot too.
+        std::fs::remove_file(st.state_path("net")).unwrap();
+        std::fs::write(st.legacy_state_path("net"), b"{\"version\":1,\"records\":[{").unwrap();
+        let e = st.load("net").unwrap_err();
+        assert!(e.to_string().contains("state.json"), "{e}");
     }
 
     #[test]
@@ -477,5 +513,145 @@ mod tests {
             }
         });
         assert_eq!(st.load("net").unwrap().records.len(), 80);
+    }
+
+    fn journal_lines(st: &FileStore) -> usize {
+        std::fs::read(st.journal_path("net"))
+            .map(|b| b.iter().filter(|c| **c == b'\n').count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_change_appends_only_its_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().to_path_buf());
+        for i in 0..3 {
+            update(&st, "net", |s| {
+                s.put(rec(&format!("10.0.0.{i}"), "a"));
+                Ok(())
+            })
+            .unwrap();
+        }
+        update(&st, "net", |s| {
+            s.remove(&"10.0.0.1".parse().unwrap());
+            s.cursors.insert("p".into(), "10.0.0.2".parse().unwrap());
+            Ok(())
+        })
+        .unwrap();
+        // Three puts, one delete, one cursor; no snapshot written yet.
+        assert_eq!(journal_lines(&st), 5);
+        assert!(!st.state_path("net").exists());
+        let s = st.load("net").unwrap();
+        let ips: Vec<String> = s.records.iter().map(|r| r.ip.to_string()).collect();
+        assert_eq!(ips, ["10.0.0.0", "10.0.0.2"]);
+        assert_eq!(s.cursors["p"].to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn torn_last_entry_is_ignored_and_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().to_path_buf());
+        update(&st, "net", |s| {
+            s.put(rec("10.0.0.2", "a"));
+            Ok(())
+        })
+        .unwrap();
+        let good = std::fs::read(st.journal_path("net")).unwrap();
+        // A crash mid-append: half a line, or a zero-filled block.
+        let half = [&good[..], &good[..good.len() / 2]].concat();
+        let zeros = [&good[..], &[0u8; 64][..]].concat();
+        for torn in [half, zeros] {
+            std::fs::write(st.journal_path("net"), &torn).unwrap();
+            assert_eq!(st.load("net").unwrap().records, vec![rec("10.0.0.2", "a")]);
+            update(&st, "net", |s| {
+                s.put(rec("10.0.0.3", "b"));
+                Ok(())
+            })
+            .unwrap();
+            let after = std::fs::read(st.journal_path("net")).unwrap();
+            assert!(after.starts_with(&good) && after.ends_with(b"\n"));
+            assert_eq!(journal_lines(&st), 2, "the torn bytes were not cut off");
+            assert_eq!(st.load("net").unwrap().records.len(), 2);
+            update(&st, "net", |s| {
+                s.remove(&"10.0.0.3".parse().unwrap());
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_entry_before_others_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().to_path_buf());
+        for i in 2..4 {
+            update(&st, "net", |s| {
+                s.put(rec(&format!("10.0.0.{i}"), "a"));
+                Ok(())
+            })
+            .unwrap();
+        }
+        let mut bytes = std::fs::read(st.journal_path("net")).unwrap();
+        // Flip one byte of the first entry: its checksum no longer matches.
+        let at = bytes.iter().position(|b| *b == b'2').unwrap();
+        bytes[at] = b'9';
+        std::fs::write(st.journal_path("net"), &bytes).unwrap();
+        let e = st.load("net").unwrap_err();
+        assert_eq!(e.code(), code::STORE_CORRUPT, "{e}");
+        assert!(e.to_string().contains("journal"), "{e}");
+        assert_eq!(update(&st, "net", |_| Ok(())).unwrap_err().code(), code::STORE_CORRUPT);
+        assert_eq!(std::fs::read(st.journal_path("net")).unwrap(), bytes);
+    }
+
+    #[test]
+    fn compaction_folds_the_journal_and_a_crash_midway_replays_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().to_path_buf());
+        let mut want = State::default();
+        let mut compacted = None;
+        for i in 0..400u32 {
+            let ip = format!("10.0.{}.{}", i / 250, i % 250);
+            let before_journal = std::fs::read(st.journal_path("net")).ok();
+            update(&st, "net", |s| {
+                s.put(rec(&ip, &ip));
+                Ok(())
+            })
+            .unwrap();
+            want.put(rec(&ip, &ip));
+            if compacted.is_none() && journal_lines(&st) == 0 {
+                compacted = before_journal;
+            }
+        }
+        assert_eq!(st.load("net").unwrap().records, want.records);
+        let snap = snapshot::decode(&std::fs::read(st.state_path("net")).unwrap()).unwrap();
+        assert!(!snap.records.is_empty(), "the journal was never compacted");
+        // A crash after the snapshot was replaced but before the journal was
+        // emptied: the old journal replays onto the new snapshot harmlessly.
+        let old_journal = compacted.expect("a compaction happened");
+        assert!(!old_journal.is_empty());
+        let now = std::fs::read(st.journal_path("net")).unwrap();
+        std::fs::write(st.journal_path("net"), [&old_journal[..], &now[..]].concat()).unwrap();
+        assert_eq!(st.load("net").unwrap().records, want.records);
+    }
+
+    #[test]
+    fn legacy_snapshot_without_journal_loads_and_takes_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().to_path_buf());
+        std::fs::create_dir_all(st.network_dir("net")).unwrap();
+        let mut s = State::default();
+        s.put(rec("10.0.0.2", "a"));
+        std::fs::write(st.legacy_state_path("net"), serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(st.networks().unwrap(), vec!["net".to_string()]);
+        update(&st, "net", |s| {
+            s.put(rec("10.0.0.3", "b"));
+            Ok(())
+        })
+        .unwrap();
+        // The first change moved it to state.bin.
+        assert_eq!(st.load("net").unwrap().records.len(), 2);
+        assert!(!st.legacy_state_path("net").exists());
+        assert!(st.state_path("net").exists());
+        assert_eq!(journal_lines(&st), 0);
     }
 }

@@ -28,7 +28,7 @@ impl Lab {
         self.dir.path().join("quarantine.json")
     }
     pub fn state_file(&self, network: &str) -> PathBuf {
-        self.data_dir().join(network).join("state.json")
+        self.data_dir().join(network).join("state.bin")
     }
     /// A network config with these pools (and extra ipam fields).
     pub fn conf(&self, version: &str, pools: Value, extra: Value) -> Value {
@@ -148,7 +148,7 @@ pub fn result_ips(v: &Value) -> Vec<String> {
 }
 
 /// The addresses recorded for the network whose state file is `path`
-/// (`<dataDir>/<network>/state.json`), read through the CLI: the state is a
+/// (`<dataDir>/<network>/state.bin`), read through the CLI: the state is a
 /// snapshot plus a journal, so the snapshot alone is not the whole story.
 pub fn state_ips(path: &Path) -> Vec<String> {
     let net_dir = path.parent().expect("network dir");
