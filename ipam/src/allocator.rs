@@ -120,6 +120,73 @@ impl State {
     }
 }
 
+/// What ADD, DEL and CHECK read and write: the lookups they make, not the
+/// whole state. [`State`] answers from memory; a store can answer from an
+/// index (the file store from its snapshot without decoding every record, an
+/// etcd store from one key per address / attachment / sticky identity), so a
+/// call's cost need not grow with the number of records. Fallible because a
+/// store may fail mid-way; a failed call changes nothing (the store commits
+/// only when the whole decision succeeded).
+pub trait Ledger {
+    /// The record of `ip`, if reserved.
+    fn record(&self, ip: &IpAddr) -> Result<Option<Record>>;
+    /// Is `ip` reserved?
+    fn taken(&self, ip: &IpAddr) -> Result<bool> {
+        Ok(self.record(ip)?.is_some())
+    }
+    /// The records this attachment holds, by address.
+    fn held_by(&self, a: &Attachment) -> Result<Vec<Record>>;
+    /// The records of this sticky identity (held or parked), by address.
+    fn sticky_records(&self, s: &StickyId) -> Result<Vec<Record>>;
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>>;
+    fn set_cursor(&mut self, pool: &str, ip: IpAddr) -> Result<()>;
+    /// Insert or replace the record of `r.ip`.
+    fn put_record(&mut self, r: Record) -> Result<()>;
+    fn remove_record(&mut self, ip: &IpAddr) -> Result<()>;
+}
+
+impl Ledger for State {
+    fn record(&self, ip: &IpAddr) -> Result<Option<Record>> {
+        Ok(self.get(ip).cloned())
+    }
+
+    fn taken(&self, ip: &IpAddr) -> Result<bool> {
+        Ok(self.index(ip).is_ok())
+    }
+
+    fn held_by(&self, a: &Attachment) -> Result<Vec<Record>> {
+        Ok(self.owned_by(a).cloned().collect())
+    }
+
+    fn sticky_records(&self, s: &StickyId) -> Result<Vec<Record>> {
+        Ok(self
+            .records
+            .iter()
+            .filter(|r| r.sticky.as_ref() == Some(s))
+            .cloned()
+            .collect())
+    }
+
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>> {
+        Ok(self.cursors.get(pool).copied())
+    }
+
+    fn set_cursor(&mut self, pool: &str, ip: IpAddr) -> Result<()> {
+        self.cursors.insert(pool.to_string(), ip);
+        Ok(())
+    }
+
+    fn put_record(&mut self, r: Record) -> Result<()> {
+        self.put(r);
+        Ok(())
+    }
+
+    fn remove_record(&mut self, ip: &IpAddr) -> Result<()> {
+        self.remove(ip);
+        Ok(())
+    }
+}
+
 /// The pod, from CNI_ARGS K8S_POD_NAMESPACE / K8S_POD_NAME.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRef {
@@ -171,12 +238,12 @@ fn who(req: &AddRequest) -> String {
 
 /// ADD: the addresses of this attachment, reserving them if it has none yet.
 pub fn add(
-    state: &mut State,
+    state: &mut dyn Ledger,
     cfg: &Config,
     req: &AddRequest,
     quarantined: &[IpAddr],
 ) -> Result<Vec<Lease>> {
-    let held: Vec<Lease> = state.owned_by(&req.attachment).map(lease).collect();
+    let held: Vec<Lease> = state.held_by(&req.attachment)?.iter().map(lease).collect();
     if !held.is_empty() {
         return Ok(held);
     }
@@ -229,6 +296,10 @@ pub fn add(
     // Families use disjoint pools, cursors and records, so each family's
     // choice can be made on the unchanged state and all applied at the end:
     // all or nothing without copying the state.
+    let sticky_recs = match &sticky {
+        Some(s) => state.sticky_records(s)?,
+        None => Vec::new(),
+    };
     let mut chosen = Vec::new();
     for fam in families {
         let pools: Vec<&Pool> = applicable
@@ -238,27 +309,21 @@ pub fn add(
             .collect();
         let (rec, cursor) = match requested.get(&fam) {
             Some(ip) => (
-                take_requested(state, cfg, req, &pools, *ip, sticky.as_ref(), quarantined)?,
+                take_requested(&*state, cfg, req, &pools, *ip, sticky.as_ref(), quarantined)?,
                 None,
             ),
-            None => match sticky.as_ref().and_then(|s| parked_for(state, s, fam)) {
+            None => match parked_for(&sticky_recs, fam) {
                 Some(old) => (take_sticky(cfg, req, &pools, old)?, None),
-                None => take_next_free(state, cfg, req, &pools, quarantined)?,
+                None => take_next_free(&*state, cfg, req, &pools, quarantined)?,
             },
         };
         // A sticky identity holds one address per family: moving it to a
         // requested address lets go of the old one.
-        let stale: Vec<IpAddr> = match &sticky {
-            Some(s) => state
-                .records
-                .iter()
-                .filter(|r| {
-                    r.sticky.as_ref() == Some(s) && Family::of(&r.ip) == fam && r.ip != rec.ip
-                })
-                .map(|r| r.ip)
-                .collect(),
-            None => Vec::new(),
-        };
+        let stale: Vec<IpAddr> = sticky_recs
+            .iter()
+            .filter(|r| Family::of(&r.ip) == fam && r.ip != rec.ip)
+            .map(|r| r.ip)
+            .collect();
         let rec = Record {
             owner: Some(req.attachment.clone()),
             node: cfg.node_name.clone(),
@@ -270,24 +335,21 @@ pub fn add(
     let mut leases = Vec::new();
     for (rec, cursor, stale) in chosen {
         for ip in stale {
-            state.remove(&ip);
+            state.remove_record(&ip)?;
         }
         if let Some((pool, ip)) = cursor {
-            state.cursors.insert(pool, ip);
+            state.set_cursor(&pool, ip)?;
         }
         leases.push(lease(&rec));
-        state.put(rec);
+        state.put_record(rec)?;
     }
     Ok(leases)
 }
 
 /// The record of this sticky identity and family, parked or held by another
 /// (older or newer) sandbox of the same pod.
-fn parked_for<'a>(state: &'a State, s: &StickyId, fam: Family) -> Option<&'a Record> {
-    state
-        .records
-        .iter()
-        .find(|r| r.sticky.as_ref() == Some(s) && Family::of(&r.ip) == fam)
+fn parked_for(sticky_recs: &[Record], fam: Family) -> Option<&Record> {
+    sticky_recs.iter().find(|r| Family::of(&r.ip) == fam)
 }
 
 /// A sticky identity reclaims its address, from the park or from an older
@@ -308,7 +370,7 @@ fn take_sticky(cfg: &Config, req: &AddRequest, pools: &[&Pool], old: &Record) ->
 }
 
 fn take_requested(
-    state: &State,
+    state: &dyn Ledger,
     cfg: &Config,
     req: &AddRequest,
     pools: &[&Pool],
@@ -325,7 +387,7 @@ fn take_requested(
             names.join(", ")
         ))
     })?;
-    if let Some(r) = state.get(&ip) {
+    if let Some(r) = state.record(&ip)? {
         let ours = sticky.is_some() && r.sticky.as_ref() == sticky;
         if !ours {
             let holder = match &r.owner {
@@ -359,7 +421,7 @@ fn take_requested(
 /// instead of building the blocked set from every record: the cost depends on
 /// the taken addresses right after the cursor, not on how many there are.
 fn take_next_free(
-    state: &State,
+    state: &dyn Ledger,
     cfg: &Config,
     req: &AddRequest,
     pools: &[&Pool],
@@ -368,19 +430,28 @@ fn take_next_free(
     for pool in pools {
         let fam = pool.family();
         let blocked = pool.blocked(quarantined.iter());
-        let free_from = |from: u128| {
+        let free_from = |from: u128| -> Result<Option<u128>> {
             let mut from = from;
             loop {
-                let x = pool::first_free_from(&pool.ranges, &blocked, from)?;
-                if state.get(&pool::from_u128(x, fam)).is_none() {
-                    return Some(x);
+                let Some(x) = pool::first_free_from(&pool.ranges, &blocked, from) else {
+                    return Ok(None);
+                };
+                if !state.taken(&pool::from_u128(x, fam))? {
+                    return Ok(Some(x));
                 }
-                from = x.checked_add(1)?;
+                match x.checked_add(1) {
+                    Some(n) => from = n,
+                    None => return Ok(None),
+                }
             }
         };
-        let cursor = state.cursors.get(&pool.name).map(|c| pool::to_u128(*c));
+        let cursor = state.cursor(&pool.name)?.map(pool::to_u128);
         let from = cursor.and_then(|c| c.checked_add(1)).unwrap_or(0);
-        if let Some(x) = free_from(from).or_else(|| free_from(0)) {
+        let found = match free_from(from)? {
+            Some(x) => Some(x),
+            None => free_from(0)?,
+        };
+        if let Some(x) = found {
             let ip = pool::from_u128(x, fam);
             return Ok((
                 Record {
@@ -419,18 +490,25 @@ fn let_go(state: &mut State, ip: &IpAddr) {
 }
 
 /// DEL: release what this attachment owns (nothing recorded is fine).
-pub fn del(state: &mut State, a: &Attachment) -> Vec<IpAddr> {
-    let ips: Vec<IpAddr> = state.owned_by(a).map(|r| r.ip).collect();
-    for ip in &ips {
-        let_go(state, ip);
+pub fn del(state: &mut dyn Ledger, a: &Attachment) -> Result<Vec<IpAddr>> {
+    let held = state.held_by(a)?;
+    for r in &held {
+        if r.sticky.is_some() {
+            state.put_record(Record {
+                owner: None,
+                ..r.clone()
+            })?;
+        } else {
+            state.remove_record(&r.ip)?;
+        }
     }
-    ips
+    Ok(held.iter().map(|r| r.ip).collect())
 }
 
 /// CHECK: the attachment's reservation exists and matches `prev` (the
 /// addresses of prevResult, when there is one).
-pub fn check(state: &State, a: &Attachment, prev: Option<&[IpAddr]>) -> Result<()> {
-    let mut held: Vec<IpAddr> = state.owned_by(a).map(|r| r.ip).collect();
+pub fn check(state: &dyn Ledger, a: &Attachment, prev: Option<&[IpAddr]>) -> Result<()> {
+    let mut held: Vec<IpAddr> = state.held_by(a)?.iter().map(|r| r.ip).collect();
     if held.is_empty() {
         return Err(Error::plugin(
             code::CHECK_FAILED,
@@ -618,8 +696,8 @@ mod tests {
         assert_eq!(e.code(), code::POOL_EXHAUSTED);
         assert!(e.to_string().contains("pools a"), "{e}");
         // Freed .2 is not handed out again before the rotation comes back to it.
-        del(&mut s, &att("c0"));
-        del(&mut s, &att("c2"));
+        del(&mut s, &att("c0")).unwrap();
+        del(&mut s, &att("c2")).unwrap();
         assert_eq!(
             add(&mut s, &c, &req("n1"), &[]).unwrap()[0].ip,
             ip("10.0.0.2")
@@ -637,10 +715,10 @@ mod tests {
         let a = add(&mut s, &c, &req("c1"), &[]).unwrap();
         assert_eq!(add(&mut s, &c, &req("c1"), &[]).unwrap(), a);
         add(&mut s, &c, &req("c2"), &[]).unwrap();
-        assert!(del(&mut s, &att("nope")).is_empty());
-        assert_eq!(del(&mut s, &att("c1")), ips(&a));
+        assert!(del(&mut s, &att("nope")).unwrap().is_empty());
+        assert_eq!(del(&mut s, &att("c1")).unwrap(), ips(&a));
         assert_eq!(s.records.len(), 1);
-        assert!(del(&mut s, &att("c1")).is_empty());
+        assert!(del(&mut s, &att("c1")).unwrap().is_empty());
     }
 
     #[test]
@@ -728,7 +806,7 @@ mod tests {
         let first = ips(&add(&mut s, &c, &pod_req("sb1", "db", "mysql-0"), &[]).unwrap());
         // Other pods move the cursor on.
         add(&mut s, &c, &pod_req("x1", "web", "w"), &[]).unwrap();
-        del(&mut s, &att("sb1"));
+        del(&mut s, &att("sb1")).unwrap();
         assert!(s
             .records
             .iter()
@@ -750,7 +828,7 @@ mod tests {
             ips(&add(&mut s, &c, &pod_req("sb3", "db", "mysql-0"), &[]).unwrap()),
             first
         );
-        assert!(del(&mut s, &att("sb2")).is_empty());
+        assert!(del(&mut s, &att("sb2")).unwrap().is_empty());
         assert!(check(&s, &att("sb3"), Some(&first)).is_ok());
         // Another interface of the same pod is another identity.
         let mut r = pod_req("sb3", "db", "mysql-0");
@@ -842,7 +920,7 @@ mod tests {
                         }
                     }
                 } else {
-                    del(&mut s, &att(&name));
+                    del(&mut s, &att(&name)).unwrap();
                 }
                 let mut seen: Vec<IpAddr> = s.records.iter().map(|r| r.ip).collect();
                 let n = seen.len();

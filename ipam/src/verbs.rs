@@ -175,8 +175,8 @@ impl Plugin for IpamPlugin {
             requested_field,
         };
         let quarantined = quarantine::load_active(&c.cfg.quarantine_file)?;
-        let leases = store::update(c.store.as_ref(), &c.network, |s| {
-            allocator::add(s, &c.cfg, &req, &quarantined)
+        let leases = store::transact(c.store.as_ref(), &c.network, |l| {
+            allocator::add(l, &c.cfg, &req, &quarantined)
         })?;
         tracing::info!(network = %c.network, container = %req.attachment.container_id,
             ifname = %req.attachment.ifname, ips = ?leases.iter().map(|l| l.ip).collect::<Vec<_>>(), "ADD");
@@ -205,7 +205,7 @@ impl Plugin for IpamPlugin {
         };
         // Nothing recorded (DEL repeated, or for an ADD that never happened)
         // writes nothing and creates nothing.
-        let released = store::update(store.as_ref(), &network, |s| Ok(allocator::del(s, &a)))?;
+        let released = store::transact(store.as_ref(), &network, |l| allocator::del(l, &a))?;
         if !released.is_empty() {
             tracing::info!(network = %network, container = %a.container_id, ifname = %a.ifname,
                 ips = ?released, "DEL");

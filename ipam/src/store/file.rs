@@ -21,6 +21,7 @@
 //! assignment (put record, delete address, set cursor), not a relative edit.
 //! Readers (`load`) take no lock: they see the old or the new state.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::net::IpAddr;
@@ -32,7 +33,7 @@ use cni::{fsutil, Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{snapshot, Store};
-use crate::allocator::{Record, State, STATE_VERSION};
+use crate::allocator::{Attachment, Ledger, Record, State, StickyId, STATE_VERSION};
 
 pub const STATE_FILE: &str = "state.bin";
 /// The JSON snapshot of earlier versions.
@@ -112,7 +113,7 @@ impl FileStore {
         let jpath = self.journal_path(network);
         let (journal_len, journal_exists) = match fsutil::read_optional(&jpath)? {
             None => (0, false),
-            Some(bytes) => (replay(&jpath, &bytes, &mut state)?, true),
+            Some(bytes) => (replay(&jpath, &bytes, &mut |c| apply(&mut state, c))?, true),
         };
         Ok(Loaded {
             state,
@@ -197,9 +198,9 @@ fn apply(state: &mut State, c: Change) {
     }
 }
 
-/// Apply the journal to `state`; returns the length of its valid part (a torn
-/// last line is left out).
-fn replay(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64> {
+/// Feed the journal's entries to `apply`; returns the length of its valid
+/// part (a torn last line is left out).
+fn replay(path: &Path, bytes: &[u8], apply: &mut dyn FnMut(Change)) -> Result<u64> {
     let mut pos = 0;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
@@ -209,7 +210,7 @@ fn replay(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64> {
         };
         let complete = next <= bytes.len() && bytes.get(next - 1) == Some(&b'\n');
         match decode_line(line).filter(|_| complete) {
-            Some(c) => apply(state, c),
+            Some(c) => apply(c),
             // Only the last append can be torn by a crash.
             None if bytes[next..].iter().all(|b| *b == 0 || *b == b'\n') => break,
             None => {
@@ -222,6 +223,146 @@ fn replay(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64> {
         pos = next;
     }
     Ok(pos as u64)
+}
+
+/// The file store's [`Ledger`]: the indexed snapshot, with the journal and
+/// this call's changes laid over it as an overlay. Lookups by address are a
+/// binary search; lookups by attachment or sticky identity compare bytes in
+/// place. No record is decoded unless it is returned.
+struct View {
+    path: PathBuf,
+    snap: snapshot::Indexed,
+    /// Address -> its record, or `None` when deleted since the snapshot.
+    overlay: BTreeMap<IpAddr, Option<Record>>,
+    cursors: BTreeMap<String, IpAddr>,
+    /// What this call changed, in order: the journal entries to append.
+    changes: Vec<Change>,
+}
+
+impl View {
+    fn apply(&mut self, c: Change) {
+        match c {
+            Change::Put(r) => {
+                self.overlay.insert(r.ip, Some(r));
+            }
+            Change::Del(ip) => {
+                self.overlay.insert(ip, None);
+            }
+            Change::Cursor { pool, ip: Some(ip) } => {
+                self.cursors.insert(pool, ip);
+            }
+            Change::Cursor { pool, ip: None } => {
+                self.cursors.remove(&pool);
+            }
+        }
+    }
+
+    fn decode(&self, i: usize) -> Result<Record> {
+        self.snap.record(i).map_err(|e| corrupt(&self.path, e))
+    }
+
+    /// Snapshot records matching `pred` and not replaced since, plus
+    /// overlay records matching `keep`, by address.
+    fn select(
+        &self,
+        pred: impl Fn(&snapshot::Indexed, usize) -> bool,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        for i in 0..self.snap.len() {
+            if pred(&self.snap, i) {
+                let r = self.decode(i)?;
+                if !self.overlay.contains_key(&r.ip) {
+                    out.push(r);
+                }
+            }
+        }
+        out.extend(self.overlay.values().flatten().filter(|r| keep(r)).cloned());
+        out.sort_by_key(|r| r.ip);
+        Ok(out)
+    }
+
+    /// The whole state, for a compaction.
+    fn materialize(&self) -> Result<State> {
+        let mut state = State {
+            version: STATE_VERSION,
+            records: Vec::with_capacity(self.snap.len() + self.overlay.len()),
+            cursors: self.cursors.clone(),
+        };
+        for i in 0..self.snap.len() {
+            let r = self.decode(i)?;
+            if !self.overlay.contains_key(&r.ip) {
+                state.records.push(r);
+            }
+        }
+        state
+            .records
+            .extend(self.overlay.values().flatten().cloned());
+        state.normalize()?;
+        Ok(state)
+    }
+}
+
+impl Ledger for View {
+    fn record(&self, ip: &IpAddr) -> Result<Option<Record>> {
+        match self.overlay.get(ip) {
+            Some(r) => Ok(r.clone()),
+            None => self.snap.find(ip).map(|i| self.decode(i)).transpose(),
+        }
+    }
+
+    fn taken(&self, ip: &IpAddr) -> Result<bool> {
+        Ok(match self.overlay.get(ip) {
+            Some(r) => r.is_some(),
+            None => self.snap.find(ip).is_some(),
+        })
+    }
+
+    fn held_by(&self, a: &Attachment) -> Result<Vec<Record>> {
+        self.select(
+            |s, i| s.owned_by(i, a),
+            |r| r.owner.as_ref() == Some(a),
+        )
+    }
+
+    fn sticky_records(&self, s: &StickyId) -> Result<Vec<Record>> {
+        self.select(
+            |ix, i| ix.sticky_is(i, s),
+            |r| r.sticky.as_ref() == Some(s),
+        )
+    }
+
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>> {
+        Ok(self.cursors.get(pool).copied())
+    }
+
+    fn set_cursor(&mut self, pool: &str, ip: IpAddr) -> Result<()> {
+        if self.cursors.get(pool) != Some(&ip) {
+            let c = Change::Cursor {
+                pool: pool.to_string(),
+                ip: Some(ip),
+            };
+            self.changes.push(c.clone());
+            self.apply(c);
+        }
+        Ok(())
+    }
+
+    fn put_record(&mut self, r: Record) -> Result<()> {
+        if self.record(&r.ip)?.as_ref() != Some(&r) {
+            self.changes.push(Change::Put(r.clone()));
+            self.apply(Change::Put(r));
+        }
+        Ok(())
+    }
+
+    fn remove_record(&mut self, ip: &IpAddr) -> Result<()> {
+        if self.taken(ip)? {
+            self.changes.push(Change::Del(*ip));
+            self.apply(Change::Del(*ip));
+        }
+        Ok(())
+    }
 }
 
 /// The entries that turn `before` into `after` (both sorted by address).
@@ -384,6 +525,69 @@ impl Store for FileStore {
             loaded.journal_exists,
             &lines,
         )
+    }
+
+    /// ADD and DEL: the lookups are answered from the indexed snapshot plus
+    /// the journal, and only this call's changes are appended.
+    fn transact(
+        &self,
+        network: &str,
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<()>,
+    ) -> Result<()> {
+        let dir = self.network_dir(network);
+        let path = self.state_path(network);
+        // Nothing stored yet, or a legacy JSON state to migrate: the
+        // whole-state path handles both (the latter once).
+        if !dir.exists() || (!path.exists() && self.legacy_state_path(network).exists()) {
+            return self.update(network, &mut |s| f(s));
+        }
+        let lock = match fsutil::lock_exclusive(&dir.join(LOCK_FILE)) {
+            Ok(l) => l,
+            // Read-only store: the whole-state path answers a no-op.
+            Err(_) => return self.update(network, &mut |s| f(s)),
+        };
+        let snap = match fsutil::read_optional(&path)? {
+            Some(bytes) => snapshot::Indexed::new(bytes).map_err(|e| corrupt(&path, e))?,
+            None => snapshot::Indexed::empty(),
+        };
+        if snap.version() > STATE_VERSION {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "format version {} is newer than this plugin's {STATE_VERSION}",
+                    snap.version()
+                ),
+            ));
+        }
+        let snapshot_len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let mut view = View {
+            path,
+            cursors: snap.cursors().clone(),
+            snap,
+            overlay: BTreeMap::new(),
+            changes: Vec::new(),
+        };
+        let jpath = self.journal_path(network);
+        let (journal_len, journal_exists) = match fsutil::read_optional(&jpath)? {
+            None => (0, false),
+            Some(bytes) => (replay(&jpath, &bytes, &mut |c| view.apply(c))?, true),
+        };
+        f(&mut view)?;
+        if view.changes.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for c in &view.changes {
+            encode_line(c, &mut lines)?;
+        }
+        let journal = journal_len + lines.len() as u64;
+        if journal > MIN_COMPACT_BYTES.max(snapshot_len / COMPACT_DIVISOR) {
+            let state = view.materialize()?;
+            return compact(&dir, &state, journal_exists);
+        }
+        append(&dir, &jpath, journal_len, journal_exists, &lines)?;
+        drop(lock);
+        Ok(())
     }
 
     fn networks(&self) -> Result<Vec<String>> {
@@ -653,5 +857,55 @@ mod tests {
         assert!(!st.legacy_state_path("net").exists());
         assert!(st.state_path("net").exists());
         assert_eq!(journal_lines(&st), 0);
+    }
+
+    #[test]
+    fn transact_through_the_index_matches_the_in_memory_allocator() {
+        use crate::allocator::{self, AddRequest, PodRef};
+        use crate::store::transact;
+        let cfg = crate::config::Config::parse(
+            &serde_json::json!({"pools": [
+                {"name": "v4", "subnet": "10.0.0.0/26", "gateway": "10.0.0.1"},
+                {"name": "v6", "subnet": "fd00::/120"}],
+                "sticky": [{"namespace": "db"}]}),
+            || Some("n1".into()),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().to_path_buf());
+        let mut mem = State::default();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..600 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let who = seed % 40;
+            let req = AddRequest {
+                attachment: Attachment {
+                    container_id: format!("c{who}"),
+                    ifname: "eth0".into(),
+                },
+                pod: Some(PodRef {
+                    namespace: if who % 3 == 0 { "db" } else { "web" }.into(),
+                    name: format!("p{}", who % 20),
+                }),
+                requested: vec![],
+                requested_field: "x".into(),
+            };
+            if (seed >> 8) % 3 != 0 {
+                let want = allocator::add(&mut mem, &cfg, &req, &[]);
+                let got = transact(&st, "net", |l| allocator::add(l, &cfg, &req, &[]));
+                assert_eq!(got.is_ok(), want.is_ok(), "step {step}: {got:?} {want:?}");
+                if let (Ok(g), Ok(w)) = (got, want) {
+                    assert_eq!(g, w, "step {step}");
+                }
+            } else {
+                let want = allocator::del(&mut mem, &req.attachment).unwrap();
+                let got = transact(&st, "net", |l| allocator::del(l, &req.attachment)).unwrap();
+                assert_eq!(got, want, "step {step}");
+            }
+            assert_eq!(st.load("net").unwrap(), mem, "step {step}");
+        }
+        assert!(st.state_path("net").exists(), "never compacted");
     }
 }

@@ -133,24 +133,200 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn decode(buf: &[u8]) -> Result<State, String> {
-    let mut r = Reader { buf, pos: 0 };
-    if r.take(MAGIC.len()).ok() != Some(&MAGIC[..]) {
-        return Err("not a coordinator-ipam snapshot".into());
+/// The fields of one record that lookups compare, borrowed from the snapshot.
+struct Raw<'a> {
+    owner: Option<(&'a [u8], &'a [u8])>,
+    sticky: Option<(&'a [u8], &'a [u8], &'a [u8])>,
+}
+
+impl<'a> Reader<'a> {
+    fn skip_ip(&mut self) -> Result<(), String> {
+        match self.u8()? {
+            4 => self.take(4).map(drop),
+            6 => self.take(16).map(drop),
+            f => Err(format!("bad address family {f} at byte {}", self.pos - 1)),
+        }
     }
-    let version = r.u32()?;
-    let n = r.u32()? as usize;
-    // Each record takes at least 11 bytes: do not trust a count that says
-    // more than the file can hold.
-    let mut records = Vec::with_capacity(n.min(buf.len() / 11));
-    for _ in 0..n {
+
+    fn raw_str(&mut self) -> Result<&'a [u8], String> {
+        let b = self.take(2)?;
+        self.take(usize::from(u16::from_le_bytes([b[0], b[1]])))
+    }
+}
+
+/// A snapshot whose structure has been checked, with the offset of each
+/// record: one record is found by binary search and decoded alone, and an
+/// attachment's records are found by comparing bytes, without decoding (or
+/// allocating for) the others. Records are strictly ascending by address.
+pub struct Indexed {
+    buf: Vec<u8>,
+    version: u32,
+    offsets: Vec<u32>,
+    cursors: BTreeMap<String, IpAddr>,
+}
+
+/// The stored form of an address: family byte then big-endian bytes, which
+/// sorts like `IpAddr` (IPv4 before IPv6, then numerically).
+fn ip_key(ip: &IpAddr) -> ([u8; 17], usize) {
+    let mut k = [0u8; 17];
+    match ip {
+        IpAddr::V4(a) => {
+            k[0] = 4;
+            k[1..5].copy_from_slice(&a.octets());
+            (k, 5)
+        }
+        IpAddr::V6(a) => {
+            k[0] = 6;
+            k[1..17].copy_from_slice(&a.octets());
+            (k, 17)
+        }
+    }
+}
+
+impl Indexed {
+    pub fn empty() -> Indexed {
+        Indexed {
+            buf: Vec::new(),
+            version: crate::allocator::STATE_VERSION,
+            offsets: Vec::new(),
+            cursors: BTreeMap::new(),
+        }
+    }
+
+    pub fn new(buf: Vec<u8>) -> Result<Indexed, String> {
+        if u32::try_from(buf.len()).is_err() {
+            return Err(format!("{} bytes is too large", buf.len()));
+        }
+        let mut r = Reader { buf: &buf, pos: 0 };
+        if r.take(MAGIC.len()).ok() != Some(&MAGIC[..]) {
+            return Err("not a coordinator-ipam snapshot".into());
+        }
+        let version = r.u32()?;
+        let n = r.u32()? as usize;
+        // Each record takes at least 11 bytes: do not trust a count that
+        // says more than the file can hold.
+        let mut offsets = Vec::with_capacity(n.min(buf.len() / 11));
+        let mut prev: &[u8] = &[];
+        for _ in 0..n {
+            let at = r.pos;
+            r.skip_ip()?;
+            let ip = &buf[at..r.pos];
+            if ip <= prev {
+                return Err(format!("records out of order or repeated at byte {at}"));
+            }
+            prev = ip;
+            r.raw_str()?;
+            r.raw_str()?;
+            let flags = r.u8()?;
+            if flags & !(OWNER | STICKY) != 0 {
+                return Err(format!("bad record flags {flags} at byte {}", r.pos - 1));
+            }
+            let owner = if flags & OWNER != 0 { 2 } else { 0 };
+            let sticky = if flags & STICKY != 0 { 3 } else { 0 };
+            for _ in 0..owner + sticky {
+                r.raw_str()?;
+            }
+            // Fits: the buffer length was checked above.
+            offsets.push(at as u32);
+        }
+        let m = r.u32()?;
+        let mut cursors = BTreeMap::new();
+        for _ in 0..m {
+            let pool = r.str()?;
+            cursors.insert(pool, r.ip()?);
+        }
+        if r.pos != buf.len() {
+            return Err(format!("{} bytes after the end", buf.len() - r.pos));
+        }
+        Ok(Indexed {
+            buf,
+            version,
+            offsets,
+            cursors,
+        })
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    pub fn cursors(&self) -> &BTreeMap<String, IpAddr> {
+        &self.cursors
+    }
+
+    fn reader(&self, i: usize) -> Reader<'_> {
+        let pos = self.offsets.get(i).map_or(self.buf.len(), |o| *o as usize);
+        Reader { buf: &self.buf, pos }
+    }
+
+    /// The stored address of record `i` (checked by `new`).
+    fn ip_bytes(&self, i: usize) -> &[u8] {
+        let at = self.offsets.get(i).map_or(self.buf.len(), |o| *o as usize);
+        let len = if self.buf.get(at) == Some(&4) { 5 } else { 17 };
+        self.buf.get(at..at + len).unwrap_or(&[])
+    }
+
+    /// The index of the record of `ip`.
+    pub fn find(&self, ip: &IpAddr) -> Option<usize> {
+        let (k, len) = ip_key(ip);
+        let key = &k[..len];
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.ip_bytes(mid).cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    fn raw(&self, i: usize) -> Result<Raw<'_>, String> {
+        let mut r = self.reader(i);
+        r.skip_ip()?;
+        r.raw_str()?;
+        r.raw_str()?;
+        let flags = r.u8()?;
+        let owner = if flags & OWNER != 0 {
+            Some((r.raw_str()?, r.raw_str()?))
+        } else {
+            None
+        };
+        let sticky = if flags & STICKY != 0 {
+            Some((r.raw_str()?, r.raw_str()?, r.raw_str()?))
+        } else {
+            None
+        };
+        Ok(Raw { owner, sticky })
+    }
+
+    /// Is record `i` held by this attachment?
+    pub fn owned_by(&self, i: usize, a: &Attachment) -> bool {
+        matches!(self.raw(i), Ok(Raw { owner: Some((c, f)), .. })
+            if c == a.container_id.as_bytes() && f == a.ifname.as_bytes())
+    }
+
+    /// Is record `i` of this sticky identity?
+    pub fn sticky_is(&self, i: usize, s: &StickyId) -> bool {
+        matches!(self.raw(i), Ok(Raw { sticky: Some((ns, pod, f)), .. })
+            if ns == s.namespace.as_bytes() && pod == s.pod.as_bytes() && f == s.ifname.as_bytes())
+    }
+
+    pub fn record(&self, i: usize) -> Result<Record, String> {
+        let mut r = self.reader(i);
         let ip = r.ip()?;
         let pool = r.str()?;
         let node = r.str()?;
         let flags = r.u8()?;
-        if flags & !(OWNER | STICKY) != 0 {
-            return Err(format!("bad record flags {flags} at byte {}", r.pos - 1));
-        }
         let owner = if flags & OWNER != 0 {
             Some(Attachment {
                 container_id: r.str()?,
@@ -168,28 +344,29 @@ pub fn decode(buf: &[u8]) -> Result<State, String> {
         } else {
             None
         };
-        records.push(Record {
+        Ok(Record {
             ip,
             pool,
             node,
             owner,
             sticky,
-        });
+        })
     }
-    let m = r.u32()?;
-    let mut cursors = BTreeMap::new();
-    for _ in 0..m {
-        let pool = r.str()?;
-        cursors.insert(pool, r.ip()?);
+
+    /// Every record, decoded.
+    pub fn state(&self) -> Result<State, String> {
+        Ok(State {
+            version: self.version,
+            records: (0..self.len())
+                .map(|i| self.record(i))
+                .collect::<Result<_, _>>()?,
+            cursors: self.cursors.clone(),
+        })
     }
-    if r.pos != buf.len() {
-        return Err(format!("{} bytes after the end", buf.len() - r.pos));
-    }
-    Ok(State {
-        version,
-        records,
-        cursors,
-    })
+}
+
+pub fn decode(buf: &[u8]) -> Result<State, String> {
+    Indexed::new(buf.to_vec())?.state()
 }
 
 #[cfg(test)]
@@ -242,8 +419,39 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode(&longer).is_err());
-        let mut huge = bytes;
+        let mut huge = bytes.clone();
         huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&huge).is_err());
+        // Records must be strictly ascending (one per address).
+        let mut s = sample();
+        s.records.swap(0, 1);
+        assert!(decode(&encode(&s).unwrap()).is_err());
+        s.records[0] = s.records[1].clone();
+        assert!(decode(&encode(&s).unwrap()).is_err());
+    }
+
+    #[test]
+    fn indexed_lookups() {
+        let s = sample();
+        let ix = Indexed::new(encode(&s).unwrap()).unwrap();
+        assert_eq!(ix.len(), 2);
+        for (i, r) in s.records.iter().enumerate() {
+            assert_eq!(ix.find(&r.ip), Some(i));
+            assert_eq!(ix.record(i).unwrap(), *r);
+            if let Some(o) = &r.owner {
+                assert!(ix.owned_by(i, o));
+            }
+            if let Some(st) = &r.sticky {
+                assert!(ix.sticky_is(i, st));
+            }
+        }
+        assert_eq!(ix.find(&"10.0.0.3".parse().unwrap()), None);
+        assert_eq!(ix.find(&"::".parse().unwrap()), None);
+        let other = Attachment {
+            container_id: "c".into(),
+            ifname: "eth1".into(),
+        };
+        assert!(!ix.owned_by(0, &other) && !ix.owned_by(1, &other));
+
     }
 }
