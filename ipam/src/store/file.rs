@@ -261,25 +261,27 @@ impl View {
         self.snap.record(i).map_err(|e| corrupt(&self.path, e))
     }
 
-    /// Snapshot records matching `pred` and not replaced since, plus
+    /// Snapshot records `found` by an index and not replaced since, plus
     /// overlay records matching `keep`, by address.
     fn select(
         &self,
-        pred: impl Fn(&snapshot::Indexed, usize) -> bool,
+        found: std::result::Result<Vec<usize>, String>,
         keep: impl Fn(&Record) -> bool,
     ) -> Result<Vec<Record>> {
         let mut out = Vec::new();
-        for i in 0..self.snap.len() {
-            if pred(&self.snap, i) {
-                let r = self.decode(i)?;
-                if !self.overlay.contains_key(&r.ip) {
-                    out.push(r);
-                }
+        for i in found.map_err(|e| corrupt(&self.path, e))? {
+            let r = self.decode(i)?;
+            if !self.overlay.contains_key(&r.ip) {
+                out.push(r);
             }
         }
         out.extend(self.overlay.values().flatten().filter(|r| keep(r)).cloned());
         out.sort_by_key(|r| r.ip);
         Ok(out)
+    }
+
+    fn find(&self, ip: &IpAddr) -> Result<Option<usize>> {
+        self.snap.find(ip).map_err(|e| corrupt(&self.path, e))
     }
 
     /// The whole state, for a compaction.
@@ -307,29 +309,23 @@ impl Ledger for View {
     fn record(&self, ip: &IpAddr) -> Result<Option<Record>> {
         match self.overlay.get(ip) {
             Some(r) => Ok(r.clone()),
-            None => self.snap.find(ip).map(|i| self.decode(i)).transpose(),
+            None => self.find(ip)?.map(|i| self.decode(i)).transpose(),
         }
     }
 
     fn taken(&self, ip: &IpAddr) -> Result<bool> {
-        Ok(match self.overlay.get(ip) {
-            Some(r) => r.is_some(),
-            None => self.snap.find(ip).is_some(),
-        })
+        match self.overlay.get(ip) {
+            Some(r) => Ok(r.is_some()),
+            None => Ok(self.find(ip)?.is_some()),
+        }
     }
 
     fn held_by(&self, a: &Attachment) -> Result<Vec<Record>> {
-        self.select(
-            |s, i| s.owned_by(i, a),
-            |r| r.owner.as_ref() == Some(a),
-        )
+        self.select(self.snap.held_by(a), |r| r.owner.as_ref() == Some(a))
     }
 
     fn sticky_records(&self, s: &StickyId) -> Result<Vec<Record>> {
-        self.select(
-            |ix, i| ix.sticky_is(i, s),
-            |r| r.sticky.as_ref() == Some(s),
-        )
+        self.select(self.snap.sticky_of(s), |r| r.sticky.as_ref() == Some(s))
     }
 
     fn cursor(&self, pool: &str) -> Result<Option<IpAddr>> {
