@@ -32,6 +32,7 @@ use cni::error::code;
 use cni::{fsutil, Error, Result};
 use serde::{Deserialize, Serialize};
 
+use super::mapped::Mapped;
 use super::{snapshot, Store};
 use crate::allocator::{Attachment, Ledger, Record, State, StickyId, STATE_VERSION};
 
@@ -231,7 +232,7 @@ fn replay(path: &Path, bytes: &[u8], apply: &mut dyn FnMut(Change)) -> Result<u6
 /// place. No record is decoded unless it is returned.
 struct View {
     path: PathBuf,
-    snap: snapshot::Indexed,
+    snap: snapshot::Indexed<Mapped>,
     /// Address -> its record, or `None` when deleted since the snapshot.
     overlay: BTreeMap<IpAddr, Option<Record>>,
     cursors: BTreeMap<String, IpAddr>,
@@ -542,9 +543,11 @@ impl Store for FileStore {
             // Read-only store: the whole-state path answers a no-op.
             Err(_) => return self.update(network, &mut |s| f(s)),
         };
-        let snap = match fsutil::read_optional(&path)? {
-            Some(bytes) => snapshot::Indexed::new(bytes).map_err(|e| corrupt(&path, e))?,
-            None => snapshot::Indexed::empty(),
+        let mapped = Mapped::open(&path)?;
+        let snapshot_len = mapped.as_ref().map_or(0, |m| m.as_ref().len() as u64);
+        let snap = match mapped {
+            Some(m) => snapshot::Indexed::new(m).map_err(|e| corrupt(&path, e))?,
+            None => snapshot::Indexed::new_empty(),
         };
         if snap.version() > STATE_VERSION {
             return Err(corrupt(
@@ -555,7 +558,6 @@ impl Store for FileStore {
                 ),
             ));
         }
-        let snapshot_len = std::fs::metadata(&path).map_or(0, |m| m.len());
         let mut view = View {
             path,
             cursors: snap.cursors().clone(),

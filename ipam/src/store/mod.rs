@@ -5,6 +5,7 @@
 //! one node; a cluster-wide store (etcd) implements the same trait.
 
 pub mod file;
+mod mapped;
 pub mod snapshot;
 
 use cni::Result;

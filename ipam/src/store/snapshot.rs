@@ -227,8 +227,8 @@ struct Raw<'a> {
 
 /// A snapshot opened for lookups: header and cursors read, checksum
 /// verified, records decoded only on demand.
-pub struct Indexed {
-    buf: Vec<u8>,
+pub struct Indexed<B: AsRef<[u8]> = Vec<u8>> {
+    buf: B,
     version: u32,
     offsets: Table,
     owners: Table,
@@ -236,11 +236,12 @@ pub struct Indexed {
     cursors: BTreeMap<String, IpAddr>,
 }
 
-impl Indexed {
-    pub fn empty() -> Indexed {
+impl<B: AsRef<[u8]> + Default> Indexed<B> {
+    /// The snapshot of a network that has none yet.
+    pub fn new_empty() -> Indexed<B> {
         let empty = Table { at: 0, len: 0 };
         Indexed {
-            buf: Vec::new(),
+            buf: B::default(),
             version: STATE_VERSION,
             offsets: empty,
             owners: empty,
@@ -249,21 +250,26 @@ impl Indexed {
         }
     }
 
-    pub fn new(buf: Vec<u8>) -> Result<Indexed, String> {
-        let body_len = buf
+}
+
+impl<B: AsRef<[u8]>> Indexed<B> {
+    /// Open `buf` (owned bytes or a read-only mapping of the file).
+    pub fn new(buf: B) -> Result<Indexed<B>, String> {
+        let bytes = buf.as_ref();
+        let body_len = bytes
             .len()
             .checked_sub(8)
             .filter(|l| *l >= MAGIC.len())
             .ok_or("too short to be a snapshot")?;
-        if &buf[..MAGIC.len()] != MAGIC {
+        if &bytes[..MAGIC.len()] != MAGIC {
             return Err("not a coordinator-ipam snapshot".into());
         }
         let mut sum = [0u8; 8];
-        sum.copy_from_slice(&buf[body_len..]);
-        if u64::from_le_bytes(sum) != checksum(&buf[..body_len]) {
+        sum.copy_from_slice(&bytes[body_len..]);
+        if u64::from_le_bytes(sum) != checksum(&bytes[..body_len]) {
             return Err("checksum mismatch".into());
         }
-        let body = &buf[..body_len];
+        let body = &bytes[..body_len];
         let mut r = Reader {
             buf: body,
             pos: MAGIC.len(),
@@ -330,12 +336,12 @@ impl Indexed {
         if i >= t.len {
             return Err(format!("index {i} outside a table of {}", t.len));
         }
-        Ok(u32_at(&self.buf, t.at + 4 * i)? as usize)
+        Ok(u32_at(self.buf.as_ref(), t.at + 4 * i)? as usize)
     }
 
     fn reader(&self, i: usize) -> Result<Reader<'_>, String> {
         Ok(Reader {
-            buf: &self.buf,
+            buf: self.buf.as_ref(),
             pos: self.entry(self.offsets, i)?,
         })
     }
@@ -492,7 +498,7 @@ fn skip_record(r: &mut Reader) -> Result<(), String> {
 }
 
 pub fn decode(buf: &[u8]) -> Result<State, String> {
-    Indexed::new(buf.to_vec())?.state()
+    Indexed::new(buf)?.state()
 }
 
 #[cfg(test)]
