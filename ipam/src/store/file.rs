@@ -71,6 +71,8 @@ struct Loaded {
     snapshot_len: u64,
     journal_len: u64,
     journal_exists: bool,
+    /// Bytes of a torn append follow `journal_len`.
+    torn: bool,
 }
 
 impl FileStore {
@@ -112,15 +114,19 @@ impl FileStore {
             }
         };
         let jpath = self.journal_path(network);
-        let (journal_len, journal_exists) = match fsutil::read_optional(&jpath)? {
-            None => (0, false),
-            Some(bytes) => (replay(&jpath, &bytes, &mut |c| apply(&mut state, c))?, true),
+        let (journal_len, journal_exists, torn) = match fsutil::read_optional(&jpath)? {
+            None => (0, false, false),
+            Some(bytes) => {
+                let valid = replay(&jpath, &bytes, &mut |c| apply(&mut state, c))?;
+                (valid, true, valid != bytes.len() as u64)
+            }
         };
         Ok(Loaded {
             state,
             snapshot_len,
             journal_len,
             journal_exists,
+            torn,
         })
     }
 }
@@ -142,7 +148,10 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
 }
 
 fn decode_json(path: &Path, bytes: &[u8]) -> Result<State> {
-    checked(path, serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?)
+    checked(
+        path,
+        serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?,
+    )
 }
 
 fn checked(path: &Path, mut state: State) -> Result<State> {
@@ -416,9 +425,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| fsutil::io_error("cannot sync directory", dir, &e))
 }
 
-/// Append `data` at `at` (the end of the valid journal, cutting off a torn
-/// line) and make it durable.
-fn append(dir: &Path, path: &Path, at: u64, existed: bool, data: &[u8]) -> Result<()> {
+/// Append `data` at `at` (the end of the valid journal; `torn` when bytes
+/// of a torn line follow, which are cut off) and make it durable.
+fn append(dir: &Path, path: &Path, at: u64, existed: bool, torn: bool, data: &[u8]) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -427,14 +436,13 @@ fn append(dir: &Path, path: &Path, at: u64, existed: bool, data: &[u8]) -> Resul
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| fsutil::io_error("cannot open", path, &e))?;
-    let res = file
-        .set_len(at)
+    let res = (if torn { file.set_len(at) } else { Ok(()) })
         .and_then(|()| file.seek(SeekFrom::Start(at)))
         .and_then(|_| file.write_all(data))
         .and_then(|()| file.sync_data());
     if let Err(e) = res {
-        // Leave the journal as it was: a partial append would read as a
-        // torn line anyway, but ENOSPC should not leave garbage behind.
+        // A partial append would read as a torn line anyway, but ENOSPC
+        // should not leave garbage behind.
         let _ = file.set_len(at);
         return Err(fsutil::io_error("cannot write", path, &e));
     }
@@ -447,9 +455,8 @@ fn append(dir: &Path, path: &Path, at: u64, existed: bool, data: &[u8]) -> Resul
 
 /// Fold everything into a new snapshot, then empty the journal.
 fn compact(dir: &Path, state: &State, journal_exists: bool) -> Result<()> {
-    let bytes = snapshot::encode(state).map_err(|e| {
-        Error::plugin(code::INTERNAL, format!("cannot encode the IPAM state: {e}"))
-    })?;
+    let bytes = snapshot::encode(state)
+        .map_err(|e| Error::plugin(code::INTERNAL, format!("cannot encode the IPAM state: {e}")))?;
     fsutil::write_atomic(&dir.join(STATE_FILE), &bytes)?;
     if journal_exists {
         let path = dir.join(JOURNAL_FILE);
@@ -463,7 +470,8 @@ fn compact(dir: &Path, state: &State, journal_exists: bool) -> Result<()> {
     // state.bin now wins over a legacy state.json; removing it is tidiness.
     let legacy = dir.join(LEGACY_STATE_FILE);
     if legacy.exists() {
-        std::fs::remove_file(&legacy).map_err(|e| fsutil::io_error("cannot remove", &legacy, &e))?;
+        std::fs::remove_file(&legacy)
+            .map_err(|e| fsutil::io_error("cannot remove", &legacy, &e))?;
     }
     Ok(())
 }
@@ -520,6 +528,7 @@ impl Store for FileStore {
             &dir.join(JOURNAL_FILE),
             loaded.journal_len,
             loaded.journal_exists,
+            loaded.torn,
             &lines,
         )
     }
@@ -566,9 +575,12 @@ impl Store for FileStore {
             changes: Vec::new(),
         };
         let jpath = self.journal_path(network);
-        let (journal_len, journal_exists) = match fsutil::read_optional(&jpath)? {
-            None => (0, false),
-            Some(bytes) => (replay(&jpath, &bytes, &mut |c| view.apply(c))?, true),
+        let (journal_len, journal_exists, torn) = match fsutil::read_optional(&jpath)? {
+            None => (0, false, false),
+            Some(bytes) => {
+                let valid = replay(&jpath, &bytes, &mut |c| view.apply(c))?;
+                (valid, true, valid != bytes.len() as u64)
+            }
         };
         f(&mut view)?;
         if view.changes.is_empty() {
@@ -583,7 +595,7 @@ impl Store for FileStore {
             let state = view.materialize()?;
             return compact(&dir, &state, journal_exists);
         }
-        append(&dir, &jpath, journal_len, journal_exists, &lines)?;
+        append(&dir, &jpath, journal_len, journal_exists, torn, &lines)?;
         drop(lock);
         Ok(())
     }
@@ -654,11 +666,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = FileStore::new(dir.path().to_path_buf());
         std::fs::create_dir_all(st.network_dir("net")).unwrap();
-        let mut newer = State::default();
-        newer.version = 99;
+        let newer = State {
+            version: 99,
+            ..State::default()
+        };
         let newer = snapshot::encode(&newer).unwrap();
         let good = snapshot::encode(&State::default()).unwrap();
-        for bad in [&b"CIPAMSN1\x01\0\0\0\x05"[..], b"", &newer, &good[..good.len() - 1]] {
+        for bad in [
+            &b"CIPAMSN1\x01\0\0\0\x05"[..],
+            b"",
+            &newer,
+            &good[..good.len() - 1],
+        ] {
             std::fs::write(st.state_path("net"), bad).unwrap();
             let e = st.load("net").unwrap_err();
             assert_eq!(e.code(), code::STORE_CORRUPT, "{e}");
@@ -667,13 +686,19 @@ mod tests {
             assert_eq!(e.code(), code::STORE_CORRUPT);
             assert_eq!(std::fs::read(st.state_path("net")).unwrap(), bad);
         }
-        let mut dup = State::default();
-        dup.records = vec![rec("10.0.0.2", "a"), rec("10.0.0.2", "b")];
+        let dup = State {
+            records: vec![rec("10.0.0.2", "a"), rec("10.0.0.2", "b")],
+            ..State::default()
+        };
         std::fs::write(st.state_path("net"), snapshot::encode(&dup).unwrap()).unwrap();
         assert_eq!(st.load("net").unwrap_err().code(), code::STORE_CORRUPT);
         // A corrupt legacy JSON snapshot too.
         std::fs::remove_file(st.state_path("net")).unwrap();
-        std::fs::write(st.legacy_state_path("net"), b"{\"version\":1,\"records\":[{").unwrap();
+        std::fs::write(
+            st.legacy_state_path("net"),
+            b"{\"version\":1,\"records\":[{",
+        )
+        .unwrap();
         let e = st.load("net").unwrap_err();
         assert!(e.to_string().contains("state.json"), "{e}");
     }
@@ -801,7 +826,10 @@ mod tests {
         let e = st.load("net").unwrap_err();
         assert_eq!(e.code(), code::STORE_CORRUPT, "{e}");
         assert!(e.to_string().contains("journal"), "{e}");
-        assert_eq!(update(&st, "net", |_| Ok(())).unwrap_err().code(), code::STORE_CORRUPT);
+        assert_eq!(
+            update(&st, "net", |_| Ok(())).unwrap_err().code(),
+            code::STORE_CORRUPT
+        );
         assert_eq!(std::fs::read(st.journal_path("net")).unwrap(), bytes);
     }
 
@@ -832,7 +860,11 @@ mod tests {
         let old_journal = compacted.expect("a compaction happened");
         assert!(!old_journal.is_empty());
         let now = std::fs::read(st.journal_path("net")).unwrap();
-        std::fs::write(st.journal_path("net"), [&old_journal[..], &now[..]].concat()).unwrap();
+        std::fs::write(
+            st.journal_path("net"),
+            [&old_journal[..], &now[..]].concat(),
+        )
+        .unwrap();
         assert_eq!(st.load("net").unwrap().records, want.records);
     }
 
@@ -884,13 +916,13 @@ mod tests {
                     ifname: "eth0".into(),
                 },
                 pod: Some(PodRef {
-                    namespace: if who % 3 == 0 { "db" } else { "web" }.into(),
+                    namespace: if who.is_multiple_of(3) { "db" } else { "web" }.into(),
                     name: format!("p{}", who % 20),
                 }),
                 requested: vec![],
                 requested_field: "x".into(),
             };
-            if (seed >> 8) % 3 != 0 {
+            if !(seed >> 8).is_multiple_of(3) {
                 let want = allocator::add(&mut mem, &cfg, &req, &[]);
                 let got = transact(&st, "net", |l| allocator::add(l, &cfg, &req, &[]));
                 assert_eq!(got.is_ok(), want.is_ok(), "step {step}: {got:?} {want:?}");

@@ -108,8 +108,8 @@ pub fn encode(state: &State) -> Result<Vec<u8>, String> {
         put_ip(&mut body, &r.ip);
         put_str(&mut body, &r.pool)?;
         put_str(&mut body, &r.node)?;
-        let flags = if r.owner.is_some() { OWNER } else { 0 }
-            | if r.sticky.is_some() { STICKY } else { 0 };
+        let flags =
+            if r.owner.is_some() { OWNER } else { 0 } | if r.sticky.is_some() { STICKY } else { 0 };
         body.push(flags);
         if let Some(o) = &r.owner {
             put_str(&mut body, &o.container_id)?;
@@ -249,7 +249,6 @@ impl<B: AsRef<[u8]> + Default> Indexed<B> {
             cursors: BTreeMap::new(),
         }
     }
-
 }
 
 impl<B: AsRef<[u8]>> Indexed<B> {
@@ -296,7 +295,10 @@ impl<B: AsRef<[u8]>> Indexed<B> {
                 last.pos
             }
         };
-        let mut r = Reader { buf: body, pos: end };
+        let mut r = Reader {
+            buf: body,
+            pos: end,
+        };
         let m = r.u32()?;
         let mut cursors = BTreeMap::new();
         for _ in 0..m {
@@ -387,11 +389,7 @@ impl<B: AsRef<[u8]>> Indexed<B> {
     }
 
     /// The records of table `t` equal to the target.
-    fn equal_range(
-        &self,
-        t: Table,
-        cmp: impl Fn(&Raw) -> Ordering,
-    ) -> Result<Vec<usize>, String> {
+    fn equal_range(&self, t: Table, cmp: impl Fn(&Raw) -> Ordering) -> Result<Vec<usize>, String> {
         let mut pos = self.lower_bound(t, &cmp, true)?;
         let mut out = Vec::new();
         while pos < t.len {
@@ -427,7 +425,11 @@ impl<B: AsRef<[u8]>> Indexed<B> {
 
     /// The indexes of the records of this sticky identity.
     pub fn sticky_of(&self, s: &StickyId) -> Result<Vec<usize>, String> {
-        let key = (s.namespace.as_bytes(), s.pod.as_bytes(), s.ifname.as_bytes());
+        let key = (
+            s.namespace.as_bytes(),
+            s.pod.as_bytes(),
+            s.ifname.as_bytes(),
+        );
         self.equal_range(self.sticky, |r| match r.sticky {
             Some(k) => k.cmp(&key),
             None => Ordering::Less,
@@ -569,17 +571,29 @@ mod tests {
             assert_eq!(ix.find(&r.ip).unwrap(), Some(i));
             assert_eq!(ix.record(i).unwrap(), *r);
         }
-        for ip in ["10.0.0.1", "10.0.0.5", "10.0.0.255", "::", "fd00::3", "ffff::"] {
+        for ip in [
+            "10.0.0.1",
+            "10.0.0.5",
+            "10.0.0.255",
+            "::",
+            "fd00::3",
+            "ffff::",
+        ] {
             assert_eq!(ix.find(&ip.parse().unwrap()).unwrap(), None, "{ip}");
         }
         let ips = |v: Vec<usize>| -> Vec<String> {
-            v.iter().map(|i| ix.record(*i).unwrap().ip.to_string()).collect()
+            v.iter()
+                .map(|i| ix.record(*i).unwrap().ip.to_string())
+                .collect()
         };
         let att = |c: &str, i: &str| Attachment {
             container_id: c.into(),
             ifname: i.into(),
         };
-        assert_eq!(ips(ix.held_by(&att("b", "eth0")).unwrap()), ["10.0.0.9", "fd00::9"]);
+        assert_eq!(
+            ips(ix.held_by(&att("b", "eth0")).unwrap()),
+            ["10.0.0.9", "fd00::9"]
+        );
         assert_eq!(ips(ix.held_by(&att("c", "eth0")).unwrap()), ["10.0.0.2"]);
         assert_eq!(ips(ix.held_by(&att("c", "eth1")).unwrap()), ["10.0.0.4"]);
         assert!(ix.held_by(&att("a", "eth0")).unwrap().is_empty());
@@ -589,8 +603,14 @@ mod tests {
             pod: pod.into(),
             ifname: "net1".into(),
         };
-        assert_eq!(ips(ix.sticky_of(&sid("m-0")).unwrap()), ["10.0.0.3", "fd00::2"]);
-        assert_eq!(ips(ix.sticky_of(&sid("m-1")).unwrap()), ["10.0.0.9", "fd00::9"]);
+        assert_eq!(
+            ips(ix.sticky_of(&sid("m-0")).unwrap()),
+            ["10.0.0.3", "fd00::2"]
+        );
+        assert_eq!(
+            ips(ix.sticky_of(&sid("m-1")).unwrap()),
+            ["10.0.0.9", "fd00::9"]
+        );
         assert!(ix.sticky_of(&sid("m-2")).unwrap().is_empty());
         let empty = Indexed::new(encode(&State::default()).unwrap()).unwrap();
         assert_eq!(empty.find(&"10.0.0.2".parse().unwrap()).unwrap(), None);

@@ -152,9 +152,19 @@ pub fn result_ips(v: &Value) -> Vec<String> {
 /// snapshot plus a journal, so the snapshot alone is not the whole story.
 pub fn state_ips(path: &Path) -> Vec<String> {
     let net_dir = path.parent().expect("network dir");
-    let network = net_dir.file_name().and_then(|n| n.to_str()).expect("network");
+    let network = net_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("network");
     let data_dir = net_dir.parent().and_then(|d| d.to_str()).expect("data dir");
-    let (code, out, err) = cli(&["list", "--data-dir", data_dir, "--network", network, "--json"]);
+    let (code, out, err) = cli(&[
+        "list",
+        "--data-dir",
+        data_dir,
+        "--network",
+        network,
+        "--json",
+    ]);
     assert_eq!(code, 0, "list failed: {err}");
     let v: Value = serde_json::from_str(&out).expect("list JSON");
     v.as_array()
