@@ -1,9 +1,11 @@
-//! Allocation decisions on the state of one network, as plain data.
+//! Allocation decisions on the state of one network.
 //!
-//! Everything here is pure: the verbs load a [`State`] from the store, call
-//! one function, and the store persists the result. An ADD works on a copy of
-//! the state and replaces it only when every family succeeded, which is what
-//! makes dual-stack all or nothing.
+//! The decisions are pure with respect to the outside world: ADD, DEL and
+//! CHECK read and write through a [`Ledger`] (the lookups they need), which
+//! the in-memory [`State`] implements and a store can implement from an
+//! index; GC, STATUS and usage work on a whole [`State`]. An ADD decides every
+//! family before changing anything, which is what makes dual-stack all or
+//! nothing; the store commits only when the whole call succeeded.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -19,7 +19,8 @@
 //! crash in between leaves the new snapshot with the old journal, which
 //! replays to the same state because every journal entry is an absolute
 //! assignment (put record, delete address, set cursor), not a relative edit.
-//! Readers (`load`) take no lock: they see the old or the new state.
+//! Readers (`load`) take no lock: they read the journal before the snapshot
+//! and so see the old or the new state.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -101,6 +102,11 @@ impl FileStore {
     }
 
     fn read(&self, network: &str) -> Result<Loaded> {
+        // The journal is read before the snapshot: a lock-free reader racing
+        // a compaction then sees the old snapshot with its journal, or the
+        // new snapshot with the old journal, which replays onto it harmlessly.
+        let jpath = self.journal_path(network);
+        let journal = fsutil::read_optional(&jpath)?;
         let path = self.state_path(network);
         let (mut state, snapshot_len) = match fsutil::read_optional(&path)? {
             Some(bytes) => (decode(&path, &bytes)?, bytes.len() as u64),
@@ -113,8 +119,7 @@ impl FileStore {
                 }
             }
         };
-        let jpath = self.journal_path(network);
-        let (journal_len, journal_exists, torn) = match fsutil::read_optional(&jpath)? {
+        let (journal_len, journal_exists, torn) = match journal {
             None => (0, false, false),
             Some(bytes) => {
                 let valid = replay(&jpath, &bytes, &mut |c| apply(&mut state, c))?;
