@@ -99,7 +99,7 @@ pub fn context(
     let (ips, gateways) = nic_addresses(prev, ifname);
     let host_view = match layout {
         Layout::OverlayFirst => HostView::default(),
-        _ => host_view(host, &ips)?,
+        _ => host_view(host, &ips, &gateways)?,
     };
     let veth = match layout {
         Layout::UnderlayFirst | Layout::UnderlayLater => {
@@ -237,11 +237,16 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         undo_mac();
         return Err(e);
     }
-    if mac_change.is_some() {
-        // Neighbours that cached the old MAC learn the new one at once.
+    if mac != [0; 6] {
+        // Neighbours that cached another MAC for these addresses learn this
+        // one at once: the old MAC after a podMACPrefix change, or a previous
+        // pod's MAC when an address comes back on a new link (a sticky
+        // address of a re-created pod). The reference macvlan sends no
+        // IPv6 advertisement, so IPv6 peers would otherwise keep a REACHABLE
+        // entry for the old MAC and black-hole the pod for up to ~30 s.
         let addrs: Vec<IpAddr> = ctx.inputs.ips.iter().map(|n| n.addr()).collect();
         if let Err(e) = announce(&pod_ns, nic.index, mac, &addrs) {
-            tracing::warn!("announcing the new MAC of {ifname}: {e}");
+            tracing::warn!("announcing the MAC of {ifname}: {e}");
         }
     }
     tracing::info!(

@@ -172,9 +172,6 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
         )?;
         journal.push(Undo::RemoveReplyMark);
     }
-    for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Host) {
-        add_rule(k, *side, rule, journal)?;
-    }
     for r in &host_routes {
         add_route(&mut links, r, journal)?;
     }
@@ -198,9 +195,15 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
             })?;
         journal.push(Undo::DelNeigh(Side::Host, i, n.ip));
     }
-    // policyRoutes last: a bad gateway fails here and the journal takes the rest back.
+    // policyRoutes last but one: a bad gateway fails here and the journal
+    // takes the rest back.
     for r in &plan.policy {
         add_route(&mut links, r, journal)?;
+    }
+    // The host rule is shared by every pod, so it is never undone; added last,
+    // a failed first ADD on a node leaves no rule behind.
+    for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Host) {
+        add_rule(k, *side, rule, journal)?;
     }
     Ok(())
 }

@@ -73,54 +73,137 @@ pub struct HostView {
     pub uplinks: Vec<u32>,
 }
 
-/// The host's source address toward each pod address first, then every
+/// Node addresses in a fixed order, first of each family = hijack gateway:
+/// for each pod address the node's own address on that subnet, else the
+/// host's source toward the pod's network over a real uplink; then every
 /// global address of a non-plumbing interface.
-pub fn host_view(host: &Netlink, pod_ips: &[IpNet]) -> Result<HostView> {
+///
+/// The order must not depend on what ADD itself installed: once the host has
+/// `<pod IP> dev <our veth>` in its table, the kernel's source toward the pod
+/// IP is just the first address of the netns, so a later CHECK or repeated
+/// ADD would pick another hijack gateway than the first ADD did. Hence the
+/// lookup goes toward the pod's gateway (or its subnet's network address),
+/// never toward the pod IP itself.
+pub fn host_view(host: &Netlink, pod_ips: &[IpNet], gateways: &[IpAddr]) -> Result<HostView> {
     let mut v = HostView::default();
-    let push = |ip: IpAddr, v: &mut HostView| {
-        if !v.node_ips.contains(&ip) {
-            v.node_ips.push(ip);
-        }
-    };
     let mut names: HashMap<u32, Option<Link>> = HashMap::new();
-    for ip in pod_ips {
-        if let Some(l) = host.route_get(ip.addr())? {
-            if let Some(src) = l.prefsrc.filter(|s| !is_link_local(s)) {
-                push(src, &mut v);
+    let mut plumbing = |index: u32, host: &Netlink| -> Result<bool> {
+        let link = match names.get(&index) {
+            Some(l) => l.clone(),
+            None => {
+                let l = host.link_by_index(index)?;
+                names.insert(index, l.clone());
+                l
             }
-        }
-    }
+        };
+        Ok(link.is_none_or(|l| is_plumbing(&l.name)))
+    };
+    let mut uplink_addrs = Vec::new();
     for a in host.addresses(None)? {
         let ip = a.addr.addr();
         if a.scope != 0 || is_link_local(&ip) || ip.is_loopback() || a.flags.dadfailed {
             continue;
         }
-        let link = match names.get(&a.index) {
-            Some(l) => l.clone(),
-            None => {
-                let l = host.link_by_index(a.index)?;
-                names.insert(a.index, l.clone());
-                l
-            }
-        };
-        let Some(link) = link else { continue };
-        if is_plumbing(&link.name) {
+        if plumbing(a.index, host)? {
             continue;
         }
         if !v.uplinks.contains(&a.index) {
             v.uplinks.push(a.index);
         }
-        push(ip, &mut v);
+        uplink_addrs.push(a.addr);
     }
-    // Keep the route-derived source first within each family.
-    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = v.node_ips.iter().partition(|ip| ip.is_ipv4());
-    v.node_ips = v4.into_iter().chain(v6).collect();
+    let mut routed = Vec::new();
+    for ip in pod_ips {
+        if uplink_addrs.iter().any(|a| a.contains(&ip.addr())) {
+            continue;
+        }
+        let toward = gateways
+            .iter()
+            .copied()
+            .find(|g| g.is_ipv4() == ip.addr().is_ipv4())
+            .unwrap_or_else(|| ip.network());
+        if let Some(l) = host.route_get(toward)? {
+            let through_uplink = match l.oif {
+                Some(oif) => !plumbing(oif, host)?,
+                None => false,
+            };
+            if let (true, Some(src)) = (through_uplink, l.prefsrc) {
+                routed.push(src);
+            }
+        }
+    }
+    v.node_ips = node_ip_order(pod_ips, &uplink_addrs, &routed);
     Ok(v)
+}
+
+/// See [`host_view`]: `uplink_addrs` in the kernel's dump order, `routed` the
+/// host's sources toward the networks of pod addresses on none of its subnets.
+pub fn node_ip_order(pod_ips: &[IpNet], uplink_addrs: &[IpNet], routed: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut push = |ip: IpAddr| {
+        if !is_link_local(&ip) && !out.contains(&ip) {
+            out.push(ip);
+        }
+    };
+    for p in pod_ips {
+        if let Some(a) = uplink_addrs.iter().find(|a| a.contains(&p.addr())) {
+            push(a.addr());
+        }
+    }
+    for ip in routed {
+        push(*ip);
+    }
+    for a in uplink_addrs {
+        push(a.addr());
+    }
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = out.iter().partition(|ip| ip.is_ipv4());
+    v4.into_iter().chain(v6).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_ip_order_prefers_the_pods_subnet_then_dump_order() {
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let uplinks = [
+            n("10.6.0.2/16"),
+            n("fd00:6::2/64"),
+            n("10.7.0.2/16"),
+            n("fd00:7::2/64"),
+        ];
+        // A pod on the second subnet: the node's address there leads.
+        assert_eq!(
+            node_ip_order(&[n("10.7.1.1/16"), n("fd00:7::1:1/64")], &uplinks, &[]),
+            vec![
+                ip("10.7.0.2"),
+                ip("10.6.0.2"),
+                ip("fd00:7::2"),
+                ip("fd00:6::2")
+            ]
+        );
+        // A pod on no node subnet: the routed source, then dump order.
+        assert_eq!(
+            node_ip_order(&[n("10.9.1.1/24")], &uplinks, &[ip("10.7.0.2")]),
+            vec![
+                ip("10.7.0.2"),
+                ip("10.6.0.2"),
+                ip("fd00:6::2"),
+                ip("fd00:7::2")
+            ]
+        );
+        assert_eq!(
+            node_ip_order(&[n("10.6.1.1/16")], &uplinks, &[]),
+            vec![
+                ip("10.6.0.2"),
+                ip("10.7.0.2"),
+                ip("fd00:6::2"),
+                ip("fd00:7::2")
+            ]
+        );
+    }
 
     #[test]
     fn plumbing_names() {

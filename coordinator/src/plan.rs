@@ -234,6 +234,17 @@ fn is_connected(r: &Route) -> bool {
 
 /// Routes to the node and the hijacked CIDRs through `veth0` (underlay), in `table`.
 fn via_veth(inp: &Inputs, cfg: &Config, table: u32, pod_fams: &BTreeSet<Family>) -> Vec<RouteSpec> {
+    via_veth_from(inp, &inp.ips, cfg, table, pod_fams)
+}
+
+/// [`via_veth`] for traffic sourced from `ips` (the NIC whose table it is).
+fn via_veth_from(
+    inp: &Inputs,
+    ips: &[IpNet],
+    cfg: &Config,
+    table: u32,
+    pod_fams: &BTreeSet<Family>,
+) -> Vec<RouteSpec> {
     let mut out = Vec::new();
     for ip in &inp.node_ips {
         let f = Family::of(ip);
@@ -246,7 +257,7 @@ fn via_veth(inp: &Inputs, cfg: &Config, table: u32, pod_fams: &BTreeSet<Family>)
             table,
             dev: POD_VETH.into(),
             via: None,
-            src: src_for(&inp.ips, f),
+            src: src_for(ips, f),
             scope: Scope::Link,
         });
     }
@@ -259,7 +270,9 @@ fn via_veth(inp: &Inputs, cfg: &Config, table: u32, pod_fams: &BTreeSet<Family>)
                 table,
                 dev: POD_VETH.into(),
                 via: Some(gw),
-                src: None,
+                // veth0 may carry a link-local `vethLinkAddress`, which the
+                // kernel would pick as source; the node cannot answer it.
+                src: src_for(ips, f),
                 scope: Scope::Universe,
             });
         }
@@ -621,6 +634,18 @@ fn move_first_nic_default(cfg: &Config, inp: &Inputs, this_table: u32, plan: &mu
     }) {
         plan.routes.push(copy_into(r, table, first));
     }
+    // Once eth0's addresses have a `from` rule, even unbound sockets end up
+    // in this table (the route is looked up again with the chosen source):
+    // the node and the hijacked CIDRs must stay behind veth0 here too.
+    if inp.layout == Layout::UnderlayLater {
+        plan.routes.extend(via_veth_from(
+            inp,
+            &eth0_ips,
+            cfg,
+            table,
+            &families(&eth0_ips),
+        ));
+    }
     plan.moves.extend(defaults.into_iter().cloned());
     plan.rules.extend(from_rules(&eth0_ips, table));
 }
@@ -774,7 +799,7 @@ mod tests {
         dev: &str,
         via: Option<&str>,
     ) -> bool {
-        p.routes.iter().any(|r| {
+        p.routes.iter().chain(&p.policy).any(|r| {
             r.side == side
                 && r.dst == dst.parse::<IpNet>().unwrap()
                 && r.table == table
@@ -893,6 +918,19 @@ mod tests {
             .find(|r| r.dst == "10.6.0.2/32".parse::<IpNet>().unwrap())
             .unwrap();
         assert_eq!(r.src, Some("10.6.0.5".parse().unwrap()));
+        // So do hijack routes: a link-local vethLinkAddress on veth0 must not
+        // become the source of Service traffic.
+        for (dst, src) in [
+            ("10.233.0.0/18", "10.6.0.5"),
+            ("fd00:233::/110", "fd00:6::5"),
+        ] {
+            let r = p
+                .routes
+                .iter()
+                .find(|r| r.dst == dst.parse::<IpNet>().unwrap() && r.table == TABLE_MAIN)
+                .unwrap();
+            assert_eq!(r.src, Some(src.parse().unwrap()), "{dst}");
+        }
     }
 
     #[test]
@@ -1052,6 +1090,22 @@ mod tests {
             .rules
             .iter()
             .any(|(_, r)| r.table == eth0_table && r.src == Some("10.6.0.5/32".parse().unwrap())));
+        // Traffic from eth0's address still reaches the node and Services
+        // through veth0, with eth0's address as source.
+        let c = cfg(json!({"podDefaultRouteNic": "net1", "serviceCIDR": ["10.233.0.0/18"]}));
+        let p = plan_add(&c, &i);
+        for (dst, via) in [("10.6.0.2/32", None), ("10.233.0.0/18", Some("10.6.0.2"))] {
+            assert!(
+                has_route(&p, Side::Pod, dst, eth0_table, "veth0", via),
+                "{dst} in eth0's table"
+            );
+            let r = p
+                .routes
+                .iter()
+                .find(|r| r.table == eth0_table && r.dst == dst.parse::<IpNet>().unwrap())
+                .unwrap();
+            assert_eq!(r.src, Some("10.6.0.5".parse().unwrap()));
+        }
         // naming a NIC not attached yet is fine: net1's call with net2 as default moves nothing of eth0.
         let c = cfg(json!({"podDefaultRouteNic": "net2"}));
         let p = plan_add(&c, &i);

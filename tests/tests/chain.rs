@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path, conf_example};
-use integration::chain::{Attachment, Chain, NetConfList, Verb};
+use integration::chain::{result_ips, Attachment, Chain, NetConfList, Verb};
 use integration::lab::{self, Lab};
 use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
 use serde_json::{json, Value};
@@ -29,16 +29,6 @@ fn underlay_chain(lab: &Lab) -> Chain {
         bin_dir().display()
     );
     lab.chain(list).cni_path(cni_path())
-}
-
-/// IPs of a CNI result as `IpAddr`.
-fn result_ips(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect()
 }
 
 /// host-local reservation files (named after the IP) left in `dir`.
@@ -351,15 +341,13 @@ fn sigterm_removes_the_labs_namespaces() {
     use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
 
-    let exe = std::env::current_exe().unwrap();
-    let child = Command::new(exe)
-        .args([
-            "--exact",
-            "hold_lab_until_killed",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("CNI_TESTS_HOLD_LAB", "1")
+    let holder = bin_dir().join("lab-hold");
+    assert!(
+        holder.is_file(),
+        "{} missing: cargo build --workspace --bins",
+        holder.display()
+    );
+    let child = Command::new(holder)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -385,21 +373,6 @@ fn sigterm_removes_the_labs_namespaces() {
     // The handler only unmounts namespaces; the scratch dir is left to sweep.
     lab::sweep(&prefix).unwrap();
     assert!(!std::env::temp_dir().join(&prefix).exists());
-}
-
-#[test]
-#[ignore = "helper process of sigterm_removes_the_labs_namespaces"]
-fn hold_lab_until_killed() {
-    if std::env::var_os("CNI_TESTS_HOLD_LAB").is_none() {
-        return;
-    }
-    let lab = Lab::new().expect("build lab (needs root)");
-    let _pod = lab.pod("held").unwrap();
-    println!("LAB-PREFIX {}", lab.prefix());
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    // Bounded: if nobody kills us, the lab is dropped normally.
-    std::thread::sleep(Duration::from_secs(60));
 }
 
 /// A ptp pod (veth + host route, like Calico) reaches a Service DNATed in

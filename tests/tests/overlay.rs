@@ -37,7 +37,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cni_tests::{bin_dir, cni_path, conf_example};
-use integration::chain::{Attachment, Chain, NetConfList};
+use integration::chain::{result_ips, Attachment, Chain, NetConfList};
 use integration::lab::{self, Lab, Pod};
 use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
 use serde_json::{json, Value};
@@ -109,15 +109,6 @@ fn set_coordinator(list: &mut NetConfList, key: &str, value: Value) {
     list.plugin_mut("coordinator")
         .expect("coordinator in the list")
         .insert(key.into(), value);
-}
-
-fn result_ips(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect()
 }
 
 fn pick(ips: &[IpAddr], v4: bool) -> IpAddr {

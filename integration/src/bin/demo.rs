@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cni::error::code::NOT_IMPLEMENTED;
-use integration::chain::{Attachment, Chain, ChainError, NetConfList, Outcome, PluginRun};
+use integration::chain::{
+    result_ips, Attachment, Chain, ChainError, NetConfList, Outcome, PluginRun,
+};
 use integration::lab::{self, state, Lab};
 use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
 use serde_json::Value;
@@ -433,15 +435,6 @@ fn node_routes_to(node: &str, ips: &[IpAddr]) -> std::io::Result<Vec<String>> {
 fn in_ips(addr: Option<&str>, ips: &[IpAddr]) -> bool {
     addr.and_then(|a| a.parse::<IpAddr>().ok())
         .is_some_and(|a| ips.contains(&a))
-}
-
-fn result_ips(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect()
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {

@@ -191,6 +191,7 @@ pub struct Chain {
     node_netns: Option<PathBuf>,
     cache: Cache,
     timeout: Duration,
+    env: Vec<(String, String)>,
 }
 
 /// Where our own plugin binaries are: the directory of the running
@@ -229,6 +230,7 @@ impl Chain {
             node_netns: None,
             cache: Cache::memory(),
             timeout: Duration::from_secs(60),
+            env: Vec::new(),
         }
     }
 
@@ -251,6 +253,14 @@ impl Chain {
     /// Cache ADD results as files under `dir/results` (default: in memory).
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Chain {
         self.cache = Cache::Dir(dir.into());
+        self
+    }
+
+    /// Set `key=value` in every plugin's environment, as the runtime's own
+    /// environment on a node would (e.g. `NODE_NAME` from the downward API).
+    /// `CNI_*` keys are the runtime's per-call view and are set per call.
+    pub fn env(mut self, key: &str, value: &str) -> Chain {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -501,10 +511,11 @@ impl Chain {
             e.runs = std::mem::take(runs);
             e
         })?;
-        let mut env = vec![
+        let mut env = self.env.clone();
+        env.extend([
             ("CNI_COMMAND".to_string(), verb.as_str().to_string()),
             ("CNI_PATH".to_string(), join_path(&self.cni_path)),
-        ];
+        ]);
         if let Some(att) = att {
             let netns = att
                 .netns
@@ -625,6 +636,16 @@ fn join_path(dirs: &[PathBuf]) -> String {
 }
 
 /// `a >= b` for dotted spec versions; unparsable parts count as 0.
+/// The addresses (without prefix) of a CNI result.
+pub fn result_ips(result: &Value) -> Vec<std::net::IpAddr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
+}
+
 pub fn version_at_least(a: &str, b: &str) -> bool {
     let parse = |s: &str| -> Vec<u64> { s.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
     parse(a) >= parse(b)

@@ -95,6 +95,7 @@ impl LabBuilder {
             dir,
             namespaces: Mutex::new(Vec::new()),
             clients: AtomicUsize::new(0),
+            extra_nodes: AtomicUsize::new(0),
         };
         // From here on a failure drops `lab`, which removes what was made.
         lab.setup()?;
@@ -185,6 +186,35 @@ pub struct Lab {
     dir: PathBuf,
     namespaces: Mutex<Vec<String>>,
     clients: AtomicUsize,
+    extra_nodes: AtomicUsize,
+}
+
+/// A further node made by [`Lab::extra_node`]: its own netns whose NICs
+/// `ens1`, `ens2`, ... are wired to the fabric subnets it was given.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Netns name.
+    pub name: String,
+    pub path: PathBuf,
+    /// Its NICs in order.
+    pub nics: Vec<NodeNic>,
+}
+
+/// One NIC of an extra node.
+#[derive(Clone, Debug)]
+pub struct NodeNic {
+    /// `ens<k>`, counted from 1 on this node (not the subnet index).
+    pub name: String,
+    pub subnet: u8,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl Node {
+    /// A chain runner that execs plugins inside this node.
+    pub fn chain(&self, list: NetConfList) -> Chain {
+        Chain::new(list).node_netns(Some(&self.name))
+    }
 }
 
 impl Lab {
@@ -291,6 +321,76 @@ impl Lab {
             subnet,
             ipv4: v4,
             ipv6: v6,
+        })
+    }
+
+    /// Another node on the same fabric (a second rack, say): netns
+    /// `<prefix>-<name>` whose `ens<k>` is wired to subnet `subnets[k-1]`, with
+    /// node address `.0.<2+n>` / `::<2+n>` (`n` counts extra nodes from 1, so
+    /// never the main node's `.2`), forwarding on and default routes via the
+    /// gateways of its first NIC's subnet, like the main node.
+    pub fn extra_node(&self, name: &str, subnets: &[u8]) -> io::Result<Node> {
+        check_name(name)?;
+        if subnets.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an extra node needs at least one subnet",
+            ));
+        }
+        let n = self.extra_nodes.fetch_add(1, Ordering::Relaxed) + 1;
+        let host = u8::try_from(2 + n)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many extra nodes"))?;
+        let ns = format!("{}-{name}", self.prefix);
+        self.add_netns(&ns)?;
+        in_netns(&ns, || {
+            sysctl_set("net.ipv4.ip_forward", "1")?;
+            sysctl_set("net.ipv6.conf.all.forwarding", "1")
+        })?;
+        let (mut node, mut fabric, mut ports, mut nics) = (vec![], vec![], vec![], vec![]);
+        for (k, &index) in subnets.iter().enumerate() {
+            let sn = self.subnet(index).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("no subnet {index}"))
+            })?;
+            let nic = format!("ens{}", k + 1);
+            let port = format!("x{n}n{index}");
+            node.push(format!(
+                "link add {nic} type veth peer name {port} netns {}",
+                self.fabric
+            ));
+            fabric.push(format!("link set {port} master {} up", sn.bridge));
+            let v4 = sn.host4(0, host);
+            let v6 = sn.host6(u16::from(host));
+            if let (Some(net), Some(a)) = (sn.v4, v4) {
+                node.push(format!("addr add {a}/{} dev {nic}", net.prefix_len()));
+            }
+            if let (Some(net), Some(a)) = (sn.v6, v6) {
+                node.push(format!("addr add {a}/{} dev {nic} nodad", net.prefix_len()));
+            }
+            node.push(format!("link set {nic} up"));
+            if k == 0 {
+                for gw in [sn.gateway4.map(IpAddr::from), sn.gateway6.map(IpAddr::from)]
+                    .into_iter()
+                    .flatten()
+                {
+                    node.push(format!("route add default via {gw}"));
+                }
+            }
+            ports.push(port);
+            nics.push(NodeNic {
+                name: nic,
+                subnet: index,
+                ipv4: v4,
+                ipv6: v6,
+            });
+        }
+        // Route lines need the NICs up with their addresses: node lines go in order.
+        state::ip_batch(&ns, &node)?;
+        state::ip_batch(&self.fabric, &fabric)?;
+        wait_up(&self.fabric, &ports)?;
+        Ok(Node {
+            path: nsexec::netns_path(&ns),
+            name: ns,
+            nics,
         })
     }
 
