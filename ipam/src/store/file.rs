@@ -3,7 +3,7 @@
 //! `state.bin` is a snapshot of the whole state (see [`super::snapshot`];
 //! a `state.json` written by earlier versions is read while no `state.bin`
 //! exists, and removed by the first compaction); `journal` holds the changes
-//! made since, one checksummed line each (`<fnv1a32 hex> <json>\n`). A change
+//! made since, one checksummed line per call (`<fnv1a32 hex> [changes]\n`). A change
 //! takes an exclusive `flock` on `lock`, reads snapshot + journal, applies the
 //! change in memory, and appends only the difference to the journal (write,
 //! fsync). So an ADD or DEL writes and syncs a few hundred bytes whatever the
@@ -182,15 +182,17 @@ fn checksum(data: &[u8]) -> u32 {
     })
 }
 
-fn encode_line(c: &Change, out: &mut Vec<u8>) -> Result<()> {
-    let json = serde_json::to_vec(c)?;
+/// One call's changes as one line: a torn append loses the whole call, never
+/// part of it (one family of a dual-stack ADD, say).
+fn encode_line(changes: &[Change], out: &mut Vec<u8>) -> Result<()> {
+    let json = serde_json::to_vec(changes)?;
     out.extend_from_slice(format!("{:08x} ", checksum(&json)).as_bytes());
     out.extend_from_slice(&json);
     out.push(b'\n');
     Ok(())
 }
 
-fn decode_line(line: &[u8]) -> Option<Change> {
+fn decode_line(line: &[u8]) -> Option<Vec<Change>> {
     let (sum, json) = (line.get(..8)?, line.get(9..)?);
     let sum = u32::from_str_radix(std::str::from_utf8(sum).ok()?, 16).ok()?;
     if line.get(8) != Some(&b' ') || checksum(json) != sum {
@@ -226,7 +228,7 @@ fn replay(path: &Path, bytes: &[u8], apply: &mut dyn FnMut(Change)) -> Result<u6
         };
         let complete = next <= bytes.len() && bytes.get(next - 1) == Some(&b'\n');
         match decode_line(line).filter(|_| complete) {
-            Some(c) => apply(c),
+            Some(changes) => changes.into_iter().for_each(&mut *apply),
             // Only the last append can be torn by a crash.
             None if bytes[next..].iter().all(|b| *b == 0 || *b == b'\n') => break,
             None => {
@@ -520,9 +522,7 @@ impl Store for FileStore {
             return Ok(());
         }
         let mut lines = Vec::new();
-        for c in &changes {
-            encode_line(c, &mut lines)?;
-        }
+        encode_line(&changes, &mut lines)?;
         let journal = loaded.journal_len + lines.len() as u64;
         let legacy = loaded.snapshot_len == u64::MAX;
         if legacy || journal > MIN_COMPACT_BYTES.max(loaded.snapshot_len / COMPACT_DIVISOR) {
@@ -593,9 +593,7 @@ impl Store for FileStore {
             return Ok(());
         }
         let mut lines = Vec::new();
-        for c in &view.changes {
-            encode_line(c, &mut lines)?;
-        }
+        encode_line(&view.changes, &mut lines)?;
         let journal = journal_len + lines.len() as u64;
         if journal > MIN_COMPACT_BYTES.max(snapshot_len / COMPACT_DIVISOR) {
             let state = view.materialize()?;
@@ -771,8 +769,8 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        // Three puts, one delete, one cursor; no snapshot written yet.
-        assert_eq!(journal_lines(&st), 5);
+        // One line per change; no snapshot written yet.
+        assert_eq!(journal_lines(&st), 4);
         assert!(!st.state_path("net").exists());
         let s = st.load("net").unwrap();
         let ips: Vec<String> = s.records.iter().map(|r| r.ip.to_string()).collect();
@@ -943,5 +941,36 @@ mod tests {
             assert_eq!(st.load("net").unwrap(), mem, "step {step}");
         }
         assert!(st.state_path("net").exists(), "never compacted");
+    }
+
+    #[test]
+    fn a_torn_append_loses_the_whole_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().to_path_buf());
+        update(&st, "net", |s| {
+            s.put(rec("10.0.0.2", "a"));
+            Ok(())
+        })
+        .unwrap();
+        let before = std::fs::read(st.journal_path("net")).unwrap();
+        // A dual-stack ADD: two records and a cursor in one call.
+        update(&st, "net", |s| {
+            s.put(rec("10.0.0.3", "b"));
+            s.put(rec("fd00::3", "b"));
+            s.cursors.insert("p".into(), "10.0.0.3".parse().unwrap());
+            Ok(())
+        })
+        .unwrap();
+        let after = std::fs::read(st.journal_path("net")).unwrap();
+        assert_eq!(journal_lines(&st), 2);
+        // Cut anywhere inside the second call's line: none of it counts.
+        for cut in before.len()..after.len() {
+            std::fs::write(st.journal_path("net"), &after[..cut]).unwrap();
+            assert_eq!(
+                st.load("net").unwrap().records,
+                vec![rec("10.0.0.2", "a")],
+                "cut at {cut}"
+            );
+        }
     }
 }
