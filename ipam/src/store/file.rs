@@ -1,20 +1,22 @@
 //! The file store: `<dataDir>/<network>/{lock,state.bin,journal}`.
 //!
-//! `state.bin` is a snapshot of the whole state (see [`super::snapshot`];
-//! a `state.json` written by earlier versions is read while no `state.bin`
-//! exists, and removed by the first compaction); `journal` holds the changes
-//! made since, one checksummed line per call (`<fnv1a32 hex> [changes]\n`). A change
-//! takes an exclusive `flock` on `lock`, reads snapshot + journal, applies the
-//! change in memory, and appends only the difference to the journal (write,
-//! fsync). So an ADD or DEL writes and syncs a few hundred bytes whatever the
-//! number of records, where rewriting the whole state cost O(records) bytes
-//! and two syncs per call.
+//! `state.bin` is an indexed snapshot of the whole state (see
+//! [`super::snapshot`]; a `state.json` written by earlier versions is read
+//! while no `state.bin` exists and replaced by the first change); `journal`
+//! holds the changes made since, one checksummed line per call
+//! (`<fnv1a32 hex> [changes]\n`). A change takes an exclusive `flock` on
+//! `lock`, maps the snapshot, replays the journal over it, lets the allocator
+//! decide through [`Ledger`] lookups (binary searches in the snapshot's
+//! tables), and appends only this call's changes to the journal (write,
+//! fdatasync). So an ADD or DEL reads a few records and writes and syncs a
+//! few hundred bytes whatever the number of records, where rewriting the
+//! whole JSON state cost O(records) and two syncs per call.
 //!
-//! Crash safety: a journal line is committed once its fsync returned; only
+//! Crash safety: a call is committed once its journal fsync returned; only
 //! the last append can be cut short by a crash, so an invalid *last* line is
 //! a torn write and ignored (and cut off by the next writer), while an invalid
-//! line followed by others is corruption. When the journal has grown to a
-//! fraction of the snapshot, the writer compacts: it replaces the snapshot
+//! line followed by others is corruption. When the journal outgrows
+//! max(16 KiB, snapshot/32), the writer compacts: it replaces the snapshot
 //! atomically (`cni::fsutil::write_atomic`) and then empties the journal. A
 //! crash in between leaves the new snapshot with the old journal, which
 //! replays to the same state because every journal entry is an absolute
