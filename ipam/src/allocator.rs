@@ -1,9 +1,11 @@
-//! Allocation decisions on the state of one network, as plain data.
+//! Allocation decisions on the state of one network.
 //!
-//! Everything here is pure: the verbs load a [`State`] from the store, call
-//! one function, and the store persists the result. An ADD works on a copy of
-//! the state and replaces it only when every family succeeded, which is what
-//! makes dual-stack all or nothing.
+//! The decisions are pure with respect to the outside world: ADD, DEL and
+//! CHECK read and write through a [`Ledger`] (the lookups they need), which
+//! the in-memory [`State`] implements and a store can implement from an
+//! index; GC, STATUS and usage work on a whole [`State`]. An ADD decides every
+//! family before changing anything, which is what makes dual-stack all or
+//! nothing; the store commits only when the whole call succeeded.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -88,7 +90,8 @@ impl State {
         self.index(ip).ok().map(|i| &self.records[i])
     }
 
-    fn put(&mut self, rec: Record) {
+    /// Insert or replace the record of `rec.ip`, keeping the order.
+    pub fn put(&mut self, rec: Record) {
         match self.index(&rec.ip) {
             Ok(i) => self.records[i] = rec,
             Err(i) => self.records.insert(i, rec),
@@ -115,6 +118,73 @@ impl State {
                 format!("address {} is recorded twice", w[0].ip),
             ));
         }
+        Ok(())
+    }
+}
+
+/// What ADD, DEL and CHECK read and write: the lookups they make, not the
+/// whole state. [`State`] answers from memory; a store can answer from an
+/// index (the file store from its snapshot without decoding every record, an
+/// etcd store from one key per address / attachment / sticky identity), so a
+/// call's cost need not grow with the number of records. Fallible because a
+/// store may fail mid-way; a failed call changes nothing (the store commits
+/// only when the whole decision succeeded).
+pub trait Ledger {
+    /// The record of `ip`, if reserved.
+    fn record(&self, ip: &IpAddr) -> Result<Option<Record>>;
+    /// Is `ip` reserved?
+    fn taken(&self, ip: &IpAddr) -> Result<bool> {
+        Ok(self.record(ip)?.is_some())
+    }
+    /// The records this attachment holds, by address.
+    fn held_by(&self, a: &Attachment) -> Result<Vec<Record>>;
+    /// The records of this sticky identity (held or parked), by address.
+    fn sticky_records(&self, s: &StickyId) -> Result<Vec<Record>>;
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>>;
+    fn set_cursor(&mut self, pool: &str, ip: IpAddr) -> Result<()>;
+    /// Insert or replace the record of `r.ip`.
+    fn put_record(&mut self, r: Record) -> Result<()>;
+    fn remove_record(&mut self, ip: &IpAddr) -> Result<()>;
+}
+
+impl Ledger for State {
+    fn record(&self, ip: &IpAddr) -> Result<Option<Record>> {
+        Ok(self.get(ip).cloned())
+    }
+
+    fn taken(&self, ip: &IpAddr) -> Result<bool> {
+        Ok(self.index(ip).is_ok())
+    }
+
+    fn held_by(&self, a: &Attachment) -> Result<Vec<Record>> {
+        Ok(self.owned_by(a).cloned().collect())
+    }
+
+    fn sticky_records(&self, s: &StickyId) -> Result<Vec<Record>> {
+        Ok(self
+            .records
+            .iter()
+            .filter(|r| r.sticky.as_ref() == Some(s))
+            .cloned()
+            .collect())
+    }
+
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>> {
+        Ok(self.cursors.get(pool).copied())
+    }
+
+    fn set_cursor(&mut self, pool: &str, ip: IpAddr) -> Result<()> {
+        self.cursors.insert(pool.to_string(), ip);
+        Ok(())
+    }
+
+    fn put_record(&mut self, r: Record) -> Result<()> {
+        self.put(r);
+        Ok(())
+    }
+
+    fn remove_record(&mut self, ip: &IpAddr) -> Result<()> {
+        self.remove(ip);
         Ok(())
     }
 }
@@ -170,12 +240,12 @@ fn who(req: &AddRequest) -> String {
 
 /// ADD: the addresses of this attachment, reserving them if it has none yet.
 pub fn add(
-    state: &mut State,
+    state: &mut dyn Ledger,
     cfg: &Config,
     req: &AddRequest,
     quarantined: &[IpAddr],
 ) -> Result<Vec<Lease>> {
-    let held: Vec<Lease> = state.owned_by(&req.attachment).map(lease).collect();
+    let held: Vec<Lease> = state.held_by(&req.attachment)?.iter().map(lease).collect();
     if !held.is_empty() {
         return Ok(held);
     }
@@ -225,56 +295,63 @@ pub fn add(
             ifname: req.attachment.ifname.clone(),
         });
 
-    let mut next = state.clone();
-    let mut leases = Vec::new();
+    // Families use disjoint pools, cursors and records, so each family's
+    // choice can be made on the unchanged state and all applied at the end:
+    // all or nothing without copying the state.
+    let sticky_recs = match &sticky {
+        Some(s) => state.sticky_records(s)?,
+        None => Vec::new(),
+    };
+    let mut chosen = Vec::new();
     for fam in families {
         let pools: Vec<&Pool> = applicable
             .iter()
             .copied()
             .filter(|p| p.family() == fam)
             .collect();
-        let rec = match requested.get(&fam) {
-            Some(ip) => take_requested(&next, cfg, req, &pools, *ip, sticky.as_ref(), quarantined)?,
-            None => match sticky.as_ref().and_then(|s| parked_for(&next, s, fam)) {
-                Some(old) => take_sticky(cfg, req, &pools, old)?,
-                None => take_next_free(&mut next, cfg, req, &pools, quarantined)?,
+        let (rec, cursor) = match requested.get(&fam) {
+            Some(ip) => (
+                take_requested(&*state, cfg, req, &pools, *ip, sticky.as_ref(), quarantined)?,
+                None,
+            ),
+            None => match parked_for(&sticky_recs, fam) {
+                Some(old) => (take_sticky(cfg, req, &pools, old)?, None),
+                None => take_next_free(&*state, cfg, req, &pools, quarantined)?,
             },
         };
         // A sticky identity holds one address per family: moving it to a
         // requested address lets go of the old one.
-        if let Some(s) = &sticky {
-            let stale: Vec<IpAddr> = next
-                .records
-                .iter()
-                .filter(|r| {
-                    r.sticky.as_ref() == Some(s) && Family::of(&r.ip) == fam && r.ip != rec.ip
-                })
-                .map(|r| r.ip)
-                .collect();
-            for ip in stale {
-                next.remove(&ip);
-            }
-        }
+        let stale: Vec<IpAddr> = sticky_recs
+            .iter()
+            .filter(|r| Family::of(&r.ip) == fam && r.ip != rec.ip)
+            .map(|r| r.ip)
+            .collect();
         let rec = Record {
             owner: Some(req.attachment.clone()),
             node: cfg.node_name.clone(),
             sticky: sticky.clone(),
             ..rec
         };
-        leases.push(lease(&rec));
-        next.put(rec);
+        chosen.push((rec, cursor, stale));
     }
-    *state = next;
+    let mut leases = Vec::new();
+    for (rec, cursor, stale) in chosen {
+        for ip in stale {
+            state.remove_record(&ip)?;
+        }
+        if let Some((pool, ip)) = cursor {
+            state.set_cursor(&pool, ip)?;
+        }
+        leases.push(lease(&rec));
+        state.put_record(rec)?;
+    }
     Ok(leases)
 }
 
 /// The record of this sticky identity and family, parked or held by another
 /// (older or newer) sandbox of the same pod.
-fn parked_for<'a>(state: &'a State, s: &StickyId, fam: Family) -> Option<&'a Record> {
-    state
-        .records
-        .iter()
-        .find(|r| r.sticky.as_ref() == Some(s) && Family::of(&r.ip) == fam)
+fn parked_for(sticky_recs: &[Record], fam: Family) -> Option<&Record> {
+    sticky_recs.iter().find(|r| Family::of(&r.ip) == fam)
 }
 
 /// A sticky identity reclaims its address, from the park or from an older
@@ -295,7 +372,7 @@ fn take_sticky(cfg: &Config, req: &AddRequest, pools: &[&Pool], old: &Record) ->
 }
 
 fn take_requested(
-    state: &State,
+    state: &dyn Ledger,
     cfg: &Config,
     req: &AddRequest,
     pools: &[&Pool],
@@ -312,7 +389,7 @@ fn take_requested(
             names.join(", ")
         ))
     })?;
-    if let Some(r) = state.get(&ip) {
+    if let Some(r) = state.record(&ip)? {
         let ours = sticky.is_some() && r.sticky.as_ref() == sticky;
         if !ours {
             let holder = match &r.owner {
@@ -341,31 +418,53 @@ fn take_requested(
     })
 }
 
+/// The next free address of the first pool with room, and the cursor to
+/// record. Records are sorted, so a candidate is checked by binary search
+/// instead of building the blocked set from every record: the cost depends on
+/// the taken addresses right after the cursor, not on how many there are.
 fn take_next_free(
-    state: &mut State,
+    state: &dyn Ledger,
     cfg: &Config,
     req: &AddRequest,
     pools: &[&Pool],
     quarantined: &[IpAddr],
-) -> Result<Record> {
+) -> Result<(Record, Option<(String, IpAddr)>)> {
     for pool in pools {
-        let taken = state
-            .records
-            .iter()
-            .map(|r| &r.ip)
-            .chain(quarantined.iter());
-        let blocked = pool.blocked(taken);
-        let cursor = state.cursors.get(&pool.name).map(|c| pool::to_u128(*c));
-        if let Some(x) = pool::next_free(&pool.ranges, &blocked, cursor) {
-            let ip = pool::from_u128(x, pool.family());
-            state.cursors.insert(pool.name.clone(), ip);
-            return Ok(Record {
-                ip,
-                pool: pool.name.clone(),
-                node: cfg.node_name.clone(),
-                owner: None,
-                sticky: None,
-            });
+        let fam = pool.family();
+        let blocked = pool.blocked(quarantined.iter());
+        let free_from = |from: u128| -> Result<Option<u128>> {
+            let mut from = from;
+            loop {
+                let Some(x) = pool::first_free_from(&pool.ranges, &blocked, from) else {
+                    return Ok(None);
+                };
+                if !state.taken(&pool::from_u128(x, fam))? {
+                    return Ok(Some(x));
+                }
+                match x.checked_add(1) {
+                    Some(n) => from = n,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let cursor = state.cursor(&pool.name)?.map(pool::to_u128);
+        let from = cursor.and_then(|c| c.checked_add(1)).unwrap_or(0);
+        let found = match free_from(from)? {
+            Some(x) => Some(x),
+            None => free_from(0)?,
+        };
+        if let Some(x) = found {
+            let ip = pool::from_u128(x, fam);
+            return Ok((
+                Record {
+                    ip,
+                    pool: pool.name.clone(),
+                    node: cfg.node_name.clone(),
+                    owner: None,
+                    sticky: None,
+                },
+                Some((pool.name.clone(), ip)),
+            ));
         }
     }
     let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
@@ -393,18 +492,25 @@ fn let_go(state: &mut State, ip: &IpAddr) {
 }
 
 /// DEL: release what this attachment owns (nothing recorded is fine).
-pub fn del(state: &mut State, a: &Attachment) -> Vec<IpAddr> {
-    let ips: Vec<IpAddr> = state.owned_by(a).map(|r| r.ip).collect();
-    for ip in &ips {
-        let_go(state, ip);
+pub fn del(state: &mut dyn Ledger, a: &Attachment) -> Result<Vec<IpAddr>> {
+    let held = state.held_by(a)?;
+    for r in &held {
+        if r.sticky.is_some() {
+            state.put_record(Record {
+                owner: None,
+                ..r.clone()
+            })?;
+        } else {
+            state.remove_record(&r.ip)?;
+        }
     }
-    ips
+    Ok(held.iter().map(|r| r.ip).collect())
 }
 
 /// CHECK: the attachment's reservation exists and matches `prev` (the
 /// addresses of prevResult, when there is one).
-pub fn check(state: &State, a: &Attachment, prev: Option<&[IpAddr]>) -> Result<()> {
-    let mut held: Vec<IpAddr> = state.owned_by(a).map(|r| r.ip).collect();
+pub fn check(state: &dyn Ledger, a: &Attachment, prev: Option<&[IpAddr]>) -> Result<()> {
+    let mut held: Vec<IpAddr> = state.held_by(a)?.iter().map(|r| r.ip).collect();
     if held.is_empty() {
         return Err(Error::plugin(
             code::CHECK_FAILED,
@@ -592,8 +698,8 @@ mod tests {
         assert_eq!(e.code(), code::POOL_EXHAUSTED);
         assert!(e.to_string().contains("pools a"), "{e}");
         // Freed .2 is not handed out again before the rotation comes back to it.
-        del(&mut s, &att("c0"));
-        del(&mut s, &att("c2"));
+        del(&mut s, &att("c0")).unwrap();
+        del(&mut s, &att("c2")).unwrap();
         assert_eq!(
             add(&mut s, &c, &req("n1"), &[]).unwrap()[0].ip,
             ip("10.0.0.2")
@@ -611,10 +717,10 @@ mod tests {
         let a = add(&mut s, &c, &req("c1"), &[]).unwrap();
         assert_eq!(add(&mut s, &c, &req("c1"), &[]).unwrap(), a);
         add(&mut s, &c, &req("c2"), &[]).unwrap();
-        assert!(del(&mut s, &att("nope")).is_empty());
-        assert_eq!(del(&mut s, &att("c1")), ips(&a));
+        assert!(del(&mut s, &att("nope")).unwrap().is_empty());
+        assert_eq!(del(&mut s, &att("c1")).unwrap(), ips(&a));
         assert_eq!(s.records.len(), 1);
-        assert!(del(&mut s, &att("c1")).is_empty());
+        assert!(del(&mut s, &att("c1")).unwrap().is_empty());
     }
 
     #[test]
@@ -702,7 +808,7 @@ mod tests {
         let first = ips(&add(&mut s, &c, &pod_req("sb1", "db", "mysql-0"), &[]).unwrap());
         // Other pods move the cursor on.
         add(&mut s, &c, &pod_req("x1", "web", "w"), &[]).unwrap();
-        del(&mut s, &att("sb1"));
+        del(&mut s, &att("sb1")).unwrap();
         assert!(s
             .records
             .iter()
@@ -724,7 +830,7 @@ mod tests {
             ips(&add(&mut s, &c, &pod_req("sb3", "db", "mysql-0"), &[]).unwrap()),
             first
         );
-        assert!(del(&mut s, &att("sb2")).is_empty());
+        assert!(del(&mut s, &att("sb2")).unwrap().is_empty());
         assert!(check(&s, &att("sb3"), Some(&first)).is_ok());
         // Another interface of the same pod is another identity.
         let mut r = pod_req("sb3", "db", "mysql-0");
@@ -816,7 +922,7 @@ mod tests {
                         }
                     }
                 } else {
-                    del(&mut s, &att(&name));
+                    del(&mut s, &att(&name)).unwrap();
                 }
                 let mut seen: Vec<IpAddr> = s.records.iter().map(|r| r.ip).collect();
                 let n = seen.len();

@@ -2,8 +2,8 @@
 //!
 //! - [`config`]: the `ipam` block, validated field by field;
 //! - [`pool`]: pools and the address arithmetic (u128 intervals);
-//! - [`allocator`]: pure allocation decisions on one network's state;
-//! - [`store`]: where the state lives (file store; etcd can follow);
+//! - [`allocator`]: allocation decisions, through the [`allocator::Ledger`] lookups;
+//! - [`store`]: where the state lives (file store: indexed snapshot + journal; etcd can follow);
 //! - [`verbs`]: ADD/DEL/CHECK/GC/STATUS wired to the CNI protocol;
 //! - [`cli`]: the operator commands run without `CNI_COMMAND`.
 

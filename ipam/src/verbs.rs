@@ -2,6 +2,7 @@
 //! update, print the result. All policy lives in `allocator`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use cni::plugin::{Call, Plugin};
 use cni::result::{CniResult, IpConfig, RouteEntry};
@@ -11,7 +12,7 @@ use serde_json::Value;
 
 use crate::allocator::{self, AddRequest, Attachment, Lease, PodRef};
 use crate::config::{self, Config};
-use crate::store::{self, Store};
+use crate::store::{self, file::FileStore, Store};
 
 pub struct IpamPlugin;
 
@@ -36,6 +37,27 @@ fn ctx(call: &Call) -> Result<Ctx> {
         network: call.conf.name.clone(),
         store,
     })
+}
+
+/// The store of a DEL whose ipam config does not validate: the file store
+/// in the raw `ipam.store.dataDir` when it is a non-empty string, else the
+/// default. `None` when the network name is not a store directory or the
+/// store is of another kind: then nothing of this attachment can be found.
+fn fallback_store(call: &Call) -> Option<(Box<dyn Store>, String, PathBuf)> {
+    config::check_network_name(&call.conf.name).ok()?;
+    let raw = call.conf.ipam.as_ref().and_then(|i| i.get("store"));
+    let kind = raw.and_then(|s| s.get("kind")).filter(|k| !k.is_null());
+    if kind.is_some_and(|k| k.as_str() != Some("file")) {
+        return None;
+    }
+    let dir = raw
+        .and_then(|s| s.get("dataDir"))
+        .and_then(Value::as_str)
+        .filter(|d| !d.is_empty())
+        .unwrap_or(config::DEFAULT_DATA_DIR);
+    let dir = PathBuf::from(dir);
+    let store: Box<dyn Store> = Box::new(FileStore::new(dir.clone()));
+    Some((store, call.conf.name.clone(), dir))
 }
 
 fn attachment(call: &Call) -> Attachment {
@@ -153,8 +175,8 @@ impl Plugin for IpamPlugin {
             requested_field,
         };
         let quarantined = quarantine::load_active(&c.cfg.quarantine_file)?;
-        let leases = store::update(c.store.as_ref(), &c.network, |s| {
-            allocator::add(s, &c.cfg, &req, &quarantined)
+        let leases = store::transact(c.store.as_ref(), &c.network, |l| {
+            allocator::add(l, &c.cfg, &req, &quarantined)
         })?;
         tracing::info!(network = %c.network, container = %req.attachment.container_id,
             ifname = %req.attachment.ifname, ips = ?leases.iter().map(|l| l.ip).collect::<Vec<_>>(), "ADD");
@@ -162,16 +184,32 @@ impl Plugin for IpamPlugin {
     }
 
     fn del(&self, call: &Call) -> Result<()> {
-        let c = ctx(call)?;
         let a = attachment(call);
-        // Nothing recorded: succeed without creating or locking anything
-        // (DEL may be repeated, or come for an ADD that never happened).
-        if c.store.load(&c.network)?.owned_by(&a).next().is_none() {
-            return Ok(());
+        // DEL must not block a pod's deletion over a config that no longer
+        // validates (edited, or written for a newer plugin): release what
+        // the attachment holds wherever the store can still be told.
+        let (store, network) = match ctx(call) {
+            Ok(c) => (c.store, c.network),
+            Err(e) => match fallback_store(call) {
+                Some((store, network, dir)) => {
+                    tracing::warn!(error = %e, data_dir = %dir.display(),
+                        "DEL: ipam config invalid; releasing this attachment's addresses from the data dir it names (or the default)");
+                    (store, network)
+                }
+                None => {
+                    tracing::warn!(error = %e,
+                        "DEL: ipam config invalid and its store cannot be told; nothing released");
+                    return Ok(());
+                }
+            },
+        };
+        // Nothing recorded (DEL repeated, or for an ADD that never happened)
+        // writes nothing and creates nothing.
+        let released = store::transact(store.as_ref(), &network, |l| allocator::del(l, &a))?;
+        if !released.is_empty() {
+            tracing::info!(network = %network, container = %a.container_id, ifname = %a.ifname,
+                ips = ?released, "DEL");
         }
-        let released = store::update(c.store.as_ref(), &c.network, |s| Ok(allocator::del(s, &a)))?;
-        tracing::info!(network = %c.network, container = %a.container_id, ifname = %a.ifname,
-            ips = ?released, "DEL");
         Ok(())
     }
 

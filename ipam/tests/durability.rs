@@ -132,7 +132,7 @@ fn corrupt_state_file_is_an_error_and_is_kept() {
     std::fs::write(&state, garbage).unwrap();
     let msg = Call::new("ADD", "b").fails(&conf, 112);
     assert!(
-        msg.contains("state.json") && msg.contains("corrupt"),
+        msg.contains("state.bin") && msg.contains("corrupt"),
         "{msg}"
     );
     Call::new("DEL", "a").fails(&conf, 112);
@@ -228,4 +228,5 @@ fn full_data_dir_is_io_error() {
     assert_eq!((code, v["code"].as_u64()), (1, Some(5)), "{v}");
     assert!(v["msg"].as_str().unwrap().contains("No space left"), "{v}");
     assert!(!lab.state_file("net1").exists());
+    assert!(!lab.data_dir().join("net1").join("journal").exists());
 }

@@ -245,3 +245,31 @@ fn bad_config_names_the_field() {
     no_ipam.as_object_mut().unwrap().remove("ipam");
     assert!(Call::new("ADD", "a").fails(&no_ipam, 7).contains("ipam"));
 }
+
+#[test]
+fn del_with_an_invalid_ipam_config_still_releases() {
+    let lab = Lab::new();
+    let conf = lab.conf("1.0.0", dual_pools(), json!({}));
+    let held = result_ips(&Call::new("ADD", "bad-conf").ok(&conf));
+    let other = result_ips(&Call::new("ADD", "bystander").ok(&conf));
+    assert_eq!(held.len(), 2);
+    // The config was edited into something invalid after the ADD; DEL
+    // succeeds and still frees the attachment's addresses (only its own).
+    let mut broken = conf.clone();
+    broken["ipam"]["pools"] = json!([{"subnet": "10.6.0.0/33", "bogus": 1}]);
+    broken["ipam"]["sticky"] = json!("nope");
+    Call::new("DEL", "bad-conf").ok(&broken);
+    let left = state_ips(&lab.state_file("net1"));
+    assert!(held.iter().all(|ip| !left.contains(ip)), "{left:?}");
+    assert!(other.iter().all(|ip| left.contains(ip)), "{left:?}");
+    // ADD with that config is still refused.
+    Call::new("ADD", "bad-conf").fails(&broken, 7);
+    // A store of another kind cannot be searched: DEL succeeds, frees nothing.
+    let mut etcd = broken.clone();
+    etcd["ipam"]["store"] = json!({"kind": "etcd", "endpoints": []});
+    Call::new("DEL", "bystander").ok(&etcd);
+    assert_eq!(state_ips(&lab.state_file("net1")).len(), 2);
+    // A broken store is still an error, never a silent success.
+    std::fs::write(lab.state_file("net1"), b"{garbage").unwrap();
+    Call::new("DEL", "bystander").fails(&broken, 112);
+}

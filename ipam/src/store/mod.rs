@@ -5,10 +5,12 @@
 //! one node; a cluster-wide store (etcd) implements the same trait.
 
 pub mod file;
+mod mapped;
+pub mod snapshot;
 
 use cni::Result;
 
-use crate::allocator::State;
+use crate::allocator::{Ledger, State};
 use crate::config::StoreConfig;
 
 pub trait Store {
@@ -22,6 +24,32 @@ pub trait Store {
 
     /// Networks that have state in this store.
     fn networks(&self) -> Result<Vec<String>>;
+
+    /// Like [`Store::update`], but `f` sees only the lookups of a [`Ledger`],
+    /// which lets a store answer them without materialising every record
+    /// (what keeps ADD and DEL flat in the number of records). The default
+    /// runs `f` on the whole state.
+    fn transact(
+        &self,
+        network: &str,
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<()>,
+    ) -> Result<()> {
+        self.update(network, &mut |s| f(s))
+    }
+}
+
+/// [`Store::transact`] returning a value from the closure (see [`update`]).
+pub fn transact<T>(
+    store: &dyn Store,
+    network: &str,
+    mut f: impl FnMut(&mut dyn Ledger) -> Result<T>,
+) -> Result<T> {
+    let mut out = None;
+    store.transact(network, &mut |l| {
+        out = Some(f(l)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| cni::Error::plugin(cni::error::code::INTERNAL, "store skipped an update"))
 }
 
 /// [`Store::update`] returning a value from the closure. The closure may run

@@ -28,7 +28,7 @@ impl Lab {
         self.dir.path().join("quarantine.json")
     }
     pub fn state_file(&self, network: &str) -> PathBuf {
-        self.data_dir().join(network).join("state.json")
+        self.data_dir().join(network).join("state.bin")
     }
     /// A network config with these pools (and extra ipam fields).
     pub fn conf(&self, version: &str, pools: Value, extra: Value) -> Value {
@@ -147,12 +147,27 @@ pub fn result_ips(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The records of a state file.
+/// The addresses recorded for the network whose state file is `path`
+/// (`<dataDir>/<network>/state.bin`), read through the CLI: the state is a
+/// snapshot plus a journal, so the snapshot alone is not the whole story.
 pub fn state_ips(path: &Path) -> Vec<String> {
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(path).expect("state file")).expect("state JSON");
-    v["records"]
-        .as_array()
+    let net_dir = path.parent().expect("network dir");
+    let network = net_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("network");
+    let data_dir = net_dir.parent().and_then(|d| d.to_str()).expect("data dir");
+    let (code, out, err) = cli(&[
+        "list",
+        "--data-dir",
+        data_dir,
+        "--network",
+        network,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "list failed: {err}");
+    let v: Value = serde_json::from_str(&out).expect("list JSON");
+    v.as_array()
         .expect("records")
         .iter()
         .map(|r| r["ip"].as_str().unwrap_or("").to_string())
