@@ -227,17 +227,22 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     }
 
     // Announced before apply, once detection (if on) has cleared the
-    // addresses: closing the packet sockets waits out an RCU grace period
-    // (see detect::close_in_background) that then overlaps apply instead of
-    // delaying the end of the call.
+    // addresses. Neighbours that cached another MAC for these addresses learn
+    // this one at once: the old MAC after a podMACPrefix change, or a previous
+    // pod's MAC when an address comes back on a new link (a sticky address of
+    // a re-created pod). Main plugins send a gratuitous ARP of their own but no
+    // IPv6 advertisement, so IPv6 peers would otherwise keep a REACHABLE entry
+    // for the old MAC and black-hole the pod for up to ~30 s. IPv4 is only
+    // announced after our own MAC change: its packet socket costs an RCU grace
+    // period to close.
     if mac != [0; 6] {
-        // Neighbours that cached another MAC for these addresses learn this
-        // one at once: the old MAC after a podMACPrefix change, or a previous
-        // pod's MAC when an address comes back on a new link (a sticky
-        // address of a re-created pod). The reference macvlan sends no
-        // IPv6 advertisement, so IPv6 peers would otherwise keep a REACHABLE
-        // entry for the old MAC and black-hole the pod for up to ~30 s.
-        let addrs: Vec<IpAddr> = ctx.inputs.ips.iter().map(|n| n.addr()).collect();
+        let addrs: Vec<IpAddr> = ctx
+            .inputs
+            .ips
+            .iter()
+            .map(|n| n.addr())
+            .filter(|a| a.is_ipv6() || mac_change.is_some())
+            .collect();
         if let Err(e) = announce(&pod_ns, nic.index, mac, &addrs) {
             tracing::warn!("announcing the MAC of {ifname}: {e}");
         }

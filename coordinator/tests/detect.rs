@@ -625,6 +625,8 @@ fn announce_sends_garp_and_unsolicited_na() {
     let new_mac = [0x0a, 0x1b, 10, 6, 0, 5];
     let idx = lab.ifindex(&lab.pod, "eth0");
     let pod = lab.netns(&lab.pod);
+    // As in ADD: the NIC already carries the MAC it announces.
+    lab.ip(&lab.pod, "link set eth0 address 0a:1b:0a:06:00:05");
     let frames = capture(&lab, || {
         announce(&pod, idx, new_mac, &[v4(POD_V4), v6(POD_V6)]).expect("announce");
     });
