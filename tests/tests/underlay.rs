@@ -56,30 +56,7 @@ fn strict_ipv6_fabric(lab: &Lab) {
     .expect("fabric bridge sysctls");
     let script = "table ip6 rpf {\n chain pre {\n  type filter hook prerouting priority -150; policy accept;\n  \
                   ip6 saddr != { ::, fe80::/10 } fib saddr . iif oif missing drop\n }\n}\n";
-    run_nft(lab.fabric(), script).expect("nft fib reverse-path filter in the fabric");
-}
-
-fn run_nft(ns: &str, script: &str) -> std::io::Result<String> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut cmd = nsexec::command_in(ns, "nft", Enter::NetOnly)?;
-    let mut child = cmd
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut s) = child.stdin.take() {
-        s.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "nft in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    lab::nft_in(lab.fabric(), script).expect("nft fib reverse-path filter in the fabric");
 }
 
 /// A conflist from conf-examples/, with state and logs kept in the lab and
@@ -1530,7 +1507,7 @@ fn check_names_the_missing_piece() {
         check().unwrap_or_else(|e| panic!("CHECK after restoring: {}", describe(&e)));
     }
     // The reply-mark table in the pod.
-    run_nft(&pod.name, "delete table inet coordinator\n").unwrap();
+    lab::nft_in(&pod.name, "delete table inet coordinator\n").unwrap();
     let err = check().expect_err("CHECK without the nftables table");
     assert!(err.msg.contains("nftables"), "{}", err.msg);
     // And the veth itself.

@@ -439,27 +439,7 @@ impl Lab {
 
     /// Run an nft script in the node netns.
     pub fn nft(&self, script: &str) -> io::Result<()> {
-        use std::io::Write;
-        use std::process::Stdio;
-        let mut cmd = nsexec::command_in(&self.node, "nft", Enter::NetOnly)?;
-        let mut child = cmd
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut s) = child.stdin.take() {
-            s.write_all(script.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "nft in {}: {}",
-                self.node,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        nft_in(&self.node, script).map(drop)
     }
 
     /// A chain runner for `list` that execs plugins inside this lab's node.
@@ -622,6 +602,30 @@ fn wait_up(ns: &str, names: &[String]) -> io::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// Run an nft script (test-side fixture) inside netns `ns`; its stdout.
+pub fn nft_in(ns: &str, script: &str) -> io::Result<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut cmd = nsexec::command_in(ns, "nft", Enter::NetOnly)?;
+    let mut child = cmd
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut s) = child.stdin.take() {
+        s.write_all(script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "nft in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Run `f` on a thread inside netns `ns` (name or path).
