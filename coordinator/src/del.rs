@@ -80,8 +80,13 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
             remove_reply_path(pod, pod_ns.as_ref());
         } else {
             remove_nic_tables(pod, &ips);
+            let first = &cfg.pod_default_cni_nic;
             if ifname == cfg.default_route_nic() {
-                restore_first_nic_default(pod, &cfg.pod_default_cni_nic);
+                restore_first_nic_default(pod, first);
+            }
+            // The first NIC's own table only serves while a later NIC is there.
+            if !later_nic_tables_remain(pod, first) {
+                remove_nic_tables(pod, &first_nic_addresses(pod, first));
             }
         }
     }
@@ -115,22 +120,17 @@ fn remove_reply_path(pod: &Netlink, ns: Option<&NetNs>) {
 }
 
 /// podDefaultRouteNic named the NIC being removed: ADD moved the first NIC's
-/// default into that NIC's own table; put it back into `main` (replacing the
-/// removed NIC's default), or a pod whose NIC is detached at run time is left
-/// without a default route. Then drop the first NIC's `from` rules and table.
+/// default into the first NIC's own table; put it back into `main`
+/// (replacing the removed NIC's default), or a pod whose NIC is detached at
+/// run time is left without a default route.
 fn restore_first_nic_default(pod: &Netlink, first: &str) {
     let Ok(Some(eth0)) = pod.link(first) else {
         return;
     };
-    let Ok(addrs) = pod.addresses(Some(eth0.index)) else {
-        return;
-    };
-    let ips: Vec<IpNet> = addrs
-        .into_iter()
-        .filter(|a| a.scope == 0)
-        .map(|a| a.addr)
+    let own: Vec<IpAddr> = first_nic_addresses(pod, first)
+        .iter()
+        .map(|n| n.addr())
         .collect();
-    let own: Vec<IpAddr> = ips.iter().map(|n| n.addr()).collect();
     for f in [Family::V4, Family::V6] {
         let Ok(rules) = pod.rules(f) else { continue };
         for r in rules
@@ -149,7 +149,37 @@ fn restore_first_nic_default(pod: &Netlink, first: &str) {
             }
         }
     }
-    remove_nic_tables(pod, &ips);
+}
+
+/// Global addresses of the pod's first NIC.
+fn first_nic_addresses(pod: &Netlink, first: &str) -> Vec<IpNet> {
+    let Ok(Some(eth0)) = pod.link(first) else {
+        return Vec::new();
+    };
+    pod.addresses(Some(eth0.index))
+        .map(|addrs| {
+            addrs
+                .into_iter()
+                .filter(|a| a.scope == 0)
+                .map(|a| a.addr)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Does a `from` rule of some later NIC (not the first NIC) remain?
+fn later_nic_tables_remain(pod: &Netlink, first: &str) -> bool {
+    let own: Vec<IpAddr> = first_nic_addresses(pod, first)
+        .iter()
+        .map(|n| n.addr())
+        .collect();
+    [Family::V4, Family::V6].into_iter().any(|f| {
+        pod.rules(f).is_ok_and(|rules| {
+            rules
+                .iter()
+                .any(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| !own.contains(&s.addr())))
+        })
+    })
 }
 
 /// `from <address> lookup T` rules of the NIC and the tables they point at.

@@ -578,9 +578,7 @@ fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         };
         plan.routes.extend(cluster);
         plan.rules.extend(from_rules(&inp.ips, table));
-        if is_default_nic {
-            move_first_nic_default(cfg, inp, table, plan);
-        }
+        first_nic_table(cfg, inp, table, plan, is_default_nic);
     }
     // Host side: the node reaches this NIC's addresses through the pod's
     // link to the host (veth0 in underlay, eth0's peer in overlay).
@@ -592,9 +590,19 @@ fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     plan.policy = policy_routes(&cfg.policy_routes, table, &inp.ifname);
 }
 
-/// `podDefaultRouteNic` names this later NIC: the first NIC's default leaves
-/// `main` for a table of its own, reached by `from` rules of its addresses.
-fn move_first_nic_default(cfg: &Config, inp: &Inputs, this_table: u32, plan: &mut Plan) {
+/// Once the pod has a second NIC, the first NIC gets a table of its own too,
+/// reached by `from` rules of its addresses: a reply from the first NIC's
+/// address then leaves through the first NIC even toward a client on a later
+/// NIC's subnet (whose connected route stays in `main`). When
+/// `podDefaultRouteNic` names this later NIC (`move_default`), the first
+/// NIC's default also leaves `main`.
+fn first_nic_table(
+    cfg: &Config,
+    inp: &Inputs,
+    this_table: u32,
+    plan: &mut Plan,
+    move_default: bool,
+) {
     let first = &cfg.pod_default_cni_nic;
     let Some(eth0) = inp.pod.link(first) else {
         return;
@@ -605,10 +613,10 @@ fn move_first_nic_default(cfg: &Config, inp: &Inputs, this_table: u32, plan: &mu
         .iter()
         .filter(|r| r.table == TABLE_MAIN && r.oif == Some(eth0.index) && r.dst.prefix_len() == 0)
         .collect();
-    if defaults.is_empty() {
+    let eth0_ips = inp.pod.addrs_of(eth0.index);
+    if eth0_ips.is_empty() {
         return;
     }
-    let eth0_ips = inp.pod.addrs_of(eth0.index);
     let table = match inp.layout {
         Layout::OverlayLater => TABLE_REPLY,
         _ => existing_table(&inp.pod, &eth0_ips)
@@ -638,15 +646,23 @@ fn move_first_nic_default(cfg: &Config, inp: &Inputs, this_table: u32, plan: &mu
     // in this table (the route is looked up again with the chosen source):
     // the node and the hijacked CIDRs must stay behind veth0 here too.
     if inp.layout == Layout::UnderlayLater {
-        plan.routes.extend(via_veth_from(
-            inp,
-            &eth0_ips,
-            cfg,
-            table,
-            &families(&eth0_ips),
-        ));
+        // The same routes main got at the first NIC's ADD (node addresses
+        // on-link, hijacked CIDRs via the first NIC's node address): copied,
+        // not recomputed, so every later NIC's call writes the same table.
+        if let Some(v0) = inp.pod.link(POD_VETH) {
+            for r in inp
+                .pod
+                .routes
+                .iter()
+                .filter(|r| r.table == TABLE_MAIN && r.oif == Some(v0.index))
+            {
+                plan.routes.push(copy_into(r, table, POD_VETH));
+            }
+        }
     }
-    plan.moves.extend(defaults.into_iter().cloned());
+    if move_default {
+        plan.moves.extend(defaults.into_iter().cloned());
+    }
     plan.rules.extend(from_rules(&eth0_ips, table));
 }
 
@@ -750,6 +766,15 @@ mod tests {
         if net1 {
             p.links.push(link(3, "net1", Some("macvlan")));
             p.links.push(link(4, "veth0", Some("veth")));
+            // What eth0's underlay ADD put in main through veth0.
+            for (dst, gw, scope) in [
+                ("10.6.0.2/32", None, Scope::Link),
+                ("10.233.0.0/18", Some("10.6.0.2"), Scope::Universe),
+            ] {
+                let mut r = route(dst, TABLE_MAIN, 4, gw, RTPROT_BOOT, scope);
+                r.prefsrc = Some("10.6.0.5".parse().unwrap());
+                p.routes.push(r);
+            }
             p.routes.push(route(
                 "10.7.0.0/16",
                 TABLE_MAIN,
@@ -1011,11 +1036,33 @@ mod tests {
         let from: Vec<_> = p
             .rules
             .iter()
-            .filter(|(s, r)| *s == Side::Pod && r.priority == PRIO_FROM)
+            .filter(|(s, r)| *s == Side::Pod && r.priority == PRIO_FROM && r.table == t)
             .collect();
         assert_eq!(from.len(), 1);
         assert_eq!(from[0].1.src, Some("10.7.0.5/32".parse().unwrap()));
-        assert_eq!(from[0].1.table, t);
+        // The first NIC gets a table of its own: replies from its addresses
+        // leave through it even toward net1's subnet. Its default stays in main.
+        let eth0_rules: Vec<_> = p
+            .rules
+            .iter()
+            .filter(|(s, r)| *s == Side::Pod && r.priority == PRIO_FROM && r.table != t)
+            .collect();
+        assert_eq!(eth0_rules.len(), 2, "{eth0_rules:?}");
+        let t0 = eth0_rules[0].1.table;
+        assert!(eth0_rules
+            .iter()
+            .all(|(_, r)| r.table == t0 && t0 != TABLE_REPLY));
+        assert!(has_route(
+            &p,
+            Side::Pod,
+            "0.0.0.0/0",
+            t0,
+            "eth0",
+            Some("10.6.0.1")
+        ));
+        assert!(has_route(&p, Side::Pod, "10.6.0.0/16", t0, "eth0", None));
+        assert!(has_route(&p, Side::Pod, "10.6.0.2/32", t0, "veth0", None));
+        assert!(!p.moves.iter().any(|m| m.oif == Some(2)));
         // the node reaches net1's address through the veth.
         assert!(has_route(
             &p,
@@ -1041,10 +1088,22 @@ mod tests {
         r.src = Some("10.7.0.5/32".parse().unwrap());
         again.pod.rules.push(r);
         let p = plan_add(&cfg(json!({})), &again);
+        let net1_src = Some("10.7.0.5/32".parse().unwrap());
         assert!(p
             .rules
             .iter()
-            .all(|(s, r)| *s == Side::Host || r.priority != PRIO_FROM || r.table == 107));
+            .filter(|(s, r)| *s == Side::Pod && r.src == net1_src)
+            .all(|(_, r)| r.table == 107));
+        // eth0's table is reused on a repeat as well.
+        let mut r0 = Rule::new(Family::V4, PRIO_FROM, 109);
+        r0.src = Some("10.6.0.5/32".parse().unwrap());
+        again.pod.rules.push(r0);
+        let p = plan_add(&cfg(json!({})), &again);
+        assert!(p
+            .rules
+            .iter()
+            .filter(|(s, r)| *s == Side::Pod && r.priority == PRIO_FROM && r.src != net1_src)
+            .all(|(_, r)| r.table == 109));
     }
 
     #[test]

@@ -12,24 +12,19 @@
 //!
 //! Mixed node (underlay pod A: macvlan eth0 + coordinator; overlay pod B: ptp
 //! eth0 + macvlan net1 on the same parent), see `mixed_node_pairs` and
-//! `mixed_node_pairs_that_cannot_work`:
+//! `mixed_node_overlay_address_pairs`:
 //! - A <-> B.net1, both directions, both families: direct on the shared L2,
 //!   symmetric.
 //! - A -> B.eth0 (overlay address) works only when A's coordinator lists the
 //!   overlay pod CIDR (`overlayPodCIDR`, e.g. from the node defaults file):
 //!   without it A sends it to its underlay gateway, which knows no overlay
-//!   routes. With it the request goes A -> veth0 -> node -> B.eth0, but B's
-//!   reply to A's underlay address leaves through net1 (A's subnet is
-//!   connected there) with B's overlay address as source: asymmetric. It works
-//!   on one node because macvlan bridges the two pods directly and A's
-//!   `podRPFilter` defaults to 0; over IPv4 it cannot work with
-//!   `podRPFilter: 1` in A (the reply arrives on eth0, A's route back is
-//!   veth0; rp_filter has no IPv6 counterpart), nor across nodes where the
-//!   fabric checks sources (uRPF, port security), since B's overlay source
-//!   appears on the underlay wire.
-//! - B.eth0-sourced -> A (a socket bound to B's overlay address): same
-//!   asymmetry mirrored (out through net1, back through A's veth0 and the
-//!   node), same caveats.
+//!   routes. With it the request goes A -> veth0 -> node -> B.eth0, and B's
+//!   reply from its eth0 address follows eth0's own table (the first NIC gets
+//!   one with `from` rules once a later NIC is attached) back through the
+//!   node: symmetric, also with `podRPFilter: 1` in A.
+//! - B.eth0-sourced -> A (a socket bound to B's overlay address) takes the
+//!   same path the other way round (eth0's table out, A's veth0 and the node
+//!   back), again only when A lists the overlay pod CIDR.
 //! - Unbound sockets in B towards A pick net1's address (the connected route
 //!   to A's subnet is net1's), so ordinary clients in B are symmetric.
 
@@ -827,7 +822,7 @@ fn mixed_node_pairs() {
 /// true: an underlay pod without `overlayPodCIDR` cannot reach an overlay
 /// address, and with `podRPFilter: 1` it drops the asymmetric replies.
 #[test]
-fn mixed_node_pairs_that_cannot_work() {
+fn mixed_node_overlay_address_pairs() {
     let lab = lab(1, DUAL);
     let b = overlay_pod(&lab, "b", DUAL, true, &|_| {});
     let _sb = TcpServer::start(
@@ -855,15 +850,30 @@ fn mixed_node_pairs_that_cannot_work() {
             tcp_peer(&a.name, None, SocketAddr::new(b_net1, POD_PORT)),
             pick(&an.ips, true)
         );
-        // Not: B's overlay address (IPv4; rp_filter is IPv4 only).
         let b_eth0 = pick(&b.eth0.ips, true);
-        assert!(
-            tcp_request(&a.name, None, SocketAddr::new(b_eth0, POD_PORT), short).is_err(),
-            "{name}: A -> B.eth0 {b_eth0} was expected to fail"
-        );
-        if name == "strict" {
-            // ...because A's rp_filter dropped B's reply, not for another reason.
-            assert!(rp_filter_drops(&a.name) > 0, "no rp_filter drop in {name}");
+        if name == "plain" {
+            // Without overlayPodCIDR, A sends B's overlay address to its
+            // underlay gateway, which knows no overlay routes.
+            assert!(
+                tcp_request(&a.name, None, SocketAddr::new(b_eth0, POD_PORT), short).is_err(),
+                "{name}: A -> B.eth0 {b_eth0} was expected to fail"
+            );
+        } else {
+            // With it, the request goes A -> veth0 -> node -> B.eth0, and B's
+            // reply from its eth0 address follows eth0's own table back
+            // through the node: symmetric, so even A's strict rp_filter
+            // (IPv4) keeps it.
+            let before = rp_filter_drops(&a.name);
+            assert_eq!(
+                tcp_peer(&a.name, None, SocketAddr::new(b_eth0, POD_PORT)),
+                pick(&an.ips, true),
+                "{name}: A -> B.eth0 {b_eth0}"
+            );
+            assert_eq!(
+                rp_filter_drops(&a.name),
+                before,
+                "rp_filter dropped a reply in {name}"
+            );
         }
     }
 }

@@ -1650,3 +1650,39 @@ fn nad_config_extraction() {
         vec!["{\n  \"x\": 1\n}".to_string(), "{\"y\": 2}".to_string()]
     );
 }
+
+/// A client on net1's subnet talking to eth0's address: the reply leaves
+/// through eth0 (eth0's own table, reached by `from` rules once net1 is
+/// attached), not through net1 whose connected route to the client stays in
+/// main. net1 sends nothing toward the client; eth0 carries the reply.
+#[test]
+fn reply_from_eth0_address_leaves_through_eth0_toward_net1_subnet() {
+    let lab = build_lab(Lab::builder().subnets(2));
+    let pod = lab.pod("p").unwrap();
+    let eth0 = attach(&lab, &pod, load(&lab, "macvlan-underlay.conflist"), "eth0");
+    let _net1 = attach(
+        &lab,
+        &pod,
+        load(&lab, "macvlan-underlay-net1.conflist"),
+        "net1",
+    );
+    let client = client_on(&lab, 2);
+    let _server = TcpServer::start(&pod.name, sa("::".parse().unwrap(), POD_PORT)).unwrap();
+    for v6 in [false, true] {
+        let to = client_ip(&client, v6).expect("client address");
+        let from = eth0.of(v6).expect("eth0 address");
+        let how = route_get(&pod.name, to, Some(from));
+        assert_eq!(how["dev"], "eth0", "route from {from} to {to}: {how}");
+        let (net1_tx, eth0_tx) = (tx_packets(&pod.name, "net1"), tx_packets(&pod.name, "eth0"));
+        expect_peer(&client.name, None, sa(from, POD_PORT), to);
+        assert_eq!(
+            tx_packets(&pod.name, "net1"),
+            net1_tx,
+            "a reply from {from} to {to} left through net1"
+        );
+        assert!(
+            tx_packets(&pod.name, "eth0") > eth0_tx,
+            "no reply through eth0"
+        );
+    }
+}
