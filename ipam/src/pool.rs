@@ -14,31 +14,8 @@ use ipnet::IpNet;
 /// An inclusive interval of addresses of one family.
 pub type Interval = (u128, u128);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: &IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    pub fn of_net(net: &IpNet) -> Family {
-        Family::of(&net.addr())
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-}
+/// IP family of a pool or address (the one type the whole project uses).
+pub use cni::netlink::Family;
 
 pub fn to_u128(ip: IpAddr) -> u128 {
     match ip {

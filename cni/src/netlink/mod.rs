@@ -47,6 +47,13 @@ impl Family {
     pub fn of_net(net: &IpNet) -> Family {
         Family::of(&net.addr())
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
 }
 
 /// Errors of the netlink layer, with the cases callers branch on made explicit.
