@@ -80,13 +80,19 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
             remove_reply_path(pod, pod_ns.as_ref());
         } else {
             remove_nic_tables(pod, &ips);
-            let first = &cfg.pod_default_cni_nic;
-            if ifname == cfg.default_route_nic() {
-                restore_first_nic_default(pod, first);
+            // Read once: the first NIC's addresses name its `from` rules.
+            let first = pod.link(&cfg.pod_default_cni_nic).ok().flatten();
+            let first_ips = first
+                .as_ref()
+                .map(|l| first_nic_addresses(pod, l.index))
+                .unwrap_or_default();
+            let own: Vec<IpAddr> = first_ips.iter().map(|n| n.addr()).collect();
+            if let (true, Some(eth0)) = (ifname == cfg.default_route_nic(), &first) {
+                restore_first_nic_default(pod, eth0.index, &own);
             }
             // The first NIC's own table only serves while a later NIC is there.
-            if !later_nic_tables_remain(pod, first) {
-                remove_nic_tables(pod, &first_nic_addresses(pod, first));
+            if !later_nic_tables_remain(pod, &own) {
+                remove_nic_tables(pod, &first_ips);
             }
         }
     }
@@ -123,14 +129,7 @@ fn remove_reply_path(pod: &Netlink, ns: Option<&NetNs>) {
 /// default into the first NIC's own table; put it back into `main`
 /// (replacing the removed NIC's default), or a pod whose NIC is detached at
 /// run time is left without a default route.
-fn restore_first_nic_default(pod: &Netlink, first: &str) {
-    let Ok(Some(eth0)) = pod.link(first) else {
-        return;
-    };
-    let own: Vec<IpAddr> = first_nic_addresses(pod, first)
-        .iter()
-        .map(|n| n.addr())
-        .collect();
+fn restore_first_nic_default(pod: &Netlink, eth0: u32, own: &[IpAddr]) {
     for f in [Family::V4, Family::V6] {
         let Ok(rules) = pod.rules(f) else { continue };
         for r in rules
@@ -140,9 +139,10 @@ fn restore_first_nic_default(pod: &Netlink, first: &str) {
             let Ok(routes) = pod.routes(f, Some(r.table)) else {
                 continue;
             };
-            for d in routes.iter().filter(|x| {
-                x.table == r.table && x.dst.prefix_len() == 0 && x.oif == Some(eth0.index)
-            }) {
+            for d in routes
+                .iter()
+                .filter(|x| x.table == r.table && x.dst.prefix_len() == 0 && x.oif == Some(eth0))
+            {
                 let mut back = d.clone();
                 back.table = TABLE_MAIN;
                 log_err("first NIC default back to main", pod.replace_route(&back));
@@ -152,11 +152,8 @@ fn restore_first_nic_default(pod: &Netlink, first: &str) {
 }
 
 /// Global addresses of the pod's first NIC.
-fn first_nic_addresses(pod: &Netlink, first: &str) -> Vec<IpNet> {
-    let Ok(Some(eth0)) = pod.link(first) else {
-        return Vec::new();
-    };
-    pod.addresses(Some(eth0.index))
+fn first_nic_addresses(pod: &Netlink, index: u32) -> Vec<IpNet> {
+    pod.addresses(Some(index))
         .map(|addrs| {
             addrs
                 .into_iter()
@@ -168,11 +165,7 @@ fn first_nic_addresses(pod: &Netlink, first: &str) -> Vec<IpNet> {
 }
 
 /// Does a `from` rule of some later NIC (not the first NIC) remain?
-fn later_nic_tables_remain(pod: &Netlink, first: &str) -> bool {
-    let own: Vec<IpAddr> = first_nic_addresses(pod, first)
-        .iter()
-        .map(|n| n.addr())
-        .collect();
+fn later_nic_tables_remain(pod: &Netlink, own: &[IpAddr]) -> bool {
     [Family::V4, Family::V6].into_iter().any(|f| {
         pod.rules(f).is_ok_and(|rules| {
             rules
