@@ -144,10 +144,35 @@ fn no_conflict_and_reachable_gateways_pass() {
     let chain = chain(&lab, "macvlan-underlay.conflist", detection_on());
     let pod = lab.pod("p").unwrap();
     let att = Attachment::new("c-clean", &pod.path, "eth0");
-    let out = chain.add(&att).unwrap();
-    let coord = out.runs.iter().find(|r| r.plugin == "coordinator").unwrap();
-    // One probe window (130 ms by default) is the floor of a clean check.
-    assert!(coord.wall >= Duration::from_millis(130), "{:?}", coord.wall);
+    let gw4: Ipv4Addr = "10.6.0.1".parse().unwrap();
+    let fabric = lab.fabric().to_string();
+    let listener = std::thread::spawn(move || {
+        listen(&fabric, "br1", |h| {
+            h.arp.iter().any(|a| a.is_probe() && a.target_ip == POD4)
+                && h.arp
+                    .iter()
+                    .any(|a| a.sender_ip == POD4 && a.target_ip == gw4)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    chain.add(&att).unwrap();
+    let heard = listener.join().unwrap();
+    // The checks really ran: a conflict probe for the address and a request
+    // from it to the gateway crossed the fabric, and the ADD still passed.
+    assert!(
+        heard
+            .arp
+            .iter()
+            .any(|a| a.is_probe() && a.target_ip == POD4),
+        "no ARP probe for {POD4}: {heard:?}"
+    );
+    assert!(
+        heard
+            .arp
+            .iter()
+            .any(|a| a.sender_ip == POD4 && a.target_ip == gw4),
+        "no gateway request from {POD4} to {gw4}: {heard:?}"
+    );
     assert!(quarantined(&lab).is_empty());
     assert!(ping(&pod.name, "10.6.0.1".parse().unwrap(), None));
     chain.del(&att).unwrap();
