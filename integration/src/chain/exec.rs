@@ -51,8 +51,7 @@ pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
         nsexec::enter(&mut cmd, ns, Enter::WithSysfs)?;
     }
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
+    let mut child = spawn_retrying_busy(&mut cmd)
         .map_err(|e| io::Error::new(e.kind(), format!("exec {}: {e}", spec.binary.display())))?;
     let pid = child.id() as libc::pid_t;
 
@@ -153,6 +152,25 @@ pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
         cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
         timed_out,
     })
+}
+
+/// Spawn, retrying while the binary is "text file busy". A plugin written by
+/// this process (a test's script) can still be open for writing in a child
+/// that another thread forked before the write fd was closed (the fd only
+/// goes away at that child's exec); libcni retries the same error for the
+/// same reason.
+fn spawn_retrying_busy(cmd: &mut Command) -> io::Result<std::process::Child> {
+    let mut pause = Duration::from_millis(5);
+    for _ in 0..8 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    cmd.spawn()
 }
 
 fn timeval(t: libc::timeval) -> Duration {
