@@ -146,15 +146,12 @@ fn no_conflict_and_reachable_gateways_pass() {
     let att = Attachment::new("c-clean", &pod.path, "eth0");
     let gw4: Ipv4Addr = "10.6.0.1".parse().unwrap();
     let fabric = lab.fabric().to_string();
-    let listener = std::thread::spawn(move || {
-        listen(&fabric, "br1", |h| {
-            h.arp.iter().any(|a| a.is_probe() && a.target_ip == POD4)
-                && h.arp
-                    .iter()
-                    .any(|a| a.sender_ip == POD4 && a.target_ip == gw4)
-        })
+    let listener = start_listen(&fabric, "br1", move |h| {
+        h.arp.iter().any(|a| a.is_probe() && a.target_ip == POD4)
+            && h.arp
+                .iter()
+                .any(|a| a.sender_ip == POD4 && a.target_ip == gw4)
     });
-    std::thread::sleep(Duration::from_millis(200));
     chain.add(&att).unwrap();
     let heard = listener.join().unwrap();
     // The checks really ran: a conflict probe for the address and a request
@@ -211,7 +208,27 @@ struct Heard {
 }
 
 /// Listen on `bridge` in the fabric until `stop` says so or 5 s pass.
-fn listen(fabric: &str, bridge: &str, stop: impl Fn(&Heard) -> bool + Send) -> Heard {
+/// Returns once the listener's sockets are open, so nothing sent after it
+/// returns can be missed.
+fn start_listen(
+    fabric: &str,
+    bridge: &str,
+    stop: impl Fn(&Heard) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<Heard> {
+    let (fabric, bridge) = (fabric.to_string(), bridge.to_string());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listener = std::thread::spawn(move || listen(&fabric, &bridge, ready_tx, stop));
+    // An error (the sender dropped) surfaces at join.
+    let _ = ready_rx.recv();
+    listener
+}
+
+fn listen(
+    fabric: &str,
+    bridge: &str,
+    ready: std::sync::mpsc::Sender<()>,
+    stop: impl Fn(&Heard) -> bool + Send,
+) -> Heard {
     let (fabric, bridge) = (fabric.to_string(), bridge.to_string());
     in_netns(&fabric, move || {
         // sysfs shows the mount's netns, not this thread's: ask the kernel.
@@ -220,6 +237,7 @@ fn listen(fabric: &str, bridge: &str, stop: impl Fn(&Heard) -> bool + Send) -> H
             PacketSocket::open(idx, ETH_P_ARP)?,
             PacketSocket::open(idx, ETH_P_IPV6)?,
         ];
+        let _ = ready.send(());
         let mut heard = Heard::default();
         let until = Instant::now() + Duration::from_secs(5);
         let mut buf = vec![0u8; 4096];
@@ -261,18 +279,14 @@ fn mac_prefix_sets_the_mac_and_announces_it() {
     let want: [u8; 6] = [0x0a, 0x1b, 10, 6, 1, 1];
     let want_s = "0a:1b:0a:06:01:01";
     let fabric = lab.fabric().to_string();
-    let listener = std::thread::spawn(move || {
-        listen(&fabric, "br1", |h| {
-            h.arp
+    let listener = start_listen(&fabric, "br1", move |h| {
+        h.arp
+            .iter()
+            .any(|a| a.sender_mac == want && a.sender_ip == POD4)
+            && h.nd
                 .iter()
-                .any(|a| a.sender_mac == want && a.sender_ip == POD4)
-                && h.nd
-                    .iter()
-                    .any(|n| matches!(n, Nd::Advert { target, .. } if *target == POD6))
-        })
+                .any(|n| matches!(n, Nd::Advert { target, .. } if *target == POD6))
     });
-    // Let the listener open its sockets before the ADD sends anything.
-    std::thread::sleep(Duration::from_millis(200));
     let out = chain.add(&att).unwrap();
     let heard = listener.join().unwrap();
 
@@ -309,26 +323,18 @@ fn dual_stack_two_nics_probe_on_both_fabrics() {
     let pod1_v4: Ipv4Addr = "10.7.1.1".parse().unwrap();
     let pod1_v6: Ipv6Addr = "fd00:7::1:1".parse().unwrap();
     let fab = lab.fabric().to_string();
-    let l1 = std::thread::spawn({
-        let fab = fab.clone();
-        move || {
-            listen(&fab, "br1", |h| {
-                h.arp.iter().any(|a| a.is_probe() && a.target_ip == POD4)
-                    && h.nd.iter().any(|n| {
-                        matches!(n, Nd::Solicit { src, target, .. } if src.is_unspecified() && *target == POD6)
-                    })
+    let l1 = start_listen(&fab, "br1", |h| {
+        h.arp.iter().any(|a| a.is_probe() && a.target_ip == POD4)
+            && h.nd.iter().any(|n| {
+                matches!(n, Nd::Solicit { src, target, .. } if src.is_unspecified() && *target == POD6)
             })
-        }
     });
-    let l2 = std::thread::spawn(move || {
-        listen(&fab, "br2", |h| {
-            h.arp.iter().any(|a| a.is_probe() && a.target_ip == pod1_v4)
+    let l2 = start_listen(&fab, "br2", move |h| {
+        h.arp.iter().any(|a| a.is_probe() && a.target_ip == pod1_v4)
                 && h.nd.iter().any(|n| {
                     matches!(n, Nd::Solicit { src, target, .. } if src.is_unspecified() && *target == pod1_v6)
                 })
-        })
     });
-    std::thread::sleep(Duration::from_millis(200));
     let a0 = Attachment::new("c-two", &pod.path, "eth0");
     let a1 = Attachment::new("c-two", &pod.path, "net1");
     let o0 = eth0.add(&a0).unwrap();
