@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path, conf_example};
+use coordinator::detect::socket::{Direction, PacketSocket};
 use integration::chain::{result_ips, Attachment, Chain, ChainError, NetConfList};
 use integration::lab::{self, state, Lab, LabBuilder, Pod, Subnet};
 use integration::nsexec::{self, Enter};
@@ -329,12 +330,60 @@ fn has_link(ns: &str, name: &str) -> bool {
     link(ns, name).is_some()
 }
 
-fn tx_packets(ns: &str, dev: &str) -> u64 {
-    let text = lab::ip(ns, &["-s", "-j", "link", "show", "dev", dev]).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v[0]["stats64"]["tx"]["packets"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no tx counter for {dev} in {v}"))
+/// Captures what a pod sends out of one of its links (a packet socket in the
+/// pod netns), so a check counts the flow's own packets, not the IPv6
+/// router solicitations and MLD reports a fresh link sends on its own.
+struct Sniffer(PacketSocket);
+
+impl Sniffer {
+    fn start(ns: &str, dev: &str) -> Sniffer {
+        let name = dev.to_string();
+        let sock = lab::in_netns(ns, move || {
+            let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+            // SAFETY: valid C string; the result is checked.
+            let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            if idx == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            PacketSocket::open(idx, libc::ETH_P_ALL as u16)
+        })
+        .unwrap_or_else(|e| panic!("packet socket on {ns}/{dev}: {e}"));
+        Sniffer(sock)
+    }
+
+    /// Outgoing IP packets addressed to `dst` since the capture started.
+    fn sent_to(&self, dst: IpAddr) -> usize {
+        self.sent_to_any(&[dst])
+    }
+
+    /// Outgoing IP packets addressed to any of `dsts` since the capture
+    /// started (drains the capture).
+    fn sent_to_any(&self, dsts: &[IpAddr]) -> usize {
+        let mut buf = vec![0u8; 70_000];
+        let mut n = 0;
+        while let Some((len, dir)) = self.0.try_recv(&mut buf).expect("recv") {
+            if dir == Direction::Outgoing && ip_dst(&buf[..len]).is_some_and(|d| dsts.contains(&d))
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// The destination of an Ethernet frame carrying IPv4 or IPv6.
+fn ip_dst(frame: &[u8]) -> Option<IpAddr> {
+    match u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) {
+        0x0800 => {
+            let b: [u8; 4] = frame.get(30..34)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        0x86dd => {
+            let b: [u8; 16] = frame.get(38..54)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
 }
 
 fn sysctl(ns: &str, key: &str) -> String {
@@ -444,12 +493,14 @@ fn expect_peer(ns: &str, src: Option<IpAddr>, dst: SocketAddr, want: IpAddr) {
 /// Like [`expect_peer`], and the exchange must have sent packets out of the
 /// pod's `veth0`.
 fn expect_peer_via_veth0(pod: &Pod, ns: &str, src: Option<IpAddr>, dst: SocketAddr, want: IpAddr) {
-    let before = tx_packets(&pod.name, "veth0");
+    let veth0 = Sniffer::start(&pod.name, "veth0");
     expect_peer(ns, src, dst, want);
-    let sent = tx_packets(&pod.name, "veth0") - before;
+    // The pod is the client (sends to dst) or the server behind a DNAT
+    // (replies to the peer it saw).
+    let sent = veth0.sent_to_any(&[dst.ip(), want]);
     assert!(
         sent >= 2,
-        "{ns} -> {dst}: the pod sent {sent} packets through veth0, expected the flow there"
+        "{ns} -> {dst}: the pod sent {sent} packets of the flow through veth0, expected it there"
     );
 }
 
@@ -493,7 +544,7 @@ fn client_ip(c: &lab::Client, v6: bool) -> Option<IpAddr> {
 fn node_reaches(lab: &Lab, pod: &Pod, ips: &[IpAddr]) {
     let nodes = node_ips(lab);
     for ip in ips {
-        let before = tx_packets(&pod.name, "veth0");
+        let veth0 = Sniffer::start(&pod.name, "veth0");
         let reply = tcp_request(lab.node(), None, sa(*ip, POD_PORT), T)
             .unwrap_or_else(|e| panic!("node -> pod {ip}: {e}"));
         let peer = reply_peer(&reply).map(|p| p.ip());
@@ -501,7 +552,7 @@ fn node_reaches(lab: &Lab, pod: &Pod, ips: &[IpAddr]) {
             peer.is_some_and(|p| nodes.contains(&p)),
             "node -> pod {ip}: server saw {peer:?}, not a node address {nodes:?}"
         );
-        let sent = tx_packets(&pod.name, "veth0") - before;
+        let sent = peer.map_or(0, |p| veth0.sent_to(p));
         assert!(
             sent >= 2,
             "node -> pod {ip}: reply not through veth0 ({sent} packets)"
@@ -1673,16 +1724,16 @@ fn reply_from_eth0_address_leaves_through_eth0_toward_net1_subnet() {
         let from = eth0.of(v6).expect("eth0 address");
         let how = route_get(&pod.name, to, Some(from));
         assert_eq!(how["dev"], "eth0", "route from {from} to {to}: {how}");
-        let (net1_tx, eth0_tx) = (tx_packets(&pod.name, "net1"), tx_packets(&pod.name, "eth0"));
+        let (net1, eth0) = (
+            Sniffer::start(&pod.name, "net1"),
+            Sniffer::start(&pod.name, "eth0"),
+        );
         expect_peer(&client.name, None, sa(from, POD_PORT), to);
         assert_eq!(
-            tx_packets(&pod.name, "net1"),
-            net1_tx,
+            net1.sent_to(to),
+            0,
             "a reply from {from} to {to} left through net1"
         );
-        assert!(
-            tx_packets(&pod.name, "eth0") > eth0_tx,
-            "no reply through eth0"
-        );
+        assert!(eth0.sent_to(to) >= 2, "no reply to {to} through eth0");
     }
 }
