@@ -20,4 +20,15 @@ pub fn conf_example(name: &str) -> PathBuf {
         .join("conf-examples")
         .join(name)
 }
+/// The index of link `name` in the calling thread's netns (sysfs shows the
+/// mount's netns, not the thread's: ask the kernel).
+pub fn ifindex(name: &str) -> std::io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: valid C string; the result is checked.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        i => Ok(i),
+    }
+}
+
 pub mod exec;

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use cni_tests::{cni_path, conf_example};
+use cni_tests::{cni_path, conf_example, ifindex};
 use coordinator::detect::arp;
 use coordinator::detect::ndp::{self, Nd};
 use coordinator::detect::socket::{wait_readable, PacketSocket, ETH_P_ARP, ETH_P_IPV6};
@@ -256,14 +256,6 @@ fn listen(
         Ok(heard)
     })
     .unwrap()
-}
-
-fn ifindex(name: &str) -> std::io::Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(std::io::Error::last_os_error()),
-        i => Ok(i),
-    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use cni_tests::{bin_dir, cni_path, conf_example};
+use cni_tests::{bin_dir, cni_path, conf_example, ifindex};
 use coordinator::detect::socket::{Direction, PacketSocket};
 use integration::chain::{result_ips, Attachment, Chain, ChainError, NetConfList};
 use integration::lab::{self, state, Lab, LabBuilder, Pod, Subnet};
@@ -339,13 +339,7 @@ impl Sniffer {
     fn start(ns: &str, dev: &str) -> Sniffer {
         let name = dev.to_string();
         let sock = lab::in_netns(ns, move || {
-            let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-            // SAFETY: valid C string; the result is checked.
-            let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-            if idx == 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            PacketSocket::open(idx, libc::ETH_P_ALL as u16)
+            PacketSocket::open(ifindex(&name)?, libc::ETH_P_ALL as u16)
         })
         .unwrap_or_else(|e| panic!("packet socket on {ns}/{dev}: {e}"));
         Sniffer(sock)
