@@ -75,8 +75,9 @@ pub struct HostView {
 
 /// Node addresses in a fixed order, first of each family = hijack gateway:
 /// for each pod address the node's own address on that subnet, else the
-/// host's source toward the pod's network over a real uplink; then every
-/// global address of a non-plumbing interface.
+/// host's source toward the pod's gateway (or its network, never a host-only
+/// prefix's own address) over a real uplink; then every global address of a
+/// non-plumbing interface.
 ///
 /// The order must not depend on what ADD itself installed: once the host has
 /// `<pod IP> dev <our veth>` in its table, the kernel's source toward the pod
@@ -117,11 +118,17 @@ pub fn host_view(host: &Netlink, pod_ips: &[IpNet], gateways: &[IpAddr]) -> Resu
         if uplink_addrs.iter().any(|a| a.contains(&ip.addr())) {
             continue;
         }
-        let toward = gateways
+        let gateway = gateways
             .iter()
             .copied()
-            .find(|g| g.is_ipv4() == ip.addr().is_ipv4())
-            .unwrap_or_else(|| ip.network());
+            .find(|g| g.is_ipv4() == ip.addr().is_ipv4());
+        let toward = match gateway {
+            Some(g) => g,
+            // A /32 or /128's network is the pod IP itself, whose route ADD
+            // replaces: no lookup, the uplink order decides.
+            None if ip.prefix_len() == ip.max_prefix_len() => continue,
+            None => ip.network(),
+        };
         if let Some(l) = host.route_get(toward)? {
             let through_uplink = match l.oif {
                 Some(oif) => !plumbing(oif, host)?,
