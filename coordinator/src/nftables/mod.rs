@@ -30,7 +30,7 @@ use cni::{Error, Result};
 
 use expr::{CmpOp, CtKey, MetaKey};
 use socket::{NfSocket, NlError};
-use wire::{Attrs, NftMsg, Request, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP};
+use wire::{Attrs, NftMsg, Request, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 
 /// Name of our table (family inet: IPv4 and IPv6 alike).
 pub const TABLE: &str = "coordinator";
@@ -138,10 +138,22 @@ fn output_rule(mark: u32) -> Vec<expr::Expr> {
     ]
 }
 
-/// The install transaction as data. Adding the table before deleting it makes
-/// the delete succeed whether or not an old copy exists, so one atomic batch
-/// replaces whatever was there (the trick `nft -f` files use).
-fn install_plan(spec: &ReplyMark) -> Result<Vec<(Request, String)>> {
+/// How the install transaction treats a table already in the netns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Install {
+    /// Create only, failing with EEXIST when the table exists. A batch of
+    /// nothing but new objects leaves no transaction for the kernel's
+    /// deferred destroy work, so releasing the socket does not wait out an
+    /// RCU grace period (~10 ms at HZ=250; it was most of an ADD).
+    Create,
+    /// Replace whatever is there: add the table, delete it, add it again
+    /// (the trick `nft -f` files use), so the delete succeeds whether or not
+    /// an old copy exists. The delete leaves destroy work behind.
+    Replace,
+}
+
+/// The install transaction as data.
+fn install_plan(spec: &ReplyMark, how: Install) -> Result<Vec<(Request, String)>> {
     let iif = expr::ifname_bytes(&spec.iif).ok_or_else(|| {
         Error::config(
             "reply mark interface",
@@ -153,20 +165,24 @@ fn install_plan(spec: &ReplyMark) -> Result<Vec<(Request, String)>> {
         // re-route all of the pod's traffic.
         return Err(Error::config("reply mark", "must not be 0"));
     }
-    let mut plan = vec![
-        (
-            table_msg(NftMsg::NewTable, NLM_F_CREATE),
-            format!("add table {TABLE}"),
-        ),
-        (
-            table_msg(NftMsg::DelTable, 0),
-            format!("delete table {TABLE}"),
-        ),
-        (
-            table_msg(NftMsg::NewTable, NLM_F_CREATE),
-            format!("add table {TABLE}"),
-        ),
-    ];
+    let add_table = (
+        table_msg(NftMsg::NewTable, NLM_F_CREATE),
+        format!("add table {TABLE}"),
+    );
+    let mut plan = match how {
+        Install::Create => vec![(
+            table_msg(NftMsg::NewTable, NLM_F_CREATE | NLM_F_EXCL),
+            format!("create table {TABLE}"),
+        )],
+        Install::Replace => vec![
+            add_table.clone(),
+            (
+                table_msg(NftMsg::DelTable, 0),
+                format!("delete table {TABLE}"),
+            ),
+            add_table,
+        ],
+    };
     for c in &CHAINS {
         plan.push((chain_msg(c), format!("add chain {TABLE} {}", c.name)));
     }
@@ -191,11 +207,12 @@ static LINGER: Mutex<Vec<NfSocket>> = Mutex::new(Vec::new());
 /// Run `f` with a fresh nf_tables socket inside `ns`.
 ///
 /// The socket is not closed here: closing an nf_tables socket right after a
-/// commit blocks until the kernel's transaction clean-up has waited out an
-/// RCU grace period (`nft_rcv_nl_event` flushes the destroy work on
-/// NETLINK_URELEASE), 3-15 ms measured on the benchmark machine. Parked until
-/// exit, that grace period runs while the call does its remaining netlink
-/// work instead of in front of it.
+/// commit that deleted something (a replace, a remove) blocks until the
+/// kernel's transaction clean-up has waited out an RCU grace period
+/// (`nft_rcv_nl_event` flushes the destroy work on NETLINK_URELEASE), 3-15 ms
+/// measured on the benchmark machine. Parked until exit, that grace period
+/// runs while the call does its remaining work instead of in front of it.
+/// (A create-only commit leaves no destroy work: see [`Install::Create`].)
 fn in_netns<T: Send>(
     ns: &NetNs,
     what: &str,
@@ -214,9 +231,14 @@ fn in_netns<T: Send>(
 
 /// Create (or re-create: idempotent, replaces our table) the table in netns `ns`.
 pub fn install(ns: &NetNs, spec: &ReplyMark) -> Result<()> {
-    let plan = install_plan(spec)?;
-    in_netns(ns, "install", |sock| {
-        sock.batch(&plan).map_err(|e| kernel("install", e))
+    let create = install_plan(spec, Install::Create)?;
+    let replace = install_plan(spec, Install::Replace)?;
+    in_netns(ns, "install", |sock| match sock.batch(&create) {
+        // A repeated ADD: the table is there, replace it.
+        Err(e) if e.errno() == Some(libc::EEXIST) => {
+            sock.batch(&replace).map_err(|e| kernel("install", e))
+        }
+        other => other.map_err(|e| kernel("install", e)),
     })?;
     tracing::debug!(iif = %spec.iif, mark = spec.mark, "nftables reply-mark table installed");
     Ok(())
@@ -309,11 +331,19 @@ mod tests {
     }
 
     #[test]
-    fn install_replaces_atomically() {
-        let plan = install_plan(&spec("veth0", 0x100)).unwrap();
+    fn replace_plan_adds_deletes_and_adds_the_table() {
+        let plan = install_plan(&spec("veth0", 0x100), Install::Replace).unwrap();
         let kinds: Vec<_> = plan.iter().map(|(r, _)| r.msg_type & 0xff).collect();
         assert_eq!(kinds, [0, 2, 0, 3, 3, 6, 6]);
         assert!(plan.iter().all(|(r, _)| r.family == wire::NFPROTO_INET));
+    }
+
+    #[test]
+    fn create_plan_only_creates_and_refuses_an_existing_table() {
+        let plan = install_plan(&spec("veth0", 0x100), Install::Create).unwrap();
+        let kinds: Vec<_> = plan.iter().map(|(r, _)| r.msg_type & 0xff).collect();
+        assert_eq!(kinds, [0, 3, 3, 6, 6]);
+        assert_ne!(plan[0].0.flags & NLM_F_EXCL, 0);
     }
 
     #[test]
@@ -340,7 +370,9 @@ mod tests {
     #[test]
     fn bad_specs_are_config_errors() {
         for s in [spec("", 1), spec("veth0", 0), spec("a-very-long-ifname", 1)] {
-            assert_eq!(install_plan(&s).unwrap_err().code(), 7, "{s:?}");
+            for how in [Install::Create, Install::Replace] {
+                assert_eq!(install_plan(&s, how).unwrap_err().code(), 7, "{s:?}");
+            }
         }
     }
 }
