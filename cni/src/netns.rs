@@ -1,11 +1,11 @@
 //! Network namespaces.
 //!
 //! `setns(2)` changes the namespace of the calling *thread* only. Code that
-//! needs to act inside a pod's netns (open a socket, write a sysctl) does so on
-//! a short-lived scoped thread that enters the netns, does its work and exits;
-//! the calling thread never changes namespace, so no later code can run in the
-//! wrong one by accident. Sockets created there stay bound to that netns and
-//! can be used from any thread afterwards.
+//! needs to act inside a pod's netns (open a socket, write a sysctl) enters
+//! it, does that one piece of work and returns to the namespace it came
+//! from, on the calling thread (see [`NetNs::run`]): a thread spawn and join
+//! per entry cost more than the work itself on the ADD path. Sockets created
+//! inside stay bound to that netns and can be used from anywhere afterwards.
 
 use std::fs::File;
 use std::io;
@@ -65,17 +65,26 @@ impl NetNs {
         }
     }
 
-    /// Run `f` on a fresh thread that has entered this netns. The thread ends
-    /// with `f`, so its namespace never leaks into other work.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| io::Error::other("thread inside the netns panicked"))?
-        })
+    /// Run `f` inside this netns on the calling thread, then return the
+    /// thread to the namespace it was in, also when `f` panics. Threads `f`
+    /// spawns start inside this netns.
+    ///
+    /// Failing to get back would leave the thread configuring the wrong
+    /// network: the process aborts instead.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
+        struct Return(File);
+        impl Drop for Return {
+            fn drop(&mut self) {
+                if let Err(e) = setns(&self.0, CloneFlags::CLONE_NEWNET) {
+                    eprintln!("fatal: cannot return to the original network namespace: {e}");
+                    std::process::abort();
+                }
+            }
+        }
+        let home = File::open("/proc/thread-self/ns/net")?;
+        setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let _back = Return(home);
+        Ok(f())
     }
 }
 
@@ -133,11 +142,45 @@ mod tests {
         );
     }
 
+    /// A fresh netns held only by the returned handle (needs root).
+    fn scratch_netns() -> NetNs {
+        std::thread::spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare (needs root)");
+            NetNs::current().unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
     #[test]
-    fn run_enters_and_leaves() {
-        let me = NetNs::current().unwrap();
-        let inside = me.run(|| NetNs::current().unwrap().same_as(&me)).unwrap();
+    fn run_enters_and_returns_also_after_a_panic() {
+        let home = NetNs::current().unwrap();
+        let other = scratch_netns();
+        assert!(!other.same_as(&home));
+        let inside = other
+            .run(|| NetNs::current().unwrap().same_as(&other))
+            .unwrap();
         assert!(inside);
-        assert!(NetNs::current().unwrap().same_as(&me));
+        assert!(NetNs::current().unwrap().same_as(&home));
+
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            other.run(|| panic!("inside")).unwrap()
+        }));
+        assert!(caught.is_err());
+        assert!(
+            NetNs::current().unwrap().same_as(&home),
+            "a panic inside must not leave the thread in the other netns"
+        );
+
+        // Nested: back to the middle one, then home.
+        let third = scratch_netns();
+        let back_in_other = other
+            .run(|| {
+                third.run(|| ()).unwrap();
+                NetNs::current().unwrap().same_as(&other)
+            })
+            .unwrap();
+        assert!(back_in_other);
+        assert!(NetNs::current().unwrap().same_as(&home));
     }
 }
