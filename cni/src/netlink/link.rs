@@ -60,6 +60,11 @@ impl Netlink {
             peer.attributes
                 .push(LinkAttribute::NetNsFd(ns.file().as_raw_fd()));
         }
+        // One queue each way, what the kernel cuts a veth down to anyway:
+        // asked for at creation, it skips the cut and the two expedited RCU
+        // grace periods (IPIs to every CPU) that cutting a live device costs.
+        peer.attributes.push(LinkAttribute::NumTxQueues(1));
+        peer.attributes.push(LinkAttribute::NumRxQueues(1));
 
         let mut msg = LinkMessage::default();
         msg.attributes
@@ -70,6 +75,8 @@ impl Netlink {
         if let Some(mtu) = spec.mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
         }
+        msg.attributes.push(LinkAttribute::NumTxQueues(1));
+        msg.attributes.push(LinkAttribute::NumRxQueues(1));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
