@@ -1012,12 +1012,10 @@ fn three_nics_default_route_on_net2() {
     }
 }
 
-/// Pods on a subnet the node has no address in (routed by the fabric, the
-/// node reaching it through a second uplink): the hijack gateway is the
-/// node's source toward the pod's network, and stays the same for CHECK and
-/// a repeated ADD after the host got its route to the pod through the veth.
-#[test]
-fn pod_on_a_subnet_the_node_is_not_on() {
+/// An IPv4 lab whose fabric also routes 10.70.0.0/24, a subnet the node has
+/// no address in (reached through its second uplink), and the macvlan
+/// conflist on that uplink.
+fn remote_subnet_lab() -> (Lab, NetConfList) {
     let lab = build_lab(Lab::builder().subnets(2).ipv6(false));
     lab::ip(lab.fabric(), &["addr", "add", "10.70.0.1/24", "dev", "br2"]).unwrap();
     lab::ip(
@@ -1034,9 +1032,19 @@ fn pod_on_a_subnet_the_node_is_not_on() {
     )
     .unwrap();
     let mut list = load(&lab, "macvlan-underlay.conflist");
+    macvlan(&mut list).insert("master".into(), json!("ens2"));
+    (lab, list)
+}
+
+/// Pods on a subnet the node has no address in (routed by the fabric, the
+/// node reaching it through a second uplink): the hijack gateway is the
+/// node's source toward the pod's network, and stays the same for CHECK and
+/// a repeated ADD after the host got its route to the pod through the veth.
+#[test]
+fn pod_on_a_subnet_the_node_is_not_on() {
+    let (lab, mut list) = remote_subnet_lab();
     keep_families(&mut list, true, false);
     let m = macvlan(&mut list);
-    m.insert("master".into(), json!("ens2"));
     m["ipam"]["ranges"] = json!([[{
         "subnet": "10.70.0.0/24", "rangeStart": "10.70.0.5",
         "rangeEnd": "10.70.0.50", "gateway": "10.70.0.1"
@@ -1076,24 +1084,8 @@ fn pod_on_a_subnet_the_node_is_not_on() {
 /// what the first ADD did.
 #[test]
 fn host_prefix_without_gateway_keeps_its_hijack_gateway() {
-    let lab = build_lab(Lab::builder().subnets(2).ipv6(false));
-    lab::ip(lab.fabric(), &["addr", "add", "10.70.0.1/24", "dev", "br2"]).unwrap();
-    lab::ip(
-        lab.node(),
-        &[
-            "route",
-            "add",
-            "10.70.0.0/24",
-            "via",
-            "10.7.0.1",
-            "dev",
-            "ens2",
-        ],
-    )
-    .unwrap();
-    let mut list = load(&lab, "macvlan-underlay.conflist");
+    let (lab, mut list) = remote_subnet_lab();
     let m = macvlan(&mut list);
-    m.insert("master".into(), json!("ens2"));
     m["ipam"] = json!({
         "type": "static",
         "addresses": [{"address": "10.70.0.5/32"}],
