@@ -79,8 +79,13 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
         if is_first {
             remove_reply_path(pod, pod_ns.as_ref());
         } else {
-            remove_nic_tables(pod, &ips);
-            // Read once: the first NIC's addresses name its `from` rules.
+            // Read once and kept up to date below: the pod's rules and the
+            // first NIC's addresses (they name its `from` rules).
+            let mut rules: Vec<Rule> = [Family::V4, Family::V6]
+                .into_iter()
+                .flat_map(|f| pod.rules(f).unwrap_or_default())
+                .collect();
+            remove_nic_tables(pod, &mut rules, &ips);
             let first = pod.link(&cfg.pod_default_cni_nic).ok().flatten();
             let first_ips = first
                 .as_ref()
@@ -88,11 +93,11 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
                 .unwrap_or_default();
             let own: Vec<IpAddr> = first_ips.iter().map(|n| n.addr()).collect();
             if let (true, Some(eth0)) = (ifname == cfg.default_route_nic(), &first) {
-                restore_first_nic_default(pod, eth0.index, &own);
+                restore_first_nic_default(pod, &rules, eth0.index, &own);
             }
             // The first NIC's own table only serves while a later NIC is there.
-            if !later_nic_tables_remain(pod, &own) {
-                remove_nic_tables(pod, &first_ips);
+            if !later_nic_tables_remain(&rules, &own) {
+                remove_nic_tables(pod, &mut rules, &first_ips);
             }
         }
     }
@@ -129,24 +134,21 @@ fn remove_reply_path(pod: &Netlink, ns: Option<&NetNs>) {
 /// default into the first NIC's own table; put it back into `main`
 /// (replacing the removed NIC's default), or a pod whose NIC is detached at
 /// run time is left without a default route.
-fn restore_first_nic_default(pod: &Netlink, eth0: u32, own: &[IpAddr]) {
-    for f in [Family::V4, Family::V6] {
-        let Ok(rules) = pod.rules(f) else { continue };
-        for r in rules
+fn restore_first_nic_default(pod: &Netlink, rules: &[Rule], eth0: u32, own: &[IpAddr]) {
+    for r in rules
+        .iter()
+        .filter(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| own.contains(&s.addr())))
+    {
+        let Ok(routes) = pod.routes(r.family, Some(r.table)) else {
+            continue;
+        };
+        for d in routes
             .iter()
-            .filter(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| own.contains(&s.addr())))
+            .filter(|x| x.table == r.table && x.dst.prefix_len() == 0 && x.oif == Some(eth0))
         {
-            let Ok(routes) = pod.routes(f, Some(r.table)) else {
-                continue;
-            };
-            for d in routes
-                .iter()
-                .filter(|x| x.table == r.table && x.dst.prefix_len() == 0 && x.oif == Some(eth0))
-            {
-                let mut back = d.clone();
-                back.table = TABLE_MAIN;
-                log_err("first NIC default back to main", pod.replace_route(&back));
-            }
+            let mut back = d.clone();
+            back.table = TABLE_MAIN;
+            log_err("first NIC default back to main", pod.replace_route(&back));
         }
     }
 }
@@ -165,29 +167,24 @@ fn first_nic_addresses(pod: &Netlink, index: u32) -> Vec<IpNet> {
 }
 
 /// Does a `from` rule of some later NIC (not the first NIC) remain?
-fn later_nic_tables_remain(pod: &Netlink, own: &[IpAddr]) -> bool {
-    [Family::V4, Family::V6].into_iter().any(|f| {
-        pod.rules(f).is_ok_and(|rules| {
-            rules
-                .iter()
-                .any(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| !own.contains(&s.addr())))
-        })
-    })
+fn later_nic_tables_remain(rules: &[Rule], own: &[IpAddr]) -> bool {
+    rules
+        .iter()
+        .any(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| !own.contains(&s.addr())))
 }
 
-/// `from <address> lookup T` rules of the NIC and the tables they point at.
-fn remove_nic_tables(pod: &Netlink, ips: &[IpNet]) {
+/// `from <address> lookup T` rules of the NIC and the tables they point at;
+/// the removed rules leave `rules` too.
+fn remove_nic_tables(pod: &Netlink, rules: &mut Vec<Rule>, ips: &[IpNet]) {
     let addrs: Vec<IpAddr> = ips.iter().map(|n| n.addr()).collect();
-    for f in [Family::V4, Family::V6] {
-        let Ok(rules) = pod.rules(f) else { continue };
-        for r in rules
-            .into_iter()
-            .filter(|r| r.priority == PRIO_FROM && r.src.is_some_and(|s| addrs.contains(&s.addr())))
-        {
-            log_err("from rule", pod.del_rule(&r));
-            flush_table(pod, f, r.table);
+    rules.retain(|r| {
+        let ours = r.priority == PRIO_FROM && r.src.is_some_and(|s| addrs.contains(&s.addr()));
+        if ours {
+            log_err("from rule", pod.del_rule(r));
+            flush_table(pod, r.family, r.table);
         }
-    }
+        !ours
+    });
 }
 
 fn flush_table(pod: &Netlink, f: Family, table: u32) {

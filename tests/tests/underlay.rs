@@ -1010,6 +1010,34 @@ fn three_nics_default_route_on_net2() {
             .check(&nic.att)
             .unwrap_or_else(|e| panic!("CHECK {}: {}", nic.att.ifname, describe(&e)));
     }
+
+    // DEL net1 while net2 stays: net1's rules go, eth0 keeps its own table
+    // (net2 still needs it); DEL net2 then takes eth0's table away too.
+    net1.chain
+        .del(&net1.att)
+        .unwrap_or_else(|e| panic!("DEL net1: {}", describe(&e)));
+    for ip in &net1.ips {
+        assert_eq!(from_rule_table(&pod.name, *ip), None, "rule of {ip} left");
+    }
+    for ip in eth0.ips.iter().chain(&net2.ips) {
+        assert!(
+            from_rule_table(&pod.name, *ip).is_some(),
+            "rule of {ip} gone"
+        );
+    }
+    net2.chain
+        .del(&net2.att)
+        .unwrap_or_else(|e| panic!("DEL net2: {}", describe(&e)));
+    for ip in eth0.ips.iter().chain(&net2.ips) {
+        assert_eq!(from_rule_table(&pod.name, *ip), None, "rule of {ip} left");
+    }
+    let main = route_lines(&pod.name, "main");
+    assert!(
+        main.iter()
+            .any(|r| r.starts_with("default via") && r.contains("dev eth0")),
+        "the default route is back on eth0: {main:#?}"
+    );
+    node_reaches(&lab, &pod, &eth0.ips);
 }
 
 /// An IPv4 lab whose fabric also routes 10.70.0.0/24, a subnet the node has
