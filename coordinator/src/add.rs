@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use cni::error::code;
 use cni::netlink::{Link, Mac, Netlink};
-use cni::netns::{sysctl_get, NetNs};
+use cni::netns::{sysctl_get, sysctl_set, NetNs};
 use cni::plugin::Call;
 use cni::quarantine;
 use cni::result::CniResult;
@@ -201,8 +201,27 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         .cloned()
         .ok_or_else(|| Error::kernel(format!("pod link {ifname}"), "not found"))?;
 
+    let detecting = cfg.detect_ip_conflict || cfg.detect_gateway;
+    // With arp_notify on (the reference macvlan plugin turns it on) the
+    // kernel announces a MAC change at once. Without detection that is the
+    // announcement we want, and it spares us a packet socket whose close
+    // waits out an RCU grace period. With detection nothing may be announced
+    // before the probes (RFC 5227): it is held off for the change, and the
+    // check's own socket announces once the address is known to be free.
+    let notify =
+        match cfg.pod_mac_prefix.is_some() && ctx.inputs.ips.iter().any(|n| n.addr().is_ipv4()) {
+            true => set_arp_notify(&pod_ns, &nic.name, if detecting { "0" } else { "1" }),
+            false => None,
+        };
+    let kernel_garp = !detecting && notify.is_some();
     // The MAC first: probes must go out with the address the pod will keep.
-    let mac_change = set_mac_prefix(cfg, &pod, &nic, &ctx.inputs.ips)?;
+    let mac_change = set_mac_prefix(cfg, &pod, &nic, &ctx.inputs.ips);
+    if let (true, Some(old)) = (detecting, &notify) {
+        if old != "0" {
+            set_arp_notify(&pod_ns, &nic.name, old);
+        }
+    }
+    let mac_change = mac_change?;
     let undo_mac = || {
         if let Some((old, _)) = mac_change {
             if let Err(e) = pod.set_link_mac(nic.index, old) {
@@ -219,10 +238,22 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         .map(|(_, new)| new)
         .or(nic.mac)
         .unwrap_or_default();
-    if cfg.detect_ip_conflict || cfg.detect_gateway {
-        if let Err(e) = run_detection(cfg, &pod, &pod_ns, &nic, mac, &ctx.inputs) {
-            undo_mac();
-            return Err(e);
+    let mut v4_announced = kernel_garp;
+    if detecting {
+        match run_detection(
+            cfg,
+            &pod,
+            &pod_ns,
+            &nic,
+            mac,
+            &ctx.inputs,
+            mac_change.is_some(),
+        ) {
+            Ok(announced) => v4_announced = announced,
+            Err(e) => {
+                undo_mac();
+                return Err(e);
+            }
         }
     }
 
@@ -233,15 +264,16 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     // a re-created pod). Main plugins send a gratuitous ARP of their own but no
     // IPv6 advertisement, so IPv6 peers would otherwise keep a REACHABLE entry
     // for the old MAC and black-hole the pod for up to ~30 s. IPv4 is only
-    // announced after our own MAC change: its packet socket costs an RCU grace
-    // period to close.
+    // announced after our own MAC change, and only when neither the kernel
+    // nor the detection socket did it: a packet socket of its own costs an
+    // RCU grace period to close.
     if mac != [0; 6] {
         let addrs: Vec<IpAddr> = ctx
             .inputs
             .ips
             .iter()
             .map(|n| n.addr())
-            .filter(|a| a.is_ipv6() || mac_change.is_some())
+            .filter(|a| a.is_ipv6() || (mac_change.is_some() && !v4_announced))
             .collect();
         if let Err(e) = announce(&pod_ns, nic.index, mac, &addrs) {
             tracing::warn!("announcing the MAC of {ifname}: {e}");
@@ -314,6 +346,24 @@ fn kernel_dad(pod: &Netlink, ifindex: u32, ip: IpAddr, dad_enabled: bool) -> Ker
     }
 }
 
+/// Set `net.ipv4.conf.<nic>.arp_notify` in the pod; the value it had, or
+/// None when it could not be read or set (we announce ourselves then).
+fn set_arp_notify(pod_ns: &NetNs, ifname: &str, value: &str) -> Option<String> {
+    let key = format!("net/ipv4/conf/{ifname}/arp_notify");
+    let res = pod_ns
+        .run(|| -> std::io::Result<String> {
+            let old = sysctl_get(&key)?;
+            if old != value {
+                sysctl_set(&key, value)?;
+            }
+            Ok(old)
+        })
+        .and_then(|r| r);
+    res.map_err(|e| tracing::warn!("{key}={value}: {e}")).ok()
+}
+
+/// Runs the checks; Ok(true) when the IPv4 addresses were announced through
+/// the check's socket (`announce_v4` asked for it and the check was clean).
 fn run_detection(
     cfg: &Config,
     pod: &Netlink,
@@ -321,7 +371,8 @@ fn run_detection(
     nic: &Link,
     mac: Mac,
     inp: &crate::plan::Inputs,
-) -> Result<()> {
+    announce_v4: bool,
+) -> Result<bool> {
     let key = format!("net/ipv6/conf/{}/accept_dad", nic.name);
     let dad_enabled = pod_ns
         .run(|| sysctl_get(&key))
@@ -341,6 +392,7 @@ fn run_detection(
         gateways: inp.gateways.clone(),
         check_conflict: cfg.detect_ip_conflict,
         check_gateway: cfg.detect_gateway,
+        announce_v4,
     };
     let dad_state = |ip: IpAddr| kernel_dad(pod, nic.index, ip, dad_enabled);
     let report = detect(pod_ns, &probe, &cfg.detect_options, &dad_state)?;
@@ -358,5 +410,6 @@ fn run_detection(
             tracing::warn!("quarantine {}: {e}", c.ip);
         }
     }
-    report.to_result(&nic.name)
+    report.to_result(&nic.name)?;
+    Ok(!report.announced.is_empty())
 }

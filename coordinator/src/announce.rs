@@ -48,14 +48,7 @@ pub fn announce(ns: &NetNs, ifindex: u32, mac: [u8; 6], addrs: &[IpAddr]) -> cni
         .map_err(|e| Error::kernel(format!("enter netns {}", ns.path().display()), e))?
         .map_err(|e| Error::kernel(format!("open announce socket on ifindex {ifindex}"), e))?;
     if let Some(sock) = &socks.0 {
-        for a in &v4 {
-            let frame = arp::gratuitous(mac, *a).ok_or_else(|| {
-                Error::plugin(code::KERNEL, format!("cannot build announcement for {a}"))
-            })?;
-            sock.send(&frame)
-                .map_err(|e| Error::kernel(format!("announce {a} on ifindex {ifindex}"), e))?;
-            tracing::debug!(%a, ifindex, "gratuitous ARP sent");
-        }
+        gratuitous_arps(sock, mac, &v4)?;
     }
     if let Some(sock) = &socks.1 {
         for a in &v6 {
@@ -66,6 +59,21 @@ pub fn announce(ns: &NetNs, ifindex: u32, mac: [u8; 6], addrs: &[IpAddr]) -> cni
     }
     // Closing a packet socket waits out an RCU grace period: not on our path.
     crate::detect::close_in_background(socks.0);
+    Ok(())
+}
+
+/// One gratuitous ARP request (sender = target = the address) per address,
+/// from `mac`, through the packet socket `sock`.
+pub fn gratuitous_arps(sock: &PacketSocket, mac: [u8; 6], addrs: &[Ipv4Addr]) -> cni::Result<()> {
+    let ifindex = sock.ifindex();
+    for a in addrs {
+        let frame = arp::gratuitous(mac, *a).ok_or_else(|| {
+            Error::plugin(code::KERNEL, format!("cannot build announcement for {a}"))
+        })?;
+        sock.send(&frame)
+            .map_err(|e| Error::kernel(format!("announce {a} on ifindex {ifindex}"), e))?;
+        tracing::debug!(%a, ifindex, "gratuitous ARP sent");
+    }
     Ok(())
 }
 

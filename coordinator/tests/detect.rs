@@ -165,6 +165,7 @@ impl Lab {
             gateways: gateways.to_vec(),
             check_conflict: conflict,
             check_gateway: gateway,
+            announce_v4: false,
         }
     }
 
@@ -448,6 +449,7 @@ fn macvlan_nic_hears_conflicts_through_its_multicast_filter() {
         gateways: vec![v4(GW_V4), v6(GW_V6)],
         check_conflict: true,
         check_gateway: true,
+        announce_v4: false,
     };
     let r = detect(
         &lab.netns(&lab.pod),

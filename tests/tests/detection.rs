@@ -306,6 +306,46 @@ fn mac_prefix_sets_the_mac_and_announces_it() {
     chain.del(&att).unwrap();
 }
 
+/// With detection on, the new MAC is announced only once the probes found
+/// no conflict (RFC 5227: probe, then announce), through the check's socket.
+#[test]
+fn mac_prefix_with_detection_announces_after_the_probes() {
+    let lab = Lab::new().unwrap();
+    let mut coordinator = detection_on();
+    coordinator["podMACPrefix"] = json!("0a:1b");
+    let chain = chain(&lab, "macvlan-underlay.conflist", coordinator);
+    let pod = lab.pod("p").unwrap();
+    let att = Attachment::new("c-mac-det", &pod.path, "eth0");
+    let want: [u8; 6] = [0x0a, 0x1b, 10, 6, 1, 1];
+    let fabric = lab.fabric().to_string();
+    let is_garp =
+        move |a: &arp::Arp| a.sender_mac == want && a.sender_ip == POD4 && a.target_ip == POD4;
+    let listener = start_listen(&fabric, "br1", move |h| {
+        h.arp.iter().any(is_garp) && h.arp.iter().any(|a| a.is_probe() && a.target_ip == POD4)
+    });
+    chain.add(&att).unwrap();
+    let heard = listener.join().unwrap();
+
+    assert_eq!(mac_of(&pod.name, "eth0"), "0a:1b:0a:06:01:01");
+    let probe = heard
+        .arp
+        .iter()
+        .position(|a| a.is_probe() && a.target_ip == POD4 && a.sender_mac == want);
+    let garp = heard.arp.iter().position(is_garp);
+    match (probe, garp) {
+        (Some(p), Some(g)) => assert!(p < g, "announced before probing: {heard:?}"),
+        _ => panic!("probe {probe:?} and announcement {garp:?} from the new MAC: {heard:?}"),
+    }
+    // Held off for the MAC change only: macvlan's arp_notify is back.
+    let notify = in_netns(&pod.name, || {
+        cni::netns::sysctl_get("net/ipv4/conf/eth0/arp_notify")
+    })
+    .unwrap();
+    assert_eq!(notify, "1");
+    assert!(ping(lab.fabric(), POD4.into(), None));
+    chain.del(&att).unwrap();
+}
+
 #[test]
 fn dual_stack_two_nics_probe_on_both_fabrics() {
     let lab = Lab::builder().subnets(2).build().unwrap();

@@ -67,6 +67,10 @@ pub struct NicProbe {
     pub gateways: Vec<IpAddr>,
     pub check_conflict: bool,
     pub check_gateway: bool,
+    /// After a clean check, send a gratuitous ARP for each IPv4 address
+    /// through the check's own ARP socket (RFC 5227: probe, then announce).
+    /// Saves opening, and waiting out the close of, another packet socket.
+    pub announce_v4: bool,
 }
 
 /// Another host uses `ip`. `mac` is all zeros when only the kernel's DAD
@@ -84,6 +88,9 @@ pub struct Report {
     pub conflicts: Vec<Conflict>,
     pub unreachable_gateways: Vec<IpAddr>,
     pub elapsed: Duration,
+    /// The IPv4 addresses announced after the check (see
+    /// [`NicProbe::announce_v4`]); empty when no ARP socket was needed.
+    pub announced: Vec<Ipv4Addr>,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -172,7 +179,19 @@ pub fn detect(
     }
     let socks = open_sockets(ns, nic, &watch)?;
     run(&socks, &mut watch, nic, opts, dad_state, start)?;
-    let report = watch.report(start.elapsed());
+    let mut report = watch.report(start.elapsed());
+    if let (true, true, Some(sock)) = (nic.announce_v4, report.is_clean(), &socks.v4) {
+        let v4: Vec<Ipv4Addr> = nic
+            .addrs
+            .iter()
+            .filter_map(|(a, _)| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        crate::announce::gratuitous_arps(sock, nic.mac, &v4)?;
+        report.announced = v4;
+    }
     close_in_background([socks.v4, socks.v6].into_iter().flatten());
     Ok(report)
 }
@@ -387,6 +406,7 @@ impl Watch {
                 conflicts: self.conflicts.clone(),
                 unreachable_gateways: Vec::new(),
                 elapsed,
+                announced: Vec::new(),
             };
         }
         let mut gws: Vec<IpAddr> = self.v4_gw.iter().map(|g| IpAddr::V4(*g)).collect();
@@ -395,6 +415,7 @@ impl Watch {
             conflicts: Vec::new(),
             unreachable_gateways: gws,
             elapsed,
+            announced: Vec::new(),
         }
     }
 }

@@ -22,6 +22,7 @@ fn nic(addrs: Vec<(IpAddr, KernelDad)>, gateways: Vec<IpAddr>) -> NicProbe {
         gateways,
         check_conflict: true,
         check_gateway: true,
+        announce_v4: false,
     }
 }
 
