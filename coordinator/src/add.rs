@@ -214,14 +214,23 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
             false => None,
         };
     let kernel_garp = !detecting && notify.is_some();
-    // The MAC first: probes must go out with the address the pod will keep.
-    let mac_change = set_mac_prefix(cfg, &pod, &nic, &ctx.inputs.ips);
-    if let (true, Some(old)) = (detecting, &notify) {
-        if old != "0" {
-            set_arp_notify(&pod_ns, &nic.name, old);
+    // Held off until detection is over: a conflict puts the old MAC back,
+    // and that change must not be announced either.
+    let restore_notify = || {
+        if let (true, Some(old)) = (detecting, &notify) {
+            if old != "0" {
+                set_arp_notify(&pod_ns, &nic.name, old);
+            }
         }
-    }
-    let mac_change = mac_change?;
+    };
+    // The MAC first: probes must go out with the address the pod will keep.
+    let mac_change = match set_mac_prefix(cfg, &pod, &nic, &ctx.inputs.ips) {
+        Ok(m) => m,
+        Err(e) => {
+            restore_notify();
+            return Err(e);
+        }
+    };
     let undo_mac = || {
         if let Some((old, _)) = mac_change {
             if let Err(e) = pod.set_link_mac(nic.index, old) {
@@ -252,9 +261,11 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
             Ok(announced) => v4_announced = announced,
             Err(e) => {
                 undo_mac();
+                restore_notify();
                 return Err(e);
             }
         }
+        restore_notify();
     }
 
     // Announced before apply, once detection (if on) has cleared the

@@ -346,6 +346,56 @@ fn mac_prefix_with_detection_announces_after_the_probes() {
     chain.del(&att).unwrap();
 }
 
+/// A conflict found with podMACPrefix: after the probe nothing claims the
+/// address, neither from the new MAC nor from the old one put back (the
+/// kernel would announce both MAC changes with macvlan's arp_notify on).
+#[test]
+fn mac_prefix_conflict_is_not_announced() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let lab = Lab::new().unwrap();
+    let holder = lab.fabric_client(1, Some(POD4), None).unwrap();
+    let holder_mac = mac_of(&holder.name, "eth0");
+    let mut coordinator = detection_on();
+    coordinator["podMACPrefix"] = json!("0a:1b");
+    let chain = chain(&lab, "macvlan-underlay.conflist", coordinator);
+    let pod = lab.pod("p").unwrap();
+    let att = Attachment::new("c-mac-conflict", &pod.path, "eth0");
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = done.clone();
+    let fabric = lab.fabric().to_string();
+    let listener = start_listen(&fabric, "br1", move |_| stop.load(Ordering::SeqCst));
+    let err = expect_failure(chain.add(&att));
+    // Frames still in flight reach the listener before it stops.
+    std::thread::sleep(Duration::from_millis(200));
+    done.store(true, Ordering::SeqCst);
+    let heard = listener.join().unwrap();
+    assert_eq!(err.code, 101, "{err:?}");
+
+    let new_mac: [u8; 6] = [0x0a, 0x1b, 10, 6, 1, 1];
+    let probe = heard
+        .arp
+        .iter()
+        .position(|a| a.is_probe() && a.target_ip == POD4)
+        .unwrap_or_else(|| panic!("no probe for {POD4}: {heard:?}"));
+    let ours = |a: &&arp::Arp| format!("{}", coordinator::detect::Mac(&a.sender_mac)) != holder_mac;
+    let claims: Vec<&arp::Arp> = heard.arp[probe..]
+        .iter()
+        .filter(|a| a.sender_ip == POD4 && a.target_ip == POD4)
+        .filter(ours)
+        .collect();
+    assert!(
+        claims.is_empty(),
+        "{POD4} announced after the probe: {claims:?}"
+    );
+    assert!(
+        !heard.arp[..probe].iter().any(|a| a.sender_mac == new_mac),
+        "the new MAC was announced before the probe: {heard:?}"
+    );
+    chain.del(&att).unwrap();
+}
+
 #[test]
 fn dual_stack_two_nics_probe_on_both_fabrics() {
     let lab = Lab::builder().subnets(2).build().unwrap();
