@@ -3,6 +3,8 @@
 //! (and in the raw JSON the plugin gets next to it), so nothing a runtime or
 //! Multus adds is lost.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -42,6 +44,29 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// The most a plugin reads from stdin. Real configs with a `prevResult` are a
+/// few KiB; a bound keeps a hostile or broken runtime from costing the node
+/// gigabytes (a 50 MB JSON array parsed to ~5 GB of `Value`s): past it the call
+/// fails at once with code 6, before anything is parsed.
+pub const MAX_STDIN: usize = 1 << 20;
+
+/// The longest container ID, network, pool, node or CNI_ARGS value accepted:
+/// far above what runtimes use (64 hex digits, 253-byte pod names) and far
+/// below what a store record can hold (65,535 bytes per string).
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// A path field: absolute, since a relative one would resolve against
+/// whatever directory the runtime happens to exec the plugin in.
+pub fn absolute_path(field: &str, s: &str) -> Result<PathBuf> {
+    if !s.starts_with('/') || s.contains('\0') {
+        return Err(Error::config(
+            field,
+            format!("{s:?} is not an absolute path"),
+        ));
+    }
+    Ok(PathBuf::from(s))
+}
+
 impl NetConf {
     /// Parse stdin. Malformed JSON is code 6; a missing or unsupported
     /// `cniVersion` code 1; a missing `name` or `type` code 7.
@@ -56,6 +81,12 @@ impl NetConf {
         conf.version()?;
         if conf.name.is_empty() {
             return Err(Error::config("name", "is required"));
+        }
+        if conf.name.len() > MAX_NAME_LEN {
+            return Err(Error::config(
+                "name",
+                format!("is {} bytes long (at most {MAX_NAME_LEN})", conf.name.len()),
+            ));
         }
         if !valid_network_name(&conf.name) {
             return Err(Error::config(
@@ -138,6 +169,21 @@ mod tests {
                 .code(),
             6
         );
+    }
+
+    #[test]
+    fn long_names_and_relative_paths_are_code_7() {
+        let long = "n".repeat(70_000);
+        let conf = format!(r#"{{"cniVersion":"1.0.0","name":"{long}","type":"b"}}"#);
+        let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("\"name\""), "{e}");
+        assert_eq!(absolute_path("f", "/a/b").unwrap(), PathBuf::from("/a/b"));
+        for bad in ["a/b", "", "./x", "x\0"] {
+            let e = absolute_path("logOptions.logFile", bad).unwrap_err();
+            assert_eq!(e.code(), 7);
+            assert!(e.to_string().contains("logOptions.logFile"), "{e}");
+        }
     }
 
     #[test]

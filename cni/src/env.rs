@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::config::MAX_NAME_LEN;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,12 @@ impl CniArgs {
             if k.is_empty() {
                 return Err(Error::InvalidEnv(format!(
                     "CNI_ARGS: empty key in {part:?}"
+                )));
+            }
+            if k.len() > MAX_NAME_LEN || v.len() > MAX_NAME_LEN {
+                return Err(Error::InvalidEnv(format!(
+                    "CNI_ARGS: {} is longer than {MAX_NAME_LEN} bytes",
+                    short(k)
                 )));
             }
             pairs.push((k.to_string(), v.to_string()));
@@ -195,8 +202,23 @@ impl CniEnv {
     }
 }
 
+/// The start of a possibly huge value, for an error message.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(32) {
+        Some((i, _)) => format!("{:?}...", &s[..i]),
+        None => format!("{s:?}"),
+    }
+}
+
 /// Container IDs as libcni accepts them: alphanumeric first, then `[A-Za-z0-9_.-]`.
 pub fn validate_container_id(id: &str) -> Result<()> {
+    if id.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidEnv(format!(
+            "CNI_CONTAINERID {} is {} bytes long (at most {MAX_NAME_LEN})",
+            short(id),
+            id.len()
+        )));
+    }
     let mut chars = id.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -294,6 +316,15 @@ mod tests {
             ("CNI_ARGS", Some("novalue")),
             ("CNI_ARGS", Some("FOO=bar")),
         ];
+        let long_id = "a".repeat(70_000);
+        let long_arg = format!("K8S_POD_NAME={}", "p".repeat(70_000));
+        let cases = cases
+            .into_iter()
+            .chain([
+                ("CNI_CONTAINERID", Some(long_id.as_str())),
+                ("CNI_ARGS", Some(long_arg.as_str())),
+            ])
+            .collect::<Vec<_>>();
         for (key, val) in cases {
             let mut e = add_env();
             match val {

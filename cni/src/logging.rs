@@ -6,6 +6,31 @@ use std::sync::Mutex;
 
 use tracing_subscriber::filter::LevelFilter;
 
+/// The log names pods, addresses and container IDs: readable by root only,
+/// whatever the umask of the runtime (0600, directories 0700).
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    // O_NONBLOCK: a FIFO without a reader fails (ENXIO) instead of hanging
+    // the call; it then logs to stderr.
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    // A log file an earlier version created 0644 is tightened too.
+    if f.metadata()?.is_file() {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
+}
+
 /// Install the global subscriber once. `level`: error, warn, info, debug,
 /// trace (default info). A log file that cannot be opened falls back to
 /// stderr: logging must never fail a CNI call.
@@ -22,18 +47,31 @@ pub fn init(level: Option<&str>, file: Option<&Path>) {
         .with_max_level(filter)
         .with_ansi(false)
         .with_target(false);
-    let opened = file.and_then(|p| {
-        if let Some(dir) = p.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    });
+    let opened = file.and_then(|p| open_log(p).ok());
     let _ = match opened {
         Some(f) => builder.with_writer(Mutex::new(f)).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn log_file_is_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/dir/c.log");
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let opened = open_log(&p);
+        nix::sys::stat::umask(old);
+        opened.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(p.parent().unwrap()), 0o700);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_log(&p).unwrap();
+        assert_eq!(mode(&p), 0o600);
+    }
 }

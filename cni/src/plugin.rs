@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde_json::{json, Value};
 
-use crate::config::NetConf;
+use crate::config::{NetConf, MAX_STDIN};
 use crate::env::{CniEnv, Command};
 use crate::error::{code, Error, Result};
 use crate::result::CniResult;
@@ -75,9 +75,12 @@ pub fn run(plugin: &dyn Plugin, about: &About) -> ! {
         .collect();
     let mut stdin = Vec::new();
     // VERSION may come with an empty or closed stdin; a read error is a decode
-    // error reported below.
-    let read = std::io::stdin().read_to_end(&mut stdin);
+    // error reported below. One byte past the bound tells an oversized input.
+    let read = std::io::stdin()
+        .take(MAX_STDIN as u64 + 1)
+        .read_to_end(&mut stdin);
     let out = match read {
+        Ok(n) if n > MAX_STDIN => failure(&stdin_too_large(), LATEST),
         Ok(_) => dispatch(plugin, about, &vars, &stdin),
         Err(e) => failure(&Error::Io(format!("reading stdin: {e}")), LATEST),
     };
@@ -91,6 +94,13 @@ pub fn run(plugin: &dyn Plugin, about: &About) -> ! {
     std::process::exit(out.exit_code)
 }
 
+fn stdin_too_large() -> Error {
+    Error::Decode(format!(
+        "network config on stdin is larger than {} KiB",
+        MAX_STDIN >> 10
+    ))
+}
+
 /// The whole protocol, testable in-process: a panic anywhere below becomes
 /// an error JSON instead of a crash.
 pub fn dispatch(
@@ -99,6 +109,9 @@ pub fn dispatch(
     vars: &HashMap<String, String>,
     stdin: &[u8],
 ) -> Outcome {
+    if stdin.len() > MAX_STDIN {
+        return failure(&stdin_too_large(), LATEST);
+    }
     match catch_unwind(AssertUnwindSafe(|| {
         dispatch_inner(plugin, about, vars, stdin)
     })) {

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cni::config::absolute_path;
 use cni::env::validate_ifname;
 use cni::Error;
 use ipnet::IpNet;
@@ -14,6 +15,8 @@ use serde_json::{Map, Value};
 pub const DEFAULTS_FILE: &str = "/etc/cni/coordinator/defaults.json";
 pub const DEFAULT_LOG_FILE: &str = "/var/log/coordinator/coordinator.log";
 pub const DEFAULT_QUARANTINE_FILE: &str = "/var/lib/cni/coordinator/quarantine.json";
+/// The IPv6 minimum link MTU.
+const MIN_VETH_MTU: i64 = 1280;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -115,7 +118,7 @@ impl Config {
             .ok_or_else(|| Error::Decode("network config is not an object".into()))?;
         let defaults_path = match obj.get("defaultsFile") {
             None => PathBuf::from(DEFAULTS_FILE),
-            Some(Value::String(s)) if !s.is_empty() => PathBuf::from(s),
+            Some(Value::String(s)) if !s.is_empty() => absolute_path("defaultsFile", s)?,
             Some(_) => return Err(Error::config("defaultsFile", "must be a non-empty path")),
         };
         let defaults = load_defaults(&defaults_path)?;
@@ -178,13 +181,16 @@ impl Config {
             Some(v) if (0..=u32::MAX as i64).contains(&v) => v as u32,
             Some(v) => return Err(Error::config("txQueueLen", format!("{v} is out of range"))),
         };
+        // The kernel removes a link's IPv6 configuration below 1280 (RFC 8200's
+        // minimum), and the veth's IPv6 sysctls with it, so a smaller MTU
+        // would pass here and fail every ADD. Refused whatever the families.
         let veth_mtu = match f.int("vethMTU")? {
             None | Some(0) => None,
-            Some(v) if (68..=65535).contains(&v) => Some(v as u32),
+            Some(v) if (MIN_VETH_MTU..=65535).contains(&v) => Some(v as u32),
             Some(v) => {
                 return Err(Error::config(
                     "vethMTU",
-                    format!("{v} is not between 68 and 65535"),
+                    format!("{v} is not between {MIN_VETH_MTU} and 65535"),
                 ))
             }
         };
@@ -200,11 +206,10 @@ impl Config {
         };
         let policy_routes = f.policy_routes("policyRoutes")?;
         let detect_options = f.detect_options("detectOptions")?;
-        let quarantine_file = f
-            .string("quarantineFile")?
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_QUARANTINE_FILE));
+        let quarantine_file = match f.string("quarantineFile")?.filter(|s| !s.is_empty()) {
+            Some(s) => absolute_path("quarantineFile", &s)?,
+            None => PathBuf::from(DEFAULT_QUARANTINE_FILE),
+        };
         let quarantine_ttl = f
             .duration("quarantineTTL")?
             .unwrap_or(Duration::from_secs(600));
@@ -374,9 +379,13 @@ impl Fields<'_> {
                 Some(ms) => Ok(Some(Duration::from_millis(ms))),
                 None => Err(self.err(k, format!("{n} is not a duration"))),
             },
-            Some(Value::String(s)) => parse_duration(s)
-                .map(Some)
-                .ok_or_else(|| self.err(k, format!("{s:?} is not a duration like \"10ms\""))),
+            Some(Value::String(s)) => match parse_duration(s) {
+                Ok(d) => Ok(Some(d)),
+                Err(DurationError::Syntax) => {
+                    Err(self.err(k, format!("{s:?} is not a duration like \"10ms\"")))
+                }
+                Err(DurationError::Range) => Err(self.err(k, format!("{s:?} is out of range"))),
+            },
             Some(v) => Err(self.err(k, format!("{v} is not a duration"))),
         }
     }
@@ -475,18 +484,28 @@ impl Fields<'_> {
             None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
             Some(s) if s.is_empty() => Some(PathBuf::from(DEFAULT_LOG_FILE)),
             Some(s) if s == "-" || s == "stderr" => None,
-            Some(s) => Some(PathBuf::from(s)),
+            Some(s) => Some(absolute_path(&format!("{k}.logFile"), &s)?),
         };
         Ok((level, file))
     }
 }
 
+/// Why a duration string was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationError {
+    Syntax,
+    /// Well formed but beyond what a `Duration` holds (~5.8e11 years).
+    Range,
+}
+
 /// Go-style durations as Spiderpool writes them: "10ms", "1s", "1.5s", "100us", "1m".
-pub fn parse_duration(s: &str) -> Option<Duration> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or(DurationError::Syntax)?;
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
+    let n: f64 = num.parse().map_err(|_| DurationError::Syntax)?;
     let secs = match unit {
         "ns" => n / 1e9,
         "us" | "µs" => n / 1e6,
@@ -494,12 +513,10 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return None,
+        _ => return Err(DurationError::Syntax),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(secs))
+    // `from_secs_f64` panics past u64::MAX seconds: ask first.
+    Duration::try_from_secs_f64(secs).map_err(|_| DurationError::Range)
 }
 
 #[cfg(test)]
@@ -600,7 +617,31 @@ mod tests {
                 "logOptions.logLevel",
             ),
             (json!({"quarantineTTL": "soon"}), "quarantineTTL"),
+            (
+                json!({"quarantineTTL": "20000000000000000000s"}),
+                "quarantineTTL",
+            ),
+            (
+                json!({"detectOptions": {"interval": "20000000000000000000s"}}),
+                "detectOptions.interval",
+            ),
+            (
+                json!({"detectOptions": {"timeout": "9999999999999999999999h"}}),
+                "detectOptions.timeout",
+            ),
+            (json!({"vethMTU": 1279}), "vethMTU"),
+            (json!({"vethMTU": 68}), "vethMTU"),
             (json!({"defaultsFile": 5}), "defaultsFile"),
+            (json!({"defaultsFile": "defaults.json"}), "defaultsFile"),
+            (json!({"quarantineFile": "q.json"}), "quarantineFile"),
+            (
+                json!({"logOptions": {"logFile": "log/c.log"}}),
+                "logOptions.logFile",
+            ),
+            (
+                json!({"logOptions": {"logFilePath": "c.log"}}),
+                "logOptions.logFile",
+            ),
         ];
         for (v, field) in cases {
             let mut v = v;
@@ -637,10 +678,19 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("10ms"), Some(Duration::from_millis(10)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("100us"), Some(Duration::from_micros(100)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("ms"), None);
+        assert_eq!(parse_duration("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("10"), Err(DurationError::Syntax));
+        assert_eq!(parse_duration("ms"), Err(DurationError::Syntax));
+        assert_eq!(parse_duration("1e400s"), Err(DurationError::Syntax));
+        // Past u64::MAX seconds: used to panic in Duration::from_secs_f64.
+        for huge in [
+            "20000000000000000000s",
+            "3000000000000000000000h",
+            "99999999999999999999999m",
+        ] {
+            assert_eq!(parse_duration(huge), Err(DurationError::Range), "{huge}");
+        }
     }
 }

@@ -24,6 +24,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use cni::config::{absolute_path, MAX_NAME_LEN};
 use cni::{Error, Result};
 use glob::Pattern;
 use ipnet::IpNet;
@@ -68,6 +69,9 @@ impl Config {
             .as_object()
             .ok_or_else(|| Error::config("ipam", "must be an object"))?;
         let node_name = match opt_str(obj, "nodeName", "ipam.nodeName")? {
+            Some(n) if n.len() > MAX_NAME_LEN => {
+                return Err(too_long("ipam.nodeName", n));
+            }
             Some(n) if !n.is_empty() => n.to_string(),
             _ => default_node().filter(|n| !n.is_empty()).ok_or_else(|| {
                 Error::config(
@@ -79,7 +83,7 @@ impl Config {
         let store = parse_store(obj.get("store"))?;
         let quarantine_file = match opt_str(obj, "quarantineFile", "ipam.quarantineFile")? {
             Some("") => return Err(Error::config("ipam.quarantineFile", "must not be empty")),
-            Some(p) => PathBuf::from(p),
+            Some(p) => absolute_path("ipam.quarantineFile", p)?,
             None => PathBuf::from(cni::quarantine::DEFAULT_PATH),
         };
         let pools = parse_pools(obj.get("pools"))?;
@@ -108,6 +112,14 @@ impl Config {
     pub fn pool_of(&self, ip: &IpAddr) -> Option<&Pool> {
         self.pools.iter().find(|p| p.can_hold(ip))
     }
+}
+
+/// Names end up as strings in store records, which hold at most 65,535 bytes.
+fn too_long(field: &str, s: &str) -> Error {
+    Error::config(
+        field,
+        format!("is {} bytes long (at most {MAX_NAME_LEN})", s.len()),
+    )
 }
 
 fn default_node_name() -> Option<String> {
@@ -211,7 +223,7 @@ fn parse_store(v: Option<&Value>) -> Result<StoreConfig> {
             known_keys(obj, &["kind", "dataDir"], "ipam.store")?;
             let data_dir = match opt_str(obj, "dataDir", "ipam.store.dataDir")? {
                 Some("") => return Err(Error::config("ipam.store.dataDir", "must not be empty")),
-                Some(d) => PathBuf::from(d),
+                Some(d) => absolute_path("ipam.store.dataDir", d)?,
                 None => PathBuf::from(DEFAULT_DATA_DIR),
             };
             Ok(StoreConfig::File { data_dir })
@@ -296,6 +308,7 @@ fn parse_pool(v: &Value, field: &str) -> Result<Pool> {
     }
     let name = match opt_str(obj, "name", &format!("{field}.name"))? {
         Some("") => return Err(Error::config(&format!("{field}.name"), "must not be empty")),
+        Some(n) if n.len() > MAX_NAME_LEN => return Err(too_long(&format!("{field}.name"), n)),
         Some(n) => n.to_string(),
         None => subnet.to_string(),
     };
@@ -627,6 +640,22 @@ mod tests {
             (
                 json!({"pools": [{"subnet": "10.0.0.0/24"}], "nodeName": 1}),
                 "\"ipam.nodeName\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "nodeName": "n".repeat(70_000)}),
+                "\"ipam.nodeName\"",
+            ),
+            (
+                one_pool(json!({"subnet": "10.0.0.0/24", "name": "p".repeat(70_000)})),
+                "\"ipam.pools[0].name\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"dataDir": "ipam"}}),
+                "\"ipam.store.dataDir\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "quarantineFile": "q.json"}),
+                "\"ipam.quarantineFile\"",
             ),
             (
                 json!({"pools": [{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.128/25"}]}),

@@ -92,6 +92,12 @@ impl Exec {
     /// Run to completion. Panics only when the binary cannot be started or
     /// hangs, both failures of the suite's premise.
     pub fn run(&self) -> Run {
+        self.run_within(HANG_LIMIT)
+    }
+
+    /// Like [`Exec::run`], with a tighter bound for calls that must not wait
+    /// on anything (a FIFO in place of a file, say).
+    pub fn run_within(&self, hang_limit: Duration) -> Run {
         let mut child = Command::new(&self.bin)
             .env_clear()
             .envs(&self.env)
@@ -124,11 +130,11 @@ impl Exec {
         let status = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break s,
-                Ok(None) if start.elapsed() > HANG_LIMIT => {
+                Ok(None) if start.elapsed() > hang_limit => {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "{} hung for {HANG_LIMIT:?} with env {:?}",
+                        "{} hung for {hang_limit:?} with env {:?}",
                         self.bin.display(),
                         self.env
                     );
