@@ -9,10 +9,12 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
+
+use crate::error::{Error, Result};
 
 /// `f_type` of files on the nsfs pseudo filesystem (linux/magic.h).
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -30,7 +32,12 @@ impl NetNs {
     /// is not a namespace (e.g. the empty file left when a bind mount is gone).
     pub fn open(path: impl AsRef<Path>) -> io::Result<NetNs> {
         let path = path.as_ref();
-        let file = File::open(path)?;
+        // O_NONBLOCK: a FIFO in place of the netns must not block the open
+        // (it is refused below, like any file that is not nsfs).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)?;
         let fs = nix::sys::statfs::fstatfs(&file).map_err(io::Error::from)?;
         if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
             return Err(io::Error::new(
@@ -42,6 +49,33 @@ impl NetNs {
             file,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The pod's netns named by `CNI_NETNS`: a missing one is code 3, one
+    /// that is not a netns (a plain file, a FIFO) or that is the plugin's own
+    /// netns is code 4. Configuring the plugin's own netns as a pod would
+    /// put `veth0`, rules and tables on the node, and a DEL would delete the
+    /// node's.
+    pub fn open_pod(path: &Path) -> Result<NetNs> {
+        let ns = NetNs::open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                Error::UnknownContainer(format!("netns {} does not exist", path.display()))
+            }
+            io::ErrorKind::InvalidInput => Error::InvalidEnv(format!(
+                "CNI_NETNS {} is not a network namespace",
+                path.display()
+            )),
+            _ => Error::Io(format!("opening netns {}: {e}", path.display())),
+        })?;
+        let own = NetNs::open("/proc/self/ns/net")
+            .map_err(|e| Error::Io(format!("opening the plugin's own netns: {e}")))?;
+        if ns.same_as(&own) {
+            return Err(Error::InvalidEnv(format!(
+                "CNI_NETNS {} is the plugin's own network namespace, not a pod's",
+                path.display()
+            )));
+        }
+        Ok(ns)
     }
 
     /// The calling thread's netns.
@@ -140,6 +174,33 @@ mod tests {
             NetNs::open("/nonexistent/netns").unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn open_pod_refuses_own_netns_fifos_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = NetNs::open_pod(Path::new("/proc/self/ns/net")).unwrap_err();
+        assert_eq!(e.code(), 4);
+        assert!(e.to_string().contains("own network namespace"), "{e}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Used to block in open(2) forever.
+        assert_eq!(NetNs::open_pod(&fifo).unwrap_err().code(), 4);
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(NetNs::open_pod(&file).unwrap_err().code(), 4);
+        assert_eq!(
+            NetNs::open_pod(&dir.path().join("gone"))
+                .unwrap_err()
+                .code(),
+            3
+        );
+        let other = scratch_netns();
+        let path = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(other.file())
+        ));
+        assert!(NetNs::open_pod(&path).is_ok());
     }
 
     /// A fresh netns held only by the returned handle (needs root).

@@ -34,12 +34,7 @@ pub fn open_pod_ns(call: &Call) -> Result<NetNs> {
         .netns
         .as_ref()
         .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is required".into()))?;
-    NetNs::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::UnknownContainer(format!("netns {} does not exist", path.display()))
-        }
-        _ => Error::Io(format!("opening netns {}: {e}", path.display())),
-    })
+    NetNs::open_pod(path)
 }
 
 /// The NIC's addresses and gateways as the main plugin reported them.
@@ -108,7 +103,8 @@ pub fn context(
         _ => None,
     };
     let overlay_peer = match (layout, &first) {
-        (Layout::OverlayLater, Some(eth0)) => match (eth0.link, eth0.mac) {
+        (Layout::OverlayLater, Some(eth0)) if mode::host_peer(facts) => match (eth0.link, eth0.mac)
+        {
             (Some(peer), Some(mac)) => host.link_by_index(peer)?.map(|p| (p.name, mac)),
             _ => None,
         },
@@ -193,6 +189,7 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     let Some(ctx) = context(cfg, call, &prev, &host, view)? else {
         return Ok(prev);
     };
+    crate::guard::check(&host, &ctx)?;
     let ifname = call.env.ifname.as_str();
     let nic = ctx
         .inputs

@@ -29,7 +29,12 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
     let ifname = call.env.ifname.as_str();
     let is_first = ifname == cfg.pod_default_cni_nic;
     let host = Netlink::open()?;
-    let pod_ns = call.env.netns.as_ref().and_then(|p| NetNs::open(p).ok());
+    // The plugin's own netns is no pod's: DEL leaves it alone (open_pod refuses it).
+    let pod_ns = call
+        .env
+        .netns
+        .as_ref()
+        .and_then(|p| NetNs::open_pod(p).ok());
     let pod = pod_ns.as_ref().and_then(|ns| Netlink::open_in(ns).ok());
 
     // The NIC's addresses: prevResult when the runtime passed it, else what

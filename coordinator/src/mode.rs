@@ -13,13 +13,22 @@ pub struct FirstNic {
     pub peer_in_host: bool,
 }
 
+/// Is the first NIC's link partner a host device of ours to route through?
+/// Only for a veth whose peer lives in the host netns (an overlay CNI's). A
+/// macvlan or SR-IOV `eth0` attached without the coordinator also has a link
+/// partner, its parent uplink: host routes and permanent neighbours for a
+/// later NIC must never go there (nothing would remove them).
+pub fn host_peer(first: FirstNic) -> bool {
+    first.is_veth && first.peer_in_host
+}
+
 /// None: `mode: disabled`, touch nothing.
 pub fn resolve(mode: Mode, is_first: bool, first: FirstNic, veth0_present: bool) -> Option<Layout> {
     let underlay = match mode {
         Mode::Disabled => return None,
         Mode::Underlay => true,
         Mode::Overlay => false,
-        Mode::Auto if is_first => !(first.is_veth && first.peer_in_host),
+        Mode::Auto if is_first => !host_peer(first),
         Mode::Auto => veth0_present,
     };
     Some(match (underlay, is_first) {
@@ -113,6 +122,9 @@ mod tests {
             (Mode::Disabled, true, macvlan_eth0, false, None),
             (Mode::Disabled, false, macvlan_eth0, true, None),
         ];
+        assert!(host_peer(overlay_eth0));
+        assert!(!host_peer(macvlan_eth0));
+        assert!(!host_peer(veth_elsewhere));
         for (mode, first, eth0, veth0, want) in cases {
             assert_eq!(
                 resolve(mode, first, eth0, veth0),
