@@ -9,13 +9,13 @@
 //! `until` in Unix seconds.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{code, Error, Result};
-use crate::fsutil;
+use crate::fsutil::{Dir, MAX_FILE};
 
 /// Where the coordinator and the IPAM plugin meet unless configured otherwise.
 pub const DEFAULT_PATH: &str = "/var/lib/cni/coordinator/quarantine.json";
@@ -42,10 +42,18 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn lock_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
+/// The quarantine file's directory and its name in it (the lock file sits
+/// next to it as `<name>.lock`).
+fn split(path: &Path) -> Result<(&Path, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Io(format!("not a file path: {}", path.display())))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((dir, name.to_string()))
 }
 
 fn parse(path: &Path, bytes: &[u8]) -> Result<File> {
@@ -63,11 +71,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<File> {
 /// Quarantine `ip` for `ttl` from now. A second record of the same address
 /// extends (never shortens) its entry. Expired entries are dropped.
 pub fn record(path: &Path, ip: IpAddr, ttl: Duration, reason: &str) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fsutil::ensure_dir(dir)?;
-    }
-    let _lock = fsutil::lock_exclusive(&lock_path(path))?;
-    let mut file = match fsutil::read_optional(path)? {
+    let (dir, name) = split(path)?;
+    let dir = Dir::create(dir)?;
+    let _lock = dir.lock(&format!("{name}.lock"))?;
+    let mut file = match dir.read(&name, MAX_FILE)? {
         Some(bytes) => parse(path, &bytes)?,
         None => File::default(),
     };
@@ -86,14 +93,18 @@ pub fn record(path: &Path, ip: IpAddr, ttl: Duration, reason: &str) -> Result<()
         }),
     }
     let bytes = serde_json::to_vec_pretty(&file)?;
-    fsutil::write_atomic(path, &bytes)
+    dir.write_atomic(&name, &bytes)
 }
 
 /// All unexpired entries (a missing file has none).
 pub fn load_entries(path: &Path) -> Result<Vec<Entry>> {
     // No lock: writers replace the file by rename, so a reader sees a whole
     // old or a whole new document.
-    let Some(bytes) = fsutil::read_optional(path)? else {
+    let (dir, name) = split(path)?;
+    let Some(dir) = Dir::open(dir)? else {
+        return Ok(Vec::new());
+    };
+    let Some(bytes) = dir.read(&name, MAX_FILE)? else {
         return Ok(Vec::new());
     };
     let now = now_secs();
@@ -148,6 +159,25 @@ mod tests {
         let e = record(&p, "10.0.0.1".parse().unwrap(), Duration::from_secs(1), "x").unwrap_err();
         assert_eq!(e.code(), code::STORE_CORRUPT);
         assert_eq!(std::fs::read(&p).unwrap(), b"{not json");
+    }
+
+    #[test]
+    fn a_fifo_or_device_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("quarantine.json");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Both used to block forever in open(2).
+        assert_eq!(load_active(&p).unwrap_err().code(), 5);
+        let ip = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            record(&p, ip, Duration::from_secs(1), "x")
+                .unwrap_err()
+                .code(),
+            5
+        );
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        assert_eq!(load_active(&p).unwrap_err().code(), 5);
     }
 
     #[test]

@@ -241,15 +241,11 @@ impl Config {
 }
 
 fn load_defaults(path: &Path) -> cni::Result<Map<String, Value>> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
-        Err(e) => {
-            return Err(Error::Io(format!(
-                "reading node defaults {}: {e}",
-                path.display()
-            )))
-        }
+    // Bounded like stdin, and a FIFO or device in its place fails at once.
+    let text = match cni::fsutil::read_optional(path, cni::config::MAX_STDIN as u64) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(Map::new()),
+        Err(e) => return Err(Error::config("defaultsFile", e)),
     };
     match serde_json::from_slice::<Value>(&text) {
         Ok(Value::Object(m)) => Ok(m),

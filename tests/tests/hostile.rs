@@ -192,3 +192,78 @@ fn relative_paths_are_code_7() {
         assert!(msg.contains(field), "{field}: {msg}");
     }
 }
+
+// ---------------------------------------------------------------- item 3
+
+fn fifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+#[test]
+fn fifos_and_devices_in_place_of_files_fail_at_once() {
+    let dir = tmp();
+    // CNI_NETNS a FIFO: used to block in open(2) forever.
+    let ns = dir.path().join("netns-fifo");
+    fifo(&ns);
+    let conf = coord_conf(dir.path());
+    let msg = Exec::cni(
+        coordinator(),
+        "ADD",
+        &unique_id("f"),
+        &ns.display().to_string(),
+    )
+    .stdin_json(&conf)
+    .run_within(QUICK)
+    .err_msg(4);
+    assert!(msg.contains("not a network namespace"), "{msg}");
+    // defaultsFile a FIFO: code 7 naming it.
+    let defaults = dir.path().join("defaults-fifo");
+    fifo(&defaults);
+    let mut conf = coord_conf(dir.path());
+    conf["defaultsFile"] = json!(defaults);
+    for cmd in ["ADD", "CHECK"] {
+        let msg = coord(cmd, dir.path(), &conf).err_msg(7);
+        assert!(
+            msg.contains("defaultsFile") && msg.contains("not a regular file"),
+            "{msg}"
+        );
+    }
+    coord("DEL", dir.path(), &conf).ok_silent();
+
+    // coordinator-ipam: quarantineFile a FIFO or /dev/zero.
+    for (i, target) in ["fifo", "/dev/zero"].into_iter().enumerate() {
+        let q = dir.path().join(format!("q{i}.json"));
+        if target == "fifo" {
+            fifo(&q);
+        } else {
+            std::os::unix::fs::symlink(target, &q).expect("symlink");
+        }
+        let mut conf = ipam_conf(dir.path());
+        conf["ipam"]["quarantineFile"] = json!(q);
+        let msg = ipam_call("ADD", &unique_id("q"), dir.path(), &conf).err_msg(5);
+        // A link is not even followed to find out.
+        let why = ["not a regular file", "symbolic link"];
+        assert!(why.iter().any(|w| msg.contains(w)), "{msg}");
+    }
+    // state.bin a FIFO, or a link to /dev/zero.
+    let conf = ipam_conf(dir.path());
+    let net = dir.path().join("data/hostileipam");
+    ipam_call("ADD", &unique_id("s"), dir.path(), &conf).ok_json();
+    for target in ["fifo", "/dev/zero"] {
+        let state = net.join("state.bin");
+        let _ = std::fs::remove_file(&state);
+        if target == "fifo" {
+            fifo(&state);
+        } else {
+            std::os::unix::fs::symlink(target, &state).expect("symlink");
+        }
+        for cmd in ["ADD", "DEL"] {
+            let run = ipam_call(cmd, &unique_id("s"), dir.path(), &conf);
+            let e = run.json();
+            assert_eq!(e["code"], json!(5), "{target} {cmd}: {e}");
+        }
+    }
+}

@@ -3,46 +3,44 @@
 //! `state.bin` is an indexed snapshot of the whole state (see
 //! [`super::snapshot`]; a `state.json` written by earlier versions is read
 //! while no `state.bin` exists and replaced by the first change); `journal`
-//! holds the changes made since, one checksummed line per call
-//! (`<fnv1a32 hex> [changes]\n`). A change takes an exclusive `flock` on
-//! `lock`, maps the snapshot, replays the journal over it, lets the allocator
-//! decide through [`Ledger`] lookups (binary searches in the snapshot's
-//! tables), and appends only this call's changes to the journal (write,
-//! fdatasync). So an ADD or DEL reads a few records and writes and syncs a
-//! few hundred bytes whatever the number of records, where rewriting the
-//! whole JSON state cost O(records) and two syncs per call.
+//! holds the changes made since, one checksummed line per call (see
+//! [`super::journal`]). A change takes an exclusive `flock` on `lock`, maps
+//! the snapshot, replays the journal over it, lets the allocator decide
+//! through [`Ledger`] lookups (binary searches in the snapshot's tables, see
+//! [`super::view`]), and appends only this call's changes to the journal
+//! (write, fdatasync). So an ADD or DEL reads a few records and writes and
+//! syncs a few hundred bytes whatever the number of records, where rewriting
+//! the whole JSON state cost O(records) and two syncs per call.
 //!
-//! Crash safety: a call is committed once its journal fsync returned; only
-//! the last append can be cut short by a crash, so an invalid *last* line is
-//! a torn write and ignored (and cut off by the next writer), while an invalid
-//! line followed by others is corruption. When the journal outgrows
-//! max(16 KiB, snapshot/32), the writer compacts: it replaces the snapshot
-//! atomically (`cni::fsutil::write_atomic`) and then empties the journal. A
-//! crash in between leaves the new snapshot with the old journal, which
-//! replays to the same state because every journal entry is an absolute
-//! assignment (put record, delete address, set cursor), not a relative edit.
-//! Readers (`load`) take no lock: they read the journal before the snapshot
-//! and so see the old or the new state.
+//! Crash safety: a call is committed once its journal fsync returned. When
+//! the journal outgrows max(16 KiB, snapshot/32), the writer compacts: it
+//! replaces the snapshot atomically ([`Dir::write_atomic`]) and then empties
+//! the journal. A crash in between leaves the new snapshot with the old
+//! journal, which replays to the same state (its entries are absolute
+//! assignments). Readers (`load`) take no lock: they read the journal before
+//! the snapshot and so see the old or the new state.
+//!
+//! Files: the network directory is opened once and every file in it relative
+//! to it, never through a symbolic link, and only when it is a regular file
+//! (a FIFO or device in its place fails at once); directories are 0700 and
+//! files 0600 whatever the umask (see [`cni::fsutil`]).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
-use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use cni::error::code;
-use cni::{fsutil, Error, Result};
-use serde::{Deserialize, Serialize};
+use cni::fsutil::{self, Dir};
+use cni::{Error, Result};
 
+use super::journal::{self, JOURNAL_FILE};
 use super::mapped::Mapped;
+use super::view::View;
 use super::{snapshot, Store};
-use crate::allocator::{Attachment, Ledger, Record, State, StickyId, STATE_VERSION};
+use crate::allocator::{Ledger, State, STATE_VERSION};
 
 pub const STATE_FILE: &str = "state.bin";
 /// The JSON snapshot of earlier versions.
 pub const LEGACY_STATE_FILE: &str = "state.json";
-pub const JOURNAL_FILE: &str = "journal";
 pub const LOCK_FILE: &str = "lock";
 
 /// The journal is folded into the snapshot once it is larger than
@@ -52,16 +50,9 @@ pub const LOCK_FILE: &str = "lock";
 /// records, every ~150 calls) stays a small share of the calls in between.
 const COMPACT_DIVISOR: u64 = 32;
 const MIN_COMPACT_BYTES: u64 = 16 * 1024;
-
-/// One journal entry. Absolute assignments only, so replaying entries that
-/// are already in the snapshot changes nothing (see the module doc).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-enum Change {
-    Put(Record),
-    Del(IpAddr),
-    Cursor { pool: String, ip: Option<IpAddr> },
-}
+/// A legacy JSON state is read whole, once, to migrate it: ~200 bytes a
+/// record, so this holds over a million.
+const LEGACY_MAX: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct FileStore {
@@ -104,31 +95,26 @@ impl FileStore {
         self.network_dir(network).join(JOURNAL_FILE)
     }
 
-    fn read(&self, network: &str) -> Result<Loaded> {
+    fn read(&self, dir: &Dir) -> Result<Loaded> {
         // The journal is read before the snapshot: a lock-free reader racing
         // a compaction then sees the old snapshot with its journal, or the
         // new snapshot with the old journal, which replays onto it harmlessly.
-        let jpath = self.journal_path(network);
-        let journal = fsutil::read_optional(&jpath)?;
-        let path = self.state_path(network);
-        let (mut state, snapshot_len) = match fsutil::read_optional(&path)? {
-            Some(bytes) => (decode(&path, &bytes)?, bytes.len() as u64),
-            None => {
-                let legacy = self.legacy_state_path(network);
-                match fsutil::read_optional(&legacy)? {
-                    // u64::MAX: the first change compacts, replacing the slow JSON.
-                    Some(bytes) => (decode_json(&legacy, &bytes)?, u64::MAX),
-                    None => (State::default(), 0),
-                }
+        let mut changes = Vec::new();
+        let (journal_len, journal_exists, torn) = journal::load(dir, &mut |c| changes.push(c))?;
+        let (mut state, snapshot_len) = match Mapped::open(dir, STATE_FILE)? {
+            Some(m) => {
+                let bytes = m.as_ref();
+                (decode(&dir.join(STATE_FILE), bytes)?, bytes.len() as u64)
             }
+            None => match dir.read(LEGACY_STATE_FILE, LEGACY_MAX)? {
+                // u64::MAX: the first change compacts, replacing the slow JSON.
+                Some(bytes) => (decode_json(&dir.join(LEGACY_STATE_FILE), &bytes)?, u64::MAX),
+                None => (State::default(), 0),
+            },
         };
-        let (journal_len, journal_exists, torn) = match journal {
-            None => (0, false, false),
-            Some(bytes) => {
-                let valid = replay(&jpath, &bytes, &mut |c| apply(&mut state, c))?;
-                (valid, true, valid != bytes.len() as u64)
-            }
-        };
+        for c in changes {
+            journal::apply(&mut state, c);
+        }
         Ok(Loaded {
             state,
             snapshot_len,
@@ -139,7 +125,7 @@ impl FileStore {
     }
 }
 
-fn corrupt(path: &Path, why: impl std::fmt::Display) -> Error {
+pub(super) fn corrupt(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::plugin(
         code::STORE_CORRUPT,
         format!(
@@ -162,352 +148,63 @@ fn decode_json(path: &Path, bytes: &[u8]) -> Result<State> {
     )
 }
 
+fn newer(path: &Path, version: u32) -> Error {
+    corrupt(
+        path,
+        format!("format version {version} is newer than this plugin's {STATE_VERSION}"),
+    )
+}
+
 fn checked(path: &Path, mut state: State) -> Result<State> {
     if state.version > STATE_VERSION {
-        return Err(corrupt(
-            path,
-            format!(
-                "format version {} is newer than this plugin's {STATE_VERSION}",
-                state.version
-            ),
-        ));
+        return Err(newer(path, state.version));
     }
     state.normalize().map_err(|e| corrupt(path, e))?;
     Ok(state)
 }
 
-/// FNV-1a, 32 bits: enough to tell a torn or zero-filled line from a written
-/// one, and no dependency.
-fn checksum(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// One call's changes as one line: a torn append loses the whole call, never
-/// part of it (one family of a dual-stack ADD, say).
-fn encode_line(changes: &[Change], out: &mut Vec<u8>) -> Result<()> {
-    let json = serde_json::to_vec(changes)?;
-    out.extend_from_slice(format!("{:08x} ", checksum(&json)).as_bytes());
-    out.extend_from_slice(&json);
-    out.push(b'\n');
-    Ok(())
-}
-
-fn decode_line(line: &[u8]) -> Option<Vec<Change>> {
-    let (sum, json) = (line.get(..8)?, line.get(9..)?);
-    let sum = u32::from_str_radix(std::str::from_utf8(sum).ok()?, 16).ok()?;
-    if line.get(8) != Some(&b' ') || checksum(json) != sum {
-        return None;
-    }
-    serde_json::from_slice(json).ok()
-}
-
-fn apply(state: &mut State, c: Change) {
-    match c {
-        Change::Put(r) => state.put(r),
-        Change::Del(ip) => {
-            state.remove(&ip);
-        }
-        Change::Cursor { pool, ip: Some(ip) } => {
-            state.cursors.insert(pool, ip);
-        }
-        Change::Cursor { pool, ip: None } => {
-            state.cursors.remove(&pool);
-        }
-    }
-}
-
-/// Feed the journal's entries to `apply`; returns the length of its valid
-/// part (a torn last line is left out).
-fn replay(path: &Path, bytes: &[u8], apply: &mut dyn FnMut(Change)) -> Result<u64> {
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        let (line, next) = match rest.iter().position(|b| *b == b'\n') {
-            Some(n) => (&rest[..n], pos + n + 1),
-            None => (rest, bytes.len()),
-        };
-        let complete = next <= bytes.len() && bytes.get(next - 1) == Some(&b'\n');
-        match decode_line(line).filter(|_| complete) {
-            Some(changes) => changes.into_iter().for_each(&mut *apply),
-            // Only the last append can be torn by a crash.
-            None if bytes[next..].iter().all(|b| *b == 0 || *b == b'\n') => break,
-            None => {
-                return Err(corrupt(
-                    path,
-                    format!("invalid entry at byte {pos} followed by others"),
-                ))
-            }
-        }
-        pos = next;
-    }
-    Ok(pos as u64)
-}
-
-/// The file store's [`Ledger`]: the indexed snapshot, with the journal and
-/// this call's changes laid over it as an overlay. Lookups by address are a
-/// binary search; lookups by attachment or sticky identity compare bytes in
-/// place. No record is decoded unless it is returned.
-struct View {
-    path: PathBuf,
-    snap: snapshot::Indexed<Mapped>,
-    /// Address -> its record, or `None` when deleted since the snapshot.
-    overlay: BTreeMap<IpAddr, Option<Record>>,
-    cursors: BTreeMap<String, IpAddr>,
-    /// What this call changed, in order: the journal entries to append.
-    changes: Vec<Change>,
-}
-
-impl View {
-    fn apply(&mut self, c: Change) {
-        match c {
-            Change::Put(r) => {
-                self.overlay.insert(r.ip, Some(r));
-            }
-            Change::Del(ip) => {
-                self.overlay.insert(ip, None);
-            }
-            Change::Cursor { pool, ip: Some(ip) } => {
-                self.cursors.insert(pool, ip);
-            }
-            Change::Cursor { pool, ip: None } => {
-                self.cursors.remove(&pool);
-            }
-        }
-    }
-
-    fn decode(&self, i: usize) -> Result<Record> {
-        self.snap.record(i).map_err(|e| corrupt(&self.path, e))
-    }
-
-    /// Snapshot records `found` by an index and not replaced since, plus
-    /// overlay records matching `keep`, by address.
-    fn select(
-        &self,
-        found: std::result::Result<Vec<usize>, String>,
-        keep: impl Fn(&Record) -> bool,
-    ) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        for i in found.map_err(|e| corrupt(&self.path, e))? {
-            let r = self.decode(i)?;
-            if !self.overlay.contains_key(&r.ip) {
-                out.push(r);
-            }
-        }
-        out.extend(self.overlay.values().flatten().filter(|r| keep(r)).cloned());
-        out.sort_by_key(|r| r.ip);
-        Ok(out)
-    }
-
-    fn find(&self, ip: &IpAddr) -> Result<Option<usize>> {
-        self.snap.find(ip).map_err(|e| corrupt(&self.path, e))
-    }
-
-    /// The whole state, for a compaction.
-    fn materialize(&self) -> Result<State> {
-        let mut state = State {
-            version: STATE_VERSION,
-            records: Vec::with_capacity(self.snap.len() + self.overlay.len()),
-            cursors: self.cursors.clone(),
-        };
-        for i in 0..self.snap.len() {
-            let r = self.decode(i)?;
-            if !self.overlay.contains_key(&r.ip) {
-                state.records.push(r);
-            }
-        }
-        state
-            .records
-            .extend(self.overlay.values().flatten().cloned());
-        state.normalize()?;
-        Ok(state)
-    }
-}
-
-impl Ledger for View {
-    fn record(&self, ip: &IpAddr) -> Result<Option<Record>> {
-        match self.overlay.get(ip) {
-            Some(r) => Ok(r.clone()),
-            None => self.find(ip)?.map(|i| self.decode(i)).transpose(),
-        }
-    }
-
-    fn taken(&self, ip: &IpAddr) -> Result<bool> {
-        match self.overlay.get(ip) {
-            Some(r) => Ok(r.is_some()),
-            None => Ok(self.find(ip)?.is_some()),
-        }
-    }
-
-    fn held_by(&self, a: &Attachment) -> Result<Vec<Record>> {
-        self.select(self.snap.held_by(a), |r| r.owner.as_ref() == Some(a))
-    }
-
-    fn sticky_records(&self, s: &StickyId) -> Result<Vec<Record>> {
-        self.select(self.snap.sticky_of(s), |r| r.sticky.as_ref() == Some(s))
-    }
-
-    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>> {
-        Ok(self.cursors.get(pool).copied())
-    }
-
-    fn set_cursor(&mut self, pool: &str, ip: IpAddr) -> Result<()> {
-        if self.cursors.get(pool) != Some(&ip) {
-            let c = Change::Cursor {
-                pool: pool.to_string(),
-                ip: Some(ip),
-            };
-            self.changes.push(c.clone());
-            self.apply(c);
-        }
-        Ok(())
-    }
-
-    fn put_record(&mut self, r: Record) -> Result<()> {
-        if self.record(&r.ip)?.as_ref() != Some(&r) {
-            self.changes.push(Change::Put(r.clone()));
-            self.apply(Change::Put(r));
-        }
-        Ok(())
-    }
-
-    fn remove_record(&mut self, ip: &IpAddr) -> Result<()> {
-        if self.taken(ip)? {
-            self.changes.push(Change::Del(*ip));
-            self.apply(Change::Del(*ip));
-        }
-        Ok(())
-    }
-}
-
-/// The entries that turn `before` into `after` (both sorted by address).
-fn diff(before: &State, after: &State) -> Vec<Change> {
-    let mut out = Vec::new();
-    let (a, b) = (&before.records, &after.records);
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) if x.ip == y.ip => {
-                if x != y {
-                    out.push(Change::Put(y.clone()));
-                }
-                i += 1;
-                j += 1;
-            }
-            (Some(x), Some(y)) if x.ip < y.ip => {
-                out.push(Change::Del(x.ip));
-                i += 1;
-            }
-            (Some(x), None) => {
-                out.push(Change::Del(x.ip));
-                i += 1;
-            }
-            (_, Some(y)) => {
-                out.push(Change::Put(y.clone()));
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
-    for (pool, ip) in &after.cursors {
-        if before.cursors.get(pool) != Some(ip) {
-            out.push(Change::Cursor {
-                pool: pool.clone(),
-                ip: Some(*ip),
-            });
-        }
-    }
-    for pool in before.cursors.keys() {
-        if !after.cursors.contains_key(pool) {
-            out.push(Change::Cursor {
-                pool: pool.clone(),
-                ip: None,
-            });
-        }
-    }
-    out
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| fsutil::io_error("cannot sync directory", dir, &e))
-}
-
-/// Append `data` at `at` (the end of the valid journal; `torn` when bytes
-/// of a torn line follow, which are cut off) and make it durable.
-fn append(dir: &Path, path: &Path, at: u64, existed: bool, torn: bool, data: &[u8]) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| fsutil::io_error("cannot open", path, &e))?;
-    let res = (if torn { file.set_len(at) } else { Ok(()) })
-        .and_then(|()| file.seek(SeekFrom::Start(at)))
-        .and_then(|_| file.write_all(data))
-        .and_then(|()| file.sync_data());
-    if let Err(e) = res {
-        // A partial append would read as a torn line anyway, but ENOSPC
-        // should not leave garbage behind.
-        let _ = file.set_len(at);
-        return Err(fsutil::io_error("cannot write", path, &e));
-    }
-    if !existed {
-        // A new file exists durably only once its directory entry does.
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
 /// Fold everything into a new snapshot, then empty the journal.
-fn compact(dir: &Path, state: &State, journal_exists: bool) -> Result<()> {
+fn compact(dir: &Dir, state: &State, journal_exists: bool) -> Result<()> {
     let bytes = snapshot::encode(state)
         .map_err(|e| Error::plugin(code::INTERNAL, format!("cannot encode the IPAM state: {e}")))?;
-    fsutil::write_atomic(&dir.join(STATE_FILE), &bytes)?;
+    dir.write_atomic(STATE_FILE, &bytes)?;
     if journal_exists {
-        let path = dir.join(JOURNAL_FILE);
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .and_then(|f| f.set_len(0).and_then(|()| f.sync_data()))
-            .map_err(|e| fsutil::io_error("cannot truncate", &path, &e))?;
+        journal::truncate(dir)?;
     }
     // state.bin now wins over a legacy state.json; removing it is tidiness.
-    let legacy = dir.join(LEGACY_STATE_FILE);
-    if legacy.exists() {
-        std::fs::remove_file(&legacy)
-            .map_err(|e| fsutil::io_error("cannot remove", &legacy, &e))?;
-    }
-    Ok(())
+    dir.remove(LEGACY_STATE_FILE)
 }
 
 impl Store for FileStore {
     fn load(&self, network: &str) -> Result<State> {
-        Ok(self.read(network)?.state)
+        match Dir::open(&self.network_dir(network))? {
+            Some(dir) => Ok(self.read(&dir)?.state),
+            None => Ok(State::default()),
+        }
     }
 
     fn update(&self, network: &str, f: &mut dyn FnMut(&mut State) -> Result<()>) -> Result<()> {
-        let dir = self.network_dir(network);
-        if !dir.exists() {
-            // Nothing stored yet: a change that changes nothing (a DEL of an
-            // attachment never added) must not create files.
-            let mut state = State::default();
-            if f(&mut state).is_ok() && state == State::default() {
-                return Ok(());
+        let path = self.network_dir(network);
+        let dir = match Dir::open(&path) {
+            Ok(Some(d)) => d,
+            // Nothing stored yet (or no usable store): a change that changes
+            // nothing (a DEL of an attachment never added) must not create
+            // files, nor fail.
+            r => {
+                let mut state = State::default();
+                if f(&mut state).is_ok() && state == State::default() {
+                    return Ok(());
+                }
+                r?;
+                Dir::create(&path)?
             }
-        }
-        fsutil::ensure_dir(&dir)?;
-        let _lock = match fsutil::lock_exclusive(&dir.join(LOCK_FILE)) {
+        };
+        let _lock = match dir.lock(LOCK_FILE) {
             Ok(l) => l,
             Err(e) => {
                 // A read-only store can still answer a change that changes
                 // nothing (a DEL of what is not there).
-                let mut state = self.read(network)?.state;
+                let mut state = self.read(&dir)?.state;
                 let before = state.clone();
                 if f(&mut state).is_ok() && state == before {
                     return Ok(());
@@ -515,30 +212,23 @@ impl Store for FileStore {
                 return Err(e);
             }
         };
-        let loaded = self.read(network)?;
+        let loaded = self.read(&dir)?;
         let mut state = loaded.state.clone();
         f(&mut state)?;
         state.normalize()?;
-        let changes = diff(&loaded.state, &state);
+        let changes = journal::diff(&loaded.state, &state);
         if changes.is_empty() {
             return Ok(());
         }
         let mut lines = Vec::new();
-        encode_line(&changes, &mut lines)?;
+        journal::encode_line(&changes, &mut lines)?;
         let journal = loaded.journal_len + lines.len() as u64;
         let legacy = loaded.snapshot_len == u64::MAX;
         if legacy || journal > MIN_COMPACT_BYTES.max(loaded.snapshot_len / COMPACT_DIVISOR) {
             state.version = STATE_VERSION;
             return compact(&dir, &state, loaded.journal_exists);
         }
-        append(
-            &dir,
-            &dir.join(JOURNAL_FILE),
-            loaded.journal_len,
-            loaded.journal_exists,
-            loaded.torn,
-            &lines,
-        )
+        journal::append(&dir, loaded.journal_len, loaded.torn, &lines)
     }
 
     /// ADD and DEL: the lookups are answered from the indexed snapshot plus
@@ -548,32 +238,29 @@ impl Store for FileStore {
         network: &str,
         f: &mut dyn FnMut(&mut dyn Ledger) -> Result<()>,
     ) -> Result<()> {
-        let dir = self.network_dir(network);
-        let path = self.state_path(network);
         // Nothing stored yet, or a legacy JSON state to migrate: the
         // whole-state path handles both (the latter once).
-        if !dir.exists() || (!path.exists() && self.legacy_state_path(network).exists()) {
+        let dir = match Dir::open(&self.network_dir(network)) {
+            Ok(Some(d)) => d,
+            _ => return self.update(network, &mut |s| f(s)),
+        };
+        if !dir.exists(STATE_FILE)? && dir.exists(LEGACY_STATE_FILE)? {
             return self.update(network, &mut |s| f(s));
         }
-        let lock = match fsutil::lock_exclusive(&dir.join(LOCK_FILE)) {
+        let lock = match dir.lock(LOCK_FILE) {
             Ok(l) => l,
             // Read-only store: the whole-state path answers a no-op.
             Err(_) => return self.update(network, &mut |s| f(s)),
         };
-        let mapped = Mapped::open(&path)?;
+        let path = dir.join(STATE_FILE);
+        let mapped = Mapped::open(&dir, STATE_FILE)?;
         let snapshot_len = mapped.as_ref().map_or(0, |m| m.as_ref().len() as u64);
         let snap = match mapped {
             Some(m) => snapshot::Indexed::new(m).map_err(|e| corrupt(&path, e))?,
             None => snapshot::Indexed::new_empty(),
         };
         if snap.version() > STATE_VERSION {
-            return Err(corrupt(
-                &path,
-                format!(
-                    "format version {} is newer than this plugin's {STATE_VERSION}",
-                    snap.version()
-                ),
-            ));
+            return Err(newer(&path, snap.version()));
         }
         let mut view = View {
             path,
@@ -582,26 +269,19 @@ impl Store for FileStore {
             overlay: BTreeMap::new(),
             changes: Vec::new(),
         };
-        let jpath = self.journal_path(network);
-        let (journal_len, journal_exists, torn) = match fsutil::read_optional(&jpath)? {
-            None => (0, false, false),
-            Some(bytes) => {
-                let valid = replay(&jpath, &bytes, &mut |c| view.apply(c))?;
-                (valid, true, valid != bytes.len() as u64)
-            }
-        };
+        let (journal_len, journal_exists, torn) = journal::load(&dir, &mut |c| view.apply(c))?;
         f(&mut view)?;
         if view.changes.is_empty() {
             return Ok(());
         }
         let mut lines = Vec::new();
-        encode_line(&view.changes, &mut lines)?;
+        journal::encode_line(&view.changes, &mut lines)?;
         let journal = journal_len + lines.len() as u64;
         if journal > MIN_COMPACT_BYTES.max(snapshot_len / COMPACT_DIVISOR) {
             let state = view.materialize()?;
             return compact(&dir, &state, journal_exists);
         }
-        append(&dir, &jpath, journal_len, journal_exists, torn, &lines)?;
+        journal::append(&dir, journal_len, torn, &lines)?;
         drop(lock);
         Ok(())
     }
@@ -724,6 +404,90 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code(), code::IO);
         assert!(e.to_string().contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn planted_links_fifos_and_devices_are_refused_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().join("data"));
+        update(&st, "net", |s| {
+            s.put(rec("10.0.0.2", "a"));
+            Ok(())
+        })
+        .unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"keep").unwrap();
+        let put = |ip: &str| {
+            update(&st, "net", |s| {
+                s.put(rec(ip, ip));
+                Ok(())
+            })
+        };
+        // A journal link used to be appended through: the file outside the
+        // store was overwritten.
+        std::fs::remove_file(st.journal_path("net")).unwrap();
+        std::os::unix::fs::symlink(&outside, st.journal_path("net")).unwrap();
+        assert_eq!(put("10.0.0.3").unwrap_err().code(), code::IO);
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        std::fs::remove_file(st.journal_path("net")).unwrap();
+        // A temporary link used to replace state.bin by the link.
+        let tmp = st.network_dir("net").join(".state.bin.tmp");
+        std::os::unix::fs::symlink(&outside, &tmp).unwrap();
+        for i in 0..400 {
+            put(&format!("10.1.{}.{}", i / 200, i % 200)).unwrap();
+        }
+        let meta = std::fs::symlink_metadata(st.state_path("net")).unwrap();
+        assert!(
+            meta.is_file(),
+            "state.bin is a regular file after compactions"
+        );
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        // state.bin a FIFO or /dev/zero: both used to hang the call.
+        std::fs::remove_file(st.state_path("net")).unwrap();
+        nix::unistd::mkfifo(
+            &st.state_path("net"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        assert_eq!(st.load("net").unwrap_err().code(), code::IO);
+        assert_eq!(put("10.0.0.4").unwrap_err().code(), code::IO);
+        std::fs::remove_file(st.state_path("net")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", st.state_path("net")).unwrap();
+        assert_eq!(st.load("net").unwrap_err().code(), code::IO);
+        assert_eq!(put("10.0.0.4").unwrap_err().code(), code::IO);
+        // The network directory itself as a link is refused too.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, st.network_dir("other")).unwrap();
+        assert_eq!(
+            update(&st, "other", |s| {
+                s.put(rec("10.0.0.9", "x"));
+                Ok(())
+            })
+            .unwrap_err()
+            .code(),
+            code::IO
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn store_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let st = FileStore::new(dir.path().join("data"));
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let r = update(&st, "net", |s| {
+            s.put(rec("10.0.0.2", "a"));
+            Ok(())
+        });
+        nix::sys::stat::umask(old);
+        r.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(st.data_dir()), 0o700);
+        assert_eq!(mode(&st.network_dir("net")), 0o700);
+        assert_eq!(mode(&st.journal_path("net")), 0o600);
+        assert_eq!(mode(&st.network_dir("net").join(LOCK_FILE)), 0o600);
     }
 
     #[test]

@@ -5,12 +5,10 @@
 //! fresh memory (with 4,000 records, reading cost ~0.3 ms of page faults and
 //! copying, more than the rest of an ADD).
 
-use std::fs::File;
-use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
-use cni::{fsutil, Result};
+use cni::fsutil::{self, Dir};
+use cni::Result;
 
 /// Safety of the mapping: the file store never changes `state.bin` in place,
 /// it replaces it by rename, so the mapped inode keeps its contents and size
@@ -23,16 +21,16 @@ pub struct Mapped {
 }
 
 impl Mapped {
-    /// The mapped contents of `path`, or `None` when it does not exist.
-    pub fn open(path: &Path) -> Result<Option<Mapped>> {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(fsutil::io_error("cannot open", path, &e)),
+    /// The mapped contents of `name` in `dir` (a regular file, opened
+    /// without following links), or `None` when it does not exist.
+    pub fn open(dir: &Dir, name: &str) -> Result<Option<Mapped>> {
+        let path = dir.join(name);
+        let Some(file) = dir.open_read(name)? else {
+            return Ok(None);
         };
         let len = file
             .metadata()
-            .map_err(|e| fsutil::io_error("cannot stat", path, &e))?
+            .map_err(|e| fsutil::io_error("cannot stat", &path, &e))?
             .len();
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if len == 0 {
@@ -53,7 +51,7 @@ impl Mapped {
         };
         if ptr == libc::MAP_FAILED {
             let e = std::io::Error::last_os_error();
-            return Err(fsutil::io_error("cannot map", path, &e));
+            return Err(fsutil::io_error("cannot map", &path, &e));
         }
         Ok(Some(Mapped { ptr, len }))
     }
@@ -96,16 +94,17 @@ mod tests {
 
     #[test]
     fn maps_contents_and_tells_missing_and_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        assert!(Mapped::open(&p).unwrap().is_none());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap().unwrap();
+        let p = dir.join("f");
+        assert!(Mapped::open(&dir, "f").unwrap().is_none());
         std::fs::write(&p, b"").unwrap();
-        assert_eq!(Mapped::open(&p).unwrap().unwrap().as_ref(), b"");
+        assert_eq!(Mapped::open(&dir, "f").unwrap().unwrap().as_ref(), b"");
         std::fs::write(&p, b"hello").unwrap();
-        let m = Mapped::open(&p).unwrap().unwrap();
+        let m = Mapped::open(&dir, "f").unwrap().unwrap();
         // Replacing the file by rename leaves the mapping as it was.
-        std::fs::write(dir.path().join("g"), b"other").unwrap();
-        std::fs::rename(dir.path().join("g"), &p).unwrap();
+        std::fs::write(dir.join("g"), b"other").unwrap();
+        std::fs::rename(dir.join("g"), &p).unwrap();
         assert_eq!(m.as_ref(), b"hello");
     }
 }

@@ -5,8 +5,10 @@
 //! one node; a cluster-wide store (etcd) implements the same trait.
 
 pub mod file;
+mod journal;
 mod mapped;
 pub mod snapshot;
+mod view;
 
 use cni::Result;
 
