@@ -30,6 +30,10 @@ fn smoke_run_produces_sane_outputs() {
         "coordinator/del/1nic-v4",
         "sbr/add/1nic-v4",
         "sbr/del/1nic-v4",
+        "sbr/add/2nics-ds-eth0",
+        "sbr/add/2nics-ds-net1",
+        "kernel/veth-del",
+        "kernel/veth-del-node",
         "coordinator/add/2nics-ds-eth0",
         "coordinator/add/2nics-ds-net1",
         "coordinator/add/1nic-v4-node",
@@ -85,7 +89,10 @@ fn smoke_run_produces_sane_outputs() {
     assert_eq!(v["meta"]["smoke"], true);
     assert_eq!(v["rows"].as_array().map(Vec::len), Some(report.rows.len()));
     let md = std::fs::read_to_string(md).unwrap();
-    assert!(md.contains("| coordinator ADD, 1 NIC IPv4 |"), "{md}");
+    assert!(
+        md.contains("| coordinator ADD, underlay 1 NIC IPv4 |"),
+        "{md}"
+    );
     let svg = std::fs::read_to_string(svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     let measured = report.rows.iter().filter(|r| r.stats.is_some()).count();

@@ -10,21 +10,22 @@
 
 pub mod arp;
 pub mod ndp;
+pub mod release;
 pub mod socket;
+mod watch;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use cni::error::code;
 use cni::netns::NetNs;
 use cni::Error;
 
-use self::arp::Arp;
-use self::ndp::Nd;
 use self::socket::{Direction, PacketSocket, ETH_P_ARP, ETH_P_IPV6};
+use self::watch::Watch;
 
 /// Probe count, spacing and wait after the last round (`detectOptions`).
 /// `retries` 0 is treated as 1: a check that sends nothing proves nothing.
@@ -197,237 +198,10 @@ pub fn detect(
 }
 
 /// Closing a packet socket waits out an RCU grace period in the kernel
-/// (`packet_release` calls `synchronize_net`): 5-15 ms each on a busy node,
-/// one after the other. On their own threads those waits overlap each other
-/// and the rest of the ADD instead of adding up in front of it.
+/// (`packet_release` calls `synchronize_net`), and the plugin's exit would
+/// wait for it: a child process takes the last reference (see [`release`]).
 pub(crate) fn close_in_background(socks: impl IntoIterator<Item = PacketSocket>) {
-    for s in socks {
-        // When no thread can be made, spawn drops the closure: the socket is
-        // then closed right here, as before.
-        let _ = std::thread::Builder::new()
-            .name("packet-close".into())
-            .spawn(move || drop(s));
-    }
-}
-
-/// What is being waited for, and what has been seen so far.
-#[derive(Debug)]
-struct Watch {
-    ifname: String,
-    mac: [u8; 6],
-    /// Addresses under our own probing (IPv4 always; IPv6 NotRun/Tentative).
-    v4_probe: Vec<Ipv4Addr>,
-    v6_probe: Vec<Ipv6Addr>,
-    /// IPv6 addresses whose kernel verdict is awaited.
-    tentative: Vec<Ipv6Addr>,
-    v4_src: Ipv4Addr,
-    v6_src: Ipv6Addr,
-    /// Gateways not heard from yet.
-    v4_gw: Vec<Ipv4Addr>,
-    v6_gw: Vec<Ipv6Addr>,
-    conflicts: Vec<Conflict>,
-}
-
-impl Watch {
-    fn plan(nic: &NicProbe) -> cni::Result<Watch> {
-        let want_gw = nic.check_gateway && !nic.gateways.is_empty();
-        if (nic.check_conflict || want_gw) && nic.addrs.is_empty() {
-            let field = if nic.check_conflict {
-                "detectIPConflict"
-            } else {
-                "detectGateway"
-            };
-            return Err(Error::config(
-                field,
-                format!(
-                    "interface {} has no IP address to check or probe from",
-                    nic.ifname
-                ),
-            ));
-        }
-        let mut w = Watch {
-            ifname: nic.ifname.clone(),
-            mac: nic.mac,
-            v4_probe: Vec::new(),
-            v6_probe: Vec::new(),
-            tentative: Vec::new(),
-            v4_src: Ipv4Addr::UNSPECIFIED,
-            v6_src: Ipv6Addr::UNSPECIFIED,
-            v4_gw: Vec::new(),
-            v6_gw: Vec::new(),
-            conflicts: Vec::new(),
-        };
-        let mut v6_link_local = None;
-        for (ip, dad) in &nic.addrs {
-            match ip {
-                IpAddr::V4(a) => {
-                    if w.v4_src.is_unspecified() {
-                        w.v4_src = *a;
-                    }
-                    if nic.check_conflict {
-                        push_unique(&mut w.v4_probe, *a);
-                    }
-                }
-                IpAddr::V6(a) => {
-                    if is_link_local(a) {
-                        v6_link_local.get_or_insert(*a);
-                    } else if w.v6_src.is_unspecified() {
-                        w.v6_src = *a;
-                    }
-                    if !nic.check_conflict {
-                        continue;
-                    }
-                    match dad {
-                        KernelDad::Done => {}
-                        KernelDad::Failed => w.conflicts.push(Conflict {
-                            ip: *ip,
-                            mac: [0; 6],
-                        }),
-                        KernelDad::NotRun => push_unique(&mut w.v6_probe, *a),
-                        KernelDad::Tentative => {
-                            push_unique(&mut w.v6_probe, *a);
-                            push_unique(&mut w.tentative, *a);
-                        }
-                    }
-                }
-            }
-        }
-        if w.v6_src.is_unspecified() {
-            w.v6_src = v6_link_local.unwrap_or(Ipv6Addr::UNSPECIFIED);
-        }
-        if nic.check_gateway {
-            for gw in &nic.gateways {
-                match gw {
-                    IpAddr::V4(g) => push_unique(&mut w.v4_gw, *g),
-                    IpAddr::V6(g) => push_unique(&mut w.v6_gw, *g),
-                }
-            }
-        }
-        Ok(w)
-    }
-
-    fn needs_v4(&self) -> bool {
-        !self.v4_probe.is_empty() || !self.v4_gw.is_empty()
-    }
-
-    fn needs_v6(&self) -> bool {
-        !self.v6_probe.is_empty() || !self.v6_gw.is_empty()
-    }
-
-    /// Nothing left that an answer could change: no address under probe
-    /// (silence is the only "no conflict") and every gateway answered.
-    fn finished(&self) -> bool {
-        self.v4_probe.is_empty()
-            && self.v6_probe.is_empty()
-            && self.tentative.is_empty()
-            && self.v4_gw.is_empty()
-            && self.v6_gw.is_empty()
-    }
-
-    fn conflict(&mut self, ip: IpAddr, mac: [u8; 6]) {
-        if self.conflicts.iter().any(|c| c.ip == ip) {
-            return;
-        }
-        tracing::warn!(ifname = %self.ifname, %ip, mac = %Mac(&mac), "IP conflict detected");
-        self.conflicts.push(Conflict { ip, mac });
-    }
-
-    /// Account for one ARP frame received from the wire.
-    fn see_arp(&mut self, a: &Arp) {
-        if a.sender_mac == self.mac {
-            return; // our own probe or the pod kernel's traffic
-        }
-        if self.v4_probe.contains(&a.sender_ip) {
-            // A reply to our probe, or any ARP claiming the address.
-            self.conflict(IpAddr::V4(a.sender_ip), a.sender_mac);
-        } else if a.is_probe() && self.v4_probe.contains(&a.target_ip) {
-            // RFC 5227 §2.1.1: another host probing for the same address.
-            self.conflict(IpAddr::V4(a.target_ip), a.sender_mac);
-        }
-        if let Some(i) = self.v4_gw.iter().position(|g| *g == a.sender_ip) {
-            tracing::debug!(ifname = %self.ifname, gateway = %a.sender_ip, "gateway answered");
-            self.v4_gw.swap_remove(i);
-        }
-    }
-
-    /// Account for one neighbour discovery frame received from the wire.
-    fn see_nd(&mut self, nd: &Nd) {
-        match *nd {
-            Nd::Advert {
-                target,
-                lladdr,
-                eth_src,
-                ..
-            } => {
-                if eth_src == self.mac || lladdr == self.mac {
-                    return;
-                }
-                if self.v6_probe.contains(&target) {
-                    self.conflict(IpAddr::V6(target), lladdr);
-                }
-                if let Some(i) = self.v6_gw.iter().position(|g| *g == target) {
-                    tracing::debug!(ifname = %self.ifname, gateway = %target, "gateway answered");
-                    self.v6_gw.swap_remove(i);
-                }
-            }
-            Nd::Solicit {
-                src,
-                target,
-                eth_src,
-            } => {
-                // Only a DAD probe (source ::) for our address is a claim;
-                // ordinary address resolution of it is just a neighbour asking.
-                if eth_src != self.mac && src.is_unspecified() && self.v6_probe.contains(&target) {
-                    self.conflict(IpAddr::V6(target), eth_src);
-                }
-            }
-        }
-    }
-
-    /// Take the kernel's verdict on tentative addresses.
-    fn poll_kernel(&mut self, dad_state: &dyn Fn(IpAddr) -> KernelDad) {
-        let pending = std::mem::take(&mut self.tentative);
-        for a in pending {
-            match dad_state(IpAddr::V6(a)) {
-                KernelDad::Failed => {
-                    self.v6_probe.retain(|p| *p != a);
-                    self.conflict(IpAddr::V6(a), [0; 6]);
-                }
-                // The kernel's DAD passed: it saw no answer for its own probes.
-                KernelDad::Done => self.v6_probe.retain(|p| *p != a),
-                KernelDad::Tentative | KernelDad::NotRun => self.tentative.push(a),
-            }
-        }
-    }
-
-    fn report(&self, elapsed: Duration) -> Report {
-        if !self.conflicts.is_empty() {
-            return Report {
-                conflicts: self.conflicts.clone(),
-                unreachable_gateways: Vec::new(),
-                elapsed,
-                announced: Vec::new(),
-            };
-        }
-        let mut gws: Vec<IpAddr> = self.v4_gw.iter().map(|g| IpAddr::V4(*g)).collect();
-        gws.extend(self.v6_gw.iter().map(|g| IpAddr::V6(*g)));
-        Report {
-            conflicts: Vec::new(),
-            unreachable_gateways: gws,
-            elapsed,
-            announced: Vec::new(),
-        }
-    }
-}
-
-fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
-    if !v.contains(&x) {
-        v.push(x);
-    }
-}
-
-fn is_link_local(a: &Ipv6Addr) -> bool {
-    a.segments()[0] & 0xffc0 == 0xfe80
+    release::release_detached(socks.into_iter().map(PacketSocket::into_fd).collect());
 }
 
 #[derive(Debug)]

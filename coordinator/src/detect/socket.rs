@@ -71,6 +71,11 @@ impl PacketSocket {
         Ok(sock)
     }
 
+    /// The descriptor, for [`super::release::release_detached`].
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     pub fn ifindex(&self) -> u32 {
         self.ifindex
     }

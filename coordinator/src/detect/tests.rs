@@ -1,7 +1,10 @@
 //! Decision logic of detection, without sockets.
 
+use super::arp::Arp;
+use super::ndp::Nd;
 use super::*;
 use pnet_packet::arp::ArpOperations;
+use std::net::Ipv6Addr;
 
 const OURS: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const OTHER: [u8; 6] = [2, 0, 0, 0, 0, 9];

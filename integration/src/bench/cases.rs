@@ -59,10 +59,12 @@ pub enum Body<'l> {
     },
     /// A bare IPAM plugin: ADD then DEL of a fresh attachment. Rows: ADD, DEL.
     Ipam { chain: Chain, netns: PathBuf },
-    /// What the kernel charges for deleting a veth pair, whoever asks: rows
-    /// `ip link del <veth>` (pair made untimed just before) and `ip link show
-    /// lo` (the same exec without the deletion), in netns `ns`.
-    LinkDel { ns: String },
+    /// What the kernel charges for deleting a veth pair whose peer is in a
+    /// pod netns (what our first-NIC DEL deletes), whoever asks: rows `ip
+    /// link del <veth>` in the node (pair and pod netns made untimed just
+    /// before, pod netns removed after, as in a pod case) and `ip link show
+    /// lo` (the same exec without the deletion).
+    LinkDel { lab: &'l Lab },
 }
 
 pub struct Case<'l> {
@@ -124,21 +126,39 @@ impl Case<'_> {
                 nics,
                 measured,
             } => self.pod_once(lab, nics, measured, &cid, iter, &mut it),
-            Body::LinkDel { ns } => {
-                let (a, b) = (format!("bk{iter}a"), format!("bk{iter}b"));
-                let made = state::ip(ns, &["link", "add", &a, "type", "veth", "peer", "name", &b]);
-                if let Err(e) = made {
-                    it.errors.push(e.to_string());
-                    return it;
-                }
-                for (k, args) in [["link", "del", a.as_str()], ["link", "show", "lo"]]
-                    .iter()
-                    .enumerate()
-                {
-                    match timed(Command::new("ip").arg("-n").arg(ns).args(args)) {
-                        Ok(s) => it.samples[k] = Some(s),
-                        Err(e) => it.errors.push(format!("ip {}: {e}", args.join(" "))),
+            Body::LinkDel { lab } => {
+                let pod = match lab.pod(&format!("{}{iter}", self.short)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        it.errors.push(format!("pod netns: {e}"));
+                        return it;
                     }
+                };
+                let ns = lab.node();
+                let a = format!("bk{iter}a");
+                let made = state::ip(
+                    ns,
+                    &[
+                        "link", "add", &a, "type", "veth", "peer", "name", "eth0", "netns",
+                        &pod.name,
+                    ],
+                );
+                match made {
+                    Err(e) => it.errors.push(e.to_string()),
+                    Ok(_) => {
+                        for (k, args) in [["link", "del", a.as_str()], ["link", "show", "lo"]]
+                            .iter()
+                            .enumerate()
+                        {
+                            match timed(Command::new("ip").arg("-n").arg(ns).args(args)) {
+                                Ok(s) => it.samples[k] = Some(s),
+                                Err(e) => it.errors.push(format!("ip {}: {e}", args.join(" "))),
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = lab.remove_netns(&pod.name) {
+                    it.errors.push(format!("remove pod netns: {e}"));
                 }
             }
         }
@@ -235,4 +255,69 @@ fn pick(out: &Outcome, ty: &str) -> Option<Sample> {
         .iter()
         .find(|r: &&PluginRun| r.plugin == ty && r.skipped.is_none())
         .map(Sample::of)
+}
+
+/// A pod case: one ADD row per NIC, then one DEL row per NIC in DEL order.
+#[allow(clippy::too_many_arguments)]
+pub fn pod_case<'l>(
+    lab: &'l Lab,
+    short: &str,
+    nics: Vec<(Chain, String)>,
+    measured: String,
+    kind: Kind,
+    who: &str,
+    group: &str,
+    id_suffix: &str,
+) -> Case<'l> {
+    let tag = |ifname: &str| {
+        if nics.len() > 1 {
+            format!(" {ifname}")
+        } else {
+            String::new()
+        }
+    };
+    let slug = group_slug(group, id_suffix);
+    let mut rows = Vec::new();
+    for (_, ifname) in &nics {
+        rows.push(RowSpec::new(
+            &format!("{measured}/add/{slug}{}", tag(ifname).replace(' ', "-")),
+            &format!("{who} ADD{}", tag(ifname)),
+            &format!("{group} ADD"),
+            kind,
+        ));
+    }
+    for (_, ifname) in nics.iter().rev() {
+        rows.push(RowSpec::new(
+            &format!("{measured}/del/{slug}{}", tag(ifname).replace(' ', "-")),
+            &format!("{who} DEL{}", tag(ifname)),
+            &format!("{group} DEL"),
+            kind,
+        ));
+    }
+    Case {
+        short: short.into(),
+        rows,
+        body: Body::Pod {
+            lab,
+            nics,
+            measured,
+        },
+        optional: false,
+    }
+}
+
+/// "2 NICs dual-stack, detection on" → "2nics-dualstack-detect".
+fn group_slug(group: &str, suffix: &str) -> String {
+    let base = if group.starts_with("1 NIC IPv4") {
+        "1nic-v4"
+    } else if group.contains("detection") {
+        "2nics-ds-detect"
+    } else {
+        "2nics-ds"
+    };
+    if suffix.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}-{suffix}")
+    }
 }

@@ -5,6 +5,7 @@
 
 mod burst;
 mod cases;
+mod checks;
 mod confs;
 mod node;
 mod report;
@@ -24,7 +25,7 @@ pub use stats::{Sample, Stats, Summary};
 
 use crate::chain::{Chain, NetConfList, Verb};
 use crate::lab::Lab;
-use cases::{Body, Case, RowSpec};
+use cases::{pod_case, Body, Case, RowSpec};
 use confs::Ipam;
 
 /// What to run and where to write.
@@ -47,6 +48,18 @@ pub struct Options {
     pub ipam_prefill: usize,
     /// A Spiderpool coordinator binary to benchmark as an anchor.
     pub spiderpool: Option<PathBuf>,
+    /// Run only the cases whose short name starts with one of these
+    /// (`bench --only cone,sbr,kdel`; `burst` names the burst).
+    pub only: Option<Vec<String>>,
+}
+
+impl Options {
+    /// Is the case (or part) named `short` selected by `--only`?
+    pub fn wants(&self, short: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|p| short.starts_with(p.as_str())))
+    }
 }
 
 /// Env var naming a Spiderpool coordinator binary (anchor, optional).
@@ -66,6 +79,7 @@ impl Options {
             burst_concurrency: 8,
             ipam_prefill: 4000,
             spiderpool: std::env::var_os(SPIDERPOOL_ENV).map(PathBuf::from),
+            only: None,
         }
     }
 
@@ -150,16 +164,16 @@ pub fn run(opts: &Options) -> io::Result<Report> {
     for (short, ns, suffix, group) in [
         (
             "kdel",
-            lab.node(),
+            &lab,
             "",
-            "kernel: veth pair deletion".to_string(),
+            "kernel: veth pair deletion (peer in a pod netns)".to_string(),
         ),
         (
             "kdelbig",
-            big.node(),
+            &big,
             "-node",
             format!(
-                "kernel: veth pair deletion, {} pods' routes on the node",
+                "kernel: veth pair deletion (peer in a pod netns), {} pods' routes on the node",
                 opts.node_size
             ),
         ),
@@ -180,7 +194,7 @@ pub fn run(opts: &Options) -> io::Result<Report> {
                     Kind::Floor,
                 ),
             ],
-            body: Body::LinkDel { ns: ns.to_string() },
+            body: Body::LinkDel { lab: ns },
             optional: false,
         });
     }
@@ -257,19 +271,42 @@ pub fn run(opts: &Options) -> io::Result<Report> {
              Spiderpool coordinator binary to include it)"
         ));
     }
-    for (short, detect, third, group) in [
-        ("ctwo", false, 3, "2 NICs dual-stack"),
-        ("cdet", true, 4, "2 NICs dual-stack, detection on"),
+    let coord = |detect: bool| confs::coordinator(detect, true);
+    for (short, second, third, group, measured, kind, who) in [
+        (
+            "ctwo",
+            coord(false),
+            3,
+            "2 NICs dual-stack",
+            "coordinator",
+            Kind::Ours,
+            "coordinator",
+        ),
+        (
+            "sbrtwo",
+            confs::sbr(),
+            6,
+            "2 NICs dual-stack",
+            "sbr",
+            Kind::Anchor,
+            "sbr (reference)",
+        ),
+        (
+            "cdet",
+            coord(true),
+            4,
+            "2 NICs dual-stack, detection on",
+            "coordinator",
+            Kind::Ours,
+            "coordinator",
+        ),
     ] {
         let nics = vec![
             (
                 chain(
                     &lab,
                     &format!("bench-{short}-a"),
-                    vec![
-                        confs::macvlan(1, third, &ds),
-                        confs::coordinator(detect, true),
-                    ],
+                    vec![confs::macvlan(1, third, &ds), second.clone()],
                 )?,
                 "eth0".to_string(),
             ),
@@ -277,10 +314,7 @@ pub fn run(opts: &Options) -> io::Result<Report> {
                 chain(
                     &lab,
                     &format!("bench-{short}-b"),
-                    vec![
-                        confs::macvlan(2, third, &ds),
-                        confs::coordinator(detect, true),
-                    ],
+                    vec![confs::macvlan(2, third, &ds), second],
                 )?,
                 "net1".to_string(),
             ),
@@ -289,9 +323,9 @@ pub fn run(opts: &Options) -> io::Result<Report> {
             &lab,
             short,
             nics,
-            "coordinator".into(),
-            Kind::Ours,
-            "coordinator",
+            measured.into(),
+            kind,
+            who,
             group,
             "",
         ));
@@ -343,6 +377,9 @@ pub fn run(opts: &Options) -> io::Result<Report> {
             } else {
                 "IPAM, empty pool".to_string()
             };
+            if !opts.wants(&format!("{short}{suffix}")) {
+                continue;
+            }
             if full {
                 prefill.push(burst::prefill(
                     &c,
@@ -377,6 +414,7 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         }
     }
 
+    cases.retain(|c| opts.wants(&c.short));
     let mut rows: Vec<Row> = cases
         .iter()
         .flat_map(|c| c.rows.iter().map(Row::new))
@@ -458,7 +496,10 @@ pub fn run(opts: &Options) -> io::Result<Report> {
     drop(lab);
     drop(big);
 
-    let burst = burst::run(opts, ipam_ok)?;
+    let burst = match opts.wants("burst") {
+        true => Some(burst::run(opts, ipam_ok)?),
+        false => None,
+    };
     let binaries = report::binaries(&opts.bin_dir);
     meta.duration_s = started.elapsed().as_secs_f64();
     let mut report = Report {
@@ -467,76 +508,12 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         binaries,
         node_fill,
         ipam_prefill: prefill,
-        burst: Some(burst),
+        burst,
         checks: Vec::new(),
         notes,
     };
-    report.checks = report::checks(&report, opts);
+    report.checks = checks::checks(&report, opts);
     Ok(report)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn pod_case<'l>(
-    lab: &'l Lab,
-    short: &str,
-    nics: Vec<(Chain, String)>,
-    measured: String,
-    kind: Kind,
-    who: &str,
-    group: &str,
-    id_suffix: &str,
-) -> Case<'l> {
-    let tag = |ifname: &str| {
-        if nics.len() > 1 {
-            format!(" {ifname}")
-        } else {
-            String::new()
-        }
-    };
-    let slug = group_slug(group, id_suffix);
-    let mut rows = Vec::new();
-    for (_, ifname) in &nics {
-        rows.push(RowSpec::new(
-            &format!("{measured}/add/{slug}{}", tag(ifname).replace(' ', "-")),
-            &format!("{who} ADD{}", tag(ifname)),
-            &format!("{group} ADD"),
-            kind,
-        ));
-    }
-    for (_, ifname) in nics.iter().rev() {
-        rows.push(RowSpec::new(
-            &format!("{measured}/del/{slug}{}", tag(ifname).replace(' ', "-")),
-            &format!("{who} DEL{}", tag(ifname)),
-            &format!("{group} DEL"),
-            kind,
-        ));
-    }
-    Case {
-        short: short.into(),
-        rows,
-        body: Body::Pod {
-            lab,
-            nics,
-            measured,
-        },
-        optional: false,
-    }
-}
-
-/// "2 NICs dual-stack, detection on" → "2nics-dualstack-detect".
-fn group_slug(group: &str, suffix: &str) -> String {
-    let base = if group.starts_with("1 NIC IPv4") {
-        "1nic-v4"
-    } else if group.contains("detection") {
-        "2nics-ds-detect"
-    } else {
-        "2nics-ds"
-    };
-    if suffix.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}-{suffix}")
-    }
 }
 
 /// The three output files of a report written to `dir`: JSON, Markdown, SVG.

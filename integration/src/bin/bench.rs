@@ -1,7 +1,7 @@
 //! `bench`: run the benchmark harness (see shared/design/benchmarks.md).
 //!
 //! ```text
-//! bench [--iterations N] [--smoke] [--bin-dir DIR] [--out DIR]
+//! bench [--iterations N] [--smoke] [--only CASES] [--bin-dir DIR] [--out DIR]
 //! ```
 //! Full runs write integration/results/latest.{json,md,svg}; `--smoke` runs
 //! write to a temporary directory unless `--out` is given. Needs root.
@@ -11,10 +11,13 @@ use std::process::ExitCode;
 
 use integration::bench::{self, Options};
 
-const USAGE: &str = "usage: bench [--iterations N] [--smoke] [--bin-dir DIR] [--out DIR]
+const USAGE: &str =
+    "usage: bench [--iterations N] [--smoke] [--only CASES] [--bin-dir DIR] [--out DIR]
   --iterations N  recorded iterations per scenario (default 50; smoke 3)
   --smoke         3 iterations, node-size 100, burst 16, IPAM pre-fill 100;
                   writes to a temp dir (never the committed results)
+  --only CASES    comma-separated case name prefixes (floor kdel cone sbr ctwo
+                  cdet cbig hl ci burst); a partial run, for iterating
   --bin-dir DIR   our plugin binaries (default target/release)
   --out DIR       where latest.{json,md,svg} go (default integration/results)
 env: SPIDERPOOL_COORDINATOR=/path/to/coordinator adds the Spiderpool anchor";
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
     let mut smoke = false;
     let mut bin_dir = bench::release_dir();
     let mut out = None;
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
             }
             "--bin-dir" => value("--bin-dir").map(|v| bin_dir = PathBuf::from(v)),
             "--out" => value("--out").map(|v| out = Some(PathBuf::from(v))),
+            "--only" => value("--only")
+                .map(|v| only = Some(v.split(',').map(str::to_string).collect::<Vec<_>>())),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -52,7 +58,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let out_dir = match (out, smoke) {
+    // A smoke or partial run never overwrites the committed results.
+    let out_dir = match (out, smoke || only.is_some()) {
         (Some(o), _) => o,
         (None, true) => std::env::temp_dir().join(format!("bench-smoke-{}", std::process::id())),
         (None, false) => bench::results_dir(),
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
     if let Some(n) = iterations {
         opts.iterations = n;
     }
+    opts.only = only;
     let report = match bench::run(&opts) {
         Ok(r) => r,
         Err(e) => {
