@@ -21,7 +21,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -244,6 +244,12 @@ impl Dir {
     /// fixed: whatever a killed writer, or anyone else, left under it is
     /// removed first, never written through).
     pub fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.write_atomic_mode(name, data, 0o600)
+    }
+
+    /// [`Dir::write_atomic`] leaving `name` with the mode `mode` exactly
+    /// (the umask does not apply: an installed plugin must be 0755).
+    pub fn write_atomic_mode(&self, name: &str, data: &[u8], mode: u32) -> Result<()> {
         let tmp = format!(".{name}.tmp");
         self.remove(&tmp)?;
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
@@ -251,7 +257,8 @@ impl Dir {
             .open_at(&tmp, flags)?
             .ok_or_else(|| Error::Io(format!("cannot create {}", self.join(&tmp).display())))?;
         let written = file
-            .write_all(data)
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .and_then(|()| file.write_all(data))
             .and_then(|()| file.sync_all())
             .map_err(|e| io_error("cannot write", &self.join(&tmp), &e));
         drop(file);
@@ -291,7 +298,6 @@ fn lock_retrying(mut file: File, path: &Path) -> Result<LockGuard> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn names(dir: &Path) -> Vec<std::ffi::OsString> {
         let mut v: Vec<_> = std::fs::read_dir(dir)

@@ -13,6 +13,7 @@ pub mod check;
 pub mod config;
 pub mod del;
 pub mod detect;
+pub mod explain;
 pub mod guard;
 pub mod macprefix;
 pub mod mode;

@@ -27,6 +27,9 @@ USAGE:
   coordinator-ipam release IP --network NAME [--data-dir DIR | --config FILE]
       Forget the reservation of IP (e.g. a pod deleted while the node was down).
       Only do this when nothing uses the address any more.
+  coordinator-ipam install --cni-bin-dir DIR
+      Copy this binary to DIR/coordinator-ipam (atomic, mode 0755; an
+      unchanged file is left alone).
   coordinator-ipam --help | --version
 
 OPTIONS:

@@ -27,6 +27,10 @@ fn main() {
         println!("coordinator-ipam {}", ABOUT.version);
         return;
     }
+    if args.first().map(String::as_str) == Some("install") {
+        let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
+        std::process::exit(cni::install::run(ABOUT.name, &args[1..], None, out, err));
+    }
     let code = cli::run(&args, &mut std::io::stdout(), &mut std::io::stderr());
     std::process::exit(code);
 }

@@ -24,9 +24,12 @@ mod addr;
 mod conn;
 mod errno;
 mod link;
+mod lookup;
 mod neigh;
 mod route;
 mod rule;
+
+pub use lookup::{Lookup, LookupQuery, Routed};
 
 pub type Mac = [u8; 6];
 

@@ -131,7 +131,7 @@ pub(super) fn header_table(table: u32) -> u8 {
     u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC)
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+pub(super) fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
