@@ -99,6 +99,15 @@ fn flow<'a>(report: &'a Value, nic: &str, family: u64, kind: &str) -> &'a Value 
         .unwrap_or_else(|| panic!("no {nic} IPv{family} {kind} flow in {report:#}"))
 }
 
+/// explain --json exits 1 and exactly the flows `want` are not symmetric.
+fn broken(lab: &Lab, pod: &Pod, want: &[&str]) -> Value {
+    let r = explain(lab, pod, &with_services(&["--json"]));
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(asymmetric(&report), want, "{report:#}");
+    report
+}
+
 fn asymmetric(report: &Value) -> Vec<String> {
     report["flows"]
         .as_array()
@@ -235,14 +244,7 @@ fn removed_rule_is_named_and_traffic_agrees() {
         &["rule", "del", "from", &a.to_string(), "table", &table],
     )
     .unwrap();
-    let r = explain(&lab, &pod, &with_services(&["--json"]));
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    let report = r.json();
-    assert_eq!(
-        asymmetric(&report),
-        vec!["net1 v4 routed".to_string()],
-        "{report:#}"
-    );
+    let report = broken(&lab, &pod, &["net1 v4 routed"]);
     let routed = flow(&report, "net1", 4, "routed");
     assert_eq!(routed["request_nic"], "net1");
     assert_eq!(routed["reply_nic"], "eth0");
@@ -290,14 +292,7 @@ fn missing_service_cidr_is_named() {
         load(&lab, "macvlan-underlay.conflist", false),
         "eth0",
     );
-    let r = explain(&lab, &pod, &with_services(&["--json"]));
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    let report = r.json();
-    assert_eq!(
-        asymmetric(&report),
-        vec!["eth0 v4 service".to_string(), "eth0 v6 service".to_string()],
-        "{report:#}"
-    );
+    let report = broken(&lab, &pod, &["eth0 v4 service", "eth0 v6 service"]);
     for fam in [4, 6] {
         let svc = flow(&report, "eth0", fam, "service");
         assert_eq!(svc["request_nic"], "eth0", "{svc}");
@@ -350,14 +345,7 @@ fn multipath_default_is_named() {
         ],
     )
     .unwrap();
-    let r = explain(&lab, &pod, &with_services(&["--json"]));
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    let report = r.json();
-    assert_eq!(
-        asymmetric(&report),
-        vec!["eth0 v6 routed".to_string(), "net1 v6 routed".to_string()],
-        "{report:#}"
-    );
+    let report = broken(&lab, &pod, &["eth0 v6 routed", "net1 v6 routed"]);
     for nic in ["eth0", "net1"] {
         let f = flow(&report, nic, 6, "routed");
         let spread: Vec<&str> = f["reply_nics"]
