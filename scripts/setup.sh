@@ -11,11 +11,27 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v hyperfine >/dev/null || need+=(hyperfine)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+# The manifest tests validate deploy/ offline with kubernetes-validate (PyPI),
+# kept in a private venv so the system Python is never touched.
+KV_VENV=/opt/coordinator-tools/venv
+KV_VERSION=1.37.0
+kv_ok() { "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KV_VERSION"; }
+if ! kv_ok && ! /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  need+=(python3 python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! kv_ok; then
+  echo "setup: installing kubernetes-validate $KV_VERSION in $KV_VENV" >&2
+  rm -rf "$KV_VENV"
+  /usr/bin/python3 -m venv "$KV_VENV"
+  "$KV_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+  kv_ok
 fi
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install a Rust toolchain (rustup) first" >&2

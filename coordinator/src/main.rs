@@ -15,8 +15,8 @@ coordinator: CNI meta-plugin that makes a multi-NIC pod's routing coherent,
 and its operator tool.
 
 As a CNI plugin it is run by the container runtime with CNI_COMMAND set and
-the network configuration on stdin. Run by hand, it explains a pod's routing
-and installs itself on a node.
+the network configuration on stdin (without arguments it always is one). Run
+by hand with a command, it explains a pod's routing and installs itself.
 
 USAGE:
 {}{}  coordinator --help | --version
@@ -43,13 +43,15 @@ fn check_defaults(data: &[u8]) -> cni::Result<()> {
 }
 
 fn main() {
-    if std::env::var_os("CNI_COMMAND").is_some() {
-        cni::plugin::run(&coordinator::plugin::Coordinator, &ABOUT);
-    }
     let args: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    // A runtime passes no arguments: without them this stays a CNI plugin,
+    // and a missing CNI_COMMAND is the CNI error (code 4) a runtime expects.
+    if std::env::var_os("CNI_COMMAND").is_some() || args.is_empty() {
+        cni::plugin::run(&coordinator::plugin::Coordinator, &ABOUT);
+    }
     let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
     let code = match args.first().map(String::as_str) {
         Some("--help" | "-h" | "help") => {
@@ -64,15 +66,12 @@ fn main() {
         Some("install") => {
             cni::install::run("coordinator", &args[1..], Some(&check_defaults), out, err)
         }
-        Some(other) => {
+        other => {
+            let other = other.unwrap_or_default();
             eprintln!(
                 "coordinator: unknown command {other:?} (CNI_COMMAND is not set)\n\n{}",
                 help()
             );
-            2
-        }
-        None => {
-            eprint!("{}", help());
             2
         }
     };

@@ -395,9 +395,17 @@ fn help_and_version_like_coordinator_ipam() {
             help.contains(&format!("{name} install --cni-bin-dir DIR")),
             "{help}"
         );
-        assert_eq!(run(&[]).status.code(), Some(2));
         assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
     }
+    // Without arguments the coordinator stays a CNI plugin: a missing
+    // CNI_COMMAND is CNI error 4 on stdout (conformance.rs has the details).
+    let none = std::process::Command::new(coordinator())
+        .env_remove("CNI_COMMAND")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let e: Value = serde_json::from_slice(&none.stdout).expect("a CNI error on stdout");
+    assert_eq!(e["code"], 4, "{e}");
     let h = std::process::Command::new(coordinator())
         .arg("--help")
         .output()
