@@ -47,8 +47,7 @@ pub fn install_bytes(data: &[u8], dest: &Path, mode: u32) -> Result<Outcome> {
         .mode(0o755)
         .create(dir)
         .map_err(|e| io_error("cannot create directory", dir, &e))?;
-    let d = Dir::open(dir)?
-        .ok_or_else(|| Error::Io(format!("{} vanished", dir.display())))?;
+    let d = Dir::open(dir)?.ok_or_else(|| Error::Io(format!("{} vanished", dir.display())))?;
     d.write_atomic_mode(name, data, mode)?;
     Ok(Outcome::Written)
 }
