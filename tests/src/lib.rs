@@ -32,3 +32,5 @@ pub fn ifindex(name: &str) -> std::io::Result<u32> {
 }
 
 pub mod exec;
+pub mod fuzz;
+pub mod samples;

@@ -42,10 +42,7 @@ fn checksum(data: &[u8]) -> u32 {
 /// One call's changes as one line: a torn append loses the whole call, never
 /// part of it (one family of a dual-stack ADD, say).
 pub(super) fn encode_line(changes: &[Change], out: &mut Vec<u8>) -> Result<()> {
-    let json = serde_json::to_vec(changes)?;
-    out.extend_from_slice(format!("{:08x} ", checksum(&json)).as_bytes());
-    out.extend_from_slice(&json);
-    out.push(b'\n');
+    out.extend_from_slice(&line(&serde_json::to_vec(changes)?));
     Ok(())
 }
 
@@ -177,6 +174,25 @@ pub(super) fn truncate(dir: &Dir) -> Result<()> {
     file.set_len(0)
         .and_then(|()| file.sync_data())
         .map_err(|e| fsutil::io_error("cannot truncate", &path, &e))
+}
+
+/// A whole journal decoded as a store reads it, onto an empty state: the
+/// state and the length of the valid part. For tools and fuzzers.
+pub fn decode(bytes: &[u8]) -> Result<(State, u64)> {
+    let mut state = State::default();
+    let valid = replay(Path::new(JOURNAL_FILE), bytes, &mut |c| {
+        apply(&mut state, c)
+    })?;
+    Ok((state, valid))
+}
+
+/// A journal line holding `json` under a valid checksum, whatever `json`
+/// is: fuzzers build lines around mutated entries with it.
+pub fn line(json: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:08x} ", checksum(json)).into_bytes();
+    out.extend_from_slice(json);
+    out.push(b'\n');
+    out
 }
 
 /// Replay the journal `dir` holds (if any) through `apply`: (valid length,

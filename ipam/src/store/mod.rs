@@ -5,7 +5,7 @@
 //! one node; a cluster-wide store (etcd) implements the same trait.
 
 pub mod file;
-mod journal;
+pub mod journal;
 mod mapped;
 pub mod snapshot;
 mod view;
