@@ -162,8 +162,9 @@ fn healthy_two_nic_pod_is_symmetric_in_text_and_json() {
     assert_eq!(report["mode"], "underlay");
     assert_eq!(report["symmetric"], true);
     let flows = report["flows"].as_array().unwrap();
-    // 2 NICs x 2 families x 5 flows.
-    assert_eq!(flows.len(), 20, "{report:#}");
+    // 2 NICs x 2 families x 5 flows, but NodePorts lead to the pod IP
+    // (eth0's address) only.
+    assert_eq!(flows.len(), 18, "{report:#}");
     for f in flows {
         assert_eq!(f["symmetric"], true, "{f}");
         assert_eq!(f["fix"], Value::Null, "{f}");
@@ -177,7 +178,12 @@ fn healthy_two_nic_pod_is_symmetric_in_text_and_json() {
             let routed = flow(&report, nic, fam, "routed");
             assert_eq!(routed["reply_nic"], nic);
             assert!(!routed["reply_gateway"].is_null(), "{routed}");
-            for through_node in ["node", "service", "nodeport"] {
+            let via_node: &[&str] = if nic == "eth0" {
+                &["node", "service", "nodeport"]
+            } else {
+                &["node", "service"]
+            };
+            for through_node in via_node {
                 let f = flow(&report, nic, fam, through_node);
                 assert_eq!(f["request_nic"], "veth0", "{f}");
                 assert_eq!(f["reply_nic"], "veth0", "{f}");
@@ -194,7 +200,7 @@ fn healthy_two_nic_pod_is_symmetric_in_text_and_json() {
         text.stdout
     );
     assert!(
-        text.stdout.contains("all 20 flows symmetric"),
+        text.stdout.contains("all 18 flows symmetric"),
         "{}",
         text.stdout
     );
@@ -261,7 +267,7 @@ fn removed_rule_is_named_and_traffic_agrees() {
     assert_eq!(text.code, 1);
     assert!(text.stdout.contains("ASYMMETRIC"), "{}", text.stdout);
     assert!(
-        text.stdout.contains("1 of 20 flows not symmetric"),
+        text.stdout.contains("1 of 18 flows not symmetric"),
         "{}",
         text.stdout
     );
@@ -418,4 +424,42 @@ fn help_and_version_like_coordinator_ipam() {
         .unwrap();
     assert_eq!(e.status.code(), Some(2));
     assert!(e.stdout.is_empty());
+}
+
+/// Overlay mode: a ptp `eth0` (Calico-like) and a macvlan `net1`. The node,
+/// Services and NodePorts go through `eth0`; net1's clients are answered
+/// through net1.
+#[test]
+fn overlay_pod_goes_through_eth0() {
+    let lab = Lab::new().expect("lab (needs root)");
+    let pod = lab.pod("p").unwrap();
+    attach(&lab, &pod, load(&lab, "ptp-overlay.conflist", true), "eth0");
+    attach(
+        &lab,
+        &pod,
+        load(&lab, "macvlan-overlay-net1.conflist", true),
+        "net1",
+    );
+    let r = explain(&lab, &pod, &with_services(&["--json"]));
+    let report = r.json();
+    assert_eq!(r.code, 0, "{report:#}\n{}", r.stderr);
+    assert_eq!(report["mode"], "overlay");
+    assert_eq!(report["host_iface"], "eth0");
+    for fam in [4, 6] {
+        for (nic, kind) in [
+            ("eth0", "node"),
+            ("eth0", "service"),
+            ("eth0", "nodeport"),
+            ("net1", "node"),
+            ("net1", "service"),
+        ] {
+            let f = flow(&report, nic, fam, kind);
+            assert_eq!(f["request_nic"], "eth0", "{f}");
+            assert_eq!(f["reply_nic"], "eth0", "{f}");
+        }
+        for kind in ["subnet", "routed"] {
+            assert_eq!(flow(&report, "net1", fam, kind)["reply_nic"], "net1");
+        }
+    }
+    assert_eq!(report["flows"].as_array().unwrap().len(), 18);
 }

@@ -201,6 +201,7 @@ pub fn explain(pod: &Pod, node: &Node, first_nic: &str) -> Result<Vec<Flow>> {
             let ctx = Ctx {
                 pod,
                 node,
+                first: nic.link.name == first_nic,
                 nic: &nic,
                 family,
                 addr: *addr,
@@ -216,6 +217,8 @@ pub fn explain(pod: &Pod, node: &Node, first_nic: &str) -> Result<Vec<Flow>> {
 struct Ctx<'a> {
     pod: &'a Pod<'a>,
     node: &'a Node<'a>,
+    /// This is the pod's first NIC (its address is the pod IP).
+    first: bool,
     nic: &'a Nic,
     family: Family,
     addr: IpNet,
@@ -282,7 +285,9 @@ impl Ctx<'_> {
         }
         out.extend(self.node_probe()?);
         out.extend(self.service()?);
-        if let Some(c) = subnet.or(routed.first().copied()) {
+        // NodePorts (and Services) lead to the pod IP, which is the first
+        // NIC's address: a later NIC is never a NodePort backend.
+        if let Some(c) = subnet.or(routed.first().copied()).filter(|_| self.first) {
             out.extend(self.nodeport(c)?);
         }
         Ok(out)

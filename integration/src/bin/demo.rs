@@ -192,6 +192,9 @@ fn run(conflist: PathBuf) -> Result<bool, Box<dyn std::error::Error>> {
         );
     }
 
+    title("coordinator explain (run on the node: why each reply leaves where it does)");
+    ok &= explain(lab.node(), &pod.path, chain.list(), underlay_off)?;
+
     title("DEL");
     let del = chain.del(&att).map_err(|e| describe(&e))?;
     times(&del.runs);
@@ -305,6 +308,53 @@ fn times(runs: &[PluginRun]) {
             r.exit_code.map_or("signal".into(), |c| c.to_string())
         );
     }
+}
+
+/// Run `coordinator explain` on the pod from the node, as an operator would,
+/// with the Service ranges of the conflist; show its report.
+fn explain(
+    node: &str,
+    pod: &std::path::Path,
+    list: &NetConfList,
+    underlay_off: bool,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let bin = integration::chain::default_bin_dir().join("coordinator");
+    let mut cmd = integration::nsexec::command_in(
+        node,
+        &bin.display().to_string(),
+        integration::nsexec::Enter::NetOnly,
+    )?;
+    cmd.args(["explain", "--netns"]).arg(pod);
+    // The node defaults file of this machine is not the lab's.
+    cmd.args(["--defaults", "/nonexistent/coordinator-defaults.json"]);
+    let coordinator = list.plugins.iter().find(|p| p["type"] == "coordinator");
+    let cidrs = coordinator
+        .and_then(|c| c.get("serviceCIDR"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    for c in cidrs {
+        cmd.args(["--service-cidr", c]);
+    }
+    out!("$ coordinator explain --netns {} ...", pod.display());
+    let run = cmd.output()?;
+    for line in String::from_utf8_lossy(&run.stdout).lines() {
+        out!("  {line}");
+    }
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if !stderr.trim().is_empty() {
+        out!("  stderr: {}", stderr.trim());
+    }
+    let why = underlay_off.then_some("expected while the coordinator runs disabled");
+    Ok(check(
+        &format!(
+            "explain: every flow symmetric (exit {})",
+            run.status.code().unwrap_or(-1)
+        ),
+        run.status.code() == Some(0),
+        why,
+    ))
 }
 
 fn check(what: &str, passed: bool, expected_failure: Option<&str>) -> bool {
