@@ -6,7 +6,7 @@
 //! - [`plugin`]: dispatch of ADD/DEL/CHECK/VERSION/STATUS/GC and the stdout contract;
 //! - [`logging`]: tracing to stderr or a log file, never stdout;
 //! - [`netns`]: entering network namespaces without leaking a thread into the wrong one;
-//! - [`netlink`]: the only module that speaks rtnetlink.
+//! - [`netlink`]: the only module that speaks netlink (routing and nf_tables).
 
 pub mod config;
 pub mod env;

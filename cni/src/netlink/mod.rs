@@ -1,7 +1,8 @@
-//! The one door to the kernel's routing netlink (links, addresses, routes,
-//! rules, neighbours).
+//! The one door to the kernel's netlink: routing (links, addresses, routes,
+//! rules, neighbours) and nf_tables, through one socket type and one
+//! request loop ([`door`]), with one error type ([`NlError`]).
 //!
-//! Nothing else in the project names `rtnetlink` or `netlink-packet-route`:
+//! Nothing else in the project names `netlink-sys` or `netlink-packet-route`:
 //! their APIs change every release, so the blast radius of an upgrade stays in
 //! this module. The types below are plain data that the planning code builds
 //! and unit tests compare without root.
@@ -11,8 +12,7 @@
 //! it). So the plugins open one for the host and one for the pod and never
 //! switch namespaces in the middle of their logic.
 //!
-//! The API is synchronous: each `Netlink` drives its own current_thread tokio
-//! runtime, which is cheap to create and keeps the plugin start-up fast.
+//! The API is synchronous: each request blocks on its socket (with a timeout).
 
 use std::net::IpAddr;
 
@@ -22,10 +22,12 @@ use crate::netns::NetNs;
 
 mod addr;
 mod conn;
+mod door;
 mod errno;
 mod link;
 mod lookup;
 mod neigh;
+pub mod nftables;
 mod route;
 mod rule;
 
@@ -194,7 +196,7 @@ impl Route {
 }
 
 /// A policy routing rule. Every rule installed has action `FR_ACT_TO_TBL`
-/// (the rtnetlink builder's default action makes lookups fail).
+/// (a rule without an action makes lookups fail).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub family: Family,
@@ -248,9 +250,8 @@ pub struct RouteLookup {
 /// A netlink socket bound to one network namespace.
 ///
 /// Methods are grouped by kernel object in the submodules (`link`, `addr`,
-/// `route`, `rule`, `neigh`); `conn` holds open/open_in and the request loop.
-/// Do not call them from inside an async runtime: each call blocks on this
-/// socket's own runtime.
+/// `route`, `rule`, `neigh`); `conn` holds open/open_in and the request
+/// shapes, `door` the socket and its loop.
 pub struct Netlink {
-    conn: conn::Conn,
+    door: door::Door<conn::Route>,
 }

@@ -4,7 +4,7 @@
 //! Only the handful the reply-path rules need. All of them work on register 1
 //! (`NFT_REG_1`, 16 bytes wide), the same register `nft` itself uses.
 
-use super::wire::Attrs;
+use cni::netlink::nftables::Attrs;
 
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
@@ -172,8 +172,8 @@ pub fn expression_list(exprs: &[Expr]) -> Attrs {
 
 #[cfg(test)]
 mod tests {
-    use super::super::wire::{attr_iter, be32, c_string, find_attr};
     use super::*;
+    use cni::netlink::nftables::{attr_iter, be32, c_string, find_attr};
 
     #[test]
     fn ifnames_are_padded_and_validated() {

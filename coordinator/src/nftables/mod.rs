@@ -20,17 +20,17 @@
 //! (no `nft` binary, no C libraries, no GPL crates).
 
 mod expr;
-mod socket;
-mod wire;
 
 use std::sync::Mutex;
 
+use cni::netlink::nftables::{
+    self as wire, Attrs, NfMessage, NftMsg, Nftables, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL,
+};
+use cni::netlink::NlError;
 use cni::netns::NetNs;
 use cni::{Error, Result};
 
 use expr::{CmpOp, CtKey, MetaKey};
-use socket::{NfSocket, NlError};
-use wire::{Attrs, NftMsg, Request, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 
 /// Name of our table (family inet: IPv4 and IPv6 alike).
 pub const TABLE: &str = "coordinator";
@@ -84,17 +84,20 @@ const CHAINS: [ChainSpec; 2] = [
     },
 ];
 
-fn table_msg(msg: NftMsg, flags: u16) -> Request {
-    Request::nft(msg, flags, Attrs::new().string(NFTA_TABLE_NAME, TABLE))
+/// One message of an install or remove transaction: the message, its extra
+/// flags, and how errors name it.
+type Step = (NfMessage, u16, String);
+
+fn table_msg(msg: NftMsg) -> NfMessage {
+    NfMessage::nft(msg, Attrs::new().string(NFTA_TABLE_NAME, TABLE))
 }
 
-fn chain_msg(c: &ChainSpec) -> Request {
+fn chain_msg(c: &ChainSpec) -> NfMessage {
     let hook = Attrs::new()
         .be32(NFTA_HOOK_HOOKNUM, c.hook)
         .be32(NFTA_HOOK_PRIORITY, CHAIN_PRIORITY as u32);
-    Request::nft(
+    NfMessage::nft(
         NftMsg::NewChain,
-        NLM_F_CREATE,
         Attrs::new()
             .string(NFTA_CHAIN_TABLE, TABLE)
             .string(NFTA_CHAIN_NAME, c.name)
@@ -104,10 +107,9 @@ fn chain_msg(c: &ChainSpec) -> Request {
     )
 }
 
-fn rule_msg(chain: &str, exprs: &[expr::Expr]) -> Request {
-    Request::nft(
+fn rule_msg(chain: &str, exprs: &[expr::Expr]) -> NfMessage {
+    NfMessage::nft(
         NftMsg::NewRule,
-        NLM_F_CREATE | NLM_F_APPEND,
         Attrs::new()
             .string(NFTA_RULE_TABLE, TABLE)
             .string(NFTA_RULE_CHAIN, chain)
@@ -153,7 +155,7 @@ enum Install {
 }
 
 /// The install transaction as data.
-fn install_plan(spec: &ReplyMark, how: Install) -> Result<Vec<(Request, String)>> {
+fn install_plan(spec: &ReplyMark, how: Install) -> Result<Vec<Step>> {
     let iif = expr::ifname_bytes(&spec.iif).ok_or_else(|| {
         Error::config(
             "reply mark interface",
@@ -166,35 +168,44 @@ fn install_plan(spec: &ReplyMark, how: Install) -> Result<Vec<(Request, String)>
         return Err(Error::config("reply mark", "must not be 0"));
     }
     let add_table = (
-        table_msg(NftMsg::NewTable, NLM_F_CREATE),
+        table_msg(NftMsg::NewTable),
+        NLM_F_CREATE,
         format!("add table {TABLE}"),
     );
     let mut plan = match how {
         Install::Create => vec![(
-            table_msg(NftMsg::NewTable, NLM_F_CREATE | NLM_F_EXCL),
+            table_msg(NftMsg::NewTable),
+            NLM_F_CREATE | NLM_F_EXCL,
             format!("create table {TABLE}"),
         )],
-        Install::Replace => vec![
-            add_table.clone(),
-            (
-                table_msg(NftMsg::DelTable, 0),
-                format!("delete table {TABLE}"),
-            ),
-            add_table,
-        ],
+        Install::Replace => vec![add_table.clone(), delete_table(), add_table],
     };
     for c in &CHAINS {
-        plan.push((chain_msg(c), format!("add chain {TABLE} {}", c.name)));
+        plan.push((
+            chain_msg(c),
+            NLM_F_CREATE,
+            format!("add chain {TABLE} {}", c.name),
+        ));
     }
-    plan.push((
-        rule_msg(PREROUTING_CHAIN, &prerouting_rule(&iif, spec.mark)),
-        format!("add rule {TABLE} {PREROUTING_CHAIN}"),
-    ));
-    plan.push((
-        rule_msg(OUTPUT_CHAIN, &output_rule(spec.mark)),
-        format!("add rule {TABLE} {OUTPUT_CHAIN}"),
-    ));
+    for (chain, rule) in [
+        (PREROUTING_CHAIN, prerouting_rule(&iif, spec.mark)),
+        (OUTPUT_CHAIN, output_rule(spec.mark)),
+    ] {
+        plan.push((
+            rule_msg(chain, &rule),
+            NLM_F_CREATE | NLM_F_APPEND,
+            format!("add rule {TABLE} {chain}"),
+        ));
+    }
     Ok(plan)
+}
+
+fn delete_table() -> Step {
+    (
+        table_msg(NftMsg::DelTable),
+        0,
+        format!("delete table {TABLE}"),
+    )
 }
 
 fn kernel(what: &str, e: NlError) -> Error {
@@ -202,7 +213,7 @@ fn kernel(what: &str, e: NlError) -> Error {
 }
 
 /// Sockets kept open until the process exits (see [`in_netns`]).
-static LINGER: Mutex<Vec<NfSocket>> = Mutex::new(Vec::new());
+static LINGER: Mutex<Vec<Nftables>> = Mutex::new(Vec::new());
 
 /// Run `f` with a fresh nf_tables socket inside `ns`.
 ///
@@ -213,20 +224,13 @@ static LINGER: Mutex<Vec<NfSocket>> = Mutex::new(Vec::new());
 /// measured on the benchmark machine. Parked until exit, that grace period
 /// runs while the call does its remaining work instead of in front of it.
 /// (A create-only commit leaves no destroy work: see [`Install::Create`].)
-fn in_netns<T: Send>(
-    ns: &NetNs,
-    what: &str,
-    f: impl FnOnce(&mut NfSocket) -> Result<T> + Send,
-) -> Result<T> {
-    ns.run(|| {
-        let mut sock = NfSocket::open().map_err(|e| kernel(what, e.into()))?;
-        let out = f(&mut sock);
-        if let Ok(mut parked) = LINGER.lock() {
-            parked.push(sock);
-        }
-        out
-    })
-    .map_err(|e| Error::kernel(format!("nftables {what}: enter netns"), e))?
+fn in_netns<T: Send>(ns: &NetNs, what: &str, f: impl FnOnce(&Nftables) -> Result<T>) -> Result<T> {
+    let sock = Nftables::open_in(ns).map_err(|e| kernel(what, e))?;
+    let out = f(&sock);
+    if let Ok(mut parked) = LINGER.lock() {
+        parked.push(sock);
+    }
+    out
 }
 
 /// Create (or re-create: idempotent, replaces our table) the table in netns `ns`.
@@ -235,9 +239,7 @@ pub fn install(ns: &NetNs, spec: &ReplyMark) -> Result<()> {
     let replace = install_plan(spec, Install::Replace)?;
     in_netns(ns, "install", |sock| match sock.batch(&create) {
         // A repeated ADD: the table is there, replace it.
-        Err(e) if e.errno() == Some(libc::EEXIST) => {
-            sock.batch(&replace).map_err(|e| kernel("install", e))
-        }
+        Err(NlError::Exists) => sock.batch(&replace).map_err(|e| kernel("install", e)),
         other => other.map_err(|e| kernel("install", e)),
     })?;
     tracing::debug!(iif = %spec.iif, mark = spec.mark, "nftables reply-mark table installed");
@@ -246,13 +248,8 @@ pub fn install(ns: &NetNs, spec: &ReplyMark) -> Result<()> {
 
 /// Delete our table; Ok when it's absent.
 pub fn remove(ns: &NetNs) -> Result<()> {
-    let del = [(
-        table_msg(NftMsg::DelTable, 0),
-        format!("delete table {TABLE}"),
-    )];
-    in_netns(ns, "remove", |sock| match sock.batch(&del) {
-        Ok(()) => Ok(()),
-        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+    in_netns(ns, "remove", |sock| match sock.batch(&[delete_table()]) {
+        Ok(()) | Err(NlError::NotFound) => Ok(()),
         Err(e) => Err(kernel("remove", e)),
     })?;
     tracing::debug!("nftables reply-mark table removed");
@@ -263,9 +260,9 @@ pub fn remove(ns: &NetNs) -> Result<()> {
 /// rule in each?
 pub fn present(ns: &NetNs) -> Result<bool> {
     in_netns(ns, "check", |sock| {
-        match sock.get(&table_msg(NftMsg::GetTable, 0), "get table") {
+        match sock.get(table_msg(NftMsg::GetTable)) {
             Ok(_) => {}
-            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(false),
+            Err(NlError::NotFound) => return Ok(false),
             Err(e) => return Err(kernel("check", e)),
         }
         for c in &CHAINS {
@@ -277,22 +274,19 @@ pub fn present(ns: &NetNs) -> Result<bool> {
     })
 }
 
-fn chain_ok(sock: &mut NfSocket, c: &ChainSpec) -> Result<bool> {
-    let get = Request::nft(
+fn chain_ok(sock: &Nftables, c: &ChainSpec) -> Result<bool> {
+    let get = NfMessage::nft(
         NftMsg::GetChain,
-        0,
         Attrs::new()
             .string(NFTA_CHAIN_TABLE, TABLE)
             .string(NFTA_CHAIN_NAME, c.name),
     );
-    let chains = match sock.get(&get, &format!("get chain {}", c.name)) {
-        Ok(chains) => chains,
-        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(false),
-        Err(e) => return Err(kernel("check", e)),
+    let chain = match sock.get(get) {
+        Ok(chain) => chain,
+        Err(NlError::NotFound) => return Ok(false),
+        Err(e) => return Err(kernel(&format!("check: get chain {}", c.name), e)),
     };
-    let Some(attrs) = chains.first() else {
-        return Ok(false);
-    };
+    let attrs = chain.attrs.as_bytes();
     let kind = wire::find_attr(attrs, NFTA_CHAIN_TYPE).map(wire::c_string);
     let hook = wire::find_attr(attrs, NFTA_CHAIN_HOOK)
         .and_then(|h| wire::find_attr(h, NFTA_HOOK_HOOKNUM))
@@ -301,18 +295,17 @@ fn chain_ok(sock: &mut NfSocket, c: &ChainSpec) -> Result<bool> {
         return Ok(false);
     }
     // A dump filtered by table and chain: the kernel returns only their rules.
-    let rules = Request::nft(
+    let rules = NfMessage::nft(
         NftMsg::GetRule,
-        NLM_F_DUMP,
         Attrs::new()
             .string(NFTA_RULE_TABLE, TABLE)
             .string(NFTA_RULE_CHAIN, c.name),
     );
     let rules = sock
-        .get(&rules, &format!("list rules of {}", c.name))
-        .map_err(|e| kernel("check", e))?;
+        .dump(rules)
+        .map_err(|e| kernel(&format!("check: list rules of {}", c.name), e))?;
     Ok(rules.iter().any(|r| {
-        wire::find_attr(r, NFTA_RULE_CHAIN)
+        wire::find_attr(r.attrs.as_bytes(), NFTA_RULE_CHAIN)
             .map(wire::c_string)
             .as_deref()
             == Some(c.name)
@@ -333,17 +326,17 @@ mod tests {
     #[test]
     fn replace_plan_adds_deletes_and_adds_the_table() {
         let plan = install_plan(&spec("veth0", 0x100), Install::Replace).unwrap();
-        let kinds: Vec<_> = plan.iter().map(|(r, _)| r.msg_type & 0xff).collect();
+        let kinds: Vec<_> = plan.iter().map(|(r, ..)| r.msg_type & 0xff).collect();
         assert_eq!(kinds, [0, 2, 0, 3, 3, 6, 6]);
-        assert!(plan.iter().all(|(r, _)| r.family == wire::NFPROTO_INET));
+        assert!(plan.iter().all(|(r, ..)| r.family == wire::NFPROTO_INET));
     }
 
     #[test]
     fn create_plan_only_creates_and_refuses_an_existing_table() {
         let plan = install_plan(&spec("veth0", 0x100), Install::Create).unwrap();
-        let kinds: Vec<_> = plan.iter().map(|(r, _)| r.msg_type & 0xff).collect();
+        let kinds: Vec<_> = plan.iter().map(|(r, ..)| r.msg_type & 0xff).collect();
         assert_eq!(kinds, [0, 3, 3, 6, 6]);
-        assert_ne!(plan[0].0.flags & NLM_F_EXCL, 0);
+        assert_ne!(plan[0].1 & NLM_F_EXCL, 0);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Options {
     /// Run only the cases whose short name starts with one of these
     /// (`bench --only cone,sbr,kdel`; `burst` names the burst).
     pub only: Option<Vec<String>>,
+    /// Another build of our coordinator, run next to ours (A/B).
+    pub baseline: Option<PathBuf>,
 }
 
 impl Options {
@@ -61,6 +63,9 @@ impl Options {
             .is_none_or(|o| o.iter().any(|p| short.starts_with(p.as_str())))
     }
 }
+
+/// Env var naming a baseline build of the coordinator (optional A/B row).
+pub const BASELINE_ENV: &str = "BASELINE_COORDINATOR";
 
 /// Env var naming a Spiderpool coordinator binary (anchor, optional).
 pub const SPIDERPOOL_ENV: &str = "SPIDERPOOL_COORDINATOR";
@@ -80,6 +85,7 @@ impl Options {
             ipam_prefill: 4000,
             spiderpool: std::env::var_os(SPIDERPOOL_ENV).map(PathBuf::from),
             only: None,
+            baseline: std::env::var_os(BASELINE_ENV).map(PathBuf::from),
         }
     }
 
@@ -241,6 +247,35 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         "1 NIC IPv4",
         "",
     ));
+    if let Some(base) = &opts.baseline {
+        // Another build of ours (say main's), interleaved with this one in the
+        // same run: a change's A/B on a busy machine.
+        let dir = lab.dir().join("baseline-bin");
+        std::fs::create_dir_all(&dir)?;
+        let ty = "coordinator-baseline";
+        std::os::unix::fs::symlink(base, dir.join(ty))?;
+        let mut conf = confs::coordinator(false, false);
+        conf["type"] = ty.into();
+        let (nics, measured) = one_nic(&lab, "cbase", 6, conf, ty)?;
+        let nics = nics
+            .into_iter()
+            .map(|(c, nic)| {
+                let mut path = cni_path.clone();
+                path.push(dir.clone());
+                (c.cni_path(path), nic)
+            })
+            .collect();
+        cases.push(pod_case(
+            &lab,
+            "cbase",
+            nics,
+            measured,
+            Kind::Anchor,
+            "coordinator (baseline build)",
+            "1 NIC IPv4",
+            "",
+        ));
+    }
     if let Some(sp) = &opts.spiderpool {
         std::fs::create_dir_all(&spider_dir)?;
         let ty = "spiderpool-coordinator";

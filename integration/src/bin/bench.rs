@@ -20,7 +20,8 @@ const USAGE: &str =
                   cdet cbig hl ci burst); a partial run, for iterating
   --bin-dir DIR   our plugin binaries (default target/release)
   --out DIR       where latest.{json,md,svg} go (default integration/results)
-env: SPIDERPOOL_COORDINATOR=/path/to/coordinator adds the Spiderpool anchor";
+env: SPIDERPOOL_COORDINATOR=/path/to/coordinator adds the Spiderpool anchor
+     BASELINE_COORDINATOR=/path/to/coordinator adds another build of ours (A/B)";
 
 fn main() -> ExitCode {
     let mut iterations = None;
