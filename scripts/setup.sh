@@ -10,6 +10,8 @@ command -v nft >/dev/null || need+=(nftables)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v hyperfine >/dev/null || need+=(hyperfine)
 command -v etcd >/dev/null || need+=(etcd-server)
+# The etcd TLS test makes its own CA with the openssl CLI (tests only).
+command -v openssl >/dev/null || need+=(openssl)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 # The manifest tests validate deploy/ offline with kubernetes-validate (PyPI),

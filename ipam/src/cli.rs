@@ -30,6 +30,15 @@ USAGE:
   coordinator-ipam install --cni-bin-dir DIR
       Copy this binary to DIR/coordinator-ipam (atomic, mode 0755; an
       unchanged file is left alone).
+  coordinator-ipam reclaim --node NAME --config FILE [--network NAME] [--json]
+      Free (or park, if sticky) every address held by attachments of NODE, a
+      node that is gone, in every network of the store unless --network
+      narrows it.
+  coordinator-ipam migrate --data-dir DIR --config FILE [--network NAME]
+      Copy this node's file store in DIR into the store of FILE (etcd), every
+      network unless --network narrows it. Addresses already recorded
+      identically are skipped; one recorded differently stops that network
+      with nothing of it copied.
   coordinator-ipam --help | --version
 
 OPTIONS:
@@ -38,15 +47,17 @@ OPTIONS:
   --config FILE    a network config (.conf/.json with an \"ipam\" block, or a
                    .conflist whose plugins include one with \"ipam\": {\"type\":
                    \"coordinator-ipam\", ...}); gives the pools, the network
-                   name and the data dir
+                   name and the store (file dataDir, or etcd endpoints)
   --network NAME   the network (the \"name\" of the config); default with
                    --config: its name; for list: all networks
+  --node NAME      the node whose records reclaim lets go of
   --json           machine-readable output
 
 EXAMPLES:
   coordinator-ipam list --data-dir /var/lib/cni/coordinator-ipam
   coordinator-ipam usage --config /etc/cni/net.d/10-macvlan.conflist
   coordinator-ipam release 172.20.1.23 --network macvlan-net1
+  coordinator-ipam reclaim --node worker-3 --config /etc/cni/net.d/10-macvlan.conflist
 
 Exit status: 0 success, 1 failure, 2 bad command line.
 ";
@@ -57,6 +68,7 @@ struct Opts {
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
     network: Option<String>,
+    node: Option<String>,
     json: bool,
 }
 
@@ -69,6 +81,7 @@ fn parse_opts(args: &[String]) -> std::result::Result<Opts, String> {
             "--data-dir" => o.data_dir = Some(PathBuf::from(value("--data-dir")?)),
             "--config" => o.config = Some(PathBuf::from(value("--config")?)),
             "--network" => o.network = Some(value("--network")?),
+            "--node" => o.node = Some(value("--node")?),
             "--json" => o.json = true,
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => o.positional.push(s.to_string()),
@@ -110,7 +123,7 @@ fn load_config_file(path: &Path) -> Result<(String, Config)> {
 }
 
 struct Target {
-    store: FileStore,
+    store: Box<dyn Store>,
     network: Option<String>,
     config: Option<Config>,
 }
@@ -123,15 +136,15 @@ fn target(o: &Opts) -> Result<Target> {
         }
         None => (None, None),
     };
-    let data_dir = match (&o.data_dir, &config) {
-        (Some(d), _) => d.clone(),
-        (None, Some(c)) => match &c.store {
-            StoreConfig::File { data_dir } => data_dir.clone(),
-        },
-        (None, None) => PathBuf::from(crate::config::DEFAULT_DATA_DIR),
+    let store: Box<dyn Store> = match (&o.data_dir, &config) {
+        (Some(d), _) => Box::new(FileStore::new(d.clone())),
+        (None, Some(c)) => store::open(&c.store)?,
+        (None, None) => Box::new(FileStore::new(PathBuf::from(
+            crate::config::DEFAULT_DATA_DIR,
+        ))),
     };
     Ok(Target {
-        store: FileStore::new(data_dir),
+        store,
         network: o.network.clone().or(cfg_name),
         config,
     })
@@ -242,10 +255,120 @@ fn release(o: &Opts, out: &mut dyn Write) -> Result<()> {
             format!("{ip} has no reservation in network {network}"),
         ));
     }
-    let gone = store::update(&t.store, &network, |s| Ok(s.remove(&ip)))?;
+    let gone = store::update(t.store.as_ref(), &network, |s| Ok(s.remove(&ip)))?;
     match gone {
         Some(r) => writeln!(out, "released {}", record_json(&network, &r))?,
         None => writeln!(out, "{ip} was released meanwhile")?,
+    }
+    Ok(())
+}
+
+/// The networks a command covers: `--network`, else every one in the store.
+fn networks(o: &Opts, store: &dyn Store) -> Result<Vec<String>> {
+    match &o.network {
+        Some(n) => Ok(vec![n.clone()]),
+        None => store.networks(),
+    }
+}
+
+fn reclaim(o: &Opts, out: &mut dyn Write) -> Result<()> {
+    let node = o
+        .node
+        .clone()
+        .ok_or_else(|| Error::InvalidEnv("reclaim needs --node NAME".into()))?;
+    let path = o.config.as_ref().ok_or_else(|| {
+        Error::InvalidEnv("reclaim needs --config FILE (it names the store)".into())
+    })?;
+    let (_, cfg) = load_config_file(path)?;
+    let store = store::open(&cfg.store)?;
+    let mut rows = Vec::new();
+    for n in networks(o, store.as_ref())? {
+        // GC with no valid attachment on that node: frees, or parks sticky ones.
+        let mut parked = Vec::new();
+        let gone = store::update(store.as_ref(), &n, |s| {
+            let gone = allocator::gc(s, &node, &[]);
+            parked = gone
+                .iter()
+                .filter(|ip| s.get(ip).is_some())
+                .copied()
+                .collect();
+            Ok(gone)
+        })?;
+        for ip in gone {
+            let state = if parked.contains(&ip) {
+                "parked"
+            } else {
+                "freed"
+            };
+            rows.push(json!({"network": n, "ip": ip.to_string(), "state": state}));
+        }
+    }
+    if o.json {
+        writeln!(out, "{}", Value::Array(rows))?;
+    } else {
+        for r in &rows {
+            writeln!(
+                out,
+                "{} {} {}",
+                r["state"].as_str().unwrap_or(""),
+                r["network"].as_str().unwrap_or(""),
+                r["ip"].as_str().unwrap_or("")
+            )?;
+        }
+        writeln!(out, "reclaimed {} address(es) of node {node}", rows.len())?;
+    }
+    Ok(())
+}
+
+/// Add `from`'s records to `to`; an address recorded differently stops it.
+fn merge(to: &mut allocator::State, from: &allocator::State, network: &str) -> Result<usize> {
+    let mut copied = 0;
+    for r in &from.records {
+        match to.get(&r.ip) {
+            Some(x) if x == r => {}
+            Some(x) => {
+                return Err(Error::plugin(
+                    cni::error::code::ADDRESS_UNAVAILABLE,
+                    format!("network {network}: {} is already recorded differently in the destination ({}); nothing of this network was copied", r.ip, record_json(network, x)),
+                ))
+            }
+            None => {
+                to.put(r.clone());
+                copied += 1;
+            }
+        }
+    }
+    for (pool, ip) in &from.cursors {
+        to.cursors.entry(pool.clone()).or_insert(*ip);
+    }
+    Ok(copied)
+}
+
+fn migrate(o: &Opts, out: &mut dyn Write) -> Result<()> {
+    let (Some(dir), Some(path)) = (&o.data_dir, &o.config) else {
+        return Err(Error::InvalidEnv(
+            "migrate needs --data-dir DIR (the file store) and --config FILE (the destination)"
+                .into(),
+        ));
+    };
+    let source = FileStore::new(dir.clone());
+    let (_, cfg) = load_config_file(path)?;
+    if let StoreConfig::File { data_dir } = &cfg.store {
+        if data_dir == dir {
+            return Err(Error::InvalidEnv(
+                "migrate: the source and the destination are the same file store".into(),
+            ));
+        }
+    }
+    let dest = store::open(&cfg.store)?;
+    for n in networks(o, &source)? {
+        let from = source.load(&n)?;
+        let copied = store::update(dest.as_ref(), &n, |s| merge(s, &from, &n))?;
+        writeln!(
+            out,
+            "network {n}: copied {copied} of {} record(s)",
+            from.records.len()
+        )?;
     }
     Ok(())
 }
@@ -267,6 +390,8 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Some("list") => list(&o, out),
         Some("usage") => usage(&o, out),
         Some("release") => release(&o, out),
+        Some("reclaim") => reclaim(&o, out),
+        Some("migrate") => migrate(&o, out),
         Some(other) => {
             let _ = writeln!(err, "coordinator-ipam: unknown command {other:?}\n\n{HELP}");
             return 2;

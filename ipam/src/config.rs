@@ -37,6 +37,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/coordinator-ipam";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     File { data_dir: PathBuf },
+    Etcd(crate::store::etcd::EtcdConfig),
 }
 
 /// Pods whose addresses follow their identity (namespace, name) across
@@ -147,7 +148,11 @@ pub fn check_network_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<Option<&'a str>> {
+pub(crate) fn opt_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Option<&'a str>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -155,7 +160,11 @@ fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<Op
     }
 }
 
-fn opt_array<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a [Value]> {
+pub(crate) fn opt_array<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<&'a [Value]> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(&[]),
         Some(Value::Array(a)) => Ok(a),
@@ -163,19 +172,19 @@ fn opt_array<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<
     }
 }
 
-fn as_object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>> {
+pub(crate) fn as_object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>> {
     v.as_object()
         .ok_or_else(|| Error::config(field, "must be an object"))
 }
 
-fn as_str<'a>(v: &'a Value, field: &str) -> Result<&'a str> {
+pub(crate) fn as_str<'a>(v: &'a Value, field: &str) -> Result<&'a str> {
     v.as_str()
         .ok_or_else(|| Error::config(field, "must be a string"))
 }
 
 /// Unknown keys in pools, routes, sticky rules and the store are typos that
 /// would otherwise silently widen a pool (a misspelt `exclude`), so reject them.
-fn known_keys(obj: &Map<String, Value>, keys: &[&str], field: &str) -> Result<()> {
+pub(crate) fn known_keys(obj: &Map<String, Value>, keys: &[&str], field: &str) -> Result<()> {
     match obj.keys().find(|k| !keys.contains(&k.as_str())) {
         Some(k) => Err(Error::config(
             &format!("{field}.{k}"),
@@ -210,7 +219,7 @@ fn parse_glob(s: &str, field: &str) -> Result<Pattern> {
     Pattern::new(s).map_err(|e| Error::config(field, format!("bad glob {s:?}: {e}")))
 }
 
-fn parse_store(v: Option<&Value>) -> Result<StoreConfig> {
+pub(crate) fn parse_store(v: Option<&Value>) -> Result<StoreConfig> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(StoreConfig::File {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
@@ -228,9 +237,10 @@ fn parse_store(v: Option<&Value>) -> Result<StoreConfig> {
             };
             Ok(StoreConfig::File { data_dir })
         }
+        "etcd" => Ok(StoreConfig::Etcd(crate::store::etcd::config::parse(obj)?)),
         other => Err(Error::config(
             "ipam.store.kind",
-            format!("unknown store kind {other:?} (supported: \"file\")"),
+            format!("unknown store kind {other:?} (supported: \"file\", \"etcd\")"),
         )),
     }
 }
@@ -622,8 +632,12 @@ mod tests {
             (one_pool(json!({"subnet": "0.0.0.0/0"})), "minimum"),
             (one_pool(json!({})), "\"ipam.pools[0].subnet\""),
             (
-                json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"kind": "etcd"}}),
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"kind": "nfs"}}),
                 "\"ipam.store.kind\"",
+            ),
+            (
+                json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"kind": "etcd"}}),
+                "\"ipam.store.endpoints\"",
             ),
             (
                 json!({"pools": [{"subnet": "10.0.0.0/24"}], "store": {"dataDir": 3}}),

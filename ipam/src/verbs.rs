@@ -31,7 +31,7 @@ fn ctx(call: &Call) -> Result<Ctx> {
         .ok_or_else(|| Error::config("ipam", "is required"))?;
     let cfg = Config::from_ipam(ipam)?;
     config::check_network_name(&call.conf.name)?;
-    let store = store::open(&cfg.store);
+    let store = store::open(&cfg.store)?;
     Ok(Ctx {
         cfg,
         network: call.conf.name.clone(),
@@ -39,14 +39,20 @@ fn ctx(call: &Call) -> Result<Ctx> {
     })
 }
 
-/// The store of a DEL whose ipam config does not validate: the file store
-/// in the raw `ipam.store.dataDir` when it is a non-empty string, else the
-/// default. `None` when the network name is not a store directory or the
-/// store is of another kind: then nothing of this attachment can be found.
+/// The store of a DEL whose ipam config does not validate: the etcd store
+/// when `ipam.store` alone is a valid etcd block, else the file store in the
+/// raw `ipam.store.dataDir` when it is a non-empty string, else the default.
+/// `None` when the network name is not a store directory or the store is of
+/// another kind: then nothing of this attachment can be found.
 fn fallback_store(call: &Call) -> Option<(Box<dyn Store>, String, PathBuf)> {
     config::check_network_name(&call.conf.name).ok()?;
     let raw = call.conf.ipam.as_ref().and_then(|i| i.get("store"));
     let kind = raw.and_then(|s| s.get("kind")).filter(|k| !k.is_null());
+    if kind.is_some_and(|k| k.as_str() == Some("etcd")) {
+        let cfg = config::parse_store(raw).ok()?;
+        let store = store::open(&cfg).ok()?;
+        return Some((store, call.conf.name.clone(), PathBuf::from("(etcd)")));
+    }
     if kind.is_some_and(|k| k.as_str() != Some("file")) {
         return None;
     }

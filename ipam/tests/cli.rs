@@ -97,7 +97,7 @@ fn list_usage_release() {
     let (code, out, err) = cli(&["release", &b[0], "--network", "net1", "--data-dir", data]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&b[0]), "{out}");
-    assert!(!state_ips(&lab.state_file("net1")).contains(&b[0]));
+    assert!(!lab.recorded_ips("net1").contains(&b[0]));
     let (code, _, err) = cli(&["release", &b[0], "--network", "net1", "--data-dir", data]);
     assert_eq!(code, 1);
     assert!(err.contains("no reservation"), "{err}");

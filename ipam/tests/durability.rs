@@ -34,7 +34,7 @@ fn two_hundred_parallel_adds_get_distinct_addresses() {
     let distinct: BTreeSet<&String> = got.iter().collect();
     assert_eq!(got.len(), 200);
     assert_eq!(distinct.len(), 200, "an address was handed out twice");
-    let stored: BTreeSet<String> = state_ips(&lab.state_file("net1")).into_iter().collect();
+    let stored: BTreeSet<String> = lab.recorded_ips("net1").into_iter().collect();
     assert_eq!(stored, got.iter().cloned().collect::<BTreeSet<_>>());
 }
 
@@ -92,7 +92,7 @@ fn kill_9_during_add_and_del_never_corrupts_or_duplicates() {
         "duplicate after kill -9"
     );
     assert_eq!(
-        state_ips(&lab.state_file("net1")).len(),
+        lab.recorded_ips("net1").len(),
         n,
         "a killed ADD leaked an address"
     );
@@ -108,7 +108,7 @@ fn kill_9_during_add_and_del_never_corrupts_or_duplicates() {
     for id in &ids[..n / 2] {
         Call::new("DEL", id).ok(&conf);
     }
-    let left: BTreeSet<String> = state_ips(&lab.state_file("net1")).into_iter().collect();
+    let left: BTreeSet<String> = lab.recorded_ips("net1").into_iter().collect();
     let want: BTreeSet<String> = ids[n / 2..]
         .iter()
         .flat_map(|id| by_id[id].clone())
@@ -213,7 +213,7 @@ fn read_only_data_dir_is_io_error() {
         );
     }
     // Outside the private namespace nothing changed.
-    assert_eq!(state_ips(&lab.state_file("net1")), held);
+    assert_eq!(lab.recorded_ips("net1"), held);
 }
 
 #[test]

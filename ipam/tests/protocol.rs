@@ -2,6 +2,39 @@
 
 mod common;
 
+/// Each test runs once on the file store and once on a real one-member etcd.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn file() {
+                super::$name(&Lab::new())
+            }
+            #[test]
+            fn etcd() {
+                super::$name(&Lab::etcd())
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    add_check_del_in_every_spec_version,
+    del_of_unknown_attachment_is_ok_and_touches_nothing,
+    rotation_exhaustion_and_status,
+    gc_releases_only_this_nodes_unlisted_attachments,
+    requested_addresses_from_each_source,
+    quarantined_addresses_are_skipped,
+    sticky_pod_keeps_its_address_across_sandboxes_and_nodes,
+    bad_config_names_the_field,
+);
+
+#[test]
+fn del_with_an_invalid_ipam_config_still_releases_from_the_file_store() {
+    del_with_an_invalid_ipam_config_still_releases(&Lab::new())
+}
+
 use common::*;
 use serde_json::{json, Value};
 
@@ -13,9 +46,7 @@ fn dual_pools() -> Value {
     ])
 }
 
-#[test]
-fn add_check_del_in_every_spec_version() {
-    let lab = Lab::new();
+fn add_check_del_in_every_spec_version(lab: &Lab) {
     for (i, version) in VERSIONS.iter().enumerate() {
         let conf = lab.conf(version, dual_pools(), json!({}));
         let cid = format!("ctr{i}");
@@ -63,26 +94,24 @@ fn add_check_del_in_every_spec_version() {
         }
         Call::new("DEL", &cid).ok(&conf);
         Call::new("DEL", &cid).ok(&conf);
-        assert!(!state_ips(&lab.state_file("net1"))
+        assert!(!lab
+            .recorded_ips("net1")
             .iter()
             .any(|ip| result_ips(&r).contains(ip)));
     }
 }
 
-#[test]
-fn del_of_unknown_attachment_is_ok_and_touches_nothing() {
-    let lab = Lab::new();
+fn del_of_unknown_attachment_is_ok_and_touches_nothing(lab: &Lab) {
     let conf = lab.conf("1.0.0", dual_pools(), json!({}));
     Call::new("DEL", "never-added").ok(&conf);
     assert!(
         !lab.data_dir().exists(),
         "DEL with nothing recorded must not create state"
     );
+    assert!(lab.recorded_ips("net1").is_empty());
 }
 
-#[test]
-fn rotation_exhaustion_and_status() {
-    let lab = Lab::new();
+fn rotation_exhaustion_and_status(lab: &Lab) {
     let pools = json!([{"name": "tiny", "subnet": "10.7.0.0/29", "gateway": "10.7.0.1"}]);
     let conf = lab.conf("1.1.0", pools, json!({}));
     Call::new("STATUS", "").ok(&conf);
@@ -107,9 +136,7 @@ fn rotation_exhaustion_and_status() {
     );
 }
 
-#[test]
-fn gc_releases_only_this_nodes_unlisted_attachments() {
-    let lab = Lab::new();
+fn gc_releases_only_this_nodes_unlisted_attachments(lab: &Lab) {
     let pools = json!([{"name": "p", "subnet": "10.8.0.0/24"}]);
     let conf = lab.conf("1.1.0", pools.clone(), json!({}));
     let other_node = lab.conf("1.1.0", pools, json!({"nodeName": "node2"}));
@@ -119,7 +146,7 @@ fn gc_releases_only_this_nodes_unlisted_attachments() {
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "net1"}]);
     Call::new("GC", "").ok(&gc);
-    let left = state_ips(&lab.state_file("net1"));
+    let left = lab.recorded_ips("net1");
     assert!(left.contains(&keep[0]));
     assert!(
         left.contains(&remote[0]),
@@ -128,9 +155,7 @@ fn gc_releases_only_this_nodes_unlisted_attachments() {
     assert!(!left.contains(&stale[0]));
 }
 
-#[test]
-fn requested_addresses_from_each_source() {
-    let lab = Lab::new();
+fn requested_addresses_from_each_source(lab: &Lab) {
     let pools = json!([{"name": "p", "subnet": "10.9.0.0/24", "gateway": "10.9.0.1"},
                        {"name": "p6", "subnet": "fd00:9::/64"}]);
     let base = lab.conf("1.0.0", pools, json!({}));
@@ -168,9 +193,7 @@ fn requested_addresses_from_each_source() {
     Call::new("ADD", "d").args("IP=banana").fails(&base, 4);
 }
 
-#[test]
-fn quarantined_addresses_are_skipped() {
-    let lab = Lab::new();
+fn quarantined_addresses_are_skipped(lab: &Lab) {
     let pools =
         json!([{"name": "p", "subnet": "10.10.0.0/24", "ranges": ["10.10.0.10-10.10.0.13"]}]);
     let conf = lab.conf("1.0.0", pools, json!({}));
@@ -199,9 +222,7 @@ fn quarantined_addresses_are_skipped() {
     assert!(msg.contains("quarantined"), "{msg}");
 }
 
-#[test]
-fn sticky_pod_keeps_its_address_across_sandboxes_and_nodes() {
-    let lab = Lab::new();
+fn sticky_pod_keeps_its_address_across_sandboxes_and_nodes(lab: &Lab) {
     let pools = json!([{"name": "p", "subnet": "10.11.0.0/24"}]);
     let sticky = json!({"sticky": [{"namespace": "db", "pod": "mysql-*"}]});
     let node1 = lab.conf("1.1.0", pools.clone(), sticky.clone());
@@ -228,16 +249,14 @@ fn sticky_pod_keeps_its_address_across_sandboxes_and_nodes() {
     let mut gc = node1.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
     Call::new("GC", "").ok(&gc); // node1's GC does not see node2's sandbox
-    assert!(state_ips(&lab.state_file("net1")).contains(&first[0]));
+    assert!(lab.recorded_ips("net1").contains(&first[0]));
     let mut prev = node2.clone();
     prev["prevResult"] =
         json!({"cniVersion": "1.1.0", "ips": [{"address": format!("{}/24", first[0])}]});
     Call::new("CHECK", "sb2").args(pod2).ok(&prev);
 }
 
-#[test]
-fn bad_config_names_the_field() {
-    let lab = Lab::new();
+fn bad_config_names_the_field(lab: &Lab) {
     let conf = lab.conf("1.0.0", json!([{"subnet": "10.12.0.0/24"}, {"subnet": "10.13.0.0/24", "ranges": ["10.13.0.9-10.13.0.2"]}]), json!({}));
     let msg = Call::new("ADD", "a").fails(&conf, 7);
     assert!(msg.contains("ipam.pools[1].ranges[0]"), "{msg}");
@@ -246,9 +265,7 @@ fn bad_config_names_the_field() {
     assert!(Call::new("ADD", "a").fails(&no_ipam, 7).contains("ipam"));
 }
 
-#[test]
-fn del_with_an_invalid_ipam_config_still_releases() {
-    let lab = Lab::new();
+fn del_with_an_invalid_ipam_config_still_releases(lab: &Lab) {
     let conf = lab.conf("1.0.0", dual_pools(), json!({}));
     let held = result_ips(&Call::new("ADD", "bad-conf").ok(&conf));
     let other = result_ips(&Call::new("ADD", "bystander").ok(&conf));
@@ -259,7 +276,7 @@ fn del_with_an_invalid_ipam_config_still_releases() {
     broken["ipam"]["pools"] = json!([{"subnet": "10.6.0.0/33", "bogus": 1}]);
     broken["ipam"]["sticky"] = json!("nope");
     Call::new("DEL", "bad-conf").ok(&broken);
-    let left = state_ips(&lab.state_file("net1"));
+    let left = lab.recorded_ips("net1");
     assert!(held.iter().all(|ip| !left.contains(ip)), "{left:?}");
     assert!(other.iter().all(|ip| left.contains(ip)), "{left:?}");
     // ADD with that config is still refused.
@@ -268,7 +285,7 @@ fn del_with_an_invalid_ipam_config_still_releases() {
     let mut etcd = broken.clone();
     etcd["ipam"]["store"] = json!({"kind": "etcd", "endpoints": []});
     Call::new("DEL", "bystander").ok(&etcd);
-    assert_eq!(state_ips(&lab.state_file("net1")).len(), 2);
+    assert_eq!(lab.recorded_ips("net1").len(), 2);
     // A broken store is still an error, never a silent success.
     std::fs::write(lab.state_file("net1"), b"{garbage").unwrap();
     Call::new("DEL", "bystander").fails(&broken, 112);

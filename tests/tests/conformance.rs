@@ -944,7 +944,8 @@ fn ipam_invalid_ipam_config_is_code_7_naming_it() {
         assert!(msg.contains(field), "{pools}: {msg} should name {field}");
     }
     let blocks: Vec<(&str, Value, &str)> = vec![
-        ("store", json!({"kind": "etcd"}), "ipam.store.kind"),
+        ("store", json!({"kind": "nfs"}), "ipam.store.kind"),
+        ("store", json!({"kind": "etcd"}), "ipam.store.endpoints"),
         (
             "store",
             json!({"kind": "file", "dataDir": ""}),

@@ -4,6 +4,7 @@
 //! atomically with respect to other plugin processes. The file store serves
 //! one node; a cluster-wide store (etcd) implements the same trait.
 
+pub mod etcd;
 pub mod file;
 pub mod journal;
 mod mapped;
@@ -70,8 +71,11 @@ pub fn update<T>(
     out.ok_or_else(|| cni::Error::plugin(cni::error::code::INTERNAL, "store skipped an update"))
 }
 
-pub fn open(cfg: &StoreConfig) -> Box<dyn Store> {
-    match cfg {
+/// The configured store. Opening the etcd store reads its TLS files and
+/// password (a bad one is a code 7 naming the field); it connects lazily.
+pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+    Ok(match cfg {
         StoreConfig::File { data_dir } => Box::new(file::FileStore::new(data_dir.clone())),
-    }
+        StoreConfig::Etcd(e) => Box::new(etcd::EtcdStore::open(e)?),
+    })
 }

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
@@ -10,16 +10,47 @@ use serde_json::{json, Value};
 pub const BIN: &str = env!("CARGO_BIN_EXE_coordinator-ipam");
 pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
-/// A temporary data dir and quarantine file for one test.
+/// A temporary data dir and quarantine file for one test, and the store:
+/// the file store in the data dir, or a one-member etcd of its own.
 pub struct Lab {
     pub dir: tempfile::TempDir,
+    pub etcd: Option<integration::etcd::Cluster>,
 }
 
 impl Lab {
     pub fn new() -> Lab {
         Lab {
             dir: tempfile::tempdir().expect("tempdir"),
+            etcd: None,
         }
+    }
+    pub fn etcd() -> Lab {
+        Lab {
+            etcd: Some(integration::etcd::Cluster::single()),
+            ..Lab::new()
+        }
+    }
+    /// The `ipam.store` block of this lab.
+    pub fn store(&self) -> Value {
+        match &self.etcd {
+            None => json!({"kind": "file", "dataDir": self.data_dir()}),
+            Some(c) => json!({"kind": "etcd", "endpoints": c.endpoints(), "timeout": "3s"}),
+        }
+    }
+    /// The addresses recorded for `network`, read through the CLI.
+    pub fn recorded_ips(&self, network: &str) -> Vec<String> {
+        let mut conf = self.conf("1.0.0", json!([{"subnet": "10.255.0.0/24"}]), json!({}));
+        conf["name"] = json!(network);
+        let path = self.dir.path().join(format!("list-{network}.json"));
+        std::fs::write(&path, conf.to_string()).expect("write config");
+        let (code, out, err) = cli(&["list", "--config", path.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "list failed: {err}");
+        let v: Value = serde_json::from_str(&out).expect("list JSON");
+        v.as_array()
+            .expect("records")
+            .iter()
+            .map(|r| r["ip"].as_str().unwrap_or("").to_string())
+            .collect()
     }
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -35,7 +66,7 @@ impl Lab {
         let mut ipam = json!({
             "type": "coordinator-ipam",
             "nodeName": "node1",
-            "store": {"kind": "file", "dataDir": self.data_dir()},
+            "store": self.store(),
             "quarantineFile": self.quarantine(),
             "pools": pools,
         });
@@ -145,33 +176,6 @@ pub fn result_ips(v: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The addresses recorded for the network whose state file is `path`
-/// (`<dataDir>/<network>/state.bin`), read through the CLI: the state is a
-/// snapshot plus a journal, so the snapshot alone is not the whole story.
-pub fn state_ips(path: &Path) -> Vec<String> {
-    let net_dir = path.parent().expect("network dir");
-    let network = net_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("network");
-    let data_dir = net_dir.parent().and_then(|d| d.to_str()).expect("data dir");
-    let (code, out, err) = cli(&[
-        "list",
-        "--data-dir",
-        data_dir,
-        "--network",
-        network,
-        "--json",
-    ]);
-    assert_eq!(code, 0, "list failed: {err}");
-    let v: Value = serde_json::from_str(&out).expect("list JSON");
-    v.as_array()
-        .expect("records")
-        .iter()
-        .map(|r| r["ip"].as_str().unwrap_or("").to_string())
-        .collect()
 }
 
 /// Run the CLI; exit status, stdout, stderr.
