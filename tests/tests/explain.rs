@@ -154,7 +154,7 @@ fn healthy_two_nic_pod_is_symmetric_in_text_and_json() {
     let lab = Lab::builder().subnets(2).build().expect("lab (needs root)");
     // IPv4 only: a second IPv6 default would be merged by the kernel (see
     // multipath_default_is_named).
-    let (pod, _eth0, _net1) = two_nic_pod(&lab, &["0.0.0.0/0"]);
+    let (pod, eth0, net1) = two_nic_pod(&lab, &["0.0.0.0/0"]);
 
     let r = explain(&lab, &pod, &with_services(&["--json"]));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -188,6 +188,20 @@ fn healthy_two_nic_pod_is_symmetric_in_text_and_json() {
                 assert_eq!(f["request_nic"], "veth0", "{f}");
                 assert_eq!(f["reply_nic"], "veth0", "{f}");
             }
+        }
+    }
+
+    // Traffic agrees: the pod reaches a Service DNATed on the node, from
+    // each NIC's address.
+    let (backends, _server) = services_on_node(&lab);
+    for (cluster, backend) in &backends {
+        for src in eth0
+            .iter()
+            .chain(&net1)
+            .filter(|a| a.is_ipv4() == cluster.is_ipv4())
+        {
+            let reply = tcp_request(&pod.name, Some(*src), *cluster, Duration::from_secs(3));
+            assert!(reply.is_ok(), "{src} -> {cluster} ({backend}): {reply:?}");
         }
     }
 
@@ -279,6 +293,26 @@ fn removed_rule_is_named_and_traffic_agrees() {
     );
 }
 
+/// Services 10.233.0.10:80 and [fd00:233::10]:80 DNATed on the node to a
+/// backend listening on the node's own addresses: the (clusterIP, backend)
+/// pairs, and the backend server (serving until dropped).
+fn services_on_node(lab: &Lab) -> (Vec<(SocketAddr, SocketAddr)>, TcpServer) {
+    let sn = lab.subnet(1).unwrap();
+    let server =
+        TcpServer::start(lab.node(), SocketAddr::new("::".parse().unwrap(), 7000)).unwrap();
+    let pairs: Vec<(SocketAddr, SocketAddr)> = [
+        ("10.233.0.10:80", sn.node4.map(IpAddr::from)),
+        ("[fd00:233::10]:80", sn.node6.map(IpAddr::from)),
+    ]
+    .into_iter()
+    .filter_map(|(c, node)| Some((c.parse().unwrap(), SocketAddr::new(node?, 7000))))
+    .collect();
+    for (cluster, backend) in &pairs {
+        lab.node_service(*cluster, *backend).unwrap();
+    }
+    (pairs, server)
+}
+
 fn rule_table(pod: &Pod, ip: IpAddr) -> Option<String> {
     let rules = state::rules(&pod.name).unwrap();
     rules.as_array()?.iter().find_map(|r| {
@@ -299,6 +333,13 @@ fn missing_service_cidr_is_named() {
         "eth0",
     );
     let report = broken(&lab, &pod, &["eth0 v4 service", "eth0 v6 service"]);
+    // Traffic agrees: the Service is not reached (the request goes to the
+    // underlay gateway, which knows no Services).
+    let (backends, _server) = services_on_node(&lab);
+    for (cluster, _) in &backends {
+        let to = tcp_request(&pod.name, None, *cluster, Duration::from_secs(2));
+        assert!(to.is_err(), "{cluster} reached without serviceCIDR: {to:?}");
+    }
     for fam in [4, 6] {
         let svc = flow(&report, "eth0", fam, "service");
         assert_eq!(svc["request_nic"], "eth0", "{svc}");
@@ -318,19 +359,18 @@ fn missing_service_cidr_is_named() {
         .all(|f| f["flow"] != "service"));
 }
 
-/// Both NICs with IPv6 defaults: the kernel merges them in `main` into one
-/// multipath route, which eth0's replies fall through to; and net1's IPv6
-/// table default replaced by a multipath route over net1 and eth0. Replies
-/// to routed clients spread over both NICs. (IPv6 only: since Linux 6.16 an
-/// IPv4 multipath route prefers the nexthop whose device holds the source.)
+/// The IPv6 defaults of both NICs' tables replaced by a multipath route over
+/// eth0 and net1 (what the kernel's merge of equal-metric IPv6 defaults
+/// produces in one table). Replies to routed clients spread over both NICs.
+/// (IPv6 only: since Linux 6.16 an IPv4 multipath route prefers the nexthop
+/// whose device holds the source address.)
 #[test]
 fn multipath_default_is_named() {
     let lab = Lab::builder().subnets(2).build().expect("lab (needs root)");
-    let (pod, _eth0, net1) = two_nic_pod(&lab, &["0.0.0.0/0", "::/0"]);
-    let table = rule_table(&pod, of(&net1, true)).unwrap();
-    state::ip(
-        &pod.name,
-        &[
+    let (pod, eth0, net1) = two_nic_pod(&lab, &["0.0.0.0/0"]);
+    for ip in [of(&eth0, true), of(&net1, true)] {
+        let table = rule_table(&pod, ip).expect("a from rule");
+        let multipath = [
             "-6",
             "route",
             "replace",
@@ -339,18 +379,19 @@ fn multipath_default_is_named() {
             &table,
             "nexthop",
             "via",
-            "fd00:7::1",
-            "dev",
-            "net1",
-            "nexthop",
-            "via",
             "fd00:6::1",
             "dev",
             "eth0",
             "onlink",
-        ],
-    )
-    .unwrap();
+            "nexthop",
+            "via",
+            "fd00:7::1",
+            "dev",
+            "net1",
+            "onlink",
+        ];
+        state::ip(&pod.name, &multipath).unwrap();
+    }
     let report = broken(&lab, &pod, &["eth0 v6 routed", "net1 v6 routed"]);
     for nic in ["eth0", "net1"] {
         let f = flow(&report, nic, 6, "routed");

@@ -6,7 +6,7 @@ use cni::netlink::Family;
 use serde_json::{json, Value};
 
 use super::probe::Flow;
-use super::verdict::distinct;
+use super::verdict::{distinct, FlowKind};
 
 /// Who was explained, for the header.
 pub struct Header {
@@ -61,6 +61,26 @@ fn via(gw: Option<IpAddr>) -> String {
     gw.map(|g| format!(" via {g}")).unwrap_or_default()
 }
 
+/// "request in X, reply out Y via G" (a Service request goes out, its reply
+/// comes in).
+fn path(f: &Flow) -> String {
+    let req = f.facts.request_nic.as_deref().unwrap_or("-");
+    let replies: Vec<String> = distinct(&f.facts.replies)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| "unreachable".into()))
+        .collect();
+    let reply = if replies.is_empty() {
+        "-".to_string()
+    } else {
+        replies.join("+")
+    };
+    let via = via(f.reply_gateway);
+    match f.facts.kind {
+        FlowKind::Service => format!("request out {req}{via}, reply in {reply}"),
+        _ => format!("request in {req}, reply out {reply}{via}"),
+    }
+}
+
 pub fn text(h: &Header, flows: &[Flow]) -> String {
     let mut s = format!(
         "pod {}: mode {}{}, node hostRuleTable {}\n",
@@ -72,6 +92,12 @@ pub fn text(h: &Header, flows: &[Flow]) -> String {
             .unwrap_or_default(),
         h.host_rule_table
     );
+    let w_peer = flows
+        .iter()
+        .map(|f| f.facts.peer.to_string().len())
+        .max()
+        .unwrap_or(0);
+    let w_path = flows.iter().map(|f| path(f).len()).max().unwrap_or(0);
     let mut last: Option<(String, Family)> = None;
     for f in flows {
         let key = (f.facts.nic.clone(), f.family);
@@ -84,33 +110,14 @@ pub fn text(h: &Header, flows: &[Flow]) -> String {
             ));
             last = Some(key);
         }
-        let req = f.facts.request_nic.as_deref().unwrap_or("-");
-        let replies: Vec<String> = distinct(&f.facts.replies)
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| "unreachable".into()))
-            .collect();
-        let reply = if replies.is_empty() {
-            "-".to_string()
-        } else {
-            replies.join("+")
-        };
-        let path = match f.facts.kind.name() {
-            "service" => format!(
-                "request out {req}{}, reply in {reply}",
-                via(f.reply_gateway)
-            ),
-            _ => format!(
-                "request in {req}, reply out {reply}{}",
-                via(f.reply_gateway)
-            ),
-        };
+        let path = path(f);
         let verdict = if f.verdict.symmetric {
             "symmetric"
         } else {
             "ASYMMETRIC"
         };
         s.push_str(&format!(
-            "  {:<9}{:<28}{:<48}{verdict}\n",
+            "  {:<9}{:<w_peer$} {:<w_path$} {verdict}\n",
             f.facts.kind.name(),
             f.facts.peer.to_string(),
             path
@@ -125,4 +132,70 @@ pub fn text(h: &Header, flows: &[Flow]) -> String {
         n => format!("{n} of {} flows not symmetric\n", flows.len()),
     });
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::verdict::{decide, Facts};
+
+    fn flow(replies: &[&str]) -> Flow {
+        let facts = Facts {
+            kind: FlowKind::Routed,
+            nic: "net1".into(),
+            addr: "fd00:7::1:1".parse().unwrap(),
+            peer: "2001:db8::1".parse().unwrap(),
+            host_iface: Some("veth0".into()),
+            request_nic: Some("net1".into()),
+            refused: None,
+            replies: replies.iter().map(|r| Some(r.to_string())).collect(),
+            nic_table: Some(101),
+            from_rule: true,
+            reply_mark: true,
+            host_rule_table: 500,
+            service_cidr: vec![],
+        };
+        Flow {
+            family: Family::V6,
+            verdict: decide(&facts),
+            facts,
+            reply_gateway: Some("fd00:7::1".parse().unwrap()),
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            netns: "/run/netns/p".into(),
+            mode: "underlay",
+            host_iface: Some("veth0".into()),
+            host_rule_table: 500,
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let v = json(&header(), &[flow(&["net1"]), flow(&["net1", "eth0"])]);
+        assert_eq!(v["symmetric"], false);
+        let f = &v["flows"][0];
+        assert_eq!(f["nic"], "net1");
+        assert_eq!(f["family"], 6);
+        assert_eq!(f["flow"], "routed");
+        assert_eq!(f["request_nic"], "net1");
+        assert_eq!(f["reply_nic"], "net1");
+        assert_eq!(f["reply_gateway"], "fd00:7::1");
+        assert_eq!(f["symmetric"], true);
+        assert!(f["fix"].is_null());
+        let spread = &v["flows"][1];
+        assert_eq!(spread["reply_nics"], serde_json::json!(["net1", "eth0"]));
+        assert!(spread["fix"].as_str().unwrap().contains("multipath"));
+    }
+
+    #[test]
+    fn text_names_each_nic_once_and_counts() {
+        let t = text(&header(), &[flow(&["net1"]), flow(&["eth0"])]);
+        assert_eq!(t.matches("net1 IPv6 fd00:7::1:1").count(), 1, "{t}");
+        assert!(t.contains("reply out eth0 via fd00:7::1"), "{t}");
+        assert!(t.contains("ASYMMETRIC\n      fix: "), "{t}");
+        assert!(t.ends_with("1 of 2 flows not symmetric\n"), "{t}");
+    }
 }
