@@ -144,6 +144,23 @@ fn coord_ms(outs: &[Result<Outcome, Box<crate::chain::ChainError>>]) -> Option<S
     Summary::of(&v)
 }
 
+/// The burst's (and churn's) conflist: macvlan + `ipam` + coordinator.
+pub(super) fn pod_chain(
+    lab: &Lab,
+    network: &str,
+    ipam: &Ipam,
+    opts: &Options,
+) -> io::Result<Chain> {
+    let mut list = confs::list(
+        network,
+        vec![confs::macvlan(1, 1, ipam), confs::coordinator(false, false)],
+    )?;
+    lab.localize(&mut list);
+    Ok(lab
+        .chain(list)
+        .cni_path(vec!["/usr/lib/cni".into(), opts.bin_dir.clone()]))
+}
+
 pub fn run(opts: &Options, ipam_ok: bool) -> io::Result<BurstReport> {
     super::cases::trim_heap();
     let lab = Lab::builder().subnets(1).build()?;
@@ -158,17 +175,7 @@ pub fn run(opts: &Options, ipam_ok: bool) -> io::Result<BurstReport> {
         Ipam::HostLocal { v6: false }
     };
     let network = "bench-burst";
-    let mut list = confs::list(
-        network,
-        vec![
-            confs::macvlan(1, 1, &ipam),
-            confs::coordinator(false, false),
-        ],
-    )?;
-    lab.localize(&mut list);
-    let chain = lab
-        .chain(list)
-        .cni_path(vec!["/usr/lib/cni".into(), opts.bin_dir.clone()]);
+    let chain = pod_chain(&lab, network, &ipam, opts)?;
     let n = opts.burst_pods;
     let mut pods = Vec::with_capacity(n);
     for i in 0..n {
@@ -263,28 +270,7 @@ fn leftovers(
         left.extend(out.lines().map(|l| format!("route table {table}: {l}")));
     }
     if ipam_ok {
-        let out = std::process::Command::new(opts.bin_dir.join("coordinator-ipam"))
-            .env_remove("CNI_COMMAND")
-            .args(["list", "--json", "--data-dir"])
-            .arg(store)
-            .output()?;
-        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            io::Error::other(format!(
-                "coordinator-ipam list --json: {e}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        })?;
-        let records = match &v {
-            Value::Array(a) => a.clone(),
-            Value::Object(o) => o
-                .values()
-                .filter_map(Value::as_array)
-                .flatten()
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
-        };
-        left.extend(records.iter().map(|r| format!("IPAM record {r}")));
+        left.extend(ipam_records(store, opts)?);
     } else {
         let dir = lab.host_local_dir(network);
         if let Ok(rd) = std::fs::read_dir(&dir) {
@@ -297,4 +283,30 @@ fn leftovers(
         }
     }
     Ok(left)
+}
+
+/// The records coordinator-ipam still holds in `store`, one line each.
+pub(super) fn ipam_records(store: &Path, opts: &Options) -> io::Result<Vec<String>> {
+    let out = std::process::Command::new(opts.bin_dir.join("coordinator-ipam"))
+        .env_remove("CNI_COMMAND")
+        .args(["list", "--json", "--data-dir"])
+        .arg(store)
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        io::Error::other(format!(
+            "coordinator-ipam list --json: {e}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })?;
+    let records = match &v {
+        Value::Array(a) => a.clone(),
+        Value::Object(o) => o
+            .values()
+            .filter_map(Value::as_array)
+            .flatten()
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(records.iter().map(|r| format!("IPAM record {r}")).collect())
 }

@@ -6,6 +6,7 @@
 mod burst;
 mod cases;
 mod checks;
+pub mod churn;
 mod confs;
 mod node;
 mod report;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! bench [--iterations N] [--smoke] [--only CASES] [--bin-dir DIR] [--out DIR]
+//! bench churn [--pods N] [--concurrency C] [--bin-dir DIR]
 //! ```
 //! Full runs write integration/results/latest.{json,md,svg}; `--smoke` runs
 //! write to a temporary directory unless `--out` is given. Needs root.
@@ -20,10 +21,16 @@ const USAGE: &str =
                   cdet cbig hl ci burst); a partial run, for iterating
   --bin-dir DIR   our plugin binaries (default target/release)
   --out DIR       where latest.{json,md,svg} go (default integration/results)
+usage: bench churn [--pods N] [--concurrency C] [--bin-dir DIR]
+  pod lifecycles with random kill -9 of a plugin mid-call, then leak and
+  duplicate counts (default 1000 pods, 8 concurrent); writes churn.json
 env: SPIDERPOOL_COORDINATOR=/path/to/coordinator adds the Spiderpool anchor
      BASELINE_COORDINATOR=/path/to/coordinator adds another build of ours (A/B)";
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("churn") {
+        return churn(std::env::args().skip(2).collect());
+    }
     let mut iterations = None;
     let mut smoke = false;
     let mut bin_dir = bench::release_dir();
@@ -91,4 +98,41 @@ fn main() -> ExitCode {
         out_dir.join("latest.{json,md,svg}").display()
     );
     ExitCode::SUCCESS
+}
+
+/// `bench churn`: see `integration::bench::churn`. Prints the report and
+/// writes integration/results/churn.json; fails when anything leaked.
+fn churn(args: Vec<String>) -> ExitCode {
+    let (mut pods, mut conc, mut bin_dir) = (1000, 8, bench::release_dir());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let v = it.next().unwrap_or_default();
+        match (a.as_str(), v.parse::<usize>()) {
+            ("--pods", Ok(n)) if n > 0 => pods = n,
+            ("--concurrency", Ok(n)) if n > 0 => conc = n,
+            ("--bin-dir", _) => bin_dir = PathBuf::from(v),
+            _ => {
+                eprintln!("bench churn: bad argument {a} {v}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let opts = Options::full(bin_dir, bench::results_dir());
+    let report = match bench::churn::run(&opts, pods, conc) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench churn: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    println!("{json}");
+    if let Err(e) = std::fs::write(bench::results_dir().join("churn.json"), &json) {
+        eprintln!("bench churn: writing churn.json: {e}");
+        return ExitCode::FAILURE;
+    }
+    match report.leaked.is_empty() && report.duplicate_ips.is_empty() && report.del_gave_up == 0 {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    }
 }
