@@ -3,11 +3,11 @@
 //! exists: the runs measure the plugin, not the disk's fsync), killed and
 //! removed on drop, also when a test fails.
 //!
-//! Members listen on 127.0.0.1 only. Election timeouts are short (500 ms) so
+//! Members listen on 127.0.0.1 only, or on a lab netns address. Election timeouts are short (500 ms) so
 //! that a test killing the leader sees a new one within a second.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,6 +28,8 @@ pub struct Member {
     pub name: String,
     pub client_port: u16,
     args: Vec<std::ffi::OsString>,
+    /// The netns the member runs in (`None`: this process's).
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -35,6 +37,9 @@ pub struct Cluster {
     pub members: Vec<Member>,
     dir: PathBuf,
     https: bool,
+    /// The address members listen on.
+    host: String,
+    netns: Option<String>,
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -57,6 +62,13 @@ impl Cluster {
     /// `n` members; https with client-certificate auth when `tls` is given.
     /// Panics (with etcd's log) when they do not come up within 20 s.
     pub fn start(n: usize, tls: Option<&ServerTls>) -> Cluster {
+        Cluster::start_in(n, tls, None)
+    }
+
+    /// Like [`Cluster::start`], with the members inside netns `ns` (a lab
+    /// namespace) listening on `addr` there, for plugins exec'd in node
+    /// namespaces that reach it over the lab fabric.
+    pub fn start_in(n: usize, tls: Option<&ServerTls>, at: Option<(&str, IpAddr)>) -> Cluster {
         assert!(
             Path::new("/usr/bin/etcd").exists() || which_etcd().is_some(),
             "etcd is not installed (apt-get install etcd-server; scripts/setup.sh does)"
@@ -75,27 +87,35 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("etcd dir");
         let ports = free_ports(2 * n);
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let host = match at {
+            Some((_, IpAddr::V6(a))) => format!("[{a}]"),
+            Some((_, a)) => a.to_string(),
+            None => "127.0.0.1".to_string(),
+        };
+        let netns = at.map(|(ns, _)| ns.to_string());
         let peers: Vec<String> = (0..n)
-            .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
+            .map(|i| format!("m{i}=http://{host}:{}", ports[2 * i + 1]))
             .collect();
         let mut cluster = Cluster {
             members: Vec::new(),
             dir: dir.clone(),
             https: tls.is_some(),
+            host: host.clone(),
+            netns: netns.clone(),
         };
         for i in 0..n {
             let (cport, pport) = (ports[2 * i], ports[2 * i + 1]);
-            let client_url = format!("{scheme}://127.0.0.1:{cport}");
+            let client_url = format!("{scheme}://{host}:{cport}");
             let mut cmd = Command::new("etcd");
             cmd.args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(dir.join(format!("m{i}")))
                 .args(["--listen-client-urls", &client_url])
                 .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
+                .args(["--listen-peer-urls", &format!("http://{host}:{pport}")])
                 .args([
                     "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{pport}"),
+                    &format!("http://{host}:{pport}"),
                 ])
                 .args(["--initial-cluster", &peers.join(",")])
                 .args([
@@ -119,6 +139,7 @@ impl Cluster {
                 name: format!("m{i}"),
                 client_port: cport,
                 args: cmd.get_args().map(|a| a.to_os_string()).collect(),
+                netns: netns.clone(),
                 child: None,
             };
             m.spawn(&dir);
@@ -132,7 +153,7 @@ impl Cluster {
         let scheme = if self.https { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://{}:{}", self.host, m.client_port))
             .collect()
     }
 
@@ -189,11 +210,33 @@ impl Cluster {
     }
 
     fn member_ready(&self, i: usize) -> bool {
-        let port = self.members[i].client_port;
         if self.https {
-            return TcpStream::connect(("127.0.0.1", port)).is_ok();
+            let addr = self.addr(i);
+            return self
+                .in_netns(|| {
+                    Some(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok())
+                })
+                .unwrap_or(false);
         }
-        post(port, "/v3/kv/range", r#"{"key":"AA=="}"#).is_some_and(|(s, _)| s == 200)
+        self.post(i, "/v3/kv/range", r#"{"key":"AA=="}"#)
+            .is_some_and(|(s, _)| s == 200)
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        let ip: IpAddr = self
+            .host
+            .trim_matches(['[', ']'])
+            .parse()
+            .expect("member address");
+        SocketAddr::new(ip, self.members[i].client_port)
+    }
+
+    /// Run `f` where the members are (their netns, or here).
+    fn in_netns<T: Send>(&self, f: impl FnOnce() -> Option<T> + Send) -> Option<T> {
+        match &self.netns {
+            None => f(),
+            Some(ns) => crate::lab::in_netns(ns, || Ok(f())).ok().flatten(),
+        }
     }
 
     /// The index of the member that leads now (plain http clusters).
@@ -202,7 +245,7 @@ impl Cluster {
             if m.child.is_none() {
                 continue;
             }
-            let Some((200, body)) = post(m.client_port, "/v3/maintenance/status", "{}") else {
+            let Some((200, body)) = self.post(i, "/v3/maintenance/status", "{}") else {
                 continue;
             };
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -216,7 +259,8 @@ impl Cluster {
 
     /// POST a JSON body to member `i`'s gateway (plain http): status and body.
     pub fn post(&self, i: usize, path: &str, body: &str) -> Option<(u16, String)> {
-        post(self.members[i].client_port, path, body)
+        let addr = self.addr(i);
+        self.in_netns(|| post(addr, path, body))
     }
 
     /// Start a killed member again on its data (it rejoins its cluster).
@@ -254,13 +298,20 @@ impl Member {
             .append(true)
             .open(dir.join(format!("{}.log", self.name)))
             .expect("log file");
-        let child = Command::new("etcd")
-            .args(&self.args)
+        let mut cmd = Command::new("etcd");
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
+            .stderr(log);
+        if let Some(ns) = &self.netns {
+            crate::nsexec::enter(
+                &mut cmd,
+                &crate::nsexec::netns_path(ns),
+                crate::nsexec::Enter::NetOnly,
+            )
+            .expect("enter the etcd netns");
+        }
+        let child = cmd.spawn().expect("spawn etcd");
         self.child = Some(child);
     }
 }
@@ -283,11 +334,9 @@ fn which_etcd() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A plain HTTP/1.0 POST to 127.0.0.1:`port`: status and body.
-fn post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))
-            .ok()?;
+/// A plain HTTP/1.0 POST to `addr`: status and body.
+fn post(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let req = format!(
         "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -821,3 +821,140 @@ fn sticky_pod_on_a_rack_that_cannot_hold_its_address_fails_loudly() {
     client_reaches(&client, &p2, ips[1]);
     on_a.del(&a2).unwrap();
 }
+
+// 10. Two nodes sharing an etcd store (issue 13): a sticky pod whose node
+// fails is recreated on the other node with its addresses, a fabric client
+// reaches it there (its neighbour entry follows the new MAC), and the old
+// node's late DEL frees nothing.
+#[test]
+fn sticky_pod_moves_to_another_node_sharing_etcd() {
+    let lab = Lab::new().expect("build lab");
+    let node_b = lab.extra_node("nodeb", &[1]).unwrap();
+    let sn = lab.subnet(1).unwrap();
+    // etcd runs on the fabric (a host of subnet 1), where both nodes reach it.
+    let etcd_host = lab.fabric_client(1, sn.host4(9, 20), None).unwrap();
+    let etcd_ip = IpAddr::V4(etcd_host.ipv4.unwrap());
+    let cluster = integration::etcd::Cluster::start_in(1, None, Some((&etcd_host.name, etcd_ip)));
+    let mut list = load(&lab, "macvlan-coordinator-ipam.conflist");
+    let ipam = ipam_mut(&mut list);
+    ipam.insert(
+        "store".into(),
+        json!({"kind": "etcd", "endpoints": cluster.endpoints()}),
+    );
+    ipam.insert(
+        "sticky".into(),
+        json!([{"namespace": "db", "pod": "mysql-*"}]),
+    );
+    ipam.remove("nodeName");
+    let conf_file = lab.dir().join("etcd-net.conflist");
+    std::fs::write(&conf_file, serde_json::to_string(&list.to_value()).unwrap()).unwrap();
+    let on_a = lab
+        .chain(list.clone())
+        .cni_path(cni_path())
+        .env("NODE_NAME", "node-a");
+    let on_b = node_b
+        .chain(list)
+        .cni_path(cni_path())
+        .env("NODE_NAME", "node-b");
+    // The operator's view, through the etcd store, from node A.
+    let owners = || -> Vec<(String, Option<String>, String)> {
+        let mut cmd = Command::new(bin_dir().join("coordinator-ipam"));
+        cmd.args(["list", "--json", "--config"])
+            .arg(&conf_file)
+            .env_remove("CNI_COMMAND");
+        integration::nsexec::enter(
+            &mut cmd,
+            &lab.node_path(),
+            integration::nsexec::Enter::NetOnly,
+        )
+        .unwrap();
+        let out = cmd.output().expect("run coordinator-ipam list");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut r: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["ip"].as_str().unwrap().to_string(),
+                    r["containerId"].as_str().map(str::to_string),
+                    r["node"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        r.sort();
+        r
+    };
+
+    let pod_a = lab.pod("sta").unwrap();
+    let att_a = pod_att("ctr-sticky-a", &pod_a, "eth0", "db", "mysql-0");
+    let ips = both(&add(&on_a, &att_a));
+    let client = lab
+        .fabric_client(1, sn.host4(9, 9), sn.host6(0x9999))
+        .unwrap();
+    for ip in ips {
+        client_reaches(&client, &pod_a, ip);
+    }
+    // Node A fails: the sandbox is gone and no DEL ran. The pod is recreated on B.
+    lab.remove_netns(&pod_a.name).unwrap();
+    let pod_b = lab.pod("stb").unwrap();
+    let att_b = pod_att("ctr-sticky-b", &pod_b, "eth0", "db", "mysql-0");
+    let res_b = add(&on_b, &att_b);
+    assert_eq!(
+        both(&res_b),
+        ips,
+        "the sticky pod keeps its addresses on node B"
+    );
+    for ip in ips {
+        client_reaches(&client, &pod_b, ip);
+    }
+    let mac_b = res_b["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sandbox"].as_str().is_some_and(|s| !s.is_empty()))
+        .and_then(|i| i["mac"].as_str())
+        .expect("pod interface MAC")
+        .to_lowercase();
+    let neigh = lab::neighbours(&client.name).unwrap();
+    for ip in ips {
+        let entry = neigh
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["dst"] == ip.to_string().as_str())
+            .unwrap_or_else(|| panic!("no neighbour entry for {ip}: {neigh}"));
+        assert_eq!(entry["lladdr"], mac_b.as_str(), "{ip}: {entry}");
+    }
+    let held_by_b: Vec<_> = ips
+        .iter()
+        .map(|ip| {
+            (
+                ip.to_string(),
+                Some("ctr-sticky-b".to_string()),
+                "node-b".to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(owners(), held_by_b);
+    // A comes back and runs its late DEL: success, and B keeps everything.
+    on_a.del(&att_a)
+        .unwrap_or_else(|e| panic!("late DEL on A: {e}"));
+    assert_eq!(owners(), held_by_b);
+    for ip in ips {
+        client_reaches(&client, &pod_b, ip);
+    }
+    // B's DEL parks the addresses for the pod's next sandbox.
+    on_b.del(&att_b).unwrap_or_else(|e| panic!("DEL on B: {e}"));
+    let parked: Vec<_> = ips
+        .iter()
+        .map(|ip| (ip.to_string(), None, "node-b".to_string()))
+        .collect();
+    assert_eq!(owners(), parked);
+    assert_detached(&node_b.name, &pod_b, "eth0", &ips);
+}

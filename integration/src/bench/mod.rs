@@ -8,6 +8,7 @@ mod cases;
 mod checks;
 pub mod churn;
 mod confs;
+pub mod etcd;
 mod node;
 mod report;
 mod stats;

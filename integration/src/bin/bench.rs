@@ -6,6 +6,7 @@
 //! ```
 //! Full runs write integration/results/latest.{json,md,svg}; `--smoke` runs
 //! write to a temporary directory unless `--out` is given. Needs root.
+//! `--etcd` runs only the etcd store's benchmark (etcd.{json,md}).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ const USAGE: &str =
                   cdet cbig hl ci burst); a partial run, for iterating
   --bin-dir DIR   our plugin binaries (default target/release)
   --out DIR       where latest.{json,md,svg} go (default integration/results)
+  --etcd          only the etcd store vs file store benchmark (etcd.{json,md})
 usage: bench churn [--pods N] [--concurrency C] [--bin-dir DIR]
   pod lifecycles with random kill -9 of a plugin mid-call, then leak and
   duplicate counts (default 1000 pods, 8 concurrent); writes churn.json
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let mut bin_dir = bench::release_dir();
     let mut out = None;
     let mut only = None;
+    let mut etcd = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -49,6 +52,10 @@ fn main() -> ExitCode {
             }),
             "--smoke" => {
                 smoke = true;
+                Ok(())
+            }
+            "--etcd" => {
+                etcd = true;
                 Ok(())
             }
             "--bin-dir" => value("--bin-dir").map(|v| bin_dir = PathBuf::from(v)),
@@ -72,6 +79,9 @@ fn main() -> ExitCode {
         (None, true) => std::env::temp_dir().join(format!("bench-smoke-{}", std::process::id())),
         (None, false) => bench::results_dir(),
     };
+    if etcd {
+        return etcd_bench(&bin_dir, &out_dir, smoke);
+    }
     let mut opts = if smoke {
         Options::smoke(bin_dir, out_dir.clone())
     } else {
@@ -135,4 +145,21 @@ fn churn(args: Vec<String>) -> ExitCode {
         true => ExitCode::SUCCESS,
         false => ExitCode::FAILURE,
     }
+}
+
+fn etcd_bench(bin_dir: &std::path::Path, out_dir: &std::path::Path, smoke: bool) -> ExitCode {
+    let mut opts = bench::etcd::Options::full(bin_dir.join("coordinator-ipam"));
+    if smoke {
+        (opts.sequential, opts.adds, opts.concurrency) = (5, 60, 20);
+    }
+    let report = match bench::etcd::run(&opts).and_then(|r| r.write(out_dir).map(|()| r)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: etcd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.markdown());
+    eprintln!("bench: wrote {}", out_dir.join("etcd.{json,md}").display());
+    ExitCode::SUCCESS
 }

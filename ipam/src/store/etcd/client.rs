@@ -82,14 +82,17 @@ impl Client {
         })
     }
 
+    /// A serializable read is answered by the member from its own state,
+    /// without the leader round trip (see [`Client::read_many`]).
     pub fn range(
         &self,
         key: &str,
         end: Option<&str>,
         keys_only: bool,
+        serializable: bool,
         deadline: Instant,
     ) -> Result<Range> {
-        let mut req = json!({"key": b64(key.as_bytes())});
+        let mut req = json!({"key": b64(key.as_bytes()), "serializable": serializable});
         if let Some(end) = end {
             req["range_end"] = json!(b64(end.as_bytes()));
         }
@@ -105,15 +108,20 @@ impl Client {
 
     /// Several ranges (`[key, end)`, or one key when `end` is `None`) read
     /// in one round trip, as a transaction of reads, at one revision.
+    /// Serializable reads skip the leader round trip of a linearizable one
+    /// and may lag behind it: the store uses them only where its commit
+    /// compares every revision it relied on, so a stale answer costs a
+    /// retry, never a wrong write.
     pub fn read_many(
         &self,
         reqs: &[(&str, Option<&str>, bool)],
+        serializable: bool,
         deadline: Instant,
     ) -> Result<Vec<Range>> {
         let ops: Vec<Value> = reqs
             .iter()
             .map(|(key, end, keys_only)| {
-                let mut r = json!({"key": b64(key.as_bytes())});
+                let mut r = json!({"key": b64(key.as_bytes()), "serializable": serializable});
                 if let Some(end) = end {
                     r["range_end"] = json!(b64(end.as_bytes()));
                 }

@@ -123,12 +123,12 @@ impl<'a> Tx<'a> {
         let got: Vec<Option<client::Kv>> = if keys.len() == 1 {
             vec![self
                 .client
-                .range(&keys[0], None, false, self.deadline)?
+                .range(&keys[0], None, false, true, self.deadline)?
                 .kvs
                 .into_iter()
                 .next()]
         } else {
-            let ranges = self.client.read_many(&reqs, self.deadline)?;
+            let ranges = self.client.read_many(&reqs, true, self.deadline)?;
             ranges
                 .into_iter()
                 .map(|r| r.kvs.into_iter().next())
@@ -157,7 +157,7 @@ impl<'a> Tx<'a> {
         let end = client::prefix_end(&prefix);
         let r = if self.stored_cursors.borrow().is_some() {
             self.client
-                .range(&prefix, Some(&end), true, self.deadline)?
+                .range(&prefix, Some(&end), true, true, self.deadline)?
         } else {
             // The first lookup of a call (ADD's "what do I hold already")
             // brings the cursors along: one round trip fewer per family.
@@ -165,6 +165,7 @@ impl<'a> Tx<'a> {
             let cend = client::prefix_end(&cp);
             let mut two = self.client.read_many(
                 &[(&prefix, Some(&end), true), (&cp, Some(&cend), false)],
+                true,
                 self.deadline,
             )?;
             let cursors = two
@@ -318,7 +319,7 @@ impl Ledger for Tx<'_> {
             Some(ip) => ip,
             None => {
                 let key = self.keys.cursor(self.net, pool);
-                let r = self.client.range(&key, None, false, self.deadline)?;
+                let r = self.client.range(&key, None, false, true, self.deadline)?;
                 self.parse_cursors(r.kvs).remove(pool)
             }
         };

@@ -57,6 +57,7 @@ impl EtcdStore {
         let (ip_end, cur_end) = (prefix_end(&ip), prefix_end(&cur));
         let mut both = self.client.read_many(
             &[(&ip, Some(&ip_end), false), (&cur, Some(&cur_end), false)],
+            false,
             deadline,
         )?;
         let cursors = both.pop().map(|r| r.kvs).unwrap_or_default();
@@ -168,9 +169,13 @@ impl Store for EtcdStore {
 
     fn networks(&self) -> Result<Vec<String>> {
         let root = self.keys.ip_root();
-        let r = self
-            .client
-            .range(&root, Some(&prefix_end(&root)), true, self.deadline())?;
+        let r = self.client.range(
+            &root,
+            Some(&prefix_end(&root)),
+            true,
+            false,
+            self.deadline(),
+        )?;
         let mut nets: Vec<String> = r
             .kvs
             .iter()
