@@ -169,7 +169,12 @@ impl Client {
         let body = serde_json::to_vec(body)?;
         let mut tries = 0u32;
         loop {
-            let last = match self.attempt(path, &body, deadline) {
+            // A member that hangs (leaderless, overloaded) is left after a
+            // third of the timeout for another one; the call's deadline
+            // stays the limit.
+            let slice = (self.timeout / 3).max(Duration::from_millis(300));
+            let attempt_deadline = deadline.min(Instant::now() + slice);
+            let last = match self.attempt(path, &body, attempt_deadline) {
                 Ok(v) => return Ok(v),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(why)) => why,
