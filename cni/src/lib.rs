@@ -11,6 +11,7 @@
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod fields;
 pub mod fsutil;
 pub mod install;
 pub mod logging;

@@ -25,10 +25,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use cni::config::{absolute_path, MAX_NAME_LEN};
+pub(crate) use cni::fields::{as_object, as_str, known_keys, opt_array, opt_str};
 use cni::{Error, Result};
 use glob::Pattern;
 use ipnet::IpNet;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::pool::{self, Family, Interval, Pool, Route};
 
@@ -146,52 +147,6 @@ pub fn check_network_name(name: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-pub(crate) fn opt_str<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<&'a str>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(Error::config(field, "must be a string")),
-    }
-}
-
-pub(crate) fn opt_array<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<&'a [Value]> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(a)) => Ok(a),
-        Some(_) => Err(Error::config(field, "must be a list")),
-    }
-}
-
-pub(crate) fn as_object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>> {
-    v.as_object()
-        .ok_or_else(|| Error::config(field, "must be an object"))
-}
-
-pub(crate) fn as_str<'a>(v: &'a Value, field: &str) -> Result<&'a str> {
-    v.as_str()
-        .ok_or_else(|| Error::config(field, "must be a string"))
-}
-
-/// Unknown keys in pools, routes, sticky rules and the store are typos that
-/// would otherwise silently widen a pool (a misspelt `exclude`), so reject them.
-pub(crate) fn known_keys(obj: &Map<String, Value>, keys: &[&str], field: &str) -> Result<()> {
-    match obj.keys().find(|k| !keys.contains(&k.as_str())) {
-        Some(k) => Err(Error::config(
-            &format!("{field}.{k}"),
-            format!("unknown field (known: {})", keys.join(", ")),
-        )),
-        None => Ok(()),
-    }
 }
 
 fn parse_ip(s: &str, field: &str) -> Result<IpAddr> {
