@@ -35,6 +35,20 @@ use crate::pool::{self, Family};
 /// Addresses read ahead per round trip while searching (see the module doc).
 const PROBE_WINDOW: u128 = 16;
 
+/// Keys read in one request at most (etcd's limit is 128 operations).
+const MAX_READS: usize = 112;
+
+/// `PROBE_WINDOW` consecutive addresses from `ip`, not wrapping.
+fn window(ip: IpAddr) -> Vec<IpAddr> {
+    let fam = Family::of(&ip);
+    let first = pool::to_u128(ip);
+    (0..PROBE_WINDOW)
+        .filter_map(|i| first.checked_add(i))
+        .map(|x| pool::from_u128(x, fam))
+        .filter(|a| pool::to_u128(*a) >= first)
+        .collect()
+}
+
 /// Records of one call: as read (with the revision; 0 = absent) and as
 /// written.
 pub struct Tx<'a> {
@@ -282,14 +296,27 @@ impl Ledger for Tx<'_> {
 
     fn taken(&self, ip: &IpAddr) -> Result<bool> {
         if !self.read.borrow().contains_key(ip) && !self.written.contains_key(ip) {
-            let fam = Family::of(ip);
-            let first = pool::to_u128(*ip);
-            let window: Vec<IpAddr> = (0..PROBE_WINDOW)
-                .filter_map(|i| first.checked_add(i))
-                .map(|x| pool::from_u128(x, fam))
-                .filter(|a| Family::of(a) == fam && pool::to_u128(*a) >= first)
+            // The window from `ip`, and the windows after the other families'
+            // cursors, which the next pool's search is about to ask for: a
+            // dual-stack ADD probes both families in one round trip.
+            let mut probe = window(*ip);
+            let others: Vec<IpAddr> = self
+                .stored_cursors
+                .borrow()
+                .iter()
+                .flat_map(|c| c.values())
+                .filter(|c| Family::of(c) != Family::of(ip))
+                .copied()
                 .collect();
-            self.fetch(&window)?;
+            for c in others {
+                let next = pool::to_u128(c)
+                    .checked_add(1)
+                    .map(|x| pool::from_u128(x, Family::of(&c)));
+                probe.extend(next.map(window).unwrap_or_default());
+            }
+            // etcd refuses a transaction of more than 128 operations.
+            probe.truncate(MAX_READS);
+            self.fetch(&probe)?;
         }
         Ok(self.current(ip).is_some())
     }
