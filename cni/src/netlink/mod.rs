@@ -167,6 +167,13 @@ pub struct Route {
     /// RTPROT_*: 2 kernel, 3 boot, 4 static. Installs use `boot` unless set.
     pub protocol: u8,
     pub kind: RouteKind,
+    /// RTA_NH_ID: the route uses a nexthop object (installed by id alone).
+    pub nh_id: Option<u32>,
+    /// One nexthop of a multipath route: dumps give one `Route` per nexthop
+    /// of an RTA_MULTIPATH, sharing dst, table and metric.
+    pub multipath: bool,
+    /// RTNH_F_ONLINK: the gateway is on the link whatever the subnets say.
+    pub onlink: bool,
 }
 
 pub const TABLE_MAIN: u32 = 254;
@@ -188,6 +195,9 @@ impl Route {
             metric: None,
             protocol: RTPROT_BOOT,
             kind: RouteKind::Unicast,
+            nh_id: None,
+            multipath: false,
+            onlink: false,
         }
     }
     pub fn family(&self) -> Family {

@@ -3,10 +3,10 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteNextHopFlags, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -30,9 +30,9 @@ impl Netlink {
         };
         Ok(out
             .into_iter()
-            .filter_map(|m| match m {
+            .flat_map(|m| match m {
                 RouteNetlinkMessage::NewRoute(r) => parse_route(r),
-                _ => None,
+                _ => Vec::new(),
             })
             // Kernels without strict checking ignore the filter.
             .filter(|r| table.is_none_or(|t| r.table == t))
@@ -110,6 +110,57 @@ impl Netlink {
         )
     }
 
+    /// Add next to what is there: an IPv6 route of the same dst and metric
+    /// becomes one more nexthop of a multipath route (`ip route append`).
+    pub fn append_route(&self, route: &Route) -> NlResult<()> {
+        let msg = route_message(route, false)?;
+        self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_APPEND,
+        )
+    }
+
+    /// Replace the route of `hops[0]`'s dst, table and metric by one with
+    /// exactly `hops` as nexthops (one hop: a plain route). IPv4 keeps a
+    /// multipath route as one object, so taking one nexthop out of it means
+    /// writing the others back.
+    pub fn replace_nexthops(&self, hops: &[Route]) -> NlResult<()> {
+        let Some(first) = hops.first() else {
+            return Err(invalid("a route needs at least one nexthop".into()));
+        };
+        if hops.len() == 1 {
+            let mut one = first.clone();
+            one.multipath = false;
+            return self.replace_route(&one);
+        }
+        let mut msg = route_message(&Route::new(first.dst, first.table), false)?;
+        msg.header.protocol = RouteProtocol::from(first.protocol);
+        msg.header.scope = RouteScope::Universe;
+        if let Some(m) = first.metric {
+            msg.attributes.push(RouteAttribute::Priority(m));
+        }
+        let nexthops = hops
+            .iter()
+            .map(|h| {
+                let mut nh = RouteNextHop::default();
+                nh.interface_index = h.oif.unwrap_or(0);
+                if h.onlink {
+                    nh.flags = RouteNextHopFlags::Onlink;
+                }
+                if let Some(gw) = h.gateway {
+                    nh.attributes
+                        .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+                }
+                nh
+            })
+            .collect();
+        msg.attributes.push(RouteAttribute::MultiPath(nexthops));
+        self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
     /// `NotFound` when absent. Matches like `ip route del`: dst, table, kind,
     /// and oif/gateway/prefsrc/metric when set; scope and protocol are not
     /// compared.
@@ -180,18 +231,26 @@ fn route_message(route: &Route, delete: bool) -> NlResult<RouteMessage> {
             )));
     }
     msg.attributes.push(RouteAttribute::Table(route.table));
-    if let Some(oif) = route.oif {
-        msg.attributes.push(RouteAttribute::Oif(oif));
-    }
-    if let Some(gw) = route.gateway {
-        if Family::of(&gw) != family {
-            return Err(invalid(format!(
-                "gateway {gw} is not of the family of {}",
-                route.dst
-            )));
+    if let Some(id) = route.nh_id {
+        // The object holds device and gateway; the kernel refuses both at once.
+        msg.attributes.push(RouteAttribute::NhId(id));
+    } else {
+        if let Some(oif) = route.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
         }
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        if let Some(gw) = route.gateway {
+            if Family::of(&gw) != family {
+                return Err(invalid(format!(
+                    "gateway {gw} is not of the family of {}",
+                    route.dst
+                )));
+            }
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+    }
+    if route.onlink && !delete {
+        msg.header.flags |= RouteFlags::Onlink;
     }
     if let Some(src) = route.prefsrc {
         if Family::of(&src) != family {
@@ -209,17 +268,23 @@ fn route_message(route: &Route, delete: bool) -> NlResult<RouteMessage> {
     Ok(msg)
 }
 
-fn parse_route(msg: RouteMessage) -> Option<Route> {
+/// The routes of one message: one per nexthop of an RTA_MULTIPATH (each
+/// with its own device, gateway and on-link flag), else one. Empty when the
+/// message is not of a family or shape we route.
+fn parse_route(msg: RouteMessage) -> Vec<Route> {
     let family = match msg.header.address_family {
         AddressFamily::Inet => Family::V4,
         AddressFamily::Inet6 => Family::V6,
-        _ => return None,
+        _ => return Vec::new(),
     };
     let mut dst_ip = match family {
         Family::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         Family::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     };
-    let mut route = Route::new(IpNet::new(dst_ip, 0).ok()?, msg.header.table as u32);
+    let Ok(unspec) = IpNet::new(dst_ip, 0) else {
+        return Vec::new();
+    };
+    let mut route = Route::new(unspec, msg.header.table as u32);
     route.protocol = msg.header.protocol.into();
     route.scope = match msg.header.scope {
         RouteScope::Link => Scope::Link,
@@ -233,20 +298,45 @@ fn parse_route(msg: RouteMessage) -> Option<Route> {
         RouteType::Multicast => RouteKind::Multicast,
         _ => RouteKind::Other,
     };
+    route.onlink = msg.header.flags.contains(RouteFlags::Onlink);
+    let mut hops = Vec::new();
     for attr in msg.attributes {
         match attr {
-            RouteAttribute::Destination(a) => dst_ip = ip_of(&a)?,
+            RouteAttribute::Destination(a) => match ip_of(&a) {
+                Some(ip) => dst_ip = ip,
+                None => return Vec::new(),
+            },
             // RTA_TABLE holds the full id; rtm_table is capped at 252 (compat).
             RouteAttribute::Table(t) => route.table = t,
             RouteAttribute::Oif(i) => route.oif = Some(i),
             RouteAttribute::Gateway(a) => route.gateway = ip_of(&a),
             RouteAttribute::PrefSource(a) => route.prefsrc = ip_of(&a),
             RouteAttribute::Priority(p) => route.metric = Some(p),
+            RouteAttribute::NhId(id) => route.nh_id = Some(id),
+            RouteAttribute::MultiPath(nhs) => hops = nhs,
             _ => {}
         }
     }
-    route.dst = IpNet::new(dst_ip, msg.header.destination_prefix_length).ok()?;
-    Some(route)
+    let Ok(dst) = IpNet::new(dst_ip, msg.header.destination_prefix_length) else {
+        return Vec::new();
+    };
+    route.dst = dst;
+    if hops.is_empty() {
+        return vec![route];
+    }
+    hops.into_iter()
+        .map(|nh| {
+            let mut r = route.clone();
+            r.multipath = true;
+            r.oif = Some(nh.interface_index);
+            r.onlink = nh.flags.contains(RouteNextHopFlags::Onlink);
+            r.gateway = nh.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => ip_of(g),
+                _ => None,
+            });
+            r
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -303,7 +393,7 @@ mod tests {
             RouteAttribute::Gateway(RouteAddress::Inet("10.2.0.1".parse().unwrap())),
             RouteAttribute::Priority(77),
         ];
-        let r = parse_route(msg).unwrap();
+        let r = parse_route(msg).remove(0);
         assert_eq!(
             r,
             Route {
@@ -316,6 +406,9 @@ mod tests {
                 metric: Some(77),
                 protocol: RTPROT_KERNEL,
                 kind: RouteKind::Unicast,
+                nh_id: None,
+                multipath: false,
+                onlink: false,
             }
         );
 
@@ -324,7 +417,7 @@ mod tests {
         msg.header.address_family = AddressFamily::Inet6;
         msg.header.table = TABLE_MAIN as u8;
         msg.header.kind = RouteType::BlackHole;
-        let r = parse_route(msg).unwrap();
+        let r = parse_route(msg).remove(0);
         assert_eq!(r.dst, "::/0".parse::<IpNet>().unwrap());
         assert_eq!(r.table, TABLE_MAIN);
         assert_eq!(r.kind, RouteKind::Other);
@@ -333,6 +426,69 @@ mod tests {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = 40;
-        assert!(parse_route(msg).is_none());
+        assert!(parse_route(msg).is_empty());
+    }
+
+    fn hop(oif: u32, gw: &str, onlink: bool) -> RouteNextHop {
+        let mut nh = RouteNextHop::default();
+        nh.interface_index = oif;
+        if onlink {
+            nh.flags = RouteNextHopFlags::Onlink;
+        }
+        nh.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(
+                gw.parse().unwrap(),
+            )));
+        nh
+    }
+
+    /// The kernel merges IPv6 routes of one metric into one RTA_MULTIPATH:
+    /// each nexthop reads back as a route of its own device and gateway.
+    #[test]
+    fn multipath_reads_as_one_route_per_nexthop() {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.header.table = TABLE_MAIN as u8;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes = vec![
+            RouteAttribute::Table(TABLE_MAIN),
+            RouteAttribute::Priority(1024),
+            RouteAttribute::NhId(7),
+            RouteAttribute::MultiPath(vec![hop(2, "fd00:6::1", false), hop(3, "fe80::1", true)]),
+        ];
+        let got = parse_route(msg);
+        let want = |oif: u32, gw: &str, onlink: bool| {
+            let mut r = Route::new("::/0".parse().unwrap(), TABLE_MAIN);
+            r.oif = Some(oif);
+            r.gateway = Some(gw.parse().unwrap());
+            r.metric = Some(1024);
+            r.nh_id = Some(7);
+            r.multipath = true;
+            r.onlink = onlink;
+            r
+        };
+        assert_eq!(
+            got,
+            vec![want(2, "fd00:6::1", false), want(3, "fe80::1", true)]
+        );
+    }
+
+    #[test]
+    fn nexthop_objects_and_onlink_are_installed_as_such() {
+        let mut r = Route::new("0.0.0.0/0".parse().unwrap(), 101);
+        r.oif = Some(2);
+        r.gateway = Some("169.254.1.1".parse().unwrap());
+        r.onlink = true;
+        let msg = route_message(&r, false).unwrap();
+        assert!(msg.header.flags.contains(RouteFlags::Onlink));
+        assert!(msg.attributes.contains(&RouteAttribute::Oif(2)));
+        r.nh_id = Some(9);
+        let msg = route_message(&r, false).unwrap();
+        assert!(msg.attributes.contains(&RouteAttribute::NhId(9)));
+        assert!(!msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(_) | RouteAttribute::Gateway(_))));
     }
 }

@@ -1,0 +1,135 @@
+//! What one ADD changes, computed as plain data from what the pod and the
+//! host look like. No kernel access here: unit tests call these functions
+//! with hand-made views and compare the plans.
+//!
+//! Rule priorities (pod netns) — fixed, documented in the README:
+//! - [`PRIO_FWMARK`]: `fwmark REPLY_MARK lookup 100`: replies of connections
+//!   that entered through `veth0` (kubelet probes, NodePort/Service traffic)
+//!   leave through `veth0`;
+//! - [`PRIO_FROM`]: `from <NIC address> lookup <NIC table>`;
+//! - both before `main` (32766).
+//!
+//! Host netns: [`PRIO_HOST`]: `from all lookup <hostRuleTable>`, before `main`.
+
+mod host;
+mod later;
+mod types;
+mod underlay;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use cni::netlink::{Family, Route, Rule, Scope, RTPROT_KERNEL};
+use ipnet::IpNet;
+
+use crate::config::{Config, PolicyRoute};
+
+pub use later::free_table;
+use later::later_nic;
+pub use types::*;
+use underlay::underlay_first;
+
+pub fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+pub(super) fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+pub(super) fn default_net(f: Family) -> IpNet {
+    match f {
+        Family::V4 => "0.0.0.0/0".parse().expect("valid"),
+        Family::V6 => "::/0".parse().expect("valid"),
+    }
+}
+
+pub(super) fn families(ips: &[IpNet]) -> BTreeSet<Family> {
+    ips.iter().map(Family::of_net).collect()
+}
+
+pub(super) fn first_of(ips: &[IpAddr], f: Family) -> Option<IpAddr> {
+    ips.iter().copied().find(|ip| Family::of(ip) == f)
+}
+
+pub(super) fn src_for(ips: &[IpNet], f: Family) -> Option<IpAddr> {
+    ips.iter()
+        .map(|n| n.addr())
+        .find(|a| Family::of(a) == f && !is_link_local(a))
+}
+
+pub(super) fn from_rules(ips: &[IpNet], table: u32) -> Vec<(Side, Rule)> {
+    ips.iter()
+        .filter(|ip| !is_link_local(&ip.addr()))
+        .map(|ip| {
+            let mut r = Rule::new(Family::of_net(ip), PRIO_FROM, table);
+            r.src = Some(host_net(ip.addr()));
+            (Side::Pod, r)
+        })
+        .collect()
+}
+
+pub(super) fn is_connected(r: &Route) -> bool {
+    r.protocol == RTPROT_KERNEL && r.gateway.is_none()
+}
+
+pub(super) fn policy_routes(routes: &[PolicyRoute], table: u32, dev: &str) -> Vec<RouteSpec> {
+    routes
+        .iter()
+        .map(|p| RouteSpec {
+            side: Side::Pod,
+            dst: p.dst,
+            table,
+            dev: dev.to_string(),
+            via: Some(p.gw),
+            src: None,
+            scope: Scope::Universe,
+        })
+        .collect()
+}
+
+pub(super) fn copy_into(r: &Route, table: u32, dev: &str) -> RouteSpec {
+    RouteSpec {
+        side: Side::Pod,
+        dst: r.dst,
+        table,
+        dev: dev.to_string(),
+        via: r.gateway,
+        src: r.prefsrc,
+        scope: r.scope,
+    }
+}
+
+/// Tuning of the current NIC that every layout gets.
+fn tuning(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
+    if let Some(v) = cfg.pod_rp_filter {
+        for dev in ["all", inp.ifname.as_str()] {
+            plan.sysctls.push(SysctlSpec {
+                side: Side::Pod,
+                key: format!("net/ipv4/conf/{dev}/rp_filter"),
+                value: v.to_string(),
+            });
+        }
+    }
+    if cfg.tx_queue_len > 0 {
+        plan.txqlen = Some((inp.ifname.clone(), cfg.tx_queue_len));
+    }
+}
+
+/// The plan of one ADD.
+pub fn plan_add(cfg: &Config, inp: &Inputs) -> Plan {
+    let mut plan = Plan::default();
+    tuning(cfg, inp, &mut plan);
+    match inp.layout {
+        Layout::UnderlayFirst => underlay_first(cfg, inp, &mut plan),
+        Layout::OverlayFirst => {}
+        Layout::UnderlayLater | Layout::OverlayLater => later_nic(cfg, inp, &mut plan),
+    }
+    plan
+}

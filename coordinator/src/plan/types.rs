@@ -1,0 +1,152 @@
+//! The plan's data: what one ADD installs, and what the planner reads.
+
+use std::net::IpAddr;
+
+use cni::netlink::{Link, Mac, Route, Rule, Scope};
+use ipnet::IpNet;
+
+use super::is_link_local;
+
+pub const PRIO_FWMARK: u32 = 900;
+pub const PRIO_FROM: u32 = 1000;
+pub const PRIO_HOST: u32 = 1000;
+/// Pod table holding the way back through `veth0` for marked replies.
+pub const TABLE_REPLY: u32 = 100;
+/// First table id handed to a NIC.
+pub const TABLE_FIRST_NIC: u32 = 101;
+/// Connection mark (and packet mark) of connections that entered through veth0.
+pub const REPLY_MARK: u32 = 0xc0de;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    Host,
+    Pod,
+}
+
+/// A route whose device is named: indices of links created by the plan are
+/// only known when it is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteSpec {
+    pub side: Side,
+    pub dst: IpNet,
+    pub table: u32,
+    pub dev: String,
+    pub via: Option<IpAddr>,
+    pub src: Option<IpAddr>,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighSpec {
+    pub side: Side,
+    pub dev: String,
+    pub ip: IpAddr,
+    pub mac: Mac,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlSpec {
+    pub side: Side,
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethPlan {
+    pub host: String,
+    pub host_mac: Mac,
+    pub pod: String,
+    pub pod_mac: Mac,
+    pub mtu: u32,
+    /// False when a previous ADD already made it (repeated ADD).
+    pub create: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub veth: Option<VethPlan>,
+    /// Written before links go up (DAD must be off before the first address).
+    pub sysctls: Vec<SysctlSpec>,
+    /// Pod addresses to add (dev, address), without DAD.
+    pub addresses: Vec<(String, IpNet)>,
+    /// Pod routes in any table, in order.
+    pub routes: Vec<RouteSpec>,
+    /// Pod `main` routes removed after their copy went into a NIC table.
+    pub moves: Vec<Route>,
+    pub rules: Vec<(Side, Rule)>,
+    pub neighbours: Vec<NeighSpec>,
+    /// Install the nftables reply mark on `veth0`.
+    pub reply_mark: bool,
+    /// Host: remove neighbour entries for these IPs on other devices.
+    pub stale_neighbours: Vec<IpAddr>,
+    /// (dev, txqueuelen) in the pod.
+    pub txqlen: Option<(String, u32)>,
+    /// `policyRoutes`, applied last: a bad gateway fails the ADD after
+    /// everything else, and the undo takes it all back.
+    pub policy: Vec<RouteSpec>,
+}
+
+/// The pod as observed before the change.
+#[derive(Debug, Clone, Default)]
+pub struct PodView {
+    pub links: Vec<Link>,
+    /// Routes of every table.
+    pub routes: Vec<Route>,
+    pub rules: Vec<Rule>,
+    /// (link index, address) of every address.
+    pub addrs: Vec<(u32, IpNet)>,
+}
+
+impl PodView {
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+    pub fn addrs_of(&self, index: u32) -> Vec<IpNet> {
+        self.addrs
+            .iter()
+            .filter(|(i, a)| *i == index && !is_link_local(&a.addr()))
+            .map(|(_, a)| *a)
+            .collect()
+    }
+}
+
+/// The layout the current call gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// First NIC of an underlay pod: host veth, hijack routes, reply mark.
+    UnderlayFirst,
+    /// Later NIC of an underlay pod: policy table, cluster traffic via veth0.
+    UnderlayLater,
+    /// First NIC from an overlay CNI: nothing to route, only tuning.
+    OverlayFirst,
+    /// Later (underlay) NIC of an overlay pod: policy table, cluster traffic via eth0.
+    OverlayLater,
+}
+
+impl Layout {
+    pub fn is_first(self) -> bool {
+        matches!(self, Layout::UnderlayFirst | Layout::OverlayFirst)
+    }
+    pub fn is_underlay(self) -> bool {
+        matches!(self, Layout::UnderlayFirst | Layout::UnderlayLater)
+    }
+}
+
+/// Everything the planner needs besides the config.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub layout: Layout,
+    /// The NIC of this call (CNI_IFNAME).
+    pub ifname: String,
+    /// Its addresses (from prevResult), with prefix.
+    pub ips: Vec<IpNet>,
+    /// Gateways prevResult names for it.
+    pub gateways: Vec<IpAddr>,
+    pub pod: PodView,
+    /// Node addresses, first of each family = hijack gateway.
+    pub node_ips: Vec<IpAddr>,
+    /// Host end of the veth (underlay), with its and the pod end's MACs.
+    pub veth: Option<VethPlan>,
+    /// Overlay: the host-side peer of the pod's first NIC, and that NIC's MAC.
+    pub overlay_peer: Option<(String, Mac)>,
+}
