@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use crate::names::format_mac;
 use crate::nftables::{self, ReplyMark};
-use crate::plan::{Plan, RouteSpec, Side, REPLY_MARK};
+use crate::plan::{Move, Plan, RouteSpec, Side, SysctlSpec, REPLY_MARK, ROUTE_PROTOCOL};
 
 /// The two netlink sockets of a call and the pod's netns.
 pub struct Kernel<'a> {
@@ -34,7 +34,8 @@ impl Kernel<'_> {
 enum Undo {
     DelLink(String),
     DelRoute(Side, Route),
-    ReAddRoute(Route),
+    /// Put a moved route back: a nexthop back into its multipath route.
+    UnMove(Move),
     DelRule(Side, Rule),
     DelNeigh(Side, u32, IpAddr),
     DelAddr(u32, IpNet),
@@ -80,6 +81,10 @@ fn route_of(links: &mut Links, r: &RouteSpec) -> Result<Route> {
     route.gateway = r.via;
     route.prefsrc = r.src;
     route.scope = r.scope;
+    route.metric = r.metric;
+    route.onlink = r.onlink;
+    route.nh_id = r.nh_id;
+    route.protocol = ROUTE_PROTOCOL;
     Ok(route)
 }
 
@@ -165,11 +170,13 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
         add_route(&mut links, r, journal)?;
     }
     for m in &plan.moves {
-        match k.pod.del_route(m) {
-            Ok(()) => journal.push(Undo::ReAddRoute(m.clone())),
+        match move_out(k.pod, m) {
+            Ok(()) => journal.push(Undo::UnMove(m.clone())),
             Err(NlError::NotFound) => {}
             Err(e) => {
-                return Err(Error::from(e).context(format!("moving route {} out of main", m.dst)))
+                return Err(
+                    Error::from(e).context(format!("moving route {} out of main", m.route.dst))
+                )
             }
         }
     }
@@ -243,20 +250,73 @@ fn add_rule(k: &Kernel, side: Side, rule: &Rule, journal: &mut Vec<Undo>) -> Res
     }
 }
 
+/// Take `m.route` out of `main`. An IPv6 multipath route is a list of
+/// sibling routes: deleting by gateway removes exactly that nexthop. IPv4
+/// keeps one object (and a nexthop group is one object in both families):
+/// the remaining nexthops are written back in its place.
+fn move_out(pod: &Netlink, m: &Move) -> std::result::Result<(), NlError> {
+    let r = &m.route;
+    let whole_object = r.family() == cni::netlink::Family::V4 || r.nh_id.is_some();
+    if r.multipath && whole_object && !m.others.is_empty() {
+        let others: Vec<Route> = m.others.iter().map(plain_hop).collect();
+        return pod.replace_nexthops(&others);
+    }
+    pod.del_route(&plain_hop(r))
+}
+
+/// One nexthop as a route of its own (no group id: its device and gateway).
+fn plain_hop(r: &Route) -> Route {
+    let mut one = r.clone();
+    if r.multipath {
+        one.nh_id = None;
+    }
+    one
+}
+
+fn undo_move(pod: &Netlink, m: &Move) -> std::result::Result<(), NlError> {
+    let r = &m.route;
+    if !r.multipath || m.others.is_empty() {
+        return pod.add_route(r);
+    }
+    if r.nh_id.is_some() {
+        let mut group = r.clone();
+        group.multipath = false;
+        return pod.replace_route(&group);
+    }
+    match r.family() {
+        cni::netlink::Family::V6 => pod.append_route(r),
+        cni::netlink::Family::V4 => {
+            let mut all = m.others.clone();
+            all.push(r.clone());
+            pod.replace_nexthops(&all)
+        }
+    }
+}
+
+/// Write one sysctl; a missing optional key (IPv6 disabled at boot) is fine.
+pub fn write_sysctl(key: &str, value: &str, optional: bool) -> std::io::Result<()> {
+    match sysctl_set(key, value) {
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!("sysctl {key} absent, skipped");
+            Ok(())
+        }
+        r => r.map_err(|e| std::io::Error::new(e.kind(), format!("{key}={value}: {e}"))),
+    }
+}
+
 fn write_sysctls(k: &Kernel, plan: &Plan) -> Result<()> {
-    let pod: Vec<(String, String)> = plan
+    let pod: Vec<SysctlSpec> = plan
         .sysctls
         .iter()
         .filter(|s| s.side == Side::Pod)
-        .map(|s| (s.key.clone(), s.value.clone()))
+        .cloned()
         .collect();
     if !pod.is_empty() {
         let res = k
             .pod_ns
             .run(move || -> std::io::Result<()> {
-                for (key, val) in &pod {
-                    sysctl_set(key, val)
-                        .map_err(|e| std::io::Error::new(e.kind(), format!("{key}={val}: {e}")))?;
+                for s in &pod {
+                    write_sysctl(&s.key, &s.value, s.optional)?;
                 }
                 Ok(())
             })
@@ -264,8 +324,7 @@ fn write_sysctls(k: &Kernel, plan: &Plan) -> Result<()> {
         res.map_err(|e| Error::kernel("pod sysctl", e))?;
     }
     for s in plan.sysctls.iter().filter(|s| s.side == Side::Host) {
-        sysctl_set(&s.key, &s.value)
-            .map_err(|e| Error::kernel(format!("host sysctl {}={}", s.key, s.value), e))?;
+        write_sysctl(&s.key, &s.value, s.optional).map_err(|e| Error::kernel("host sysctl", e))?;
     }
     Ok(())
 }
@@ -279,7 +338,7 @@ fn rollback(k: &Kernel, journal: Vec<Undo>) {
                 Err(e) => Err(e),
             },
             Undo::DelRoute(side, r) => k.nl(*side).del_route(r),
-            Undo::ReAddRoute(r) => k.pod.add_route(r),
+            Undo::UnMove(m) => undo_move(k.pod, m),
             Undo::DelRule(side, r) => k.nl(*side).del_rule(r),
             Undo::DelNeigh(side, i, ip) => k.nl(*side).del_neighbour(*i, *ip),
             Undo::DelAddr(i, a) => k.pod.del_address(*i, *a),
@@ -291,5 +350,21 @@ fn rollback(k: &Kernel, journal: Vec<Undo>) {
             Ok(()) | Err(NlError::NotFound) => {}
             Err(e) => tracing::warn!("undo {step:?}: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node booted with ipv6.disable=1 has no /proc/sys/net/ipv6: its IPv6
+    /// keys are skipped, any other missing key is still an error.
+    #[test]
+    fn a_missing_optional_sysctl_is_skipped() {
+        let key = "net/ipv6/conf/cl-no-such-link0/accept_dad";
+        assert!(write_sysctl(key, "0", true).is_ok());
+        let err = write_sysctl(key, "0", false).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        assert!(err.to_string().contains(key), "{err}");
     }
 }

@@ -24,6 +24,9 @@ pub(super) fn host_side(cfg: &Config, ips: &[IpNet], dev: &str, mac: Mac, plan: 
             via: None,
             src: None,
             scope: Scope::Link,
+            metric: None,
+            onlink: false,
+            nh_id: None,
         });
         plan.neighbours.push(NeighSpec {
             side: Side::Host,

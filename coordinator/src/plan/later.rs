@@ -9,8 +9,8 @@ use ipnet::IpNet;
 use super::host::host_side;
 use super::underlay::via_veth;
 use super::{
-    copy_into, default_net, families, from_rules, host_net, is_connected, is_link_local,
-    policy_routes, Inputs, Layout, Plan, PodView, RouteSpec, Side, PRIO_FROM, TABLE_FIRST_NIC,
+    copy_into, default_net, families, from_rules, host_net, is_connected, is_link_local, is_ours,
+    policy_routes, Inputs, Layout, Move, Plan, PodView, RouteSpec, PRIO_FROM, TABLE_FIRST_NIC,
     TABLE_REPLY,
 };
 use crate::config::Config;
@@ -50,36 +50,43 @@ fn via_overlay(
     };
     let mut out = Vec::new();
     for f in pod_fams {
-        // eth0's default gateway: in main, or in table 100 once an earlier
-        // NIC took main's default (podDefaultRouteNic).
+        // eth0's default: in main, or in table 100 once an earlier NIC took
+        // main's default (podDefaultRouteNic); the lowest metric wins.
         let eth0_default = |t: u32| {
-            inp.pod.routes.iter().find(|r| {
-                r.table == t
-                    && r.oif == Some(eth0.index)
-                    && r.dst.prefix_len() == 0
-                    && r.family() == *f
-            })
+            inp.pod
+                .routes
+                .iter()
+                .filter(|r| {
+                    r.table == t
+                        && r.oif == Some(eth0.index)
+                        && r.dst.prefix_len() == 0
+                        && r.family() == *f
+                })
+                .min_by_key(|r| r.metric.unwrap_or(0))
         };
         let Some(def) = eth0_default(TABLE_MAIN).or_else(|| eth0_default(TABLE_REPLY)) else {
             continue;
         };
-        let Some(gw) = def.gateway else { continue };
-        // The on-link route that makes the gateway reachable; main already has
-        // one from the overlay CNI (ptp, Calico), which must keep its `src`.
-        let gw_in_table = table == TABLE_MAIN
-            && inp.pod.routes.iter().any(|r| {
-                r.table == TABLE_MAIN && r.oif == Some(eth0.index) && r.dst == host_net(gw)
-            });
-        if !gw_in_table {
-            out.push(RouteSpec {
-                side: Side::Pod,
-                dst: host_net(gw),
-                table,
-                dev: first.clone(),
-                via: None,
-                src: None,
-                scope: Scope::Link,
-            });
+        // An on-link gateway (Calico's `default via 169.254.1.1 dev eth0
+        // onlink`) needs no route to it: the cluster routes are on-link too.
+        // Otherwise the route that makes the gateway reachable; main already
+        // has one from the overlay CNI (ptp, Calico), which must keep its
+        // `src`. Only the CNI's own routes count, so CHECK and a repeated ADD
+        // plan what the first ADD did.
+        if let (Some(gw), false) = (def.gateway, def.onlink) {
+            let gw_in_table = table == TABLE_MAIN
+                && inp.pod.routes.iter().any(|r| {
+                    r.table == TABLE_MAIN
+                        && r.oif == Some(eth0.index)
+                        && r.dst == host_net(gw)
+                        && !is_ours(r)
+                });
+            if !gw_in_table {
+                out.push(RouteSpec {
+                    scope: Scope::Link,
+                    ..RouteSpec::pod(host_net(gw), table, first)
+                });
+            }
         }
         let dsts = inp
             .node_ips
@@ -92,21 +99,58 @@ fn via_overlay(
                     .filter(|n| Family::of_net(n) == *f),
             );
         for dst in dsts {
-            if dst == host_net(gw) {
+            if def.gateway.is_some_and(|gw| dst == host_net(gw)) {
                 continue;
             }
+            // A device-only default (no gateway): the cluster is on the link.
+            let scope = match def.gateway {
+                Some(_) => Scope::Universe,
+                None => Scope::Link,
+            };
             out.push(RouteSpec {
-                side: Side::Pod,
-                dst,
-                table,
-                dev: first.clone(),
-                via: Some(gw),
-                src: None,
-                scope: Scope::Universe,
+                via: def.gateway,
+                scope,
+                onlink: def.onlink,
+                ..RouteSpec::pod(dst, table, first)
             });
         }
     }
     out
+}
+
+/// Does another NIC route `r`'s prefix in `main` at the same metric?
+fn shared_in_main(pod: &PodView, r: &Route) -> bool {
+    pod.routes.iter().any(|o| {
+        o.table == TABLE_MAIN
+            && o.dst == r.dst
+            && o.metric == r.metric
+            && o.oif != r.oif
+            && !is_ours(o)
+    })
+}
+
+/// A route of `main` leaving it for a NIC's table: `route`, and the other
+/// nexthops of the multipath route it belongs to, which stay.
+fn move_out(pod: &PodView, route: &Route) -> Move {
+    let others = match route.multipath {
+        false => Vec::new(),
+        true => pod
+            .routes
+            .iter()
+            .filter(|r| {
+                r.multipath
+                    && r != &route
+                    && r.table == route.table
+                    && r.dst == route.dst
+                    && r.metric == route.metric
+            })
+            .cloned()
+            .collect(),
+    };
+    Move {
+        route: route.clone(),
+        others,
+    }
 }
 
 pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
@@ -124,7 +168,7 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             .pod
             .routes
             .iter()
-            .filter(|r| r.table == TABLE_MAIN && r.oif == Some(nic.index))
+            .filter(|r| r.table == TABLE_MAIN && r.oif == Some(nic.index) && !is_ours(r))
         {
             if is_link_local(&r.dst.addr()) && r.dst.prefix_len() > 0 {
                 continue;
@@ -133,33 +177,32 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             if r.dst.prefix_len() == 0 {
                 has_default.insert(r.family());
             }
-            let stays_default = is_default_nic && r.dst.prefix_len() == 0;
-            if !is_connected(r) && !stays_default {
-                plan.moves.push(r.clone());
+            // main keeps one default (the default NIC's). Other routes stay
+            // in main too (unbound traffic to them takes this NIC, with its
+            // address; the main plugin's CHECK looks for them there) unless
+            // another NIC routes the same prefix at the same metric: an IPv6
+            // multipath route would hash replies onto either NIC.
+            let is_default = r.dst.prefix_len() == 0;
+            let moves = match is_default {
+                true => !is_default_nic,
+                false => shared_in_main(&inp.pod, r),
+            };
+            if !is_connected(r) && moves {
+                plan.moves.push(move_out(&inp.pod, r));
             }
         }
         // Replies to remote clients need a default even when main had none.
         for gw in &inp.gateways {
             let f = Family::of(gw);
             if fams.contains(&f) && !has_default.contains(&f) {
-                plan.routes.push(RouteSpec {
-                    side: Side::Pod,
-                    dst: default_net(f),
-                    table,
-                    dev: inp.ifname.clone(),
-                    via: Some(*gw),
-                    src: None,
-                    scope: Scope::Universe,
-                });
-                if is_default_nic {
+                let tables = match is_default_nic {
+                    true => vec![table, TABLE_MAIN],
+                    false => vec![table],
+                };
+                for t in tables {
                     plan.routes.push(RouteSpec {
-                        side: Side::Pod,
-                        dst: default_net(f),
-                        table: TABLE_MAIN,
-                        dev: inp.ifname.clone(),
                         via: Some(*gw),
-                        src: None,
-                        scope: Scope::Universe,
+                        ..RouteSpec::pod(default_net(f), t, &inp.ifname)
                     });
                 }
                 has_default.insert(f);
@@ -213,6 +256,7 @@ fn first_nic_table(
         .routes
         .iter()
         .filter(|r| r.table == TABLE_MAIN && r.oif == Some(eth0.index) && r.dst.prefix_len() == 0)
+        .filter(|r| !is_ours(r))
         .collect();
     let eth0_ips = inp.pod.addrs_of(eth0.index);
     if eth0_ips.is_empty() {
@@ -227,7 +271,7 @@ fn first_nic_table(
         .pod
         .routes
         .iter()
-        .filter(|r| r.table == TABLE_MAIN && r.oif == Some(eth0.index))
+        .filter(|r| r.table == TABLE_MAIN && r.oif == Some(eth0.index) && !is_ours(r))
         .filter(|r| is_connected(r) || r.dst.prefix_len() == 0)
         .filter(|r| !(is_link_local(&r.dst.addr()) && r.dst.prefix_len() > 0))
     {
@@ -237,6 +281,7 @@ fn first_nic_table(
     for r in inp.pod.routes.iter().filter(|r| {
         r.table == TABLE_MAIN
             && r.oif == Some(eth0.index)
+            && !is_ours(r)
             && r.scope == Scope::Link
             && !is_connected(r)
             && r.dst.prefix_len() > 0
@@ -262,7 +307,11 @@ fn first_nic_table(
         }
     }
     if move_default {
-        plan.moves.extend(defaults.into_iter().cloned());
+        let moves: Vec<Move> = defaults
+            .into_iter()
+            .map(|r| move_out(&inp.pod, r))
+            .collect();
+        plan.moves.extend(moves);
     }
     plan.rules.extend(from_rules(&eth0_ips, table));
 }

@@ -17,6 +17,8 @@ mod types;
 mod underlay;
 
 #[cfg(test)]
+mod exact;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeSet;
@@ -75,6 +77,11 @@ pub(super) fn from_rules(ips: &[IpNet], table: u32) -> Vec<(Side, Rule)> {
         .collect()
 }
 
+/// Installed by the coordinator (any release that marks its routes).
+pub fn is_ours(r: &Route) -> bool {
+    r.protocol == ROUTE_PROTOCOL
+}
+
 pub(super) fn is_connected(r: &Route) -> bool {
     r.protocol == RTPROT_KERNEL && r.gateway.is_none()
 }
@@ -90,6 +97,9 @@ pub(super) fn policy_routes(routes: &[PolicyRoute], table: u32, dev: &str) -> Ve
             via: Some(p.gw),
             src: None,
             scope: Scope::Universe,
+            metric: None,
+            onlink: false,
+            nh_id: None,
         })
         .collect()
 }
@@ -103,6 +113,10 @@ pub(super) fn copy_into(r: &Route, table: u32, dev: &str) -> RouteSpec {
         via: r.gateway,
         src: r.prefsrc,
         scope: r.scope,
+        metric: r.metric,
+        onlink: r.onlink,
+        // One nexthop of a group goes into a NIC's table on its own.
+        nh_id: r.nh_id.filter(|_| !r.multipath),
     }
 }
 
@@ -110,11 +124,11 @@ pub(super) fn copy_into(r: &Route, table: u32, dev: &str) -> RouteSpec {
 fn tuning(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     if let Some(v) = cfg.pod_rp_filter {
         for dev in ["all", inp.ifname.as_str()] {
-            plan.sysctls.push(SysctlSpec {
-                side: Side::Pod,
-                key: format!("net/ipv4/conf/{dev}/rp_filter"),
-                value: v.to_string(),
-            });
+            plan.sysctls.push(SysctlSpec::new(
+                Side::Pod,
+                format!("net/ipv4/conf/{dev}/rp_filter"),
+                &v.to_string(),
+            ));
         }
     }
     if cfg.tx_queue_len > 0 {
@@ -131,5 +145,9 @@ pub fn plan_add(cfg: &Config, inp: &Inputs) -> Plan {
         Layout::OverlayFirst => {}
         Layout::UnderlayLater | Layout::OverlayLater => later_nic(cfg, inp, &mut plan),
     }
+    // Two layout rules may want the same route (the gateway's on-link route
+    // copied from main and planned for the table): install it once.
+    let mut seen = std::collections::HashSet::new();
+    plan.routes.retain(|r| seen.insert(r.clone()));
     plan
 }

@@ -16,6 +16,11 @@ pub const TABLE_REPLY: u32 = 100;
 pub const TABLE_FIRST_NIC: u32 = 101;
 /// Connection mark (and packet mark) of connections that entered through veth0.
 pub const REPLY_MARK: u32 = 0xc0de;
+/// Route protocol of every route the coordinator installs (RTPROT_* values
+/// above 4 belong to routing daemons; 222 = 0xde is nobody's in iproute2's
+/// list): what is ours is found by it, without the `from` rule that leads to
+/// it, and the planner never mistakes its own routes for the main CNI's.
+pub const ROUTE_PROTOCOL: u8 = 0xde;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
@@ -34,6 +39,39 @@ pub struct RouteSpec {
     pub via: Option<IpAddr>,
     pub src: Option<IpAddr>,
     pub scope: Scope,
+    /// Kept from a copied route: defaults of different metrics stay apart.
+    pub metric: Option<u32>,
+    /// The gateway is on the link (Calico's `169.254.1.1`) without a route to it.
+    pub onlink: bool,
+    /// A copied route that uses a nexthop object keeps using it.
+    pub nh_id: Option<u32>,
+}
+
+impl RouteSpec {
+    /// A unicast pod route to `dst` in `table` out of `dev`, nothing else set.
+    pub fn pod(dst: IpNet, table: u32, dev: &str) -> RouteSpec {
+        RouteSpec {
+            side: Side::Pod,
+            dst,
+            table,
+            dev: dev.to_string(),
+            via: None,
+            src: None,
+            scope: Scope::Universe,
+            metric: None,
+            onlink: false,
+            nh_id: None,
+        }
+    }
+}
+
+/// A route of `main` that leaves it once its copy is in a NIC's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub route: Route,
+    /// The other nexthops of the multipath route `route` is one nexthop of:
+    /// they stay in `main`.
+    pub others: Vec<Route>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +87,21 @@ pub struct SysctlSpec {
     pub side: Side,
     pub key: String,
     pub value: String,
+    /// A missing key is skipped: IPv6 keys on a node booted with
+    /// `ipv6.disable=1` (no /proc/sys/net/ipv6 at all).
+    pub optional: bool,
+}
+
+impl SysctlSpec {
+    pub fn new(side: Side, key: String, value: &str) -> SysctlSpec {
+        let optional = key.starts_with("net/ipv6/");
+        SysctlSpec {
+            side,
+            key,
+            value: value.to_string(),
+            optional,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +125,7 @@ pub struct Plan {
     /// Pod routes in any table, in order.
     pub routes: Vec<RouteSpec>,
     /// Pod `main` routes removed after their copy went into a NIC table.
-    pub moves: Vec<Route>,
+    pub moves: Vec<Move>,
     pub rules: Vec<(Side, Rule)>,
     pub neighbours: Vec<NeighSpec>,
     /// Install the nftables reply mark on `veth0`.

@@ -46,6 +46,9 @@ fn via_veth_from(
             via: None,
             src: src_for(ips, f),
             scope: Scope::Link,
+            metric: None,
+            onlink: false,
+            nh_id: None,
         });
     }
     for net in cfg.hijack_all() {
@@ -61,6 +64,9 @@ fn via_veth_from(
                 // kernel would pick as source; the node cannot answer it.
                 src: src_for(ips, f),
                 scope: Scope::Universe,
+                metric: None,
+                onlink: false,
+                nh_id: None,
             });
         }
     }
@@ -73,27 +79,27 @@ pub(super) fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     };
     let fams = families(&inp.ips);
     if let Some(v) = cfg.pod_rp_filter {
-        plan.sysctls.push(SysctlSpec {
-            side: Side::Pod,
-            key: format!("net/ipv4/conf/{}/rp_filter", veth.pod),
-            value: v.to_string(),
-        });
+        plan.sysctls.push(SysctlSpec::new(
+            Side::Pod,
+            format!("net/ipv4/conf/{}/rp_filter", veth.pod),
+            &v.to_string(),
+        ));
     }
     // A veth pair cannot collide: DAD would only delay the path by ~2 s.
     for (side, dev) in [(Side::Pod, &veth.pod), (Side::Host, &veth.host)] {
-        plan.sysctls.push(SysctlSpec {
+        plan.sysctls.push(SysctlSpec::new(
             side,
-            key: format!("net/ipv6/conf/{dev}/accept_dad"),
-            value: "0".into(),
-        });
+            format!("net/ipv6/conf/{dev}/accept_dad"),
+            "0",
+        ));
     }
     // The host end needs no address of its own (permanent neighbours both
     // ways); without a link-local it stays out of the host's address dumps.
-    plan.sysctls.push(SysctlSpec {
-        side: Side::Host,
-        key: format!("net/ipv6/conf/{}/addr_gen_mode", veth.host),
-        value: "1".into(),
-    });
+    plan.sysctls.push(SysctlSpec::new(
+        Side::Host,
+        format!("net/ipv6/conf/{}/addr_gen_mode", veth.host),
+        "1",
+    ));
     if let Some(a) = cfg.veth_link_address {
         plan.addresses.push((veth.pod.clone(), a));
     }
@@ -115,6 +121,9 @@ pub(super) fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
                 via: Some(gw),
                 src: None,
                 scope: Scope::Universe,
+                metric: None,
+                onlink: false,
+                nh_id: None,
             });
             let mut r = Rule::new(*f, PRIO_FWMARK, TABLE_REPLY);
             r.fwmark = Some(REPLY_MARK);
