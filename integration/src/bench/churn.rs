@@ -1,18 +1,19 @@
 //! Churn: pods (macvlan + coordinator-ipam + coordinator) attached and
-//! detached by `concurrency` chains at a time, with a `kill -9` of whichever
-//! plugin of the call is running at a random moment of about half the ADDs
-//! and DELs, each followed by the runtime's DEL retried until it succeeds.
+//! detached by `concurrency` chains at a time, with a `kill -9` of one
+//! plugin mid-call in about half the ADDs and DELs, each followed by the runtime's DEL retried until it succeeds.
 //! Then nothing of any pod may be left on the node (veths, routes, rules,
 //! neighbours, IPAM records) and no address may have been held by two live
 //! pods at once.
 //!
-//! The kill finds its victim by its environment (`CNI_CONTAINERID` is unique
+//! The kill picks one of the three plugins, waits until that plugin of the
+//! call runs, lets it run a random 0-8 ms and sends SIGKILL. It finds its
+//! victim by its environment (`CNI_CONTAINERID` is unique
 //! to the pod and the run), so it can never hit a process this harness did
 //! not start; the IPAM plugin, exec'd by macvlan, is found the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,8 @@ pub struct ChurnReport {
     pub seconds: f64,
     /// Calls whose plugin was killed, by plugin and verb ("macvlan ADD").
     pub kills: BTreeMap<String, usize>,
-    /// Kill attempts that found the call already past every plugin.
+    /// Kill attempts whose plugin had finished (or never ran: a DEL after
+    /// a failed ADD stops at no plugin, an ADD may fail before it).
     pub kills_missed: usize,
     pub add_ok: usize,
     pub add_failed: usize,
@@ -76,38 +78,53 @@ fn node_objects(lab: &Lab) -> io::Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// SIGKILL a running plugin of the call whose `CNI_CONTAINERID` is `id`;
-/// its name, or None when no plugin of the call is running.
-fn kill_plugin_of(id: &str) -> Option<String> {
+/// The plugins of a call, by the name the kernel keeps (15 bytes of it).
+const PLUGINS: [(&str, &str); 3] = [
+    ("macvlan", "macvlan"),
+    ("coordinator-ipa", "coordinator-ipam"),
+    ("coordinator", "coordinator"),
+];
+
+/// The pid of the running `comm` process of the call whose
+/// `CNI_CONTAINERID` is `id`, if any.
+fn find_plugin(comm: &str, id: &str) -> Option<i32> {
     let needle = format!("CNI_CONTAINERID={id}\0");
-    let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
-            continue;
-        };
-        let comm = comm.trim().to_string();
-        if !matches!(comm.as_str(), "macvlan" | "coordinator" | "coordinator-ipa") {
-            continue;
+        match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            Ok(c) if c.trim() == comm => {}
+            _ => continue,
         }
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
         if env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-            found.push((pid, comm));
+            return Some(pid);
         }
     }
-    // The IPAM plugin runs under macvlan: kill the innermost (latest) one.
-    let (pid, comm) = found.into_iter().max_by_key(|(pid, _)| *pid)?;
-    // SAFETY: a plain kill(2) of a process whose environment names this run's pod.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    Some(if comm == "coordinator-ipa" {
-        "coordinator-ipam".into()
-    } else {
-        comm
-    })
+    None
+}
+
+/// Wait until plugin `which` of the call `id` runs, let it run `delay`, then
+/// SIGKILL it; false when the call was over (`done`) before it was seen.
+fn kill_plugin(id: &str, which: usize, delay: Duration, done: &AtomicBool) -> bool {
+    let comm = PLUGINS[which].0;
+    while !done.load(Ordering::Acquire) {
+        if let Some(pid) = find_plugin(comm, id) {
+            std::thread::sleep(delay);
+            // Still the same call's plugin (not a recycled pid)?
+            if find_plugin(comm, id) == Some(pid) {
+                // SAFETY: a plain kill(2) of a process whose environment names this run's pod.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return true;
+            }
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    false
 }
 
 /// xorshift64*, seeded per pod: a reproducible schedule of kills.
@@ -131,28 +148,35 @@ struct Tally {
     live: HashMap<String, usize>,
 }
 
-/// Run `op`, killing a plugin of it after a random delay when `kill`.
+/// A kill: which plugin of the call (index into [`PLUGINS`]), and how long
+/// after it was seen running.
+type Kill = (usize, Duration);
+
+/// Run `op`, killing one of its plugins mid-call when `kill` says so.
 fn maybe_killed<T: Send>(
     id: &str,
-    kill: Option<Duration>,
+    kill: Option<Kill>,
     verb: &str,
     tally: &Mutex<Tally>,
     op: impl FnOnce() -> T + Send,
 ) -> T {
-    let Some(delay) = kill else {
+    let Some((which, delay)) = kill else {
         return op();
     };
+    let done = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let killer = s.spawn(|| {
-            std::thread::sleep(delay);
-            kill_plugin_of(id)
-        });
+        let killer = s.spawn(|| kill_plugin(id, which, delay, &done));
         let out = op();
-        let victim = killer.join().ok().flatten();
+        done.store(true, Ordering::Release);
+        let hit = killer.join().unwrap_or(false);
         if let Ok(mut t) = tally.lock() {
-            match victim {
-                Some(p) => *t.kills.entry(format!("{p} {verb}")).or_insert(0) += 1,
-                None => t.kills_missed += 1,
+            match hit {
+                true => {
+                    *t.kills
+                        .entry(format!("{} {verb}", PLUGINS[which].1))
+                        .or_insert(0) += 1
+                }
+                false => t.kills_missed += 1,
             }
         }
         out
@@ -177,10 +201,13 @@ fn lifecycle(lab: &Lab, chain: &Chain, i: usize, tally: &Mutex<Tally>) -> io::Re
     let id = format!("churn-{}-{i}", std::process::id());
     let att = Attachment::new(&id, &pod.path, "eth0");
     // A chain ADD takes ~10-30 ms under load: kill within the first 25.
-    let kill = |seed: &mut u64| {
-        rand(seed)
-            .is_multiple_of(2)
-            .then(|| Duration::from_micros(rand(seed) % 25_000))
+    // Half the calls lose one plugin, any of the three, 0-8 ms into its run
+    // (each runs ~2-10 ms, longer under load).
+    let kill = |seed: &mut u64| -> Option<Kill> {
+        rand(seed).is_multiple_of(2).then(|| {
+            let which = (rand(seed) % 3) as usize;
+            (which, Duration::from_micros(rand(seed) % 8_000))
+        })
     };
     let k = kill(&mut seed);
     let added = maybe_killed(&id, k, "ADD", tally, || chain.add(&att));
