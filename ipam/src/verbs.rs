@@ -224,8 +224,10 @@ impl Plugin for IpamPlugin {
         let prev: Option<Vec<IpAddr>> = call
             .prev_result()?
             .map(|r| r.ips.iter().map(|i| i.address.addr()).collect());
-        let state = c.store.load(&c.network)?;
-        allocator::check(&state, &attachment(call), prev.as_deref())
+        let a = attachment(call);
+        c.store.inspect(&c.network, &mut |l| {
+            allocator::check(l, &a, prev.as_deref())
+        })
     }
 
     fn gc(&self, call: &Call) -> Result<()> {

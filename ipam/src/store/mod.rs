@@ -39,6 +39,13 @@ pub trait Store {
     ) -> Result<()> {
         self.update(network, &mut |s| f(s))
     }
+
+    /// Read-only lookups (CHECK) through a [`Ledger`], writing nothing and
+    /// excluding no writer. The default runs `f` on the loaded state; the
+    /// etcd store answers from the attachment's index keys instead.
+    fn inspect(&self, network: &str, f: &mut dyn FnMut(&dyn Ledger) -> Result<()>) -> Result<()> {
+        f(&self.load(network)?)
+    }
 }
 
 /// [`Store::transact`] returning a value from the closure (see [`update`]).

@@ -68,6 +68,9 @@ pub struct Tx<'a> {
     /// After a conflict, start the search this far past the cursor, so that
     /// racing calls spread out instead of all trying the same next address.
     skip: u128,
+    /// Serializable reads (see [`Client::read_many`]); off for a read-only
+    /// call, which has no commit to catch a stale answer.
+    serializable: bool,
 }
 
 pub fn decode_record(key: &str, value: &[u8]) -> Result<Record> {
@@ -99,7 +102,14 @@ impl<'a> Tx<'a> {
             written: BTreeMap::new(),
             cursors: BTreeMap::new(),
             skip,
+            serializable: true,
         }
+    }
+
+    /// For lookups that commit nothing (CHECK): linearizable reads.
+    pub fn read_only(mut self) -> Tx<'a> {
+        self.serializable = false;
+        self
     }
 
     /// A transaction that writes `changes` over records already read at
@@ -137,12 +147,14 @@ impl<'a> Tx<'a> {
         let got: Vec<Option<client::Kv>> = if keys.len() == 1 {
             vec![self
                 .client
-                .range(&keys[0], None, false, true, self.deadline)?
+                .range(&keys[0], None, false, self.serializable, self.deadline)?
                 .kvs
                 .into_iter()
                 .next()]
         } else {
-            let ranges = self.client.read_many(&reqs, true, self.deadline)?;
+            let ranges = self
+                .client
+                .read_many(&reqs, self.serializable, self.deadline)?;
             ranges
                 .into_iter()
                 .map(|r| r.kvs.into_iter().next())
@@ -171,7 +183,7 @@ impl<'a> Tx<'a> {
         let end = client::prefix_end(&prefix);
         let r = if self.stored_cursors.borrow().is_some() {
             self.client
-                .range(&prefix, Some(&end), true, true, self.deadline)?
+                .range(&prefix, Some(&end), true, self.serializable, self.deadline)?
         } else {
             // The first lookup of a call (ADD's "what do I hold already")
             // brings the cursors along: one round trip fewer per family.
@@ -179,7 +191,7 @@ impl<'a> Tx<'a> {
             let cend = client::prefix_end(&cp);
             let mut two = self.client.read_many(
                 &[(&prefix, Some(&end), true), (&cp, Some(&cend), false)],
-                true,
+                self.serializable,
                 self.deadline,
             )?;
             let cursors = two
@@ -346,7 +358,9 @@ impl Ledger for Tx<'_> {
             Some(ip) => ip,
             None => {
                 let key = self.keys.cursor(self.net, pool);
-                let r = self.client.range(&key, None, false, true, self.deadline)?;
+                let r = self
+                    .client
+                    .range(&key, None, false, self.serializable, self.deadline)?;
                 self.parse_cursors(r.kvs).remove(pool)
             }
         };

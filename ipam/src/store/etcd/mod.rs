@@ -185,6 +185,11 @@ impl Store for EtcdStore {
         Ok(nets)
     }
 
+    fn inspect(&self, network: &str, f: &mut dyn FnMut(&dyn Ledger) -> Result<()>) -> Result<()> {
+        let tx = Tx::new(&self.client, &self.keys, network, self.deadline(), 0);
+        f(&tx.read_only())
+    }
+
     fn transact(
         &self,
         network: &str,
