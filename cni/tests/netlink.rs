@@ -6,43 +6,37 @@
 
 use std::net::IpAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cni::netlink::{
     Family, Link, Mac, Netlink, NlError, Route, RouteKind, Rule, Scope, VethSpec, NUD_PERMANENT,
     TABLE_MAIN,
 };
 use cni::netns::{sysctl_get, sysctl_set, NetNs};
+use integration::lab::Netns;
 use ipnet::IpNet;
 use serde_json::Value;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A scratch netns, deleted on drop (even when the test fails).
+/// A scratch netns of the test kit, with `ip` to observe it.
 struct Scratch {
-    name: String,
-    ns: NetNs,
+    netns: Netns,
 }
 
 impl Scratch {
     fn new() -> Scratch {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("t{}x{}nl", std::process::id(), n);
-        run("ip", &["netns", "add", &name]);
-        let ns = NetNs::open(format!("/var/run/netns/{name}"))
-            .unwrap_or_else(|e| panic!("open netns {name}: {e}"));
-        Scratch { name, ns }
+        Scratch {
+            netns: Netns::scratch("nl"),
+        }
     }
 
     fn nl(&self) -> Netlink {
-        Netlink::open_in(&self.ns).expect("open_in")
+        Netlink::open_in(self.netns.ns()).expect("open_in")
     }
 
     /// `ip -n <ns> <args>`, must succeed.
     fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all)
+        self.netns
+            .ip(args)
+            .unwrap_or_else(|e| panic!("{e} (these tests need root)"))
     }
 
     fn ip_json(&self, args: &[&str]) -> Value {
@@ -54,32 +48,11 @@ impl Scratch {
 
     fn exec(&self, cmd: &[&str]) -> std::process::Output {
         Command::new("ip")
-            .args(["netns", "exec", &self.name])
+            .args(["netns", "exec", self.netns.name()])
             .args(cmd)
             .output()
             .expect("ip netns exec")
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed (these tests need root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn net(s: &str) -> IpNet {
@@ -142,7 +115,7 @@ fn veth_pair_across_namespaces() {
         peer_name: "pod0".into(),
         peer_mac: Some(mac_b),
         mtu: Some(1400),
-        peer_netns: Some(&b.ns),
+        peer_netns: Some(b.netns.ns()),
     };
     na.add_veth(&spec).unwrap();
     assert_eq!(na.add_veth(&spec), Err(NlError::Exists));
@@ -213,12 +186,12 @@ fn veth_pair_across_namespaces() {
     })
     .unwrap();
     let m1 = link(&na, "m1");
-    na.move_link(m1.index, &b.ns).unwrap();
+    na.move_link(m1.index, b.netns.ns()).unwrap();
     assert_eq!(na.link("m1").unwrap(), None);
     let moved = link(&nb, "m1");
     assert_eq!(moved.link, Some(link(&na, "m0").index));
     assert!(moved.link_netnsid.is_some());
-    assert_eq!(na.move_link(m1.index, &b.ns), Err(NlError::NotFound));
+    assert_eq!(na.move_link(m1.index, b.netns.ns()), Err(NlError::NotFound));
 
     // Delete, then NotFound.
     nb.del_link(moved.index).unwrap();
@@ -623,8 +596,10 @@ fn sysctl_inside_a_namespace() {
     let s = Scratch::new();
     let key = "net.ipv4.conf.all.forwarding";
     let root_before = sysctl_get(key).unwrap();
-    let inside =
-        s.ns.run(|| {
+    let inside = s
+        .netns
+        .ns()
+        .run(|| {
             let before = sysctl_get(key).unwrap();
             let target = if before == "1" { "0" } else { "1" };
             sysctl_set(key, target).unwrap();

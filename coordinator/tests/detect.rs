@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use cni::netns::NetNs;
 use coordinator::announce::announce;
 use coordinator::detect::socket::{PacketSocket, ETH_P_ARP, ETH_P_IPV6};
 use coordinator::detect::{arp, detect, ndp, DetectOptions, KernelDad, NicProbe, Report};
+use integration::lab::Netns;
 
 const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x05];
 const HOLDER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x05];
@@ -27,8 +28,6 @@ const GW_V4: Ipv4Addr = Ipv4Addr::new(10, 6, 0, 1);
 const GW_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 6, 0, 0, 0, 0, 0, 1);
 const NO_GW_V4: Ipv4Addr = Ipv4Addr::new(10, 6, 0, 254);
 const NO_GW_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 6, 0, 0, 0, 0, 0, 0xfe);
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn mac_str(m: [u8; 6]) -> String {
     coordinator::detect::Mac(&m).to_string()
@@ -47,30 +46,28 @@ fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Namespaces of one test, deleted on drop (even when the test panics).
+/// Namespaces of one test (the test kit's, with the kernel's DAD on), deleted
+/// on drop (even when the test panics).
 struct Lab {
     pod: String,
     fabric: String,
-    hosts: Vec<String>,
+    namespaces: Vec<Netns>,
+}
+
+fn scratch(tag: &str) -> Netns {
+    Netns::with_kernel_dad(tag).unwrap_or_else(|e| panic!("detect tests: netns {tag}: {e}"))
 }
 
 impl Lab {
     /// Fabric with `br0` holding the gateways, pod `eth0` (MAC `POD_MAC`, up,
     /// no addresses yet) plugged into it.
     fn new() -> Lab {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "detect tests need root (network namespaces, packet sockets)"
-        );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base = format!("t{}x{}", std::process::id(), n);
+        let (fabric, pod) = (scratch("f"), scratch("p"));
         let lab = Lab {
-            pod: format!("{base}p"),
-            fabric: format!("{base}f"),
-            hosts: Vec::new(),
+            pod: pod.name().to_string(),
+            fabric: fabric.name().to_string(),
+            namespaces: vec![fabric, pod],
         };
-        sh(&["ip", "netns", "add", &lab.fabric]);
-        sh(&["ip", "netns", "add", &lab.pod]);
         lab.ip(&lab.fabric, "link add br0 type bridge mcast_snooping 0");
         lab.ip(&lab.fabric, "link set br0 address 02:00:00:00:00:01 up");
         lab.ip(&lab.fabric, &format!("addr add {GW_V4}/24 dev br0"));
@@ -101,9 +98,9 @@ impl Lab {
 
     /// Another host on the fabric, with `mac` and the given addresses (no DAD).
     fn host(&mut self, tag: char, mac: [u8; 6], addrs: &[&str]) -> String {
-        let name = format!("{}{tag}", self.pod.trim_end_matches('p'));
-        sh(&["ip", "netns", "add", &name]);
-        self.hosts.push(name.clone());
+        let host = scratch(&tag.to_string());
+        let name = host.name().to_string();
+        self.namespaces.push(host);
         self.plug(&name, &format!("h{tag}0"), mac);
         for a in addrs {
             self.add_addr(&name, a, false);
@@ -172,14 +169,6 @@ impl Lab {
     fn detect(&self, nic: &NicProbe) -> Report {
         let ns = self.netns(&self.pod);
         detect(&ns, nic, &DetectOptions::default(), &|_| KernelDad::NotRun).expect("detect runs")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in self.hosts.iter().chain([&self.pod, &self.fabric]) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 

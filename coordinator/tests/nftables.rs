@@ -6,20 +6,12 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cni::netns::NetNs;
 use coordinator::nftables::{self, ReplyMark};
+use integration::lab::Netns;
 use serde_json::Value;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh, unique netns name (pid + counter + role).
-fn unique(role: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("tnft{}x{}{}", std::process::id(), n, role)
-}
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
@@ -55,39 +47,21 @@ fn sysctl(ns: &str, key: &str, value: &str) {
     );
 }
 
-/// Named network namespaces, deleted on drop (also when a test panics).
-struct Namespaces(Vec<String>);
+/// Scratch namespaces of the test kit, one per role, deleted on drop (also
+/// when a test panics).
+struct Namespaces(Vec<Netns>);
 
 impl Namespaces {
     fn new(roles: &[&str]) -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests need root (network namespaces, nf_tables)"
-        );
-        let mut guard = Namespaces(Vec::new());
-        for role in roles {
-            let name = unique(role);
-            run("ip", &["netns", "add", &name]);
-            guard.0.push(name.clone());
-            ip(&name, "link set lo up");
-        }
-        guard
+        Namespaces(roles.iter().map(|r| Netns::scratch(r)).collect())
     }
 
     fn name(&self, i: usize) -> &str {
-        &self.0[i]
+        self.0[i].name()
     }
 
-    fn open(&self, i: usize) -> NetNs {
-        NetNs::open(format!("/var/run/netns/{}", self.0[i])).expect("open netns")
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
+    fn open(&self, i: usize) -> &NetNs {
+        self.0[i].ns()
     }
 }
 
@@ -119,8 +93,8 @@ fn install_is_idempotent_and_remove_cleans_up() {
     let (name, ns) = (nss.name(0), nss.open(0));
     let mark = 0x1_0063;
 
-    nftables::install(&ns, &spec(mark)).expect("install");
-    nftables::install(&ns, &spec(mark)).expect("install again");
+    nftables::install(ns, &spec(mark)).expect("install");
+    nftables::install(ns, &spec(mark)).expect("install again");
 
     let rs = ruleset(name);
     let tables = objects(&rs, "table");
@@ -179,7 +153,7 @@ fn install_is_idempotent_and_remove_cleans_up() {
 
     // Re-install with another spec replaces, not appends.
     nftables::install(
-        &ns,
+        ns,
         &ReplyMark {
             iif: "eth9".into(),
             mark: 7,
@@ -193,13 +167,13 @@ fn install_is_idempotent_and_remove_cleans_up() {
         "{rs:#}"
     );
 
-    nftables::remove(&ns).expect("remove");
+    nftables::remove(ns).expect("remove");
     let rs = ruleset(name);
     assert!(
         objects(&rs, "table").is_empty(),
         "table left behind: {rs:#}"
     );
-    nftables::remove(&ns).expect("remove when absent");
+    nftables::remove(ns).expect("remove when absent");
 }
 
 #[test]
@@ -210,8 +184,8 @@ fn remove_keeps_other_tables() {
         "ip",
         &["netns", "exec", name, "nft", "add table inet other"],
     );
-    nftables::install(&ns, &spec(9)).expect("install");
-    nftables::remove(&ns).expect("remove");
+    nftables::install(ns, &spec(9)).expect("install");
+    nftables::remove(ns).expect("remove");
     let rs = ruleset(name);
     let tables = objects(&rs, "table");
     assert_eq!(tables.len(), 1, "{rs:#}");
@@ -222,9 +196,9 @@ fn remove_keeps_other_tables() {
 fn present_follows_install_and_remove() {
     let nss = Namespaces::new(&["p"]);
     let (name, ns) = (nss.name(0), nss.open(0));
-    assert!(!nftables::present(&ns).expect("present before"));
-    nftables::install(&ns, &spec(0x42)).expect("install");
-    assert!(nftables::present(&ns).expect("present after install"));
+    assert!(!nftables::present(ns).expect("present before"));
+    nftables::install(ns, &spec(0x42)).expect("install");
+    assert!(nftables::present(ns).expect("present after install"));
 
     // A table of our name with a chain missing is not "present".
     run(
@@ -237,9 +211,9 @@ fn present_follows_install_and_remove() {
             "delete chain inet coordinator output",
         ],
     );
-    assert!(!nftables::present(&ns).expect("present, chain gone"));
-    nftables::install(&ns, &spec(0x42)).expect("repair");
-    assert!(nftables::present(&ns).expect("present after repair"));
+    assert!(!nftables::present(ns).expect("present, chain gone"));
+    nftables::install(ns, &spec(0x42)).expect("repair");
+    assert!(nftables::present(ns).expect("present after repair"));
 
     // An emptied chain is not "present" either.
     run(
@@ -252,10 +226,10 @@ fn present_follows_install_and_remove() {
             "flush chain inet coordinator prerouting",
         ],
     );
-    assert!(!nftables::present(&ns).expect("present, rule gone"));
+    assert!(!nftables::present(ns).expect("present, rule gone"));
 
-    nftables::remove(&ns).expect("remove");
-    assert!(!nftables::present(&ns).expect("present after remove"));
+    nftables::remove(ns).expect("remove");
+    assert!(!nftables::present(ns).expect("present after remove"));
 }
 
 #[test]
@@ -263,7 +237,7 @@ fn bad_spec_is_refused_before_touching_the_kernel() {
     let nss = Namespaces::new(&["b"]);
     let (name, ns) = (nss.name(0), nss.open(0));
     let err = nftables::install(
-        &ns,
+        ns,
         &ReplyMark {
             iif: "x".repeat(16),
             mark: 1,
@@ -271,7 +245,7 @@ fn bad_spec_is_refused_before_touching_the_kernel() {
     )
     .unwrap_err();
     assert_eq!(err.code(), 7, "{err}");
-    let err = nftables::install(&ns, &spec(0)).unwrap_err();
+    let err = nftables::install(ns, &spec(0)).unwrap_err();
     assert_eq!(err.code(), 7, "{err}");
     assert!(objects(&ruleset(name), "table").is_empty());
 }
@@ -293,11 +267,6 @@ impl Lab {
     fn new(v6: bool) -> Lab {
         let nss = Namespaces::new(&["pod", "host", "fab"]);
         let (pod, host, fab) = (nss.name(0), nss.name(1), nss.name(2));
-        for ns in [pod, host, fab] {
-            // Link-local addresses usable at once (NDP source on veth0).
-            sysctl(ns, "net.ipv6.conf.all.accept_dad", "0");
-            sysctl(ns, "net.ipv6.conf.default.accept_dad", "0");
-        }
         ip(
             pod,
             &format!("link add veth0 type veth peer name hveth netns {host}"),
@@ -355,11 +324,11 @@ impl Lab {
         }
     }
 
-    fn pod(&self) -> NetNs {
+    fn pod(&self) -> &NetNs {
         self.nss.open(0)
     }
 
-    fn host(&self) -> NetNs {
+    fn host(&self) -> &NetNs {
         self.nss.open(1)
     }
 
@@ -427,7 +396,7 @@ fn reply_path(v6: bool) {
     );
 
     nftables::install(
-        &lab.pod(),
+        lab.pod(),
         &ReplyMark {
             iif: "veth0".into(),
             mark: MARK,
@@ -448,7 +417,7 @@ fn reply_path(v6: bool) {
     assert_eq!(peer, lab.host_addr, "the pod saw the host's own address");
 
     // Removing the table brings the asymmetric path (and its loss) back.
-    nftables::remove(&lab.pod()).expect("remove");
+    nftables::remove(lab.pod()).expect("remove");
     let lost = lab.connect(Duration::from_secs(2));
     assert!(lost.is_err(), "reply still marked after remove: {lost:?}");
     drop(listener);

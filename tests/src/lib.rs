@@ -31,6 +31,6 @@ pub fn ifindex(name: &str) -> std::io::Result<u32> {
     }
 }
 
-pub mod exec;
+pub use integration::exec;
 pub mod fuzz;
 pub mod samples;

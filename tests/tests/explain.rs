@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path, conf_example};
 use integration::chain::{result_ips, Attachment, NetConfList};
+use integration::exec::Exec;
 use integration::lab::{state, Lab, Pod};
 use integration::nsexec::{command_in, Enter};
 use integration::traffic::{tcp_request, TcpServer};
@@ -422,48 +423,30 @@ fn help_and_version_like_coordinator_ipam() {
             "coordinator-ipam",
         ),
     ] {
-        let run = |args: &[&str]| {
-            std::process::Command::new(&bin)
-                .args(args)
-                .env_remove("CNI_COMMAND")
-                .output()
-                .unwrap()
-        };
+        let run = |args: &[&str]| Exec::new(&bin).args(args).run();
         let v = run(&["--version"]);
-        assert!(v.status.success());
-        assert_eq!(
-            String::from_utf8_lossy(&v.stdout),
-            format!("{name} {}\n", env!("CARGO_PKG_VERSION"))
-        );
+        assert_eq!(v.code, Some(0));
+        assert_eq!(v.stdout, format!("{name} {}\n", env!("CARGO_PKG_VERSION")));
         let h = run(&["--help"]);
-        assert!(h.status.success());
-        let help = String::from_utf8_lossy(&h.stdout);
+        assert_eq!(h.code, Some(0));
         assert!(
-            help.contains(&format!("{name} install --cni-bin-dir DIR")),
-            "{help}"
+            h.stdout
+                .contains(&format!("{name} install --cni-bin-dir DIR")),
+            "{}",
+            h.stdout
         );
-        assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+        assert_eq!(run(&["frobnicate"]).code, Some(2));
     }
     // Without arguments the coordinator stays a CNI plugin: a missing
     // CNI_COMMAND is CNI error 4 on stdout (conformance.rs has the details).
-    let none = std::process::Command::new(coordinator())
-        .env_remove("CNI_COMMAND")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let e: Value = serde_json::from_slice(&none.stdout).expect("a CNI error on stdout");
-    assert_eq!(e["code"], 4, "{e}");
-    let h = std::process::Command::new(coordinator())
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&h.stdout)
+    let none = Exec::new(coordinator()).run();
+    assert_eq!(none.err(4)["code"], 4);
+    let h = Exec::new(coordinator()).args(&["--help"]).run();
+    assert!(h
+        .stdout
         .contains("coordinator explain (--netns PATH | --pid PID)"));
-    let e = std::process::Command::new(coordinator())
-        .args(["explain", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(e.status.code(), Some(2));
+    let e = Exec::new(coordinator()).args(&["explain", "--json"]).run();
+    assert_eq!(e.code, Some(2));
     assert!(e.stdout.is_empty());
 }
 

@@ -7,12 +7,12 @@
 //! directory, so parallel tests never share records.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path, conf_example};
 use integration::chain::{Attachment, Chain, NetConfList, Outcome};
+use integration::exec::Exec;
 use integration::lab::{self, Lab, Pod};
 use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
 use serde_json::{json, Value};
@@ -102,19 +102,11 @@ fn both(result: &Value) -> [IpAddr; 2] {
 
 /// `coordinator-ipam list --data-dir D --json`: the operator's view of the store.
 fn cli_list(lab: &Lab) -> Vec<Value> {
-    let out = Command::new(bin_dir().join("coordinator-ipam"))
-        .args(["list", "--data-dir"])
-        .arg(store_dir(lab))
-        .arg("--json")
-        .env_remove("CNI_COMMAND")
-        .output()
-        .expect("run coordinator-ipam list");
-    assert!(
-        out.status.success(),
-        "coordinator-ipam list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
+    let dir = store_dir(lab);
+    let out = Exec::new(bin_dir().join("coordinator-ipam"))
+        .args(&["list", "--data-dir", &dir.display().to_string(), "--json"])
+        .run();
+    let v = out.ok_json();
     v.as_array().cloned().expect("list --json is an array")
 }
 
@@ -581,20 +573,13 @@ fn conf_examples_parse_with_the_cli() {
         "macvlan-coordinator-ipam-racks.conflist",
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(bin_dir().join("coordinator-ipam"))
-            .args(["usage", "--config"])
-            .arg(conf_example(file))
-            .arg("--data-dir")
-            .arg(dir.path())
+        let config = conf_example(file).display().to_string();
+        let data = dir.path().display().to_string();
+        Exec::new(bin_dir().join("coordinator-ipam"))
+            .args(&["usage", "--config", &config, "--data-dir", &data])
             .env("NODE_NAME", "rack1-n01")
-            .env_remove("CNI_COMMAND")
-            .output()
-            .expect("run coordinator-ipam usage");
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .run()
+            .ok();
     }
 }
 
@@ -858,23 +843,12 @@ fn sticky_pod_moves_to_another_node_sharing_etcd() {
         .env("NODE_NAME", "node-b");
     // The operator's view, through the etcd store, from node A.
     let owners = || -> Vec<(String, Option<String>, String)> {
-        let mut cmd = Command::new(bin_dir().join("coordinator-ipam"));
-        cmd.args(["list", "--json", "--config"])
-            .arg(&conf_file)
-            .env_remove("CNI_COMMAND");
-        integration::nsexec::enter(
-            &mut cmd,
-            &lab.node_path(),
-            integration::nsexec::Enter::NetOnly,
-        )
-        .unwrap();
-        let out = cmd.output().expect("run coordinator-ipam list");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let conf = conf_file.display().to_string();
+        let v = Exec::new(bin_dir().join("coordinator-ipam"))
+            .args(&["list", "--json", "--config", &conf])
+            .in_netns(lab.node_path())
+            .run()
+            .ok_json();
         let mut r: Vec<_> = v
             .as_array()
             .unwrap()

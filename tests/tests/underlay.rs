@@ -1405,23 +1405,19 @@ fn repeated_add_changes_nothing() {
     }
 }
 
-#[test]
-fn failed_add_leaves_nothing_behind() {
-    let lab = build_lab(Lab::builder().subnets(2));
-    let node_before = snapshot(lab.node());
-    let pod = lab.pod("p").unwrap();
-    let pod_before = snapshot(&pod.name);
-
-    // policyRoutes with a gateway on no connected subnet: the kernel refuses
-    // the route after everything else was made.
-    let mut list = load(&lab, "macvlan-underlay.conflist");
+/// ADD of `file` on `ifname` with policyRoutes through a gateway on no
+/// connected subnet: the kernel refuses that route after everything else was
+/// made, and the coordinator fails naming it. The chain and attachment, for
+/// the DEL the runtime sends next.
+fn failing_add(lab: &Lab, pod: &Pod, file: &str, ifname: &str) -> (Chain, Attachment) {
+    let mut list = load(lab, file);
     set(
         &mut list,
         "policyRoutes",
         json!([{"dst": "10.99.0.0/24", "gw": "10.50.0.1"}]),
     );
-    let chain = chain_for(&lab, list);
-    let att = Attachment::new(&container_id(&pod), &pod.path, "eth0");
+    let chain = chain_for(lab, list);
+    let att = Attachment::new(&container_id(pod), &pod.path, ifname);
     let err = chain
         .add(&att)
         .expect_err("ADD with an unreachable gateway");
@@ -1436,6 +1432,17 @@ fn failed_add_leaves_nothing_behind() {
         "error names the route: {}",
         err.msg
     );
+    (chain, att)
+}
+
+#[test]
+fn failed_add_leaves_nothing_behind() {
+    let lab = build_lab(Lab::builder().subnets(2));
+    let node_before = snapshot(lab.node());
+    let pod = lab.pod("p").unwrap();
+    let pod_before = snapshot(&pod.name);
+
+    let (chain, att) = failing_add(&lab, &pod, "macvlan-underlay.conflist", "eth0");
     assert_eq!(snapshot(lab.node()), node_before, "node after failed ADD");
     let after = snapshot(&pod.name);
     assert_eq!(after.links, vec!["eth0".to_string(), "lo".to_string()]);
@@ -1460,23 +1467,7 @@ fn failed_add_leaves_nothing_behind() {
     let good = attach(&lab, &pod, load(&lab, "macvlan-underlay.conflist"), "eth0");
     let pod_mid = snapshot(&pod.name);
     let node_mid = snapshot(lab.node());
-    let mut l1 = load(&lab, "macvlan-underlay-net1.conflist");
-    set(
-        &mut l1,
-        "policyRoutes",
-        json!([{"dst": "10.99.0.0/24", "gw": "10.50.0.1"}]),
-    );
-    let c1 = chain_for(&lab, l1);
-    let a1 = Attachment::new(&container_id(&pod), &pod.path, "net1");
-    let err = c1
-        .add(&a1)
-        .expect_err("net1 ADD with an unreachable gateway");
-    assert_eq!(
-        err.plugin.as_deref(),
-        Some("coordinator"),
-        "{}",
-        describe(&err)
-    );
+    failing_add(&lab, &pod, "macvlan-underlay-net1.conflist", "net1");
     let mut after = snapshot(&pod.name);
     after.links.retain(|l| l != "net1");
     after.routes.retain(|r| !r.contains(" dev net1"));

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::chain::exec::{self, Spawn};
 use crate::etcd::Cluster;
+use crate::exec::{self, Spawn};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -102,6 +102,8 @@ fn add(binary: &Path, conf: &Value, container: &str) -> io::Result<(exec::RawRun
     ];
     let run = exec::run(Spawn {
         binary,
+        args: Vec::new(),
+        clear_env: false,
         env: env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

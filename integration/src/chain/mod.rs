@@ -4,9 +4,9 @@
 
 mod cache;
 mod conf;
-pub mod exec;
+mod invoke;
+mod types;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,174 +14,10 @@ use serde_json::{json, Map, Value};
 
 pub use cache::{Cache, Key as CacheKey};
 pub use conf::{plugin_stdin, NetConfList};
+pub use types::{Attachment, ChainError, ChainResult, Outcome, PluginRun, Verb};
 
 use cache::Key;
-
-/// A CNI verb.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verb {
-    Add,
-    Del,
-    Check,
-    Gc,
-    Status,
-}
-
-impl Verb {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verb::Add => "ADD",
-            Verb::Del => "DEL",
-            Verb::Check => "CHECK",
-            Verb::Gc => "GC",
-            Verb::Status => "STATUS",
-        }
-    }
-
-    /// Parse `add`, `DEL`, ... (any case).
-    pub fn parse(s: &str) -> Option<Verb> {
-        match s.to_ascii_uppercase().as_str() {
-            "ADD" => Some(Verb::Add),
-            "DEL" => Some(Verb::Del),
-            "CHECK" => Some(Verb::Check),
-            "GC" => Some(Verb::Gc),
-            "STATUS" => Some(Verb::Status),
-            _ => None,
-        }
-    }
-}
-
-/// One container interface as the runtime knows it.
-#[derive(Clone, Debug, Default)]
-pub struct Attachment {
-    pub container_id: String,
-    /// The pod's netns path; `None` (empty `CNI_NETNS`) for a DEL after the
-    /// netns is gone.
-    pub netns: Option<PathBuf>,
-    pub ifname: String,
-    /// `CNI_ARGS` pairs.
-    pub args: Vec<(String, String)>,
-    /// Runtime capability args (`{"ips": [...]}`, `{"mac": "..."}`), given to
-    /// plugins that declare the capability, as `runtimeConfig`.
-    pub capability_args: Map<String, Value>,
-}
-
-impl Attachment {
-    pub fn new(container_id: &str, netns: impl Into<PathBuf>, ifname: &str) -> Attachment {
-        Attachment {
-            container_id: container_id.into(),
-            netns: Some(netns.into()),
-            ifname: ifname.into(),
-            ..Attachment::default()
-        }
-    }
-
-    pub fn arg(mut self, key: &str, value: &str) -> Attachment {
-        self.args.push((key.into(), value.into()));
-        self
-    }
-
-    pub fn capability(mut self, name: &str, value: Value) -> Attachment {
-        self.capability_args.insert(name.into(), value);
-        self
-    }
-
-    /// Parse `K=V;K2=V2` into [`args`](Self::args).
-    pub fn parse_args(s: &str) -> ChainResult<Vec<(String, String)>> {
-        s.split(';')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(ChainError::runtime(format!(
-                    "CNI_ARGS entry \"{kv}\" is not K=V"
-                ))),
-            })
-            .collect()
-    }
-
-    fn cni_args(&self) -> String {
-        self.args
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";")
-    }
-}
-
-/// One plugin execution.
-#[derive(Clone, Debug)]
-pub struct PluginRun {
-    pub index: usize,
-    /// The plugin's `type`.
-    pub plugin: String,
-    pub verb: Verb,
-    pub stdin: Value,
-    pub stdout: String,
-    pub stderr: String,
-    pub exit_code: Option<i32>,
-    /// Wall time from spawn to exit.
-    pub wall: Duration,
-    /// Peak RSS of the plugin process in KiB.
-    pub max_rss_kib: u64,
-    /// User + system CPU time of the plugin process.
-    pub cpu: Duration,
-    /// Set when the plugin was not run (GC/STATUS on a plugin that does not
-    /// support the required spec version).
-    pub skipped: Option<String>,
-}
-
-/// A successful chain run.
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    /// ADD: the last plugin's result. Other verbs: `None`.
-    pub result: Option<Value>,
-    pub runs: Vec<PluginRun>,
-}
-
-/// A failed chain run: the first failing plugin (or the runtime itself).
-#[derive(Clone, Debug)]
-pub struct ChainError {
-    /// Type of the plugin that failed; `None` when the runtime failed before
-    /// or around the exec (bad conf, binary not found, cache).
-    pub plugin: Option<String>,
-    pub index: Option<usize>,
-    /// The CNI error code; 0 when the failure has none (runtime failure,
-    /// plugin crashed without printing an error).
-    pub code: u32,
-    pub msg: String,
-    /// The error JSON: the plugin's own when it printed one.
-    pub error: Value,
-    /// Every plugin run up to and including the failing one.
-    pub runs: Vec<PluginRun>,
-}
-
-/// Chain runs fail with a boxed [`ChainError`] (it carries every plugin run).
-pub type ChainResult<T> = Result<T, Box<ChainError>>;
-
-impl ChainError {
-    pub fn runtime(msg: impl Into<String>) -> Box<ChainError> {
-        let msg = msg.into();
-        Box::new(ChainError {
-            plugin: None,
-            index: None,
-            code: 0,
-            error: json!({"code": 0, "msg": msg}),
-            msg,
-            runs: Vec::new(),
-        })
-    }
-}
-
-impl fmt::Display for ChainError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.plugin, self.index) {
-            (Some(p), Some(i)) => write!(f, "plugin #{i} {p}: code {}: {}", self.code, self.msg),
-            _ => write!(f, "runtime: {}", self.msg),
-        }
-    }
-}
-
-impl std::error::Error for ChainError {}
+use invoke::fail;
 
 /// A conflist ready to run.
 #[derive(Debug)]
@@ -452,26 +288,6 @@ impl Chain {
         Ok(Outcome { result: None, runs })
     }
 
-    /// Why `ty` cannot take `version` (from its VERSION answer), if it cannot.
-    fn unsupported(&self, ty: &str, version: &str) -> Option<String> {
-        let binary = self.find(ty).ok()?;
-        let raw = exec::run(exec::Spawn {
-            binary: &binary,
-            env: vec![("CNI_COMMAND".into(), "VERSION".into())],
-            stdin: json!({"cniVersion": version}).to_string().into_bytes(),
-            netns: self.node_netns.as_deref(),
-            timeout: self.timeout,
-        })
-        .ok()?;
-        let answer: Value = serde_json::from_slice(&raw.stdout).ok()?;
-        let supported = answer["supportedVersions"].as_array()?;
-        if supported.iter().any(|v| v == version) {
-            None
-        } else {
-            Some(format!("{ty} does not support cniVersion {version}"))
-        }
-    }
-
     fn key<'a>(&'a self, att: &'a Attachment) -> Key<'a> {
         Key {
             network: &self.list.name,
@@ -479,163 +295,8 @@ impl Chain {
             ifname: &att.ifname,
         }
     }
-
-    fn find(&self, ty: &str) -> ChainResult<PathBuf> {
-        self.cni_path
-            .iter()
-            .map(|d| d.join(ty))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                ChainError::runtime(format!(
-                    "plugin \"{ty}\" not found in CNI_PATH {}",
-                    join_path(&self.cni_path)
-                ))
-            })
-    }
-
-    /// Exec plugin `i` and judge its output; pushes the run onto `runs`.
-    /// Returns the parsed stdout (None when empty).
-    fn exec(
-        &self,
-        i: usize,
-        verb: Verb,
-        stdin: Value,
-        att: Option<&Attachment>,
-        runs: &mut Vec<PluginRun>,
-    ) -> ChainResult<Option<Value>> {
-        let plugin = &self.list.plugins[i];
-        let ty = conf::plugin_type(plugin);
-        let binary = self.find(&ty).map_err(|mut e| {
-            e.plugin = Some(ty.clone());
-            e.index = Some(i);
-            e.runs = std::mem::take(runs);
-            e
-        })?;
-        let mut env = self.env.clone();
-        env.extend([
-            ("CNI_COMMAND".to_string(), verb.as_str().to_string()),
-            ("CNI_PATH".to_string(), join_path(&self.cni_path)),
-        ]);
-        if let Some(att) = att {
-            let netns = att
-                .netns
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            env.push(("CNI_CONTAINERID".into(), att.container_id.clone()));
-            env.push(("CNI_NETNS".into(), netns));
-            env.push(("CNI_IFNAME".into(), att.ifname.clone()));
-            env.push(("CNI_ARGS".into(), att.cni_args()));
-        }
-        let raw = exec::run(exec::Spawn {
-            binary: &binary,
-            env,
-            stdin: stdin.to_string().into_bytes(),
-            netns: self.node_netns.as_deref(),
-            timeout: self.timeout,
-        });
-        let raw = match raw {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(fail(
-                    i,
-                    plugin,
-                    0,
-                    e.to_string(),
-                    None,
-                    std::mem::take(runs),
-                ));
-            }
-        };
-        let stdout = String::from_utf8_lossy(&raw.stdout).into_owned();
-        runs.push(PluginRun {
-            index: i,
-            plugin: ty.clone(),
-            verb,
-            stdin,
-            stdout: stdout.clone(),
-            stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
-            exit_code: raw.exit_code,
-            wall: raw.wall,
-            max_rss_kib: raw.max_rss_kib,
-            cpu: raw.cpu,
-            skipped: None,
-        });
-        let parsed: Option<Value> = if stdout.trim().is_empty() {
-            None
-        } else {
-            match serde_json::from_str(&stdout) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    let msg = format!(
-                        "invalid JSON on stdout ({e}), exit {:?}: {}",
-                        raw.exit_code,
-                        stdout.trim()
-                    );
-                    return Err(fail(i, plugin, 0, msg, None, std::mem::take(runs)));
-                }
-            }
-        };
-        if raw.timed_out {
-            let msg = format!("killed after {:?}", self.timeout);
-            return Err(fail(i, plugin, 0, msg, parsed, std::mem::take(runs)));
-        }
-        if raw.exit_code == Some(0) {
-            return Ok(parsed);
-        }
-        let code = parsed
-            .as_ref()
-            .and_then(|p| p.get("code"))
-            .and_then(Value::as_u64)
-            .and_then(|c| u32::try_from(c).ok())
-            .unwrap_or(0);
-        let msg = match parsed
-            .as_ref()
-            .and_then(|p| p.get("msg"))
-            .and_then(Value::as_str)
-        {
-            Some(m) => m.to_string(),
-            None => {
-                let stderr = runs
-                    .last()
-                    .map(|r| r.stderr.trim().to_string())
-                    .unwrap_or_default();
-                match raw.exit_code {
-                    Some(c) => format!("exit {c} without a CNI error; stderr: {stderr}"),
-                    None => format!("killed by signal {:?}; stderr: {stderr}", raw.signal),
-                }
-            }
-        };
-        Err(fail(i, plugin, code, msg, parsed, std::mem::take(runs)))
-    }
 }
 
-fn fail(
-    i: usize,
-    plugin: &Map<String, Value>,
-    code: u32,
-    msg: String,
-    error: Option<Value>,
-    runs: Vec<PluginRun>,
-) -> Box<ChainError> {
-    Box::new(ChainError {
-        plugin: Some(conf::plugin_type(plugin)),
-        index: Some(i),
-        code,
-        error: error.unwrap_or_else(|| json!({"code": code, "msg": msg})),
-        msg,
-        runs,
-    })
-}
-
-fn join_path(dirs: &[PathBuf]) -> String {
-    dirs.iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// `a >= b` for dotted spec versions; unparsable parts count as 0.
 /// The addresses (without prefix) of a CNI result.
 pub fn result_ips(result: &Value) -> Vec<std::net::IpAddr> {
     result["ips"]
@@ -646,6 +307,7 @@ pub fn result_ips(result: &Value) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
+/// `a >= b` for dotted spec versions; unparsable parts count as 0.
 pub fn version_at_least(a: &str, b: &str) -> bool {
     let parse = |s: &str| -> Vec<u64> { s.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
     parse(a) >= parse(b)

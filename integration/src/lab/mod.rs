@@ -13,7 +13,9 @@
 //! the namespaces removes every link, and the root netns is never touched.
 
 mod cleanup;
+mod netns;
 pub mod state;
+mod topology;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -21,13 +23,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use cni::netns::{sysctl_set, NetNs};
+use cni::netns::NetNs;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 pub use cleanup::{
     install_signal_handler, list_netns, process_prefix, remove_netns, sweep, NETNS_DIR, PREFIX,
 };
+pub use netns::Netns;
 pub use state::{addrs, ip, links, neighbours, routes, rules};
 
 use crate::chain::{Chain, NetConfList};
@@ -279,121 +282,6 @@ impl Lab {
         })
     }
 
-    /// A machine on subnet `subnet`'s bridge: `eth0` with the given addresses
-    /// and default routes via the subnet gateways.
-    pub fn fabric_client(
-        &self,
-        subnet: u8,
-        v4: Option<Ipv4Addr>,
-        v6: Option<Ipv6Addr>,
-    ) -> io::Result<Client> {
-        let sn = self.subnet(subnet).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("no subnet {subnet}"))
-        })?;
-        let n = self.clients.fetch_add(1, Ordering::Relaxed);
-        let ns = format!("{}-cli{n}", self.prefix);
-        self.add_netns(&ns)?;
-        let port = format!("c{n}");
-        state::ip_batch(
-            &self.fabric,
-            &[
-                format!("link add {port} type veth peer name eth0 netns {ns}"),
-                format!("link set {port} master {} up", sn.bridge),
-            ],
-        )?;
-        let mut lines = Vec::new();
-        if let (Some(a), Some(net), Some(gw)) = (v4, sn.v4, sn.gateway4) {
-            lines.push(format!("addr add {a}/{} dev eth0", net.prefix_len()));
-            lines.push("link set eth0 up".into());
-            lines.push(format!("route add default via {gw}"));
-        }
-        if let (Some(a), Some(net), Some(gw)) = (v6, sn.v6, sn.gateway6) {
-            lines.push(format!("addr add {a}/{} dev eth0 nodad", net.prefix_len()));
-            lines.push("link set eth0 up".into());
-            lines.push(format!("route add default via {gw}"));
-        }
-        lines.push("link set eth0 up".into());
-        state::ip_batch(&ns, &lines)?;
-        wait_up(&self.fabric, &[port])?;
-        Ok(Client {
-            path: nsexec::netns_path(&ns),
-            name: ns,
-            subnet,
-            ipv4: v4,
-            ipv6: v6,
-        })
-    }
-
-    /// Another node on the same fabric (a second rack, say): netns
-    /// `<prefix>-<name>` whose `ens<k>` is wired to subnet `subnets[k-1]`, with
-    /// node address `.0.<2+n>` / `::<2+n>` (`n` counts extra nodes from 1, so
-    /// never the main node's `.2`), forwarding on and default routes via the
-    /// gateways of its first NIC's subnet, like the main node.
-    pub fn extra_node(&self, name: &str, subnets: &[u8]) -> io::Result<Node> {
-        check_name(name)?;
-        if subnets.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "an extra node needs at least one subnet",
-            ));
-        }
-        let n = self.extra_nodes.fetch_add(1, Ordering::Relaxed) + 1;
-        let host = u8::try_from(2 + n)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many extra nodes"))?;
-        let ns = format!("{}-{name}", self.prefix);
-        self.add_netns(&ns)?;
-        in_netns(&ns, || {
-            sysctl_set("net.ipv4.ip_forward", "1")?;
-            sysctl_set("net.ipv6.conf.all.forwarding", "1")
-        })?;
-        let (mut node, mut fabric, mut ports, mut nics) = (vec![], vec![], vec![], vec![]);
-        for (k, &index) in subnets.iter().enumerate() {
-            let sn = self.subnet(index).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("no subnet {index}"))
-            })?;
-            let nic = format!("ens{}", k + 1);
-            let port = format!("x{n}n{index}");
-            node.push(format!(
-                "link add {nic} type veth peer name {port} netns {}",
-                self.fabric
-            ));
-            fabric.push(format!("link set {port} master {} up", sn.bridge));
-            let v4 = sn.host4(0, host);
-            let v6 = sn.host6(u16::from(host));
-            if let (Some(net), Some(a)) = (sn.v4, v4) {
-                node.push(format!("addr add {a}/{} dev {nic}", net.prefix_len()));
-            }
-            if let (Some(net), Some(a)) = (sn.v6, v6) {
-                node.push(format!("addr add {a}/{} dev {nic} nodad", net.prefix_len()));
-            }
-            node.push(format!("link set {nic} up"));
-            if k == 0 {
-                for gw in [sn.gateway4.map(IpAddr::from), sn.gateway6.map(IpAddr::from)]
-                    .into_iter()
-                    .flatten()
-                {
-                    node.push(format!("route add default via {gw}"));
-                }
-            }
-            ports.push(port);
-            nics.push(NodeNic {
-                name: nic,
-                subnet: index,
-                ipv4: v4,
-                ipv6: v6,
-            });
-        }
-        // Route lines need the NICs up with their addresses: node lines go in order.
-        state::ip_batch(&ns, &node)?;
-        state::ip_batch(&self.fabric, &fabric)?;
-        wait_up(&self.fabric, &ports)?;
-        Ok(Node {
-            path: nsexec::netns_path(&ns),
-            name: ns,
-            nics,
-        })
-    }
-
     /// A Service: DNAT `cluster` → `backend` in the node netns, for traffic
     /// routed through the node (prerouting) and from the node itself (output).
     pub fn node_service(&self, cluster: SocketAddr, backend: SocketAddr) -> io::Result<()> {
@@ -482,85 +370,12 @@ impl Lab {
         Ok(())
     }
 
-    fn setup(&self) -> io::Result<()> {
-        self.add_netns(&self.node)?;
-        self.add_netns(&self.fabric)?;
-        in_netns(&self.node, || {
-            sysctl_set("net.ipv4.ip_forward", "1")?;
-            sysctl_set("net.ipv6.conf.all.forwarding", "1")
-        })?;
-        in_netns(&self.fabric, || {
-            sysctl_set("net.ipv4.ip_forward", "1")?;
-            sysctl_set("net.ipv6.conf.all.forwarding", "1")?;
-            sysctl_set("net.ipv4.conf.all.rp_filter", "1")?;
-            sysctl_set("net.ipv4.conf.default.rp_filter", "1")
-        })?;
-        let mut node = Vec::new();
-        let mut fabric = Vec::new();
-        for s in &self.subnets {
-            let (p, b, port) = (&s.parent, &s.bridge, format!("n{}", s.index));
-            node.push(format!(
-                "link add {p} type veth peer name {port} netns {}",
-                self.fabric
-            ));
-            fabric.push(format!(
-                "link add {b} type bridge forward_delay 0 mcast_snooping 0"
-            ));
-            fabric.push(format!("link set {port} master {b} up"));
-            fabric.push(format!("link set {b} up"));
-            if let (Some(net), Some(gw), Some(me)) = (s.v4, s.gateway4, s.node4) {
-                fabric.push(format!("addr add {gw}/{} dev {b}", net.prefix_len()));
-                node.push(format!("addr add {me}/{} dev {p}", net.prefix_len()));
-            }
-            if let (Some(net), Some(gw), Some(me)) = (s.v6, s.gateway6, s.node6) {
-                fabric.push(format!("addr add {gw}/{} dev {b} nodad", net.prefix_len()));
-                node.push(format!("addr add {me}/{} dev {p} nodad", net.prefix_len()));
-            }
-            node.push(format!("link set {p} up"));
-        }
-        if let Some(first) = self.subnets.first() {
-            if let Some(gw) = first.gateway4 {
-                node.push(format!("route add default via {gw}"));
-            }
-            if let Some(gw) = first.gateway6 {
-                node.push(format!("route add default via {gw}"));
-            }
-        }
-        state::ip_batch(&self.node, &node)?;
-        state::ip_batch(&self.fabric, &fabric)?;
-        let bridges: Vec<String> = self.subnets.iter().map(|s| s.bridge.clone()).collect();
-        let mut ready = bridges.clone();
-        ready.extend(self.subnets.iter().map(|s| format!("n{}", s.index)));
-        in_netns(&self.fabric, move || {
-            for b in &bridges {
-                sysctl_set(&format!("net/ipv4/conf/{b}/rp_filter"), "1")?;
-            }
-            Ok(())
-        })?;
-        wait_up(&self.fabric, &ready)
-    }
-
-    /// `ip netns add`, recorded for clean-up first, then lo up and DAD off
-    /// (so addresses are usable at once and nothing waits on DAD).
+    /// A lab netns ([`netns::create`]), recorded for clean-up first.
     fn add_netns(&self, name: &str) -> io::Result<()> {
         if let Ok(mut n) = self.namespaces.lock() {
             n.push(name.to_string());
         }
-        let out = std::process::Command::new("ip")
-            .args(["netns", "add", name])
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        in_netns(name, || {
-            sysctl_set("net.ipv6.conf.all.accept_dad", "0")?;
-            sysctl_set("net.ipv6.conf.default.accept_dad", "0")?;
-            sysctl_set("net.ipv6.conf.lo.accept_dad", "0")
-        })?;
-        state::ip(name, &["link", "set", "lo", "up"]).map(drop)
+        netns::create(name)
     }
 }
 
@@ -574,33 +389,6 @@ impl Drop for Lab {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Wait until every link in `names` has carrier (operstate UP) in `ns`. The
-/// kernel reports carrier through linkwatch, which may batch events for up to
-/// a second; until then a bridge port does not forward, and the first frames
-/// of a test (an ARP probe, a DAD probe) would be lost.
-fn wait_up(ns: &str, names: &[String]) -> io::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let links = state::links(ns)?;
-        let up = |name: &String| {
-            links
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|l| l["ifname"] == name.as_str() && l["operstate"] == "UP")
-        };
-        if names.iter().all(up) {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(io::Error::other(format!(
-                "links {names:?} in {ns} have no carrier after 5 s"
-            )));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

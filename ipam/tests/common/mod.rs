@@ -3,7 +3,9 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+
+use integration::exec::Exec;
 
 use serde_json::{json, Value};
 
@@ -104,23 +106,27 @@ impl<'a> Call<'a> {
         self
     }
 
-    pub fn command(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.env_clear()
+    /// The call as the one plugin exec of the test kit.
+    pub fn exec(&self, conf: &Value) -> Exec {
+        let mut e = Exec::new(BIN)
             .env("CNI_COMMAND", self.command)
             .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdin_json(conf);
         if !self.container.is_empty() {
-            c.env("CNI_CONTAINERID", self.container)
+            e = e
+                .env("CNI_CONTAINERID", self.container)
                 .env("CNI_IFNAME", self.ifname)
-                .env("CNI_NETNS", format!("/var/run/netns/{}", self.container));
+                .env("CNI_NETNS", &format!("/var/run/netns/{}", self.container));
         }
         if !self.args.is_empty() {
-            c.env("CNI_ARGS", self.args);
+            e = e.env("CNI_ARGS", self.args);
         }
-        c
+        e
+    }
+
+    /// The process, for tests that kill it mid-call.
+    pub fn command(&self) -> Command {
+        self.exec(&Value::Null).command()
     }
 
     pub fn spawn(&self, conf: &Value) -> Child {
@@ -134,15 +140,13 @@ impl<'a> Call<'a> {
 
     /// Exit status and the stdout JSON (Null when empty).
     pub fn run(&self, conf: &Value) -> (i32, Value) {
-        let out = self.spawn(conf).wait_with_output().expect("wait");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let v = if stdout.trim().is_empty() {
+        let out = self.exec(conf).run();
+        let v = if out.stdout.trim().is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&stdout)
-                .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
+            out.json()
         };
-        (out.status.code().unwrap_or(-1), v)
+        (out.code.unwrap_or(-1), v)
     }
 
     /// Run and require success.
@@ -180,14 +184,6 @@ pub fn result_ips(v: &Value) -> Vec<String> {
 
 /// Run the CLI; exit status, stdout, stderr.
 pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .env_remove("CNI_COMMAND")
-        .args(args)
-        .output()
-        .expect("run cli");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Exec::new(BIN).args(args).run();
+    (out.code.unwrap_or(-1), out.stdout, out.stderr)
 }

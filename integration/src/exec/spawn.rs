@@ -28,6 +28,9 @@ pub struct RawRun {
 
 pub struct Spawn<'a> {
     pub binary: &'a Path,
+    pub args: Vec<String>,
+    /// Start from an empty environment instead of ours without `CNI_*`.
+    pub clear_env: bool,
     pub env: Vec<(String, String)>,
     pub stdin: Vec<u8>,
     /// Run inside this netns with a fresh sysfs; `None`: the current netns.
@@ -37,6 +40,10 @@ pub struct Spawn<'a> {
 
 pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
     let mut cmd = Command::new(spec.binary);
+    cmd.args(&spec.args);
+    if spec.clear_env {
+        cmd.env_clear();
+    }
     // A runtime gives plugins its own CNI_* view only; never leak ours.
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("CNI_") {

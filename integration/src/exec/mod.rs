@@ -1,12 +1,18 @@
-//! Exec a built plugin binary the way a CNI runtime does: a cleared
-//! environment with explicit `CNI_*` variables, the network config on stdin,
-//! and stdout, stderr and the exit status captured for assertions.
+//! The one way the tests, the chain runner and the benchmarks exec a plugin
+//! (like libcni's invoke, or pkg/testutils' CmdAdd/CmdDel in the reference
+//! plugins): [`spawn::run`] starts the binary, feeds stdin, captures stdout and
+//! stderr, and measures wall time, CPU and peak RSS, with a watchdog; [`Exec`]
+//! is the builder the tests use, a cleared environment with explicit `CNI_*`
+//! variables, and [`Run`] the assertions on what it did.
+
+mod spawn;
+
+pub use spawn::{run, RawRun, Spawn};
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -14,17 +20,11 @@ use serde_json::Value;
 /// reported as hung: a guard against a stuck suite, not a timing assertion.
 const HANG_LIMIT: Duration = Duration::from_secs(120);
 
-/// `target/<profile>/<name>`, found next to the running test executable
-/// (`target/<profile>/deps/<test>-<hash>`). Panics with the command to run
-/// when the binary was not built.
+/// `target/<profile>/<name>`, next to the running test executable
+/// ([`crate::chain::default_bin_dir`]). Panics with the command to run when
+/// the binary was not built.
 pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("test executable has no target/<profile>/deps parent");
-    let p = dir.join(name);
+    let p = crate::chain::default_bin_dir().join(name);
     assert!(
         p.is_file(),
         "{} is missing: run `cargo build --workspace --bins` before these tests",
@@ -37,8 +37,10 @@ pub fn bin_path(name: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct Exec {
     bin: PathBuf,
+    args: Vec<String>,
     env: BTreeMap<String, String>,
     stdin: Vec<u8>,
+    netns: Option<PathBuf>,
 }
 
 /// What one exec did.
@@ -55,9 +57,36 @@ impl Exec {
     pub fn new(bin: impl Into<PathBuf>) -> Exec {
         Exec {
             bin: bin.into(),
+            args: Vec::new(),
             env: BTreeMap::new(),
             stdin: Vec::new(),
+            netns: None,
         }
+    }
+
+    /// Command-line arguments (the operator CLI of coordinator-ipam).
+    pub fn args(mut self, args: &[&str]) -> Exec {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Exec inside this netns (with a fresh sysfs) instead of ours.
+    pub fn in_netns(mut self, netns: impl Into<PathBuf>) -> Exec {
+        self.netns = Some(netns.into());
+        self
+    }
+
+    /// The configured process, for a test that controls it itself (kills it
+    /// mid-call, runs it under a wrapper). Stdin, stdout and stderr piped.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(&self.args)
+            .env_clear()
+            .envs(&self.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
     }
 
     /// The usual per-attachment environment of `command`.
@@ -98,58 +127,26 @@ impl Exec {
     /// Like [`Exec::run`], with a tighter bound for calls that must not wait
     /// on anything (a FIFO in place of a file, say).
     pub fn run_within(&self, hang_limit: Duration) -> Run {
-        let mut child = Command::new(&self.bin)
-            .env_clear()
-            .envs(&self.env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
-        // Feed stdin and drain both pipes on their own threads so a plugin
-        // that writes before it has read everything cannot deadlock us.
-        let mut sin = child.stdin.take().expect("piped stdin");
-        let data = self.stdin.clone();
-        let writer = std::thread::spawn(move || {
-            // The plugin may exit without reading (VERSION): EPIPE is fine.
-            let _ = sin.write_all(&data);
-        });
-        let mut sout = child.stdout.take().expect("piped stdout");
-        let mut serr = child.stderr.take().expect("piped stderr");
-        let out_t = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = sout.read_to_end(&mut b);
-            b
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = serr.read_to_end(&mut b);
-            b
-        });
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if start.elapsed() > hang_limit => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "{} hung for {hang_limit:?} with env {:?}",
-                        self.bin.display(),
-                        self.env
-                    );
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-                Err(e) => panic!("waiting for {}: {e}", self.bin.display()),
-            }
-        };
-        let _ = writer.join();
-        let stdout = out_t.join().unwrap_or_default();
-        let stderr = err_t.join().unwrap_or_default();
+        let raw = run(Spawn {
+            binary: &self.bin,
+            args: self.args.clone(),
+            clear_env: true,
+            env: self.env.clone().into_iter().collect(),
+            stdin: self.stdin.clone(),
+            netns: self.netns.as_deref(),
+            timeout: hang_limit,
+        })
+        .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
+        assert!(
+            !raw.timed_out,
+            "{} hung for {hang_limit:?} with env {:?}",
+            self.bin.display(),
+            self.env
+        );
         Run {
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            code: status.code(),
+            stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
+            code: raw.exit_code,
         }
     }
 }
@@ -181,6 +178,12 @@ impl Run {
     pub fn ok_json(&self) -> Value {
         assert_eq!(self.code, Some(0), "expected success: {}", self.describe());
         self.json()
+    }
+
+    /// Exit 0; stdout as it is (text output of a CLI).
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, Some(0), "expected success: {}", self.describe());
+        &self.stdout
     }
 
     /// Stdout exactly one JSON value, whatever the exit code.
