@@ -259,6 +259,14 @@ fn removed_rule_is_named_and_traffic_agrees() {
     let _server = TcpServer::start(&pod.name, SocketAddr::new(a, PORT)).unwrap();
     let far = SocketAddr::new(a, PORT);
     assert!(tcp_request(&client.name, None, far, Duration::from_secs(3)).is_ok());
+    let before = explain(&lab, &pod, &with_services(&["--json"]));
+    assert_eq!(before.code, 0, "{}", before.stdout);
+    let healthy = before.json();
+    assert_eq!(
+        flow(&healthy, "net1", 4, "routed")["pod_table"].to_string(),
+        table,
+        "net1's own table answered"
+    );
 
     state::ip(
         &pod.name,
@@ -269,6 +277,7 @@ fn removed_rule_is_named_and_traffic_agrees() {
     let routed = flow(&report, "net1", 4, "routed");
     assert_eq!(routed["request_nic"], "net1");
     assert_eq!(routed["reply_nic"], "eth0");
+    assert_eq!(routed["pod_table"], 254, "main answered: {routed}");
     let fix = routed["fix"].as_str().unwrap();
     assert!(
         fix.contains(&format!("rule `from {a} lookup {table}` is missing")),
@@ -486,4 +495,70 @@ fn overlay_pod_goes_through_eth0() {
         }
     }
     assert_eq!(report["flows"].as_array().unwrap().len(), 18);
+}
+
+/// The node's `from all lookup 500` rule removed: the node reaches the pod's
+/// addresses through its uplink (the macvlan parent, which its children never
+/// hear), so probes, Service replies and NodePorts are named, with the field.
+#[test]
+fn removed_host_rule_is_named() {
+    let lab = Lab::new().expect("lab (needs root)");
+    let pod = lab.pod("p").unwrap();
+    let ips = attach(
+        &lab,
+        &pod,
+        load(&lab, "macvlan-underlay.conflist", true),
+        "eth0",
+    );
+    let _server =
+        TcpServer::start(&pod.name, SocketAddr::new("::".parse().unwrap(), PORT)).unwrap();
+    let probe = |ip: &IpAddr| {
+        tcp_request(
+            lab.node(),
+            None,
+            SocketAddr::new(*ip, PORT),
+            Duration::from_secs(2),
+        )
+    };
+    for ip in &ips {
+        assert!(probe(ip).is_ok(), "node -> {ip} before");
+    }
+    for fam in ["-4", "-6"] {
+        state::ip(lab.node(), &[fam, "rule", "del", "lookup", "500"]).unwrap();
+    }
+    // Traffic agrees: the node's probes no longer reach the pod.
+    for ip in &ips {
+        assert!(probe(ip).is_err(), "node -> {ip} without the host rule");
+    }
+    let report = broken(
+        &lab,
+        &pod,
+        &[
+            "eth0 v4 node",
+            "eth0 v4 service",
+            "eth0 v4 nodeport",
+            "eth0 v6 node",
+            "eth0 v6 service",
+            "eth0 v6 nodeport",
+        ],
+    );
+    for fam in [4, 6] {
+        let node = flow(&report, "eth0", fam, "node");
+        assert!(node["request_nic"].is_null(), "{node}");
+        let fix = node["fix"].as_str().unwrap();
+        assert!(fix.contains("table 500 (hostRuleTable)"), "{fix}");
+        assert!(fix.contains("`from all lookup 500`"), "{fix}");
+    }
+    // The table named on the command line is the one the fix names.
+    let r = explain(
+        &lab,
+        &pod,
+        &with_services(&["--json", "--host-rule-table", "600"]),
+    );
+    assert_eq!(r.code, 1);
+    let fix = flow(&r.json(), "eth0", 4, "node")["fix"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fix.contains("table 600 (hostRuleTable)"), "{fix}");
 }

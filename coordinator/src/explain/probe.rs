@@ -20,9 +20,19 @@ use crate::plan::{is_link_local, PodView, REPLY_MARK};
 pub struct Flow {
     pub family: Family,
     pub facts: Facts,
-    /// Gateway of the (first) reply, when it is routed through one.
+    /// Gateway of the pod's own packet (the first reply; for `service` the
+    /// request), when it is routed through one.
     pub reply_gateway: Option<IpAddr>,
+    /// The pod table that routed that packet.
+    pub pod_table: Option<u32>,
     pub verdict: Verdict,
+}
+
+/// Gateway and table of one route the pod's kernel picked.
+#[derive(Debug, Clone, Copy, Default)]
+struct Via {
+    gateway: Option<IpAddr>,
+    table: Option<u32>,
 }
 
 /// What was read once per run.
@@ -116,11 +126,18 @@ impl Pod<'_> {
         )
     }
 
-    /// Where the pod sends `q`, and through which gateway.
-    fn out(&self, q: LookupQuery) -> Result<(ReplyNic, Option<IpAddr>)> {
+    /// Where the pod sends `q`: interface, gateway and the table that held
+    /// the route.
+    fn out(&self, q: LookupQuery) -> Result<(ReplyNic, Via)> {
         Ok(match self.nl.lookup(&q)? {
-            Lookup::Routed(r) => (r.oif.and_then(|o| self.name(o)), r.gateway),
-            _ => (None, None),
+            Lookup::Routed(r) => (
+                r.oif.and_then(|o| self.name(o)),
+                Via {
+                    gateway: r.gateway,
+                    table: Some(r.table),
+                },
+            ),
+            _ => (None, Via::default()),
         })
     }
 
@@ -250,12 +267,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn done(&self, facts: Facts, reply_gateway: Option<IpAddr>) -> Flow {
+    fn done(&self, facts: Facts, via: Via) -> Flow {
         let verdict = verdict::decide(&facts);
         Flow {
             family: self.family,
             facts,
-            reply_gateway,
+            reply_gateway: via.gateway,
+            pod_table: via.table,
             verdict,
         }
     }
@@ -313,15 +331,15 @@ impl Ctx<'_> {
         let mut f = self.facts(kind, clients[0]);
         f.request_nic = Some(name.clone());
         f.refused = self.pod.refused(self.ip(), clients[0], name)?;
-        let mut gateway = None;
+        let mut first = Via::default();
         for (i, c) in clients.iter().enumerate() {
-            let (nic, gw) = self.pod.out(LookupQuery::to(*c).from(self.ip()))?;
+            let (nic, via) = self.pod.out(LookupQuery::to(*c).from(self.ip()))?;
             if i == 0 {
-                gateway = gw;
+                first = via;
             }
             f.replies.push(nic);
         }
-        Ok(self.done(f, gateway))
+        Ok(self.done(f, first))
     }
 
     /// The node (kubelet) probing the NIC's address from its own address.
@@ -330,8 +348,8 @@ impl Ctx<'_> {
             return Ok(None);
         };
         let mut f = self.facts(FlowKind::Node, node_ip);
-        let gateway = self.enter_pod(&mut f, oif)?;
-        Ok(Some(self.done(f, gateway)))
+        let via = self.enter_pod(&mut f, oif)?;
+        Ok(Some(self.done(f, via)))
     }
 
     /// The pod calling a Service clusterIP: out through the node, and the
@@ -342,7 +360,7 @@ impl Ctx<'_> {
             return Ok(None);
         };
         let mut f = self.facts(FlowKind::Service, svc);
-        let (req, gateway) = self.pod.out(LookupQuery::to(svc).from(self.ip()))?;
+        let (req, via) = self.pod.out(LookupQuery::to(svc).from(self.ip()))?;
         f.request_nic = req;
         let back = self.node.route(LookupQuery::to(self.ip()))?;
         let arrives = back.and_then(|(oif, _)| self.node.pod_side(self.pod, oif));
@@ -350,7 +368,7 @@ impl Ctx<'_> {
             f.refused = self.pod.refused(self.ip(), svc, a)?;
         }
         f.replies.push(arrives);
-        Ok(Some(self.done(f, gateway)))
+        Ok(Some(self.done(f, via)))
     }
 
     /// A client's NodePort connection DNATed on the node to the NIC's
@@ -361,26 +379,26 @@ impl Ctx<'_> {
         };
         let mut f = self.facts(FlowKind::NodePort, client);
         let fwd = LookupQuery::to(self.ip()).from(client).arriving_on(uplink);
-        let gateway = match self.node.route(fwd)? {
+        let via = match self.node.route(fwd)? {
             Some((oif, _)) => self.enter_pod(&mut f, oif)?,
-            None => None,
+            None => Via::default(),
         };
-        Ok(Some(self.done(f, gateway)))
+        Ok(Some(self.done(f, via)))
     }
 
     /// A request the node sends out of its interface `oif`: where it enters
     /// the pod, whether the pod takes it, and where the reply goes (marked
-    /// when it came through `veth0`). Returns the reply's gateway.
-    fn enter_pod(&self, f: &mut Facts, oif: u32) -> Result<Option<IpAddr>> {
+    /// when it came through `veth0`). Returns the reply's route.
+    fn enter_pod(&self, f: &mut Facts, oif: u32) -> Result<Via> {
         let Some(req) = self.node.pod_side(self.pod, oif) else {
-            return Ok(None);
+            return Ok(Via::default());
         };
         f.refused = self.pod.refused(self.ip(), f.peer, &req)?;
         let mut q = LookupQuery::to(f.peer).from(self.ip());
         q.mark = self.mark_for(&req);
-        let (nic, gw) = self.pod.out(q)?;
+        let (nic, via) = self.pod.out(q)?;
         f.replies.push(nic);
         f.request_nic = Some(req);
-        Ok(gw)
+        Ok(via)
     }
 }

@@ -42,6 +42,7 @@ pub fn json(h: &Header, flows: &[Flow]) -> Value {
                 "reply_nic": reply_nic(f),
                 "reply_nics": distinct(&f.facts.replies),
                 "reply_gateway": f.reply_gateway.map(|g| g.to_string()),
+                "pod_table": f.pod_table,
                 "symmetric": f.verdict.symmetric,
                 "fix": f.verdict.fix,
             })
@@ -74,7 +75,11 @@ fn path(f: &Flow) -> String {
     } else {
         replies.join("+")
     };
-    let via = via(f.reply_gateway);
+    let via = match f.pod_table {
+        Some(254) => format!("{} (table main)", via(f.reply_gateway)),
+        Some(t) => format!("{} (table {t})", via(f.reply_gateway)),
+        None => via(f.reply_gateway),
+    };
     match f.facts.kind {
         FlowKind::Service => format!("request out {req}{via}, reply in {reply}"),
         _ => format!("request in {req}, reply out {reply}{via}"),
@@ -160,6 +165,7 @@ mod tests {
             verdict: decide(&facts),
             facts,
             reply_gateway: Some("fd00:7::1".parse().unwrap()),
+            pod_table: Some(101),
         }
     }
 
@@ -183,6 +189,7 @@ mod tests {
         assert_eq!(f["request_nic"], "net1");
         assert_eq!(f["reply_nic"], "net1");
         assert_eq!(f["reply_gateway"], "fd00:7::1");
+        assert_eq!(f["pod_table"], 101);
         assert_eq!(f["symmetric"], true);
         assert!(f["fix"].is_null());
         let spread = &v["flows"][1];
@@ -194,7 +201,10 @@ mod tests {
     fn text_names_each_nic_once_and_counts() {
         let t = text(&header(), &[flow(&["net1"]), flow(&["eth0"])]);
         assert_eq!(t.matches("net1 IPv6 fd00:7::1:1").count(), 1, "{t}");
-        assert!(t.contains("reply out eth0 via fd00:7::1"), "{t}");
+        assert!(
+            t.contains("reply out eth0 via fd00:7::1 (table 101)"),
+            "{t}"
+        );
         assert!(t.contains("ASYMMETRIC\n      fix: "), "{t}");
         assert!(t.ends_with("1 of 2 flows not symmetric\n"), "{t}");
     }
