@@ -165,9 +165,14 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
     }
     let (pod_routes, host_routes): (Vec<&RouteSpec>, Vec<&RouteSpec>) =
         plan.routes.iter().partition(|r| r.side == Side::Pod);
-    // Copies first, then the moves: main never lacks a route in between.
+    // Copies first, then the rules that lead to them, then the moves: main
+    // never lacks a route in between, and a process killed after a move
+    // leaves the rule by which DEL finds the moved route's copy.
     for r in &pod_routes {
         add_route(&mut links, r, journal)?;
+    }
+    for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Pod) {
+        add_rule(k, *side, rule, journal)?;
     }
     for m in &plan.moves {
         match move_out(k.pod, m) {
@@ -179,9 +184,6 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
                 )
             }
         }
-    }
-    for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Pod) {
-        add_rule(k, *side, rule, journal)?;
     }
     for r in &host_routes {
         add_route(&mut links, r, journal)?;

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use cni::netlink::{Family, Netlink, NlError, Route, Rule, TABLE_MAIN};
+use cni::netlink::{Family, Netlink, NlError, Route, Rule, RTPROT_BOOT, TABLE_MAIN};
 use cni::netns::NetNs;
 use cni::plugin::Call;
 use cni::Result;
@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use crate::add::nic_addresses;
 use crate::config::{Config, Mode};
 use crate::names::{host_veth_name, POD_VETH};
-use crate::plan::{PRIO_FROM, PRIO_FWMARK, REPLY_MARK, TABLE_REPLY};
+use crate::plan::{is_ours, PRIO_FROM, PRIO_FWMARK, REPLY_MARK, TABLE_REPLY};
 
 fn log_err<T>(what: &str, r: std::result::Result<T, NlError>) {
     match r {
@@ -100,10 +100,16 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
             if let (true, Some(eth0)) = (ifname == cfg.default_route_nic(), &first) {
                 restore_first_nic_default(pod, &rules, eth0.index, &own);
             }
-            // The first NIC's own table only serves while a later NIC is there.
+            // The first NIC's own table only serves while a later NIC is there,
+            // and so do the cluster routes through eth0 later NICs of an
+            // overlay pod put in main.
             if !later_nic_tables_remain(&rules, &own) {
                 remove_nic_tables(pod, &mut rules, &first_ips);
+                if let Some(eth0) = &first {
+                    remove_ours_in_main(pod, eth0.index);
+                }
             }
+            sweep_orphans(pod, &mut rules);
         }
     }
     if is_first {
@@ -153,6 +159,8 @@ fn restore_first_nic_default(pod: &Netlink, rules: &[Rule], eth0: u32, own: &[Ip
         {
             let mut back = d.clone();
             back.table = TABLE_MAIN;
+            // The main plugin's route again, not one of ours.
+            back.protocol = RTPROT_BOOT;
             log_err("first NIC default back to main", pod.replace_route(&back));
         }
     }
@@ -186,7 +194,10 @@ fn remove_nic_tables(pod: &Netlink, rules: &mut Vec<Rule>, ips: &[IpNet]) {
         let ours = r.priority == PRIO_FROM && r.src.is_some_and(|s| addrs.contains(&s.addr()));
         if ours {
             log_err("from rule", pod.del_rule(r));
-            flush_table(pod, r.family, r.table);
+            // Both families: a NIC listed with fewer addresses than it has
+            // still had the other family's routes copied by an older release.
+            flush_table(pod, Family::V4, r.table);
+            flush_table(pod, Family::V6, r.table);
         }
         !ours
     });
@@ -196,6 +207,49 @@ fn flush_table(pod: &Netlink, f: Family, table: u32) {
     if let Ok(routes) = pod.routes(f, Some(table)) {
         for r in routes.iter().filter(|r| r.table == table) {
             log_err("table route", pod.del_route(r));
+        }
+    }
+}
+
+/// Our routes in main through `oif` (an overlay pod's cluster routes via eth0).
+fn remove_ours_in_main(pod: &Netlink, oif: u32) {
+    for f in [Family::V4, Family::V6] {
+        let Ok(routes) = pod.routes(f, Some(TABLE_MAIN)) else {
+            continue;
+        };
+        for r in routes.iter().filter(|r| is_ours(r) && r.oif == Some(oif)) {
+            log_err("cluster route in main", pod.del_route(r));
+        }
+    }
+}
+
+/// What an ADD or DEL killed between two netlink requests left: `from`
+/// rules of addresses no longer in the pod (their tables flushed), and
+/// tables holding routes of ours (route protocol) that no rule leads to.
+/// The pod's own tables are small: one dump per family.
+fn sweep_orphans(pod: &Netlink, rules: &mut Vec<Rule>) {
+    let addrs: Vec<IpAddr> = match pod.addresses(None) {
+        Ok(a) => a.into_iter().map(|a| a.addr.addr()).collect(),
+        Err(e) => return tracing::warn!("DEL: pod addresses: {e}"),
+    };
+    rules.retain(|r| {
+        let orphan = r.priority == PRIO_FROM && r.src.is_some_and(|s| !addrs.contains(&s.addr()));
+        if orphan {
+            log_err("orphan from rule", pod.del_rule(r));
+        }
+        !orphan
+    });
+    let led_to: Vec<u32> = rules.iter().map(|r| r.table).collect();
+    for f in [Family::V4, Family::V6] {
+        let Ok(routes) = pod.routes(f, None) else {
+            continue;
+        };
+        for r in routes.iter().filter(|r| {
+            // Table 100 too: eth0's table in overlay mode, reached by its
+            // `from` rules; in underlay the fwmark rule leads to it.
+            is_ours(r) && r.table != TABLE_MAIN && !led_to.contains(&r.table)
+        }) {
+            log_err("orphan table route", pod.del_route(r));
         }
     }
 }

@@ -1076,3 +1076,143 @@ fn matrix_cells_cover_the_issue() {
         assert!(cells.iter().any(|c| c.default_nic == d));
     }
 }
+
+// ------------------------------------------------------------------ kill sweeps
+
+/// Attach NICs `0..i` of `cell` to a fresh pod (no fault), returning the pod
+/// and the chains (for the final clean-up).
+fn sweep_pod(w: &Worker, cell: &Cell, name: &str, upto: usize) -> (Pod, Vec<(Chain, Attachment)>) {
+    let pod = w.lab.pod(name).unwrap();
+    lab::in_netns(&pod.name, || {
+        cni::netns::sysctl_set("net/ipv6/conf/default/accept_dad", "0")
+    })
+    .unwrap();
+    let mut done = Vec::new();
+    for i in 0..upto {
+        let chain = w.lab.chain(conflist(w, cell, i, None)).cni_path(cni_path());
+        let att = Attachment::new(&format!("ctr-{}", pod.name), &pod.path, &ifname(i));
+        chain
+            .add(&att)
+            .unwrap_or_else(|e| panic!("ADD {}: {e}", ifname(i)));
+        done.push((chain, att));
+    }
+    (pod, done)
+}
+
+/// For every N: the coordinator killed (SIGKILL) just before its Nth netlink
+/// request of an ADD (or of a DEL) of NIC `i`, then the runtime's DEL (and a
+/// re-ADD + DEL): the pod and the node are exactly as before the NIC's ADD.
+/// Returns the number of kill points of the ADD and of the DEL.
+fn kill_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) -> (u32, u32) {
+    let (pod, earlier) = sweep_pod(w, cell, tag, i);
+    let ns = pod.name.clone();
+    let before = (snapshot(&ns), snapshot(w.lab.node()));
+    let chain = |fault: Option<u32>| {
+        let c = w.lab.chain(conflist(w, cell, i, None)).cni_path(cni_path());
+        match fault {
+            Some(n) => c.env(cni::netlink::fault::ENV, &n.to_string()),
+            None => c,
+        }
+    };
+    let att = Attachment::new(&format!("ctr-{ns}"), &pod.path, &ifname(i));
+    let name = format!("{} {} kill", cell.name(), ifname(i));
+    let same = |what: String, f: &mut Failures| {
+        let now = (snapshot(&ns), snapshot(w.lab.node()));
+        if now != before {
+            let diff = |a: &[String], b: &[String]| -> Vec<String> {
+                b.iter().filter(|l| !a.contains(l)).cloned().collect()
+            };
+            f.0.push(format!(
+                "[{name}] {what}: left in pod {:?}, node {:?}; gone from pod {:?}",
+                diff(&before.0, &now.0),
+                diff(&before.1, &now.1),
+                diff(&now.0, &before.0)
+            ));
+        }
+    };
+    let (mut add_points, mut del_points) = (0, 0);
+    for n in 1.. {
+        let killed = chain(Some(n)).add(&att).is_err();
+        if let Err(e) = chain(None).del(&att) {
+            f.0.push(format!("[{name}] runtime DEL after ADD killed at {n}: {e}"));
+        }
+        same(format!("ADD killed at request {n}, then DEL"), f);
+        if !killed {
+            break;
+        }
+        add_points = n;
+        if let Err(e) = chain(None).add(&att).and_then(|_| chain(None).del(&att)) {
+            f.0.push(format!(
+                "[{name}] re-ADD + DEL after ADD killed at {n}: {e}"
+            ));
+        }
+        same(format!("ADD killed at request {n}, DEL, re-ADD, DEL"), f);
+    }
+    for n in 1.. {
+        chain(None)
+            .add(&att)
+            .unwrap_or_else(|e| panic!("[{name}] ADD: {e}"));
+        let killed = chain(Some(n)).del(&att).is_err();
+        if killed {
+            if let Err(e) = chain(None).del(&att) {
+                f.0.push(format!("[{name}] runtime DEL after DEL killed at {n}: {e}"));
+            }
+        }
+        same(format!("DEL killed at request {n}, then DEL"), f);
+        if !killed {
+            break;
+        }
+        del_points = n;
+    }
+    for (c, a) in earlier.iter().rev() {
+        c.del(a).ok();
+    }
+    w.lab.remove_netns(&ns).ok();
+    (add_points, del_points)
+}
+
+#[test]
+fn kill_sweeps_leave_nothing_after_the_runtimes_del() {
+    let underlay = cells().remove(0);
+    let overlay = cells()
+        .into_iter()
+        .find(|c| c.nics == [Main::Ptp, Main::Macvlan] && c.style == Style::DefaultEvery)
+        .unwrap();
+    let runs = [
+        (&underlay, 0, "ku0"),
+        (&underlay, 1, "ku1"),
+        (&overlay, 0, "ko0"),
+        (&overlay, 1, "ko1"),
+    ];
+    let failures = Mutex::new(Vec::new());
+    let points = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for chunk in runs.chunks(2) {
+            let (failures, points) = (&failures, &points);
+            s.spawn(move || {
+                let w = Worker::new();
+                for (cell, i, tag) in chunk {
+                    let mut f = Failures(Vec::new());
+                    let p = kill_sweep(&w, cell, *i, tag, &mut f);
+                    points
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}: {p:?}", cell.name(), ifname(*i)));
+                    failures.lock().unwrap().extend(f.0);
+                }
+            });
+        }
+    });
+    let points = points.into_inner().unwrap();
+    eprintln!("kill points (ADD, DEL): {points:#?}");
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The sweeps did kill: every ADD and every DEL had kill points.
+    assert_eq!(points.len(), 4, "{points:?}");
+    assert!(
+        points
+            .iter()
+            .all(|p| !p.contains("(0,") && !p.ends_with(" 0)")),
+        "{points:?}"
+    );
+}

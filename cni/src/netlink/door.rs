@@ -239,6 +239,7 @@ impl Inner {
             bytes.resize(at + align4(m.buffer_len()), 0);
             m.serialize(&mut bytes[at..at + m.buffer_len()]);
         }
+        super::fault::maybe_abort();
         let sent = self.sock.send(&bytes, 0).map_err(io_err("netlink send"))?;
         if sent != bytes.len() {
             return Err(NlError::Io("netlink: short send".into()));

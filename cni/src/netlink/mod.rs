@@ -24,6 +24,7 @@ mod addr;
 mod conn;
 mod door;
 mod errno;
+pub mod fault;
 mod link;
 mod lookup;
 mod neigh;

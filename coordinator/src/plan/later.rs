@@ -169,6 +169,9 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             .routes
             .iter()
             .filter(|r| r.table == TABLE_MAIN && r.oif == Some(nic.index) && !is_ours(r))
+            // Only the families prevResult gives the NIC: its `from` rules
+            // are of those, and DEL finds the table through them.
+            .filter(|r| fams.contains(&r.family()))
         {
             if is_link_local(&r.dst.addr()) && r.dst.prefix_len() > 0 {
                 continue;
