@@ -100,42 +100,45 @@ fn quarantined(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn ipv4_conflict_fails_the_add_and_is_quarantined() {
+/// An outside machine already uses the address (of one family) host-local
+/// will hand out: ADD fails naming the NIC, the address and the holder's MAC,
+/// the address is quarantined, nothing stays configured, and the runtime's
+/// DEL then succeeds.
+fn conflict_fails_the_add_and_is_quarantined(v6: bool) {
     let lab = Lab::new().unwrap();
-    // An outside machine already uses the address host-local will hand out.
-    let holder = lab.fabric_client(1, Some(POD4), None).unwrap();
+    let (v4_holder, v6_holder) = if v6 {
+        (None, Some(POD6))
+    } else {
+        (Some(POD4), None)
+    };
+    let taken: IpAddr = if v6 { POD6.into() } else { POD4.into() };
+    let holder = lab.fabric_client(1, v4_holder, v6_holder).unwrap();
     let holder_mac = mac_of(&holder.name, "eth0");
     let chain = chain(&lab, "macvlan-underlay.conflist", detection_on());
     let pod = lab.pod("p").unwrap();
-    let att = Attachment::new("c-conflict4", &pod.path, "eth0");
+    let att = Attachment::new(
+        &format!("c-conflict{}", if v6 { 6 } else { 4 }),
+        &pod.path,
+        "eth0",
+    );
     let err = expect_failure(chain.add(&att));
     assert_eq!(err.code, 101, "{err:?}");
-    for part in ["eth0", &POD4.to_string(), &holder_mac] {
+    for part in ["eth0", &taken.to_string(), &holder_mac] {
         assert!(err.msg.contains(part), "{} should name {part}", err.msg);
     }
-    assert_eq!(quarantined(&lab), vec![POD4.to_string()]);
+    assert_eq!(quarantined(&lab), vec![taken.to_string()]);
     assert_nothing_configured(&lab, &pod.name, &[POD4.into(), POD6.into()]);
-    // The runtime then runs DEL for the chain: it succeeds.
     chain.del(&att).unwrap();
 }
 
 #[test]
+fn ipv4_conflict_fails_the_add_and_is_quarantined() {
+    conflict_fails_the_add_and_is_quarantined(false);
+}
+
+#[test]
 fn ipv6_conflict_fails_the_add_and_is_quarantined() {
-    let lab = Lab::new().unwrap();
-    let holder = lab.fabric_client(1, None, Some(POD6)).unwrap();
-    let holder_mac = mac_of(&holder.name, "eth0");
-    let chain = chain(&lab, "macvlan-underlay.conflist", detection_on());
-    let pod = lab.pod("p").unwrap();
-    let att = Attachment::new("c-conflict6", &pod.path, "eth0");
-    let err = expect_failure(chain.add(&att));
-    assert_eq!(err.code, 101, "{err:?}");
-    for part in ["eth0", &POD6.to_string(), &holder_mac] {
-        assert!(err.msg.contains(part), "{} should name {part}", err.msg);
-    }
-    assert_eq!(quarantined(&lab), vec![POD6.to_string()]);
-    assert_nothing_configured(&lab, &pod.name, &[POD4.into(), POD6.into()]);
-    chain.del(&att).unwrap();
+    conflict_fails_the_add_and_is_quarantined(true);
 }
 
 #[test]

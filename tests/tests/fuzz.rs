@@ -21,6 +21,7 @@ use cni::plugin::{dispatch, About, Outcome, Plugin};
 use cni_tests::exec::{bin_path, one_json, Exec};
 use cni_tests::fuzz::{mutate_bytes, mutate_object, random_value, Budget, Rng};
 use cni_tests::samples::{sample_result, VERSIONS};
+use integration::lab::Netns;
 use serde_json::{json, Value};
 
 const ABOUT: About = About {
@@ -28,20 +29,12 @@ const ABOUT: About = About {
     version: "0",
 };
 
-/// Run `body` on a thread inside a fresh network namespace of its own (gone
-/// when the thread ends): whatever a fuzzed call does "on the host" happens
-/// there, never in the namespace the tests run in.
+/// Run `body` inside a scratch network namespace of the test kit (removed
+/// afterwards): whatever a fuzzed call does "on the host" happens there,
+/// never in the namespace the tests run in.
 fn in_scratch_netns<T: Send>(body: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: plain syscall on this thread only.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "unshare(CLONE_NEWNET) needs root");
-            body()
-        })
-        .join()
-        .expect("fuzz thread")
-    })
+    let netns = Netns::scratch("fuzz");
+    netns.ns().run(body).expect("enter the scratch netns")
 }
 
 fn report(target: &str, n: u64, outcomes: &BTreeMap<String, u64>) {

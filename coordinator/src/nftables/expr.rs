@@ -72,44 +72,33 @@ fn data_value(bytes: &[u8]) -> Attrs {
     Attrs::new().bytes(NFTA_DATA_VALUE, bytes)
 }
 
+/// An expression that reads `key` into register 1 (`reg_attr` a DREG) or
+/// writes it from register 1 (`reg_attr` an SREG).
+fn key_with_reg1(name: &'static str, key_attr: u16, key: u32, reg_attr: u16) -> Expr {
+    Expr {
+        name,
+        data: Attrs::new().be32(key_attr, key).be32(reg_attr, NFT_REG_1),
+    }
+}
+
 /// `meta load <key> => reg 1`
 pub fn meta_load(key: MetaKey) -> Expr {
-    Expr {
-        name: "meta",
-        data: Attrs::new()
-            .be32(NFTA_META_KEY, key as u32)
-            .be32(NFTA_META_DREG, NFT_REG_1),
-    }
+    key_with_reg1("meta", NFTA_META_KEY, key as u32, NFTA_META_DREG)
 }
 
 /// `meta set <key> with reg 1`
 pub fn meta_set(key: MetaKey) -> Expr {
-    Expr {
-        name: "meta",
-        data: Attrs::new()
-            .be32(NFTA_META_KEY, key as u32)
-            .be32(NFTA_META_SREG, NFT_REG_1),
-    }
+    key_with_reg1("meta", NFTA_META_KEY, key as u32, NFTA_META_SREG)
 }
 
 /// `ct load <key> => reg 1`
 pub fn ct_load(key: CtKey) -> Expr {
-    Expr {
-        name: "ct",
-        data: Attrs::new()
-            .be32(NFTA_CT_KEY, key as u32)
-            .be32(NFTA_CT_DREG, NFT_REG_1),
-    }
+    key_with_reg1("ct", NFTA_CT_KEY, key as u32, NFTA_CT_DREG)
 }
 
 /// `ct set <key> with reg 1`
 pub fn ct_set(key: CtKey) -> Expr {
-    Expr {
-        name: "ct",
-        data: Attrs::new()
-            .be32(NFTA_CT_KEY, key as u32)
-            .be32(NFTA_CT_SREG, NFT_REG_1),
-    }
+    key_with_reg1("ct", NFTA_CT_KEY, key as u32, NFTA_CT_SREG)
 }
 
 /// `cmp <op> reg 1 <value>`; `value` in the register's byte order.
