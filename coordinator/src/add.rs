@@ -37,6 +37,21 @@ pub fn open_pod_ns(call: &Call) -> Result<NetNs> {
     NetNs::open_pod(path)
 }
 
+/// An exclusive `flock` on the pod's netns file, waited for.
+fn lock_pod(ns: &NetNs) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open fd; flock only takes the lock.
+    let rc = unsafe { libc::flock(ns.file().as_raw_fd(), libc::LOCK_EX) };
+    match rc {
+        0 => Ok(()),
+        _ => Err(Error::Io(format!(
+            "locking the pod netns {}: {}",
+            ns.path().display(),
+            std::io::Error::last_os_error()
+        ))),
+    }
+}
+
 /// The NIC's addresses and gateways as the main plugin reported them.
 pub fn nic_addresses(prev: &CniResult, ifname: &str) -> (Vec<IpNet>, Vec<std::net::IpAddr>) {
     let ips = prev.ips_of(prev.interface_index(ifname));
@@ -183,6 +198,10 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         return Ok(prev);
     }
     let pod_ns = open_pod_ns(call)?;
+    // Like the reference sbr: one ADD per pod at a time, from reading the
+    // pod to the last change, so two NICs attached at once cannot pick the
+    // same table. Released when the netns file closes (process exit).
+    lock_pod(&pod_ns)?;
     let host = Netlink::open()?;
     let pod = Netlink::open_in(&pod_ns)?;
     let view = pod_view(&pod)?;

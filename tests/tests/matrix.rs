@@ -1216,3 +1216,45 @@ fn kill_sweeps_leave_nothing_after_the_runtimes_del() {
         "{points:?}"
     );
 }
+
+/// Two later NICs of one pod attached at once (Multus may run them in
+/// parallel) never share a table: the coordinator takes a lock on the pod's
+/// netns before it reads the pod (five pods, so an unlocked race shows).
+#[test]
+fn concurrent_adds_pick_distinct_tables() {
+    let cell = cells()
+        .into_iter()
+        .find(|c| c.nics.len() == 3 && c.style == Style::DefaultEvery)
+        .unwrap();
+    let w = Worker::new();
+    for round in 0..5 {
+        let (pod, _earlier) = sweep_pod(&w, &cell, &format!("cc{round}"), 1);
+        let cid = format!("ctr-{}", pod.name);
+        std::thread::scope(|s| {
+            for i in [1, 2] {
+                let (w, cell, pod, cid) = (&w, &cell, &pod, &cid);
+                s.spawn(move || {
+                    let chain = w.lab.chain(conflist(w, cell, i, None)).cni_path(cni_path());
+                    let att = Attachment::new(cid, &pod.path, &ifname(i));
+                    chain
+                        .add(&att)
+                        .unwrap_or_else(|e| panic!("ADD {}: {e}", ifname(i)));
+                });
+            }
+        });
+        let rules = state::rules(&pod.name).unwrap();
+        let mut tables: Vec<String> = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["priority"] == 1000 && r["src"] != "all")
+            .map(|r| format!("{} {}", r["src"], r["table"]))
+            .collect();
+        tables.sort();
+        // eth0, net1, net2: three tables, each address's rule in its NIC's.
+        let distinct: std::collections::BTreeSet<&str> =
+            tables.iter().filter_map(|t| t.split(' ').nth(1)).collect();
+        assert_eq!(distinct.len(), 3, "round {round}: {tables:#?}");
+        w.lab.remove_netns(&pod.name).ok();
+    }
+}
