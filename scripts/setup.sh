@@ -9,6 +9,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v hyperfine >/dev/null || need+=(hyperfine)
+command -v iperf3 >/dev/null || need+=(iperf3)
 command -v etcd >/dev/null || need+=(etcd-server)
 # The etcd TLS test makes its own CA with the openssl CLI (tests only).
 command -v openssl >/dev/null || need+=(openssl)

@@ -82,6 +82,18 @@ fn smoke_run_produces_sane_outputs() {
         assert!(p.duplicate_ips.is_empty(), "{:?}", p.duplicate_ips);
     }
 
+    // The datapath figure: every path carried traffic, and the MTU failure
+    // mode (ICMP "fragmentation needed" dropped) stalls TCP.
+    let dp = report.datapath.as_ref().expect("datapath ran");
+    assert_eq!(dp.rounds.len(), opts.datapath.rounds);
+    for p in &dp.paths {
+        assert!(p.errors.is_empty(), "{}: {:?}", p.name, p.errors);
+        for v in [p.median_gbps_1, p.median_gbps_4, p.median_rtt_us] {
+            assert!(v.is_some_and(|v| v > 0.0), "{}: {p:?}", p.name);
+        }
+    }
+    assert_eq!(dp.mtu.stalled, Some(true), "{:?}", dp.mtu);
+
     // The files: JSON parses back to the same rows, Markdown has the table,
     // SVG has one bar per measured row.
     let [json, md, svg] = bench::outputs(out.path());

@@ -8,6 +8,7 @@ mod cases;
 mod checks;
 pub mod churn;
 mod confs;
+pub mod datapath;
 pub mod etcd;
 mod node;
 mod report;
@@ -50,6 +51,8 @@ pub struct Options {
     pub ipam_prefill: usize,
     /// A Spiderpool coordinator binary to benchmark as an anchor.
     pub spiderpool: Option<PathBuf>,
+    /// Rounds and run length of the datapath scenario.
+    pub datapath: datapath::DatapathOptions,
     /// Run only the cases whose short name starts with one of these
     /// (`bench --only cone,sbr,kdel`; `burst` names the burst).
     pub only: Option<Vec<String>>,
@@ -73,10 +76,11 @@ pub const BASELINE_ENV: &str = "BASELINE_COORDINATOR";
 pub const SPIDERPOOL_ENV: &str = "SPIDERPOOL_COORDINATOR";
 
 impl Options {
-    /// The full run: 50 iterations, 2000 routes, 200 pods, 4000 addresses.
+    /// The full run: 80 iterations (at 30 even the ratios moved between
+    /// runs), 2000 routes, 200 pods, 4000 addresses, 5 datapath rounds.
     pub fn full(bin_dir: PathBuf, out_dir: PathBuf) -> Options {
         Options {
-            iterations: 50,
+            iterations: 80,
             warmup: 3,
             smoke: false,
             bin_dir,
@@ -88,6 +92,7 @@ impl Options {
             spiderpool: std::env::var_os(SPIDERPOOL_ENV).map(PathBuf::from),
             only: None,
             baseline: std::env::var_os(BASELINE_ENV).map(PathBuf::from),
+            datapath: datapath::DatapathOptions::full(),
         }
     }
 
@@ -100,6 +105,7 @@ impl Options {
             node_size: 100,
             burst_pods: 16,
             ipam_prefill: 100,
+            datapath: datapath::DatapathOptions::smoke(),
             ..Options::full(bin_dir, out_dir)
         }
     }
@@ -537,6 +543,10 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         true => Some(burst::run(opts, ipam_ok)?),
         false => None,
     };
+    let datapath = match opts.wants("datapath") {
+        true => Some(datapath::run(&opts.bin_dir, &opts.datapath)?),
+        false => None,
+    };
     let binaries = report::binaries(&opts.bin_dir);
     meta.duration_s = started.elapsed().as_secs_f64();
     let mut report = Report {
@@ -546,6 +556,7 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         node_fill,
         ipam_prefill: prefill,
         burst,
+        datapath,
         checks: Vec::new(),
         notes,
     };

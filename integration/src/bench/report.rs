@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::burst::{BurstReport, Prefill};
 use super::cases::{Kind, RowSpec};
+use super::datapath::{self, DatapathReport};
 use super::stats::{Sample, Stats};
 use super::{NodeFill, Options};
 
@@ -140,6 +141,7 @@ pub struct Report {
     pub node_fill: NodeFill,
     pub ipam_prefill: Vec<Prefill>,
     pub burst: Option<BurstReport>,
+    pub datapath: Option<DatapathReport>,
     pub checks: Vec<Check>,
     pub notes: Vec<String>,
 }
@@ -192,7 +194,11 @@ impl Report {
         let json = serde_json::to_string_pretty(self).map_err(io::Error::other)?;
         std::fs::write(dir.join("latest.json"), json + "\n")?;
         std::fs::write(dir.join("latest.md"), self.markdown())?;
-        std::fs::write(dir.join("latest.svg"), self.svg())
+        std::fs::write(dir.join("latest.svg"), self.svg())?;
+        if let Some(d) = &self.datapath {
+            std::fs::write(dir.join("datapath.svg"), datapath::svg(d))?;
+        }
+        Ok(())
     }
 
     pub fn markdown(&self) -> String {
@@ -297,6 +303,10 @@ impl Report {
             "\nNode-size fixture: {} /32 routes and {} neighbours in table {} of the node.",
             self.node_fill.routes, self.node_fill.neighbours, self.node_fill.table
         );
+        if let Some(d) = &self.datapath {
+            s.push('\n');
+            s.push_str(&datapath::markdown(d));
+        }
         if !self.notes.is_empty() {
             s.push_str("\n## Notes\n\n");
             for n in &self.notes {

@@ -15,11 +15,12 @@ use integration::bench::{self, Options};
 
 const USAGE: &str =
     "usage: bench [--iterations N] [--smoke] [--only CASES] [--bin-dir DIR] [--out DIR]
-  --iterations N  recorded iterations per scenario (default 50; smoke 3)
-  --smoke         3 iterations, node-size 100, burst 16, IPAM pre-fill 100;
+  --iterations N  recorded iterations per scenario (default 80; smoke 3)
+  --smoke         3 iterations, node-size 100, burst 16, IPAM pre-fill 100,
+                  one 1 s datapath round;
                   writes to a temp dir (never the committed results)
   --only CASES    comma-separated case name prefixes (floor kdel cone sbr ctwo
-                  cdet cbig hl ci burst); a partial run, for iterating
+                  cdet cbig hl ci burst datapath); a partial run, for iterating
   --bin-dir DIR   our plugin binaries (default target/release)
   --out DIR       where latest.{json,md,svg} go (default integration/results)
   --etcd          only the etcd store vs file store benchmark (etcd.{json,md})
