@@ -12,7 +12,7 @@ use cni::{Error, Result};
 use ipnet::IpNet;
 
 use crate::add::Context;
-use crate::plan::{is_link_local, Layout};
+use crate::plan::Layout;
 
 /// What the node holds that a pod must not: its addresses (any device) and
 /// the gateways of its routes on the uplinks.
@@ -49,20 +49,21 @@ pub fn check(host: &Netlink, ctx: &Context) -> Result<()> {
     if ctx.layout == Layout::OverlayFirst || ctx.inputs.ips.is_empty() {
         return Ok(());
     }
-    let mut node = NodeOwned::default();
-    for a in host.addresses(None)? {
-        let ip = a.addr.addr();
-        if !is_link_local(&ip) {
-            node.addrs.push(ip);
-        }
-    }
+    // The addresses come from the host view's dump; the gateways from `main`
+    // read per uplink, never whole (an overlay node keeps a route per pod there).
+    let mut node = NodeOwned {
+        addrs: ctx.host_view.addrs.clone(),
+        gateways: Vec::new(),
+    };
     let mut families: Vec<Family> = ctx.inputs.ips.iter().map(Family::of_net).collect();
+    families.sort();
     families.dedup();
     for f in families {
-        for r in host.routes(f, Some(TABLE_MAIN))? {
-            let on_uplink = r.oif.is_some_and(|o| ctx.host_view.uplinks.contains(&o));
-            if let (true, Some(gw)) = (on_uplink, r.gateway) {
-                node.gateways.push(gw);
+        for &uplink in &ctx.host_view.uplinks {
+            for r in host.routes_on(f, Some(TABLE_MAIN), Some(uplink))? {
+                if let Some(gw) = r.gateway {
+                    node.gateways.push(gw);
+                }
             }
         }
     }

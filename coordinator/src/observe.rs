@@ -71,6 +71,9 @@ pub struct HostView {
     /// Indices of the non-plumbing interfaces holding node addresses: where a
     /// stale neighbour entry for a pod address can hide.
     pub uplinks: Vec<u32>,
+    /// Every address the node holds (any device, link-local excepted): no pod
+    /// may be given one (see `guard`). Read from the same dump.
+    pub addrs: Vec<IpAddr>,
 }
 
 /// Node addresses in a fixed order, first of each family = hijack gateway:
@@ -102,6 +105,9 @@ pub fn host_view(host: &Netlink, pod_ips: &[IpNet], gateways: &[IpAddr]) -> Resu
     let mut uplink_addrs = Vec::new();
     for a in host.addresses(None)? {
         let ip = a.addr.addr();
+        if !is_link_local(&ip) && !v.addrs.contains(&ip) {
+            v.addrs.push(ip);
+        }
         if a.scope != 0 || is_link_local(&ip) || ip.is_loopback() || a.flags.dadfailed {
             continue;
         }

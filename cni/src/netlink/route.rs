@@ -18,11 +18,26 @@ impl Netlink {
     /// kernel with strict checking, so only that table crosses the socket).
     /// A table that does not exist yet is simply empty.
     pub fn routes(&self, family: Family, table: Option<u32>) -> NlResult<Vec<Route>> {
+        self.routes_on(family, table, None)
+    }
+
+    /// [`Netlink::routes`] of one output device when `oif` is set (also
+    /// filtered by the kernel), so a table that grows with the node's pods,
+    /// such as an overlay node's `main`, is not read whole for one uplink.
+    pub fn routes_on(
+        &self,
+        family: Family,
+        table: Option<u32>,
+        oif: Option<u32>,
+    ) -> NlResult<Vec<Route>> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = address_family(family);
         if let Some(t) = table {
             msg.header.table = header_table(t);
             msg.attributes.push(RouteAttribute::Table(t));
+        }
+        if let Some(i) = oif {
+            msg.attributes.push(RouteAttribute::Oif(i));
         }
         let out = match self.dump(RouteNetlinkMessage::GetRoute(msg)) {
             Err(NlError::NotFound) if table.is_some() => return Ok(Vec::new()),
@@ -36,6 +51,7 @@ impl Netlink {
             })
             // Kernels without strict checking ignore the filter.
             .filter(|r| table.is_none_or(|t| r.table == t))
+            .filter(|r| oif.is_none_or(|i| r.oif == Some(i)))
             .collect())
     }
 
