@@ -4,12 +4,13 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
 use super::stats::{micros, Sample};
 use crate::chain::{Attachment, Chain, Outcome, PluginRun, Verb};
+use crate::exec::{timeval, wait_with_usage};
 use crate::lab::{state, Lab};
 
 /// Whose exec a row measures.
@@ -220,32 +221,14 @@ fn timed(cmd: &mut Command) -> std::io::Result<Sample> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data, filled by the kernel.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: waits for our own child; status and usage outlive the call.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let (status, usage) = wait_with_usage(child.id() as libc::pid_t)?;
     let wall = start.elapsed();
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         return Err(std::io::Error::other(format!("exit status {status:#x}")));
     }
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
     Ok(Sample {
         wall_us: micros(wall),
-        cpu_us: micros(tv(usage.ru_utime) + tv(usage.ru_stime)),
+        cpu_us: micros(timeval(usage.ru_utime) + timeval(usage.ru_stime)),
         rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
     })
 }

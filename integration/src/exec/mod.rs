@@ -7,7 +7,7 @@
 
 mod spawn;
 
-pub use spawn::{run, RawRun, Spawn};
+pub use spawn::{run, timeval, wait_with_usage, RawRun, Spawn};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -127,18 +127,7 @@ pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
     let _ = done_tx.send(());
     let _ = watchdog.join();
 
-    let mut status: libc::c_int = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let (status, usage) = wait_with_usage(pid)?;
     let _ = writer.join();
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
@@ -180,7 +169,26 @@ fn spawn_retrying_busy(cmd: &mut Command) -> io::Result<std::process::Child> {
     cmd.spawn()
 }
 
-fn timeval(t: libc::timeval) -> Duration {
+/// Reap our child `pid`: its wait status and resource usage (CPU, peak RSS).
+pub fn wait_with_usage(pid: libc::pid_t) -> io::Result<(libc::c_int, libc::rusage)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data, filled by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child; status and usage outlive the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            return Ok((status, usage));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A kernel `timeval` as a duration.
+pub fn timeval(t: libc::timeval) -> Duration {
     let secs = u64::try_from(t.tv_sec).unwrap_or(0);
     let micros = u32::try_from(t.tv_usec).unwrap_or(0).min(999_999);
     Duration::new(secs, micros * 1000)
