@@ -12,7 +12,7 @@ use cni::{Error, Result};
 use ipnet::IpNet;
 
 use crate::announce::announce;
-use crate::apply::{apply, Kernel};
+use crate::apply::{apply, Journal, Kernel};
 use crate::config::{Config, Mode};
 use crate::detect::{detect, KernelDad, NicProbe};
 use crate::macprefix::mac_for;
@@ -38,7 +38,7 @@ pub fn open_pod_ns(call: &Call) -> Result<NetNs> {
 }
 
 /// An exclusive `flock` on the pod's netns file, waited for.
-fn lock_pod(ns: &NetNs) -> Result<()> {
+pub fn lock_pod(ns: &NetNs) -> Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid open fd; flock only takes the lock.
     let rc = unsafe { libc::flock(ns.file().as_raw_fd(), libc::LOCK_EX) };
@@ -90,6 +90,20 @@ pub fn context(
     host: &Netlink,
     view: PodView,
 ) -> Result<Option<Context>> {
+    let (ips, gateways) = nic_addresses(prev, &call.env.ifname);
+    context_of(cfg, call, ips, gateways, host, view)
+}
+
+/// [`context`] for the NIC's addresses and gateways however they were learnt
+/// (DEL may have no prevResult and reads them from the NIC).
+pub fn context_of(
+    cfg: &Config,
+    call: &Call,
+    ips: Vec<IpNet>,
+    gateways: Vec<IpAddr>,
+    host: &Netlink,
+    view: PodView,
+) -> Result<Option<Context>> {
     let ifname = call.env.ifname.as_str();
     let is_first = ifname == cfg.pod_default_cni_nic;
     let first = view.link(&cfg.pod_default_cni_nic).cloned();
@@ -106,7 +120,6 @@ pub fn context(
             ),
         ));
     }
-    let (ips, gateways) = nic_addresses(prev, ifname);
     let host_view = match layout {
         Layout::OverlayFirst => HostView::default(),
         _ => host_view(host, &ips, &gateways)?,
@@ -217,46 +230,38 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         .cloned()
         .ok_or_else(|| Error::kernel(format!("pod link {ifname}"), "not found"))?;
 
+    let k = Kernel {
+        host: &host,
+        pod: &pod,
+        pod_ns: &pod_ns,
+    };
+    // From here every change is journalled: an error or a panic before the
+    // commit takes them all back, last first.
+    let mut journal = Journal::new(&k);
     let detecting = cfg.detect_ip_conflict || cfg.detect_gateway;
     // With arp_notify on (the reference macvlan plugin turns it on) the
     // kernel announces a MAC change at once. Without detection that is the
     // announcement we want, and it spares us a packet socket whose close
     // waits out an RCU grace period. With detection nothing may be announced
-    // before the probes (RFC 5227): it is held off for the change, and the
-    // check's own socket announces once the address is known to be free.
+    // before the probes (RFC 5227): it is held off for the change (and for a
+    // conflict's MAC restore), and the check's own socket announces once the
+    // address is known to be free.
+    let notify_key = format!("net/ipv4/conf/{}/arp_notify", nic.name);
     let notify =
         match cfg.pod_mac_prefix.is_some() && ctx.inputs.ips.iter().any(|n| n.addr().is_ipv4()) {
-            true => set_arp_notify(&pod_ns, &nic.name, if detecting { "0" } else { "1" }),
+            true => set_arp_notify(&pod_ns, &notify_key, if detecting { "0" } else { "1" }),
             false => None,
         };
+    if let Some(Some(old)) = &notify {
+        journal.pod_sysctl(notify_key.clone(), old.clone());
+    }
     let kernel_garp = !detecting && notify.is_some();
-    // Held off until detection is over: a conflict puts the old MAC back,
-    // and that change must not be announced either.
-    let restore_notify = || {
-        if let (true, Some(old)) = (detecting, &notify) {
-            if old != "0" {
-                set_arp_notify(&pod_ns, &nic.name, old);
-            }
-        }
-    };
     // The MAC first: probes must go out with the address the pod will keep.
-    let mac_change = match set_mac_prefix(cfg, &pod, &nic, &ctx.inputs.ips) {
-        Ok(m) => m,
-        Err(e) => {
-            restore_notify();
-            return Err(e);
-        }
-    };
-    let undo_mac = || {
-        if let Some((old, _)) = mac_change {
-            if let Err(e) = pod.set_link_mac(nic.index, old) {
-                tracing::warn!("restoring the MAC of {ifname}: {e}");
-            }
-        }
-    };
-    if let Some((_, mac)) = mac_change {
+    let mac_change = set_mac_prefix(cfg, &pod, &nic, &ctx.inputs.ips)?;
+    if let Some((old, new)) = mac_change {
+        journal.mac(nic.index, old);
         if let Some(i) = prev.interface_index(ifname) {
-            prev.interfaces[i].mac = format_mac(&mac);
+            prev.interfaces[i].mac = format_mac(&new);
         }
     }
     let mac = mac_change
@@ -265,7 +270,7 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         .unwrap_or_default();
     let mut v4_announced = kernel_garp;
     if detecting {
-        match run_detection(
+        let announced = run_detection(
             cfg,
             &pod,
             &pod_ns,
@@ -273,15 +278,9 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
             mac,
             &ctx.inputs,
             mac_change.is_some(),
-        ) {
-            Ok(announced) => v4_announced = announced,
-            Err(e) => {
-                undo_mac();
-                restore_notify();
-                return Err(e);
-            }
-        }
-        restore_notify();
+        )?;
+        v4_announced = announced;
+        journal.restore_pod_sysctl(&notify_key);
     }
 
     // Announced before apply, once detection (if on) has cleared the
@@ -309,15 +308,8 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
 
     let plan: Plan = plan_add(cfg, &ctx.inputs);
     tracing::debug!(?ctx.layout, ?plan, "plan");
-    let k = Kernel {
-        host: &host,
-        pod: &pod,
-        pod_ns: &pod_ns,
-    };
-    if let Err(e) = apply(&k, &plan, &ctx.host_view.uplinks) {
-        undo_mac();
-        return Err(e);
-    }
+    apply(&k, &plan, &ctx.host_view.uplinks, &mut journal)?;
+    journal.commit();
     tracing::info!(
         container = call.env.container_id,
         ifname,
@@ -373,17 +365,17 @@ fn kernel_dad(pod: &Netlink, ifindex: u32, ip: IpAddr, dad_enabled: bool) -> Ker
     }
 }
 
-/// Set `net.ipv4.conf.<nic>.arp_notify` in the pod; the value it had, or
-/// None when it could not be read or set (we announce ourselves then).
-fn set_arp_notify(pod_ns: &NetNs, ifname: &str, value: &str) -> Option<String> {
-    let key = format!("net/ipv4/conf/{ifname}/arp_notify");
+/// Set `key` (a NIC's `arp_notify`) in the pod. None when it could not be
+/// read or set (we announce ourselves then); Some(Some(old)) when it changed.
+fn set_arp_notify(pod_ns: &NetNs, key: &str, value: &str) -> Option<Option<String>> {
     let res = pod_ns
-        .run(|| -> std::io::Result<String> {
-            let old = sysctl_get(&key)?;
-            if old != value {
-                sysctl_set(&key, value)?;
+        .run(|| -> std::io::Result<Option<String>> {
+            let old = sysctl_get(key)?;
+            if old == value {
+                return Ok(None);
             }
-            Ok(old)
+            sysctl_set(key, value)?;
+            Ok(Some(old))
         })
         .and_then(|r| r);
     res.map_err(|e| tracing::warn!("{key}={value}: {e}")).ok()

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use cni::netlink::{Netlink, NlError, Route, Rule, VethSpec};
+use cni::netlink::{Mac, Netlink, NlError, Route, Rule, VethSpec};
 use cni::netns::{sysctl_set, NetNs};
 use cni::{Error, Result};
 use ipnet::IpNet;
@@ -40,6 +40,71 @@ enum Undo {
     DelNeigh(Side, u32, IpAddr),
     DelAddr(u32, IpNet),
     RemoveReplyMark,
+    /// Give a pod link its MAC back (`podMACPrefix`).
+    SetMac(u32, Mac),
+    /// Write a pod sysctl's old value back.
+    PodSysctl {
+        key: String,
+        old: String,
+    },
+}
+
+/// Every change of one ADD, from the first (a sysctl, the MAC) to the last,
+/// with how to take it back. Dropped without [`Journal::commit`] (an error
+/// returned, or a panic unwinding through the ADD) it undoes them all, last
+/// first.
+pub struct Journal<'a> {
+    k: &'a Kernel<'a>,
+    steps: Vec<Undo>,
+}
+
+impl<'a> Journal<'a> {
+    pub fn new(k: &'a Kernel<'a>) -> Journal<'a> {
+        Journal {
+            k,
+            steps: Vec::new(),
+        }
+    }
+
+    /// `key` in the pod was changed from `old`.
+    pub fn pod_sysctl(&mut self, key: String, old: String) {
+        self.steps.push(Undo::PodSysctl { key, old });
+    }
+
+    /// Link `index` in the pod had MAC `old`.
+    pub fn mac(&mut self, index: u32, old: Mac) {
+        self.steps.push(Undo::SetMac(index, old));
+    }
+
+    /// Put pod sysctl `key` back now (the change was only needed for a
+    /// while) and forget it.
+    pub fn restore_pod_sysctl(&mut self, key: &str) {
+        let at = self
+            .steps
+            .iter()
+            .position(|u| matches!(u, Undo::PodSysctl { key: k, .. } if k == key));
+        if let Some(at) = at {
+            let step = self.steps.remove(at);
+            undo(self.k, step);
+        }
+    }
+
+    /// The ADD succeeded: keep every change.
+    pub fn commit(mut self) {
+        self.steps.clear();
+    }
+}
+
+impl Drop for Journal<'_> {
+    fn drop(&mut self) {
+        if self.steps.is_empty() {
+            return;
+        }
+        tracing::warn!("ADD failed; undoing {} steps", self.steps.len());
+        for step in std::mem::take(&mut self.steps).into_iter().rev() {
+            undo(self.k, step);
+        }
+    }
 }
 
 /// Resolves link names to indices once per side.
@@ -63,21 +128,24 @@ impl<'a> Links<'a> {
     }
 }
 
-/// Apply `plan`. `uplinks`: host devices where stale neighbour entries for
-/// the pod's addresses may linger.
-pub fn apply(k: &Kernel, plan: &Plan, uplinks: &[u32]) -> Result<()> {
-    let mut journal = Vec::new();
-    let res = apply_steps(k, plan, uplinks, &mut journal);
+/// Apply `plan`, each step recorded in `journal`. `uplinks`: host devices
+/// where stale neighbour entries for the pod's addresses may linger.
+pub fn apply(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Journal) -> Result<()> {
+    let res = apply_steps(k, plan, uplinks, &mut journal.steps);
     if let Err(e) = &res {
-        tracing::warn!("ADD failed ({e}); undoing {} steps", journal.len());
-        rollback(k, journal);
+        tracing::warn!("ADD failed: {e}");
     }
     res
 }
 
 fn route_of(links: &mut Links, r: &RouteSpec) -> Result<Route> {
+    Ok(route_spec(r, links.index(r.side, &r.dev)?))
+}
+
+/// The route `r` names, out of link `oif`, as we install it.
+pub fn route_spec(r: &RouteSpec, oif: u32) -> Route {
     let mut route = Route::new(r.dst, r.table);
-    route.oif = Some(links.index(r.side, &r.dev)?);
+    route.oif = Some(oif);
     route.gateway = r.via;
     route.prefsrc = r.src;
     route.scope = r.scope;
@@ -85,10 +153,10 @@ fn route_of(links: &mut Links, r: &RouteSpec) -> Result<Route> {
     route.onlink = r.onlink;
     route.nh_id = r.nh_id;
     route.protocol = ROUTE_PROTOCOL;
-    Ok(route)
+    route
 }
 
-fn describe(r: &RouteSpec) -> String {
+pub fn describe(r: &RouteSpec) -> String {
     let via = r.via.map(|v| format!(" via {v}")).unwrap_or_default();
     format!(
         "{:?} route {}{} dev {} table {}",
@@ -331,27 +399,29 @@ fn write_sysctls(k: &Kernel, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn rollback(k: &Kernel, journal: Vec<Undo>) {
-    for step in journal.into_iter().rev() {
-        let res = match &step {
-            Undo::DelLink(name) => match k.host.link(name) {
-                Ok(Some(l)) => k.host.del_link(l.index),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            },
-            Undo::DelRoute(side, r) => k.nl(*side).del_route(r),
-            Undo::UnMove(m) => undo_move(k.pod, m),
-            Undo::DelRule(side, r) => k.nl(*side).del_rule(r),
-            Undo::DelNeigh(side, i, ip) => k.nl(*side).del_neighbour(*i, *ip),
-            Undo::DelAddr(i, a) => k.pod.del_address(*i, *a),
-            Undo::RemoveReplyMark => {
-                nftables::remove(k.pod_ns).map_err(|e| NlError::Io(e.to_string()))
-            }
-        };
-        match res {
-            Ok(()) | Err(NlError::NotFound) => {}
-            Err(e) => tracing::warn!("undo {step:?}: {e}"),
-        }
+fn undo(k: &Kernel, step: Undo) {
+    let res = match &step {
+        Undo::DelLink(name) => match k.host.link(name) {
+            Ok(Some(l)) => k.host.del_link(l.index),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
+        Undo::DelRoute(side, r) => k.nl(*side).del_route(r),
+        Undo::UnMove(m) => undo_move(k.pod, m),
+        Undo::DelRule(side, r) => k.nl(*side).del_rule(r),
+        Undo::DelNeigh(side, i, ip) => k.nl(*side).del_neighbour(*i, *ip),
+        Undo::DelAddr(i, a) => k.pod.del_address(*i, *a),
+        Undo::RemoveReplyMark => nftables::remove(k.pod_ns).map_err(|e| NlError::Io(e.to_string())),
+        Undo::SetMac(i, mac) => k.pod.set_link_mac(*i, *mac),
+        Undo::PodSysctl { key, old } => k
+            .pod_ns
+            .run(|| sysctl_set(key, old))
+            .and_then(|r| r)
+            .map_err(|e| NlError::Io(format!("{key}={old}: {e}"))),
+    };
+    match res {
+        Ok(()) | Err(NlError::NotFound) => {}
+        Err(e) => tracing::warn!("undo {step:?}: {e}"),
     }
 }
 

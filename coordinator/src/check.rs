@@ -1,19 +1,15 @@
-//! CHECK: the layout ADD made is still there. The expected pieces come from
-//! the same planner as ADD, so CHECK cannot drift from what ADD installs.
+//! CHECK: read what the plan names from the kernel and compare
+//! ([`crate::plan::verify`]); the plan is the one ADD applies.
 
 use cni::error::code;
-use cni::netlink::{Family, Netlink, Route};
+use cni::netlink::{Family, Netlink};
 use cni::plugin::Call;
 use cni::{Error, Result};
 
 use crate::add::{context, open_pod_ns};
 use crate::config::{Config, Mode};
 use crate::observe::pod_view;
-use crate::plan::{plan_add, Layout, RouteSpec, Side};
-
-fn missing(what: String) -> Error {
-    Error::plugin(code::CHECK_FAILED, format!("CHECK: {what}"))
-}
+use crate::plan::{plan_add, verify, Observed, Plan, Side};
 
 pub fn check(call: &Call, cfg: &Config) -> Result<()> {
     let prev = call
@@ -26,75 +22,55 @@ pub fn check(call: &Call, cfg: &Config) -> Result<()> {
     let host = Netlink::open()?;
     let pod = Netlink::open_in(&pod_ns)?;
     let view = pod_view(&pod)?;
-    let Some(ctx) = context(cfg, call, &prev, &host, view.clone())? else {
+    let Some(ctx) = context(cfg, call, &prev, &host, view)? else {
         return Ok(());
     };
-    if matches!(ctx.layout, Layout::UnderlayFirst | Layout::UnderlayLater) {
-        if let Some(v) = ctx.inputs.veth.as_ref().filter(|v| v.create) {
-            return Err(missing(format!("host veth {} is missing", v.host)));
-        }
-    }
     let plan = plan_add(cfg, &ctx.inputs);
-    for (side, rule) in &plan.rules {
-        let present = match side {
-            Side::Pod => view.rules.iter().any(|r| r == rule),
-            Side::Host => host.rules(rule.family)?.iter().any(|r| r == rule),
-        };
-        if !present {
-            return Err(missing(format!(
-                "{} rule priority {} lookup {}{} is missing",
-                if *side == Side::Pod { "pod" } else { "host" },
-                rule.priority,
-                rule.table,
-                rule.src.map(|s| format!(" from {s}")).unwrap_or_default()
-            )));
-        }
-    }
-    let mut host_tables: Vec<(Family, u32, Vec<Route>)> = Vec::new();
-    for r in plan.routes.iter().chain(&plan.policy) {
-        let found = match r.side {
-            Side::Pod => route_present(&pod, &view.routes, r)?,
-            Side::Host => {
-                let f = Family::of_net(&r.dst);
-                if !host_tables
-                    .iter()
-                    .any(|(hf, t, _)| *hf == f && *t == r.table)
-                {
-                    host_tables.push((f, r.table, host.routes(f, Some(r.table))?));
-                }
-                let routes = host_tables
-                    .iter()
-                    .find(|(hf, t, _)| *hf == f && *t == r.table)
-                    .map(|(_, _, v)| v.as_slice())
-                    .unwrap_or_default();
-                route_present(&host, routes, r)?
-            }
-        };
-        if !found {
-            let via = r.via.map(|v| format!(" via {v}")).unwrap_or_default();
-            return Err(missing(format!(
-                "{} route {}{} dev {} table {} is missing",
-                if r.side == Side::Pod { "pod" } else { "host" },
-                r.dst,
-                via,
-                r.dev,
-                r.table
-            )));
-        }
-    }
-    if plan.reply_mark && !crate::nftables::present(&pod_ns)? {
-        return Err(missing(
-            "the nftables reply-mark table in the pod is missing".into(),
-        ));
-    }
-    Ok(())
+    let seen = observe(&host, &pod_ns, &plan, ctx.inputs.pod)?;
+    verify(&plan, &seen).map_err(|what| Error::plugin(code::CHECK_FAILED, format!("CHECK: {what}")))
 }
 
-fn route_present(nl: &Netlink, routes: &[Route], r: &RouteSpec) -> Result<bool> {
-    let Some(dev) = nl.link(&r.dev)? else {
-        return Ok(false);
+/// The host links, rules and tables the plan names, and the pod as read.
+fn observe(
+    host: &Netlink,
+    pod_ns: &cni::netns::NetNs,
+    plan: &Plan,
+    pod: crate::plan::PodView,
+) -> Result<Observed> {
+    let mut seen = Observed {
+        pod,
+        ..Observed::default()
     };
-    Ok(routes.iter().any(|x| {
-        x.dst == r.dst && x.table == r.table && x.oif == Some(dev.index) && x.gateway == r.via
-    }))
+    let host_devs = plan
+        .routes
+        .iter()
+        .chain(&plan.policy)
+        .filter(|r| r.side == Side::Host)
+        .map(|r| r.dev.clone())
+        .chain(plan.veth.iter().map(|v| v.host.clone()));
+    for dev in host_devs {
+        if seen.host_links.iter().any(|(n, _)| *n == dev) {
+            continue;
+        }
+        if let Some(l) = host.link(&dev)? {
+            seen.host_links.push((dev, l.index));
+        }
+    }
+    let mut families: Vec<Family> = Vec::new();
+    let mut tables: Vec<(Family, u32)> = Vec::new();
+    for (side, rule) in &plan.rules {
+        if *side == Side::Host && !families.contains(&rule.family) {
+            families.push(rule.family);
+            seen.host_rules.extend(host.rules(rule.family)?);
+        }
+    }
+    for r in plan.routes.iter().chain(&plan.policy) {
+        let key = (Family::of_net(&r.dst), r.table);
+        if r.side == Side::Host && !tables.contains(&key) {
+            tables.push(key);
+            seen.host_routes.extend(host.routes(key.0, Some(key.1))?);
+        }
+    }
+    seen.reply_mark = plan.reply_mark && crate::nftables::present(pod_ns)?;
+    Ok(seen)
 }

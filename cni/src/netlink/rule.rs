@@ -43,8 +43,14 @@ impl Netlink {
     /// delete request as wildcards, so the exact rule is looked up first:
     /// `del_rule` never removes a rule that merely contains this one.
     pub fn del_rule(&self, rule: &Rule) -> NlResult<()> {
+        self.del_rule_listed(rule, &self.rules(rule.family)?)
+    }
+
+    /// [`Netlink::del_rule`] against a dump the caller already holds
+    /// (`current`), so removing several rules costs one dump, not one each.
+    pub fn del_rule_listed(&self, rule: &Rule, current: &[Rule]) -> NlResult<()> {
         let msg = rule_message(rule)?;
-        if !self.rules(rule.family)?.iter().any(|r| same_rule(r, rule)) {
+        if !current.iter().any(|r| same_rule(r, rule)) {
             return Err(NlError::NotFound);
         }
         self.ack(RouteNetlinkMessage::DelRule(msg), 0)

@@ -13,11 +13,15 @@
 
 mod host;
 mod later;
+mod teardown;
 mod types;
 mod underlay;
+mod verify;
 
 #[cfg(test)]
 mod exact;
+#[cfg(test)]
+mod follow;
 #[cfg(test)]
 mod tests;
 
@@ -31,8 +35,10 @@ use crate::config::{Config, PolicyRoute};
 
 pub use later::free_table;
 use later::later_nic;
+pub use teardown::{sweep, teardown, teardown_without_plan, Teardown};
 pub use types::*;
 use underlay::underlay_first;
+pub use verify::{verify, Observed};
 
 pub fn is_link_local(ip: &IpAddr) -> bool {
     match ip {

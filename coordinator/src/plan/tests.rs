@@ -4,7 +4,7 @@ use crate::names::POD_VETH;
 use cni::netlink::{Link, RTPROT_BOOT, TABLE_MAIN};
 use serde_json::json;
 
-fn cfg(extra: serde_json::Value) -> Config {
+pub(super) fn cfg(extra: serde_json::Value) -> Config {
     let mut v = extra;
     v["defaultsFile"] = json!("/nonexistent");
     Config::from_raw(&v).unwrap()
@@ -24,7 +24,14 @@ pub(super) fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
     }
 }
 
-fn route(dst: &str, table: u32, oif: u32, gw: Option<&str>, proto: u8, scope: Scope) -> Route {
+pub(super) fn route(
+    dst: &str,
+    table: u32,
+    oif: u32,
+    gw: Option<&str>,
+    proto: u8,
+    scope: Scope,
+) -> Route {
     let mut r = Route::new(dst.parse().unwrap(), table);
     r.oif = Some(oif);
     r.gateway = gw.map(|g| g.parse().unwrap());
@@ -122,7 +129,7 @@ fn pod(net1: bool) -> PodView {
     p
 }
 
-fn first_inputs() -> Inputs {
+pub(super) fn first_inputs() -> Inputs {
     Inputs {
         layout: Layout::UnderlayFirst,
         ifname: "eth0".into(),
@@ -286,7 +293,7 @@ fn ipv4_only_pod_gets_no_ipv6_routes() {
     assert!(p.rules.iter().all(|(_, r)| r.family == Family::V4));
 }
 
-fn later_inputs(layout: Layout) -> Inputs {
+pub(super) fn later_inputs(layout: Layout) -> Inputs {
     Inputs {
         layout,
         ifname: "net1".into(),
@@ -578,7 +585,7 @@ fn overlay_later_nic_goes_through_eth0() {
 }
 
 /// Overlay pod: ptp-style eth0 (10.244.0.5/32 via 10.244.0.1), net1 macvlan.
-fn overlay_inputs() -> Inputs {
+pub(super) fn overlay_inputs() -> Inputs {
     let mut i = later_inputs(Layout::OverlayLater);
     i.pod.links[1].kind = Some("veth".into());
     i.pod.links.retain(|l| l.name != "veth0");
