@@ -10,6 +10,8 @@ command -v nft >/dev/null || need+=(nftables)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v hyperfine >/dev/null || need+=(hyperfine)
 command -v iperf3 >/dev/null || need+=(iperf3)
+# bench profile (scripts/profile-add.sh and its smoke test) samples with perf.
+command -v perf >/dev/null || need+=(linux-perf)
 command -v etcd >/dev/null || need+=(etcd-server)
 # The etcd TLS test makes its own CA with the openssl CLI (tests only).
 command -v openssl >/dev/null || need+=(openssl)

@@ -43,6 +43,9 @@ fn smoke_run_produces_sane_outputs() {
         "coordinator-ipam/add/full",
         "coordinator/add/2nics-ds-detect-eth0",
         "coordinator/add/2nics-ds-detect-net1",
+        "kernel/paired-del/1nic-v4",
+        "kernel/paired-del/2nics-ds-eth0",
+        "kernel/paired-del/1nic-v4-node",
     ] {
         let row = report.rows.iter().find(|r| r.id == id);
         let row = row.unwrap_or_else(|| panic!("no row {id}"));
@@ -63,6 +66,20 @@ fn smoke_run_produces_sane_outputs() {
         assert!(st.rss_kib.min > 0.0, "{}: {:?}", r.id, st.rss_kib);
     }
     assert!(report.rows.iter().any(|r| r.kind == Kind::Anchor));
+    // The first-NIC DEL targets are judged on per-round differences.
+    let paired: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.name.contains("DEL of the first NIC"))
+        .collect();
+    assert_eq!(paired.len(), 3);
+    for c in paired {
+        assert!(c.pass.is_some(), "{c:?}");
+        assert!(
+            c.value.contains("paired difference, median of 3 rounds"),
+            "{c:?}"
+        );
+    }
     assert_eq!(report.node_fill.routes, opts.node_size);
 
     let burst = report.burst.as_ref().expect("burst ran");
@@ -109,4 +126,44 @@ fn smoke_run_produces_sane_outputs() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     let measured = report.rows.iter().filter(|r| r.stats.is_some()).count();
     assert_eq!(svg.matches("<rect x=").count(), measured);
+}
+
+/// `bench profile` end to end on the debug build (unstripped): perf records
+/// the profiled pairs, every ADD and DEL process is found, and the samples
+/// land in the categories the kernel work of an ADD must show.
+#[test]
+fn profile_smoke_classifies_real_samples() {
+    let bins = bin_dir();
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(bins.join("bench"))
+        .args(["profile", "--pairs", "3", "--warmup", "0", "--profiled"])
+        .arg(&bins)
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("bench (cargo build --workspace --bins) and perf (scripts/setup.sh)");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "bench profile failed: {stderr}");
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("profile-add.json")).unwrap())
+            .unwrap();
+    for verb in ["add", "del"] {
+        assert_eq!(v[verb]["processes"], 3, "{verb}: {}", v[verb]);
+        assert!(v[verb]["samples"].as_u64().unwrap() > 0, "{}", v[verb]);
+        assert!(v[verb]["by_category"]["ExecLoader"].as_u64().unwrap() > 0);
+    }
+    // Only ADD creates the veth pair and the nftables table.
+    for c in ["VethCreation", "NfTables"] {
+        assert!(
+            v["add"]["by_category"][c].as_u64().unwrap_or(0) > 0,
+            "{c}: {}",
+            v["add"]
+        );
+    }
+    let anchors = v["anchors"].as_array().unwrap();
+    assert!(anchors.iter().all(|r| r["n"] == 3), "{anchors:?}");
+    let md = std::fs::read_to_string(out.path().join("profile-add.md")).unwrap();
+    assert!(md.contains("| **total** | 100 %"), "{md}");
 }

@@ -2,19 +2,22 @@
 //! the timing of one plugin's own exec (from the chain runner's per-plugin
 //! runs), never the whole chain.
 
+use std::io;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
+use super::confs;
 use super::stats::{micros, Sample};
-use crate::chain::{Attachment, Chain, Outcome, PluginRun, Verb};
+use crate::chain::{Attachment, Chain, NetConfList, Outcome, PluginRun, Verb};
 use crate::exec::{timeval, wait_with_usage};
 use crate::lab::{state, Lab};
 
 /// Whose exec a row measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Ours,
@@ -51,6 +54,9 @@ pub enum Body<'l> {
         lab: &'l Lab,
         nics: Vec<(Chain, String)>,
         measured: String,
+        /// Pair the first NIC's DEL with the kernel's own deletion of a veth
+        /// pair into a pod netns (one more row, see [`Case::paired_kernel_del`]).
+        paired: bool,
     },
     /// A one-plugin chain run with `verb` (the exec floor: `/bin/true`).
     Exec {
@@ -126,7 +132,8 @@ impl Case<'_> {
                 lab,
                 nics,
                 measured,
-            } => self.pod_once(lab, nics, measured, &cid, iter, &mut it),
+                paired,
+            } => self.pod_once(lab, nics, measured, *paired, &cid, iter, &mut it),
             Body::LinkDel { lab } => {
                 let pod = match lab.pod(&format!("{}{iter}", self.short)) {
                     Ok(p) => p,
@@ -137,16 +144,9 @@ impl Case<'_> {
                 };
                 let ns = lab.node();
                 let a = format!("bk{iter}a");
-                let made = state::ip(
-                    ns,
-                    &[
-                        "link", "add", &a, "type", "veth", "peer", "name", "eth0", "netns",
-                        &pod.name,
-                    ],
-                );
-                match made {
+                match veth_into(ns, &a, &pod.name) {
                     Err(e) => it.errors.push(e.to_string()),
-                    Ok(_) => {
+                    Ok(()) => {
                         for (k, args) in [["link", "del", a.as_str()], ["link", "show", "lo"]]
                             .iter()
                             .enumerate()
@@ -166,11 +166,13 @@ impl Case<'_> {
         it
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn pod_once(
         &self,
         lab: &Lab,
         nics: &[(Chain, String)],
         measured: &str,
+        paired: bool,
         cid: &str,
         iter: usize,
         it: &mut Iteration,
@@ -181,6 +183,24 @@ impl Case<'_> {
                 it.errors.push(format!("pod netns: {e}"));
                 return;
             }
+        };
+        // The kernel's twin of our first-NIC DEL: a fresh veth pair into a
+        // pod netns of its own, made untimed now, deleted next to our DEL.
+        let twin = match paired {
+            true => match lab.pod(&format!("{}k{iter}", self.short)) {
+                Ok(p) => {
+                    let link = format!("bp{iter}a");
+                    if let Err(e) = veth_into(lab.node(), &link, &p.name) {
+                        it.errors.push(format!("paired veth: {e}"));
+                    }
+                    Some((p, link))
+                }
+                Err(e) => {
+                    it.errors.push(format!("paired pod netns: {e}"));
+                    None
+                }
+            },
+            false => None,
         };
         let n = nics.len();
         let mut added = 0;
@@ -196,7 +216,21 @@ impl Case<'_> {
             }
         }
         // DEL everything attempted, even after a failed ADD (a runtime does).
+        // The kernel's deletion goes right before the first NIC's DEL in even
+        // rounds and right after it in odd ones.
+        let kernel_del = |it: &mut Iteration| {
+            if let Some((_, link)) = &twin {
+                match timed(Command::new("ip").args(["-n", lab.node(), "link", "del", link])) {
+                    Ok(s) if it.errors.is_empty() => it.samples[2 * n] = Some(s),
+                    Ok(_) => {}
+                    Err(e) => it.errors.push(format!("paired ip link del: {e}")),
+                }
+            }
+        };
         for (j, (chain, ifname)) in nics[..added].iter().enumerate().rev() {
+            if j == 0 && iter.is_multiple_of(2) {
+                kernel_del(it);
+            }
             let att = Attachment::new(cid, &pod.path, ifname);
             match chain.del(&att) {
                 Ok(out) => {
@@ -206,11 +240,85 @@ impl Case<'_> {
                 }
                 Err(e) => it.errors.push(format!("DEL {ifname}: {e}")),
             }
+            if j == 0 && !iter.is_multiple_of(2) {
+                kernel_del(it);
+            }
         }
-        if let Err(e) = lab.remove_netns(&pod.name) {
-            it.errors.push(format!("remove pod netns: {e}"));
+        // A pair's two samples are kept together or not at all, so the
+        // per-round differences line up.
+        if paired && !it.errors.is_empty() {
+            it.samples[2 * n - 1] = None;
+            it.samples[2 * n] = None;
+        }
+        for netns in std::iter::once(&pod.name).chain(twin.as_ref().map(|(p, _)| &p.name)) {
+            if let Err(e) = lab.remove_netns(netns) {
+                it.errors.push(format!("remove pod netns: {e}"));
+            }
         }
     }
+
+    /// Add the paired kernel deletion to a pod case: each round also times
+    /// `ip link del` of a fresh veth pair into a pod netns next to the first
+    /// NIC's DEL (alternating which goes first); row id `kernel/paired-del/<slug>`.
+    pub fn paired_kernel_del(mut self) -> Self {
+        let Body::Pod { paired, nics, .. } = &mut self.body else {
+            return self;
+        };
+        *paired = true;
+        let first_del = &self.rows[2 * nics.len() - 1];
+        let slug = first_del.id.rsplit('/').next().unwrap_or_default();
+        let spec = RowSpec::new(
+            &format!("kernel/paired-del/{slug}"),
+            "ip link del <veth pair> (paired with the first NIC's DEL)",
+            &first_del.group,
+            Kind::Floor,
+        );
+        self.rows.push(spec);
+        self
+    }
+}
+
+/// The exec floor: `/bin/true` run as a one-plugin chain in the node.
+pub(crate) fn floor_case(lab: &Lab) -> io::Result<Case<'_>> {
+    Ok(Case {
+        short: "floor".into(),
+        rows: vec![RowSpec::new(
+            "floor/exec",
+            "/bin/true (exec floor)",
+            "exec floor",
+            Kind::Floor,
+        )],
+        body: Body::Exec {
+            chain: Chain::new(confs::list("floor", vec![json!({"type": "true"})])?)
+                .node_netns(Some(lab.node()))
+                .cni_path(vec![PathBuf::from("/bin")]),
+            netns: lab.node_path(),
+            verb: Verb::Del,
+        },
+        optional: false,
+    })
+}
+
+/// A chain of `plugins` (conflist `name`) run in `lab`'s node, its state
+/// kept in the lab, plugins looked up in `cni_path`.
+pub(crate) fn lab_chain(
+    lab: &Lab,
+    cni_path: &[PathBuf],
+    name: &str,
+    plugins: Vec<serde_json::Value>,
+) -> io::Result<Chain> {
+    let mut list: NetConfList = confs::list(name, plugins)?;
+    lab.localize(&mut list);
+    Ok(lab.chain(list).cni_path(cni_path.to_vec()))
+}
+
+/// A veth pair `link` in netns `ns` whose peer is `eth0` in netns `pod`:
+/// what our first-NIC DEL deletes.
+fn veth_into(ns: &str, link: &str, pod: &str) -> std::io::Result<()> {
+    let args = [
+        "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", pod,
+    ];
+    state::ip(ns, &args).map(drop)
 }
 
 /// Run `cmd` (output discarded) and measure it like a plugin exec.
@@ -284,6 +392,7 @@ pub fn pod_case<'l>(
             lab,
             nics,
             measured,
+            paired: false,
         },
         optional: false,
     }

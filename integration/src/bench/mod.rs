@@ -11,6 +11,7 @@ mod confs;
 pub mod datapath;
 pub mod etcd;
 mod node;
+pub mod profile;
 mod report;
 mod stats;
 
@@ -19,16 +20,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::json;
 
 pub use burst::BurstReport;
 pub use cases::Kind;
 pub use report::{Binary, Check, Meta, Report, Row};
 pub use stats::{Sample, Stats, Summary};
 
-use crate::chain::{Chain, NetConfList, Verb};
+use crate::chain::Chain;
 use crate::lab::Lab;
-use cases::{pod_case, Body, Case, RowSpec};
+use cases::{floor_case, lab_chain, pod_case, Body, Case, RowSpec};
 use confs::Ipam;
 
 /// What to run and where to write.
@@ -156,24 +156,7 @@ pub fn run(opts: &Options) -> io::Result<Report> {
     let cni_path = vec![PathBuf::from("/usr/lib/cni"), opts.bin_dir.clone()];
     let spider_dir = lab.dir().join("spiderpool-bin");
 
-    let mut cases = Vec::new();
-    cases.push(Case {
-        short: "floor".into(),
-        rows: vec![RowSpec::new(
-            "floor/exec",
-            "/bin/true (exec floor)",
-            "exec floor",
-            Kind::Floor,
-        )],
-        body: Body::Exec {
-            chain: Chain::new(confs::list("floor", vec![json!({"type": "true"})])?)
-                .node_netns(Some(lab.node()))
-                .cni_path(vec![PathBuf::from("/bin")]),
-            netns: lab.node_path(),
-            verb: Verb::Del,
-        },
-        optional: false,
-    });
+    let mut cases = vec![floor_case(&lab)?];
     let big_group = format!("1 NIC IPv4, {} pods' routes on the node", opts.node_size);
     for (short, ns, suffix, group) in [
         (
@@ -212,10 +195,8 @@ pub fn run(opts: &Options) -> io::Result<Report> {
             optional: false,
         });
     }
-    let chain = |lab: &Lab, name: &str, plugins: Vec<serde_json::Value>| -> io::Result<Chain> {
-        let mut list: NetConfList = confs::list(name, plugins)?;
-        lab.localize(&mut list);
-        Ok(lab.chain(list).cni_path(cni_path.clone()))
+    let chain = |lab: &Lab, name: &str, plugins: Vec<serde_json::Value>| {
+        lab_chain(lab, &cni_path, name, plugins)
     };
     let v4 = Ipam::HostLocal { v6: false };
     let ds = Ipam::HostLocal { v6: true };
@@ -234,16 +215,19 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         confs::coordinator(false, false),
         "coordinator",
     )?;
-    cases.push(pod_case(
-        &lab,
-        "cone",
-        nics,
-        measured,
-        Kind::Ours,
-        "coordinator",
-        "1 NIC IPv4",
-        "",
-    ));
+    cases.push(
+        pod_case(
+            &lab,
+            "cone",
+            nics,
+            measured,
+            Kind::Ours,
+            "coordinator",
+            "1 NIC IPv4",
+            "",
+        )
+        .paired_kernel_del(),
+    );
     let (nics, measured) = one_nic(&lab, "sbr", 2, confs::sbr(), "sbr")?;
     cases.push(pod_case(
         &lab,
@@ -362,16 +346,11 @@ pub fn run(opts: &Options) -> io::Result<Report> {
                 "net1".to_string(),
             ),
         ];
-        cases.push(pod_case(
-            &lab,
-            short,
-            nics,
-            measured.into(),
-            kind,
-            who,
-            group,
-            "",
-        ));
+        let case = pod_case(&lab, short, nics, measured.into(), kind, who, group, "");
+        cases.push(match short {
+            "ctwo" => case.paired_kernel_del(),
+            _ => case,
+        });
     }
     let (nics, measured) = one_nic(
         &big,
@@ -380,16 +359,19 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         confs::coordinator(false, false),
         "coordinator",
     )?;
-    cases.push(pod_case(
-        &big,
-        "cbig",
-        nics,
-        measured,
-        Kind::Ours,
-        "coordinator",
-        &big_group,
-        "node",
-    ));
+    cases.push(
+        pod_case(
+            &big,
+            "cbig",
+            nics,
+            measured,
+            Kind::Ours,
+            "coordinator",
+            &big_group,
+            "node",
+        )
+        .paired_kernel_del(),
+    );
 
     // IPAM: bare IPAM execs, an empty pool and a pool with `ipam_prefill` taken.
     let ipam_dir = lab.dir().join("ipam");

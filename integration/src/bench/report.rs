@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::burst::{BurstReport, Prefill};
 use super::cases::{Kind, RowSpec};
@@ -51,7 +51,7 @@ impl Meta {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` without a date library (days-to-civil).
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -75,7 +75,7 @@ fn utc_now() -> String {
 }
 
 /// One measured exec (a plugin, a verb, a scenario).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub id: String,
     pub label: String,

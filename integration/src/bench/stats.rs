@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::chain::PluginRun;
 
 /// One exec of a plugin, as the runtime saw it.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Sample {
     pub wall_us: u64,
     pub cpu_us: u64,
@@ -29,7 +29,7 @@ pub fn micros(d: Duration) -> u64 {
 }
 
 /// min / median / p90 / max of a set of values, in milliseconds.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub min: f64,
     pub median: f64,
@@ -63,8 +63,25 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * frac
 }
 
+/// The median of `values` and a distribution-free ~95 % confidence interval
+/// for it: the order statistics 1.96 binomial standard deviations either
+/// side of the middle rank (no resampling, no assumption about the shape).
+pub fn median_ci(values: &[f64]) -> Option<(f64, f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    let half = 1.96 * n.sqrt() / 2.0;
+    // 1-based ranks r and s, clamped to the sample.
+    let r = ((n / 2.0 - half).floor() as usize).max(1);
+    let s = ((1.0 + n / 2.0 + half).ceil() as usize).min(v.len());
+    Some((quantile(&v, 0.5), v[r - 1], v[s - 1]))
+}
+
 /// Wall, CPU (ms) and RSS (KiB) summaries of samples.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Stats {
     pub wall_ms: Summary,
     pub cpu_ms: Summary,
@@ -96,5 +113,15 @@ mod tests {
         assert!((s.p90 - 4.6).abs() < 1e-9);
         assert_eq!(Summary::of(&[7.0]).unwrap().p90, 7.0);
         assert!(Summary::of(&[]).is_none());
+    }
+
+    #[test]
+    fn median_ci_takes_the_binomial_order_statistics() {
+        // n = 80: ranks 31 and 50 (1-based) of 1..=80.
+        let v: Vec<f64> = (1..=80).rev().map(f64::from).collect();
+        assert_eq!(median_ci(&v), Some((40.5, 31.0, 50.0)));
+        // Tiny samples: the whole range.
+        assert_eq!(median_ci(&[2.0, 1.0, 3.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(median_ci(&[]), None);
     }
 }

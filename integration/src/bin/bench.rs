@@ -7,10 +7,12 @@
 //! Full runs write integration/results/latest.{json,md,svg}; `--smoke` runs
 //! write to a temporary directory unless `--out` is given. Needs root.
 //! `--etcd` runs only the etcd store's benchmark (etcd.{json,md}).
+//! `bench profile` profiles the coordinator's ADD (profile-add.{json,md}).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use integration::bench::profile::ProfileOptions;
 use integration::bench::{self, Options};
 
 const USAGE: &str =
@@ -24,6 +26,14 @@ const USAGE: &str =
   --bin-dir DIR   our plugin binaries (default target/release)
   --out DIR       where latest.{json,md,svg} go (default integration/results)
   --etcd          only the etcd store vs file store benchmark (etcd.{json,md})
+usage: bench profile [--pairs N] [--period-us P] [--profiled DIR] [--bin-dir DIR] [--out DIR]
+                     [--keep-data]
+  where the coordinator's ADD and DEL spend their CPU: N (default 200) ADD/DEL
+  pairs of the underlay 1-NIC IPv4 case under perf record (cpu-clock every P
+  µs, default 50, call graphs), next to the same rounds' anchors; the
+  unstripped build in DIR (default target/profiling: scripts/profile-add.sh
+  builds it); writes profile-add.{json,md} (default integration/results),
+  with --keep-data also profile-add.perf.data (for perf report)
 usage: bench churn [--pods N] [--concurrency C] [--bin-dir DIR]
   pod lifecycles with random kill -9 of a plugin mid-call, then leak and
   duplicate counts (default 1000 pods, 8 concurrent); writes churn.json
@@ -31,8 +41,10 @@ env: SPIDERPOOL_COORDINATOR=/path/to/coordinator adds the Spiderpool anchor
      BASELINE_COORDINATOR=/path/to/coordinator adds another build of ours (A/B)";
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("churn") {
-        return churn(std::env::args().skip(2).collect());
+    match std::env::args().nth(1).as_deref() {
+        Some("churn") => return churn(std::env::args().skip(2).collect()),
+        Some("profile") => return profile(std::env::args().skip(2).collect()),
+        _ => {}
     }
     let mut iterations = None;
     let mut smoke = false;
@@ -146,6 +158,66 @@ fn churn(args: Vec<String>) -> ExitCode {
         true => ExitCode::SUCCESS,
         false => ExitCode::FAILURE,
     }
+}
+
+/// `bench profile`: see `integration::bench::profile`. The same binary,
+/// re-run by perf with `--inner STATE`, does the rounds.
+fn profile(args: Vec<String>) -> ExitCode {
+    let target = bench::release_dir().join("..");
+    let mut opts = ProfileOptions::new(
+        bench::release_dir(),
+        target.join("profiling"),
+        bench::results_dir(),
+    );
+    let mut inner = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--keep-data" {
+            opts.keep_data = true;
+            continue;
+        }
+        let v = it.next().unwrap_or_default();
+        let num = v.parse::<usize>().ok().filter(|n| *n > 0);
+        match (a.as_str(), num) {
+            ("--pairs", Some(n)) => opts.pairs = n,
+            ("--warmup", _) => opts.warmup = v.parse().unwrap_or(opts.warmup),
+            ("--period-us", Some(n)) => opts.period_us = n as u64,
+            ("--profiled", _) => opts.profiled = PathBuf::from(v),
+            ("--bin-dir", _) => opts.bin_dir = PathBuf::from(v),
+            ("--out", _) => opts.out_dir = PathBuf::from(v),
+            ("--inner", _) => inner = Some(PathBuf::from(v)),
+            _ => {
+                eprintln!("bench profile: bad argument {a} {v}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(state) = inner {
+        return match bench::profile::inner(&state, &opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench profile (inner run): {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let report = match bench::profile::run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench profile: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.markdown());
+    if let Err(e) = report.write(&opts.out_dir) {
+        eprintln!("bench profile: writing to {}: {e}", opts.out_dir.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "bench profile: wrote {}",
+        opts.out_dir.join("profile-add.{json,md}").display()
+    );
+    ExitCode::SUCCESS
 }
 
 fn etcd_bench(bin_dir: &std::path::Path, out_dir: &std::path::Path, smoke: bool) -> ExitCode {
