@@ -163,9 +163,21 @@ fn remove(
             let what = format!("pod rule priority {} lookup {}", r.priority, r.table);
             note(what, pod.del_rule_listed(r, &dumped));
         }
+        // Routes on the veth's pod end go with the veth below.
+        let doomed = td
+            .veth
+            .as_ref()
+            .and_then(|(_, p)| view.and_then(|v| v.link(p)))
+            .map(|l| l.index);
         for t in &td.tables {
             let routes = view
-                .map(|v| v.routes.iter().filter(|r| r.table == *t).cloned().collect())
+                .map(|v| {
+                    v.routes
+                        .iter()
+                        .filter(|r| r.table == *t && (doomed.is_none() || r.oif != doomed))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             flush(pod, *t, routes, &mut note);
         }

@@ -1171,6 +1171,161 @@ fn kill_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) ->
     (add_points, del_points)
 }
 
+/// (family, device) of every default route (each nexthop) in the netns's main.
+fn default_devs(ns: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for fam in ["-4", "-6"] {
+        let text = state::ip(ns, &[fam, "-j", "route", "show", "default"]).unwrap_or_default();
+        let routes: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for r in routes.as_array().cloned().unwrap_or_default() {
+            let hops = r["nexthops"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| vec![r.clone()]);
+            for h in hops {
+                out.push(format!("{fam} {}", h["dev"].as_str().unwrap_or("?")));
+            }
+        }
+    }
+    out
+}
+
+/// For every N: the coordinator panics just before its Nth netlink request
+/// of an ADD of NIC `i`, with `podMACPrefix` on (the MAC change is the ADD's
+/// first step, before anything the plan names). The ADD fails and, before
+/// any DEL, the undo journal has taken back every change of ours: the node is
+/// as before, the pod lost nothing and gained only the main plugin's link and
+/// routes (none of our protocol, no rule, no veth, the same nftables ruleset),
+/// and the NIC's MAC is not the prefix's. The runtime's DEL then leaves both
+/// exactly as before. Returns the number of panic points.
+fn panic_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) -> u32 {
+    let (pod, earlier) = sweep_pod(w, cell, tag, i);
+    let ns = pod.name.clone();
+    let before = (snapshot(&ns), snapshot(w.lab.node()));
+    let before_defaults = default_devs(&ns);
+    let chain = |fault: Option<u32>| {
+        let mut list = conflist(w, cell, i, None);
+        list.plugins[1].insert("podMACPrefix".into(), json!("0a:0b"));
+        let c = w.lab.chain(list).cni_path(cni_path());
+        match fault {
+            Some(n) => c.env(cni::netlink::fault::PANIC_ENV, &n.to_string()),
+            None => c,
+        }
+    };
+    let nic = ifname(i);
+    let att = Attachment::new(&format!("ctr-{ns}"), &pod.path, &nic);
+    let name = format!("{} {nic} panic", cell.name());
+    let mut points = 0;
+    for n in 1.. {
+        let res = chain(Some(n)).add(&att);
+        let Err(e) = res else {
+            chain(None).del(&att).ok();
+            break;
+        };
+        points = n;
+        let e = e.to_string();
+        if !e.contains("injected panic") {
+            f.0.push(format!("[{name}] ADD at {n} failed otherwise: {e}"));
+        }
+        let now = (snapshot(&ns), snapshot(w.lab.node()));
+        // Defaults are compared by their devices below: the main plugin's
+        // IPv6 default merges with the others into one multipath line.
+        let plain = |l: &&String| !l.starts_with("route default");
+        let gone: Vec<&String> = before
+            .0
+            .iter()
+            .filter(|l| !now.0.contains(l))
+            .filter(plain)
+            .collect();
+        let added: Vec<&String> = now
+            .0
+            .iter()
+            .filter(|l| !before.0.contains(l))
+            .filter(plain)
+            .collect();
+        let now_defaults = default_devs(&ns);
+        let lost_defaults: Vec<&String> = before_defaults
+            .iter()
+            .filter(|d| !now_defaults.contains(d))
+            .collect();
+        if !lost_defaults.is_empty() {
+            f.0.push(format!(
+                "[{name}] ADD panicked at request {n}: main lost the defaults {lost_defaults:?}"
+            ));
+        }
+        let ours = |l: &&&String| {
+            l.starts_with("rule")
+                || l.contains("proto 222")
+                || l.contains("proto 0xde")
+                || l.contains("veth0")
+                || l.contains("table ")
+        };
+        if now.1 != before.1 || !gone.is_empty() || added.iter().any(|l| ours(&l)) {
+            f.0.push(format!(
+                "[{name}] ADD panicked at request {n}, no DEL yet: pod lost {gone:?}, \
+                 gained {added:?}; node changed: {}",
+                now.1 != before.1
+            ));
+        }
+        let mac = state::ip(&ns, &["-j", "link", "show", "dev", &nic]).unwrap_or_default();
+        if mac.contains("\"address\":\"0a:0b") {
+            f.0.push(format!(
+                "[{name}] ADD panicked at request {n}: {nic} kept the prefix MAC"
+            ));
+        }
+        if let Err(e) = chain(None).del(&att) {
+            f.0.push(format!("[{name}] runtime DEL after the panic at {n}: {e}"));
+        }
+        if (snapshot(&ns), snapshot(w.lab.node())) != before {
+            f.0.push(format!("[{name}] panic at {n}, then DEL: not as before"));
+        }
+    }
+    for (c, a) in earlier.iter().rev() {
+        c.del(a).ok();
+    }
+    w.lab.remove_netns(&ns).ok();
+    points
+}
+
+#[test]
+fn a_panic_mid_add_is_undone_before_any_del() {
+    let underlay = cells().remove(0);
+    let overlay = cells()
+        .into_iter()
+        .find(|c| c.nics == [Main::Ptp, Main::Macvlan] && c.style == Style::DefaultEvery)
+        .unwrap();
+    let runs = [
+        (&underlay, 0, "pu0"),
+        (&underlay, 1, "pu1"),
+        (&overlay, 1, "po1"),
+    ];
+    let failures = Mutex::new(Vec::new());
+    let points = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for chunk in runs.chunks(2) {
+            let (failures, points) = (&failures, &points);
+            s.spawn(move || {
+                let w = Worker::new();
+                for (cell, i, tag) in chunk {
+                    let mut f = Failures(Vec::new());
+                    let p = panic_sweep(&w, cell, *i, tag, &mut f);
+                    points.lock().unwrap().push((cell.name(), *i, p));
+                    failures.lock().unwrap().extend(f.0);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let points = points.into_inner().unwrap();
+    eprintln!("panic points: {points:?}");
+    // Every sweep panicked at several points (MAC change, plan steps).
+    assert!(
+        points.len() == 3 && points.iter().all(|p| p.2 >= 5),
+        "{points:?}"
+    );
+}
+
 #[test]
 fn kill_sweeps_leave_nothing_after_the_runtimes_del() {
     let underlay = cells().remove(0);

@@ -1479,6 +1479,66 @@ fn failed_add_leaves_nothing_behind() {
 
 // ---------------------------------------------------------------- 6. DEL
 
+/// A DEL that cannot remove what it finds does not succeed: here the
+/// coordinator runs without CAP_NET_ADMIN (a wrapper drops it from the
+/// bounding set), so the kernel refuses every change. DEL still tries every
+/// step (rules, table, nftables, veth), fails with code 11 naming each
+/// refusal so the runtime retries, and the retry leaves the pod and the node
+/// exactly as before the ADD.
+#[test]
+fn del_reports_a_real_failure_and_its_retry_completes() {
+    let lab = build_lab(Lab::builder().subnets(1));
+    let node = lab.node().to_string();
+    let pod = lab.pod("f").unwrap();
+    let pod_before = snapshot(&pod.name);
+    let nic = attach(&lab, &pod, load(&lab, "macvlan-underlay.conflist"), "eth0");
+    let pod_added = snapshot(&pod.name);
+    let node_added = snapshot(&node);
+
+    let wrap = lab.dir().join("no-net-admin");
+    std::fs::create_dir_all(&wrap).unwrap();
+    let script = wrap.join("coordinator");
+    let real = bin_dir().join("coordinator");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set -net_admin -- {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut path = vec![wrap];
+    path.extend(cni_path());
+    let weak = lab
+        .chain(load(&lab, "macvlan-underlay.conflist"))
+        .cni_path(path);
+    let err = weak.del(&nic.att).expect_err("DEL without CAP_NET_ADMIN");
+    assert_eq!(
+        err.plugin.as_deref(),
+        Some("coordinator"),
+        "{}",
+        describe(&err)
+    );
+    assert_eq!(err.code, 11, "{}", describe(&err));
+    for step in ["rule priority 900", "nftables", "veth"] {
+        assert!(err.msg.contains(step), "{step} not tried: {}", err.msg);
+    }
+    assert!(err.msg.contains("Operation not permitted"), "{}", err.msg);
+    // Nothing was removed, and nothing half-removed is in the way of the retry.
+    assert_eq!(snapshot(&pod.name), pod_added, "pod after the refused DEL");
+    assert_eq!(snapshot(&node), node_added, "node after the refused DEL");
+
+    nic.chain
+        .del(&nic.att)
+        .unwrap_or_else(|e| panic!("retried DEL: {}", describe(&e)));
+    assert_eq!(snapshot(&pod.name), pod_before, "pod after the retried DEL");
+    // The node's `from all lookup 500` rule serves every pod and stays.
+    assert!(!has_link(&node, &host_veth(&pod)));
+    assert_eq!(node_entries_for(&node, &nic.ips), Vec::<String>::new());
+}
+
 #[test]
 fn del_cleans_up_and_never_fails() {
     // Two subnets: macvlan's DEL looks up its master (ens2 for net1).
