@@ -7,25 +7,37 @@ use std::sync::Mutex;
 use tracing_subscriber::filter::LevelFilter;
 
 /// The log names pods, addresses and container IDs: readable by root only,
-/// whatever the umask of the runtime (0600, directories 0700).
+/// whatever the umask of the runtime (0600, directories 0700). Every plugin
+/// exec opens it, so the usual case (directory there, file already 0600)
+/// costs one open and one fstat: the directory is made only when the open
+/// says it is missing, the mode set only when it is wrong.
 fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
     // O_NONBLOCK: a FIFO without a reader fails (ENXIO) instead of hanging
     // the call; it then logs to stderr.
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+    };
+    let f = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            open()?
+        }
+        other => other?,
+    };
     // A log file an earlier version created 0644 is tightened too.
-    if f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if meta.is_file() && meta.permissions().mode() & 0o777 != 0o600 {
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(f)

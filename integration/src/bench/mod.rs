@@ -10,7 +10,7 @@ pub mod churn;
 mod confs;
 pub mod datapath;
 pub mod etcd;
-mod node;
+pub(crate) mod node;
 pub mod profile;
 mod report;
 mod stats;
@@ -153,6 +153,16 @@ pub fn run(opts: &Options) -> io::Result<Report> {
     let lab = Lab::builder().subnets(2).build()?;
     let big = Lab::builder().subnets(1).build()?;
     let node_fill = node::fill(&big, opts.node_size)?;
+    for l in [&lab, &big] {
+        node::packet_filter(l)?;
+    }
+    notes.push(
+        "Each node netns carries an accept-only inet filter with conntrack on the \
+         prerouting, input, output and postrouting hooks, as kube-proxy leaves on every \
+         Kubernetes node: without any hook on the machine, the pod's nftables table would flip \
+         the kernel's global netfilter static keys (code patching with IPIs) at every ADD and DEL."
+            .to_string(),
+    );
     let cni_path = vec![PathBuf::from("/usr/lib/cni"), opts.bin_dir.clone()];
     let spider_dir = lab.dir().join("spiderpool-bin");
 

@@ -1,6 +1,7 @@
 //! The node-size fixture: a node that already hosts many pods, i.e. one /32
 //! route and one neighbour per pod in the coordinator's host table, on a
-//! veth inside the node netns (no dummy links on this kernel).
+//! veth inside the node netns (no dummy links on this kernel). And the
+//! packet filter every Kubernetes node runs.
 
 use std::io;
 
@@ -46,4 +47,22 @@ pub fn fill(lab: &Lab, pods: usize) -> io::Result<NodeFill> {
         neighbours,
         table: HOST_RULE_TABLE,
     })
+}
+
+/// What kube-proxy (iptables or nftables mode) or any CNI's policy engine
+/// leaves on a real node: conntrack and filter chains on the prerouting and
+/// output hooks of both families. The kernel's netfilter hook switches are
+/// global static keys: on a node without any hook, the pod table each ADD
+/// creates flips them on (code patching with IPIs to every CPU) and its DEL
+/// off again, a cost no real node has (and whose size depended on what else
+/// this shared machine ran). Accept-only: no packet is changed.
+pub fn packet_filter(lab: &Lab) -> io::Result<()> {
+    lab.nft(
+        "table inet bench_node_filter {\n\
+         chain prerouting { type filter hook prerouting priority 0; ct state new accept; }\n\
+         chain input { type filter hook input priority 0; ct state new accept; }\n\
+         chain output { type route hook output priority 0; ct state new accept; }\n\
+         chain postrouting { type filter hook postrouting priority 0; accept; }\n\
+         }\n",
+    )
 }

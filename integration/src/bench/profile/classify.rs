@@ -109,7 +109,9 @@ impl Category {
             Category::RuntimeStart => "runtime start-up and shutdown (tokio, mio)",
             Category::Logging => "logging (tracing set-up and events)",
             Category::NetnsEntry => "netns entry (setns)",
-            Category::VethCreation => "veth creation (veth_newlink, register_netdevice)",
+            Category::VethCreation => {
+                "veth pair creation / deletion (veth_newlink, (un)register_netdevice)"
+            }
             Category::NfTables => "nf_tables batch (nfnetlink, nf_tables_*)",
             Category::Sysctl => "sysctl reads and writes (proc_sys_*)",
             Category::Netlink => "netlink round trips (rtnetlink, sockets)",
@@ -175,6 +177,9 @@ pub const RULES: &[Rule] = &[
             "rtnl_create_link",
             "rtnl_newlink_create",
             "__dev_change_net_namespace",
+            "rtnl_dellink",
+            "unregister_netdevice",
+            "netdev_run_todo",
         ],
         user: &[],
         dso: &[],
@@ -291,6 +296,30 @@ pub fn kernel_entry(s: &StackSample) -> String {
         .unwrap_or_default()
 }
 
+/// Which request a netlink sample served: the handler rtnetlink dispatched
+/// to (`rtnl_newroute`, `inet_dump_ifaddr`, ...), else its syscall.
+pub fn netlink_op(s: &StackSample) -> String {
+    let k: Vec<&str> = s
+        .frames
+        .iter()
+        .filter(|f| f.kernel())
+        .map(|f| f.sym.as_str())
+        .collect();
+    // Leaf first: the frame just below the dispatcher is the handler
+    // (`rtnetlink_rcv_msg` is often inlined into `netlink_rcv_skb`).
+    let below = |name: &str| {
+        let i = k.iter().position(|f| *f == name)?;
+        k[..i]
+            .iter()
+            .rev()
+            .find(|f| !f.starts_with("rtnetlink_rcv_msg"))
+            .map(|f| f.to_string())
+    };
+    below("rtnl_dumpit")
+        .or_else(|| below("netlink_rcv_skb"))
+        .unwrap_or_else(|| kernel_entry(s))
+}
+
 /// Sample counts per category and the hottest leaf symbols of a set of
 /// processes (one verb of one plugin).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -304,6 +333,8 @@ pub struct Breakdown {
     pub other_kernel: BTreeMap<String, u64>,
     /// Leaf symbol → samples, for [`Category::UserCode`].
     pub user_code: BTreeMap<String, u64>,
+    /// rtnetlink handler (or syscall) → samples, for [`Category::Netlink`].
+    pub netlink_ops: BTreeMap<String, u64>,
 }
 
 impl Breakdown {
@@ -322,6 +353,9 @@ impl Breakdown {
         }
         if c == Category::OtherKernel {
             *self.other_kernel.entry(kernel_entry(s)).or_default() += 1;
+        }
+        if c == Category::Netlink {
+            *self.netlink_ops.entry(netlink_op(s)).or_default() += 1;
         }
     }
 
@@ -491,6 +525,17 @@ sbr 5000
                 sample(
                     BIN,
                     &[
+                        ("rcu_barrier", K),
+                        ("netdev_run_todo", K),
+                        ("rtnl_dellink", K),
+                    ],
+                ),
+                Category::VethCreation,
+            ),
+            (
+                sample(
+                    BIN,
+                    &[
                         ("nf_tables_newtable", K),
                         ("nfnetlink_rcv", K),
                         ("netlink_sendmsg", K),
@@ -575,12 +620,49 @@ sbr 5000
             BIN,
         );
         assert_eq!(b.samples, 5);
+        assert_eq!(b.by_category.values().sum::<u64>(), 5);
         assert_eq!(b.by_category[&Category::Spawn], 2);
         assert_eq!(b.by_category[&Category::VethCreation], 1);
         assert_eq!(b.by_category[&Category::UserCode], 1);
         assert!((b.share(Category::Spawn) - 0.4).abs() < 1e-9);
         assert_eq!(b.other_kernel["__x64_sys_openat"], 1);
-        assert_eq!(top(&b.leaves, 10).len(), 5);
+        b.add(
+            &sample(
+                BIN,
+                &[
+                    ("fib_table_insert", K),
+                    ("inet_rtm_newroute", K),
+                    ("rtnetlink_rcv_msg", K),
+                    ("netlink_rcv_skb", K),
+                    ("__sys_sendto", K),
+                    ("__x64_sys_sendto", K),
+                ],
+            ),
+            BIN,
+        );
+        b.add(
+            &sample(BIN, &[("netlink_recvmsg", K), ("__x64_sys_recvfrom", K)]),
+            BIN,
+        );
+        b.add(
+            &sample(
+                BIN,
+                &[
+                    ("fib_table_dump", K),
+                    ("inet_dump_fib", K),
+                    ("rtnl_dumpit", K),
+                    ("netlink_dump", K),
+                    ("__netlink_dump_start", K),
+                    ("rtnetlink_rcv_msg", K),
+                    ("netlink_rcv_skb", K),
+                ],
+            ),
+            BIN,
+        );
+        assert_eq!(b.netlink_ops["inet_rtm_newroute"], 1);
+        assert_eq!(b.netlink_ops["inet_dump_fib"], 1);
+        assert_eq!(b.netlink_ops["__x64_sys_recvfrom"], 1);
+        assert_eq!(top(&b.leaves, 10).len(), 8);
         assert_eq!(top(&b.leaves, 2)[0].1, 1);
     }
 

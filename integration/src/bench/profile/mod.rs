@@ -278,6 +278,7 @@ impl Control {
 pub fn inner(state: &Path, opts: &ProfileOptions) -> io::Result<()> {
     let mut control = Control::open(state)?;
     let lab = Lab::builder().subnets(1).build()?;
+    super::node::packet_filter(&lab)?;
     let path = |dir: &Path| vec![PathBuf::from("/usr/lib/cni"), dir.to_path_buf()];
     let v4 = confs::Ipam::HostLocal { v6: false };
     let pod = |short: &str, third: u8, second, dir: &Path, who: &str| -> io::Result<Case> {

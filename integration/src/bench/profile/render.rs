@@ -132,6 +132,13 @@ impl ProfileReport {
         );
         list(
             &mut m,
+            "## ADD: netlink round trips, by rtnetlink handler (else syscall)",
+            &self.add,
+            &self.add.netlink_ops,
+            15,
+        );
+        list(
+            &mut m,
             "## ADD: other kernel work, by syscall",
             &self.add,
             &self.add.other_kernel,
@@ -143,6 +150,13 @@ impl ProfileReport {
             &self.add,
             &self.add.user_code,
             15,
+        );
+        list(
+            &mut m,
+            "## DEL: netlink round trips, by rtnetlink handler (else syscall)",
+            &self.del,
+            &self.del.netlink_ops,
+            12,
         );
         m
     }
