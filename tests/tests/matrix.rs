@@ -1287,18 +1287,24 @@ fn panic_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) -
     points
 }
 
-#[test]
-fn a_panic_mid_add_is_undone_before_any_del() {
+type Sweep<T> = fn(&Worker, &Cell, usize, &str, &mut Failures) -> T;
+
+/// The underlay cell and the overlay (ptp + macvlan) cell the sweeps use.
+fn sweep_cells() -> (Cell, Cell) {
     let underlay = cells().remove(0);
     let overlay = cells()
         .into_iter()
         .find(|c| c.nics == [Main::Ptp, Main::Macvlan] && c.style == Style::DefaultEvery)
         .unwrap();
-    let runs = [
-        (&underlay, 0, "pu0"),
-        (&underlay, 1, "pu1"),
-        (&overlay, 1, "po1"),
-    ];
+    (underlay, overlay)
+}
+
+/// Run `sweep` over `runs` (cell, NIC, netns tag) on two labs in parallel:
+/// every failure, and each run's points as "cell NIC: points".
+fn run_sweeps<T: std::fmt::Debug + Send>(
+    runs: &[(&Cell, usize, &str)],
+    sweep: Sweep<T>,
+) -> (Vec<String>, Vec<(String, T)>) {
     let failures = Mutex::new(Vec::new());
     let points = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -1308,66 +1314,51 @@ fn a_panic_mid_add_is_undone_before_any_del() {
                 let w = Worker::new();
                 for (cell, i, tag) in chunk {
                     let mut f = Failures(Vec::new());
-                    let p = panic_sweep(&w, cell, *i, tag, &mut f);
-                    points.lock().unwrap().push((cell.name(), *i, p));
+                    let p = sweep(&w, cell, *i, tag, &mut f);
+                    let what = format!("{} {}", cell.name(), ifname(*i));
+                    points.lock().unwrap().push((what, p));
                     failures.lock().unwrap().extend(f.0);
                 }
             });
         }
     });
-    let failures = failures.into_inner().unwrap();
+    (failures.into_inner().unwrap(), points.into_inner().unwrap())
+}
+
+#[test]
+fn a_panic_mid_add_is_undone_before_any_del() {
+    let (underlay, overlay) = sweep_cells();
+    let runs = [
+        (&underlay, 0, "pu0"),
+        (&underlay, 1, "pu1"),
+        (&overlay, 1, "po1"),
+    ];
+    let (failures, points) = run_sweeps(&runs, panic_sweep);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    let points = points.into_inner().unwrap();
-    eprintln!("panic points: {points:?}");
+    eprintln!("panic points: {points:#?}");
     // Every sweep panicked at several points (MAC change, plan steps).
     assert!(
-        points.len() == 3 && points.iter().all(|p| p.2 >= 5),
+        points.len() == 3 && points.iter().all(|p| p.1 >= 5),
         "{points:?}"
     );
 }
 
 #[test]
 fn kill_sweeps_leave_nothing_after_the_runtimes_del() {
-    let underlay = cells().remove(0);
-    let overlay = cells()
-        .into_iter()
-        .find(|c| c.nics == [Main::Ptp, Main::Macvlan] && c.style == Style::DefaultEvery)
-        .unwrap();
+    let (underlay, overlay) = sweep_cells();
     let runs = [
         (&underlay, 0, "ku0"),
         (&underlay, 1, "ku1"),
         (&overlay, 0, "ko0"),
         (&overlay, 1, "ko1"),
     ];
-    let failures = Mutex::new(Vec::new());
-    let points = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for chunk in runs.chunks(2) {
-            let (failures, points) = (&failures, &points);
-            s.spawn(move || {
-                let w = Worker::new();
-                for (cell, i, tag) in chunk {
-                    let mut f = Failures(Vec::new());
-                    let p = kill_sweep(&w, cell, *i, tag, &mut f);
-                    points
-                        .lock()
-                        .unwrap()
-                        .push(format!("{} {}: {p:?}", cell.name(), ifname(*i)));
-                    failures.lock().unwrap().extend(f.0);
-                }
-            });
-        }
-    });
-    let points = points.into_inner().unwrap();
+    let (failures, points) = run_sweeps(&runs, kill_sweep);
     eprintln!("kill points (ADD, DEL): {points:#?}");
-    let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The sweeps did kill: every ADD and every DEL had kill points.
     assert_eq!(points.len(), 4, "{points:?}");
     assert!(
-        points
-            .iter()
-            .all(|p| !p.contains("(0,") && !p.ends_with(" 0)")),
+        points.iter().all(|(_, (add, del))| *add > 0 && *del > 0),
         "{points:?}"
     );
 }
