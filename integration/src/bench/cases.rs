@@ -257,6 +257,17 @@ impl Case<'_> {
         }
     }
 
+    /// The rows of the paired deletion: the first NIC's DEL and the
+    /// kernel's deletion next to it.
+    pub fn paired_rows(&self) -> Option<[usize; 2]> {
+        match &self.body {
+            Body::Pod {
+                paired: true, nics, ..
+            } => Some([2 * nics.len() - 1, 2 * nics.len()]),
+            _ => None,
+        }
+    }
+
     /// Add the paired kernel deletion to a pod case: each round also times
     /// `ip link del` of a fresh veth pair into a pod netns next to the first
     /// NIC's DEL (alternating which goes first); row id `kernel/paired-del/<slug>`.

@@ -36,6 +36,10 @@ use confs::Ipam;
 pub struct Options {
     /// Recorded iterations per scenario (after warm-up).
     pub iterations: usize,
+    /// Recorded rounds of the paired first-NIC DEL rows (our DEL and the
+    /// kernel's deletion next to it): the rounds beyond `iterations` run
+    /// only the cases that hold such a pair and record only the pair.
+    pub del_rounds: usize,
     pub warmup: usize,
     /// Small sizes for the test suite; never writes the committed results.
     pub smoke: bool,
@@ -81,6 +85,7 @@ impl Options {
     pub fn full(bin_dir: PathBuf, out_dir: PathBuf) -> Options {
         Options {
             iterations: 80,
+            del_rounds: 200,
             warmup: 3,
             smoke: false,
             bin_dir,
@@ -100,6 +105,7 @@ impl Options {
     pub fn smoke(bin_dir: PathBuf, out_dir: PathBuf) -> Options {
         Options {
             iterations: 3,
+            del_rounds: 3,
             warmup: 1,
             smoke: true,
             node_size: 100,
@@ -455,18 +461,19 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         .flat_map(|c| c.rows.iter().map(Row::new))
         .collect();
     let mut skipped = vec![false; cases.len()];
-    let total = opts.warmup + opts.iterations;
+    let total = opts.warmup + opts.iterations.max(opts.del_rounds);
     for iter in 0..total {
         if iter % 10 == 0 {
             eprintln!("bench: iteration {}/{total}", iter + 1);
         }
+        let del_only = iter >= opts.warmup + opts.iterations;
         // Rotate the order so no case always follows the same neighbour.
         for j in 0..cases.len() {
             let ci = (iter + j) % cases.len();
-            if skipped[ci] {
+            let case = &cases[ci];
+            if skipped[ci] || (del_only && case.paired_rows().is_none()) {
                 continue;
             }
-            let case = &cases[ci];
             let it = case.once(iter);
             let first_row: usize = cases[..ci].iter().map(|c| c.rows.len()).sum();
             if iter == 0 && case.optional && !it.errors.is_empty() {
@@ -480,6 +487,9 @@ pub fn run(opts: &Options) -> io::Result<Report> {
                 continue;
             }
             for (k, s) in it.samples.iter().enumerate() {
+                if del_only && !case.paired_rows().is_some_and(|p| p.contains(&k)) {
+                    continue;
+                }
                 let row = &mut rows[first_row + k];
                 match s {
                     Some(s) => row.samples.push(*s),

@@ -18,6 +18,8 @@ pub struct Meta {
     pub started_utc: String,
     pub duration_s: f64,
     pub iterations: usize,
+    /// Rounds of the paired first-NIC DEL rows.
+    pub del_rounds: usize,
     pub warmup: usize,
     pub smoke: bool,
     pub bin_dir: String,
@@ -38,6 +40,7 @@ impl Meta {
             started_utc: utc_now(),
             duration_s: 0.0,
             iterations: opts.iterations,
+            del_rounds: opts.iterations.max(opts.del_rounds),
             warmup: opts.warmup,
             smoke: opts.smoke,
             bin_dir: opts.bin_dir.display().to_string(),
@@ -211,8 +214,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{} · {} iterations after {} warm-up · kernel {} · {} CPUs · load at start {} · binaries {} · {:.0} s\n",
-            m.started_utc, m.iterations, m.warmup, m.kernel, m.cpus, m.loadavg, m.bin_dir, m.duration_s
+            "{} · {} iterations after {} warm-up ({} rounds for the paired first-NIC DEL rows) · kernel {} · {} CPUs · load at start {} · binaries {} · {:.0} s\n",
+            m.started_utc, m.iterations, m.warmup, m.del_rounds, m.kernel, m.cpus, m.loadavg, m.bin_dir, m.duration_s
         );
         s.push_str("Per exec of the named plugin alone (the chain runner's spawn-to-exit of that plugin; earlier plugins of the chain excluded). Wall time in ms, CPU = user+sys (ms), RSS = peak RSS (MiB).\n\n");
         s.push_str("| scenario | plugin, verb | n | fail | min | median | p90 | max | CPU med | RSS max |\n|---|---|---|---|---|---|---|---|---|---|\n");

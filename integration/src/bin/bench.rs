@@ -16,8 +16,11 @@ use integration::bench::profile::ProfileOptions;
 use integration::bench::{self, Options};
 
 const USAGE: &str =
-    "usage: bench [--iterations N] [--smoke] [--only CASES] [--bin-dir DIR] [--out DIR]
+    "usage: bench [--iterations N] [--del-rounds N] [--smoke] [--only CASES] [--bin-dir DIR] [--out DIR]
   --iterations N  recorded iterations per scenario (default 80; smoke 3)
+  --del-rounds N  recorded rounds of the paired first-NIC DEL rows (our DEL and
+                  ip link del of a veth pair next to it; default 200, never
+                  fewer than the iterations; given --iterations, that number)
   --smoke         3 iterations, node-size 100, burst 16, IPAM pre-fill 100,
                   one 1 s datapath round;
                   writes to a temp dir (never the committed results)
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     let mut iterations = None;
+    let mut del_rounds = None;
     let mut smoke = false;
     let mut bin_dir = bench::release_dir();
     let mut out = None;
@@ -62,6 +66,13 @@ fn main() -> ExitCode {
                     .filter(|n| *n > 0)
                     .map(|n| iterations = Some(n))
                     .ok_or_else(|| format!("--iterations {v}: want a positive number"))
+            }),
+            "--del-rounds" => value("--del-rounds").and_then(|v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(|n| del_rounds = Some(n))
+                    .ok_or_else(|| format!("--del-rounds {v}: want a positive number"))
             }),
             "--smoke" => {
                 smoke = true;
@@ -102,6 +113,10 @@ fn main() -> ExitCode {
     };
     if let Some(n) = iterations {
         opts.iterations = n;
+        opts.del_rounds = opts.del_rounds.min(n);
+    }
+    if let Some(n) = del_rounds {
+        opts.del_rounds = n;
     }
     opts.only = only;
     let report = match bench::run(&opts) {
