@@ -58,22 +58,14 @@ fn main() -> ExitCode {
     let mut etcd = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        let mut value = |name: &str| {
+            args.next()
+                .map(|v| (name.to_string(), v))
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
         let parsed: Result<(), String> = match a.as_str() {
-            "--iterations" => value("--iterations").and_then(|v| {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(|n| iterations = Some(n))
-                    .ok_or_else(|| format!("--iterations {v}: want a positive number"))
-            }),
-            "--del-rounds" => value("--del-rounds").and_then(|v| {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(|n| del_rounds = Some(n))
-                    .ok_or_else(|| format!("--del-rounds {v}: want a positive number"))
-            }),
+            "--iterations" => positive(value("--iterations")).map(|n| iterations = Some(n)),
+            "--del-rounds" => positive(value("--del-rounds")).map(|n| del_rounds = Some(n)),
             "--smoke" => {
                 smoke = true;
                 Ok(())
@@ -82,10 +74,10 @@ fn main() -> ExitCode {
                 etcd = true;
                 Ok(())
             }
-            "--bin-dir" => value("--bin-dir").map(|v| bin_dir = PathBuf::from(v)),
-            "--out" => value("--out").map(|v| out = Some(PathBuf::from(v))),
+            "--bin-dir" => value("--bin-dir").map(|(_, v)| bin_dir = PathBuf::from(v)),
+            "--out" => value("--out").map(|(_, v)| out = Some(PathBuf::from(v))),
             "--only" => value("--only")
-                .map(|v| only = Some(v.split(',').map(str::to_string).collect::<Vec<_>>())),
+                .map(|(_, v)| only = Some(v.split(',').map(str::to_string).collect::<Vec<_>>())),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -136,6 +128,15 @@ fn main() -> ExitCode {
         out_dir.join("latest.{json,md,svg}").display()
     );
     ExitCode::SUCCESS
+}
+
+/// A positive count given to option `name`.
+fn positive(arg: Result<(String, String), String>) -> Result<usize, String> {
+    let (name, v) = arg?;
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{name} {v}: want a positive number"))
 }
 
 /// `bench churn`: see `integration::bench::churn`. Prints the report and
