@@ -635,3 +635,62 @@ fn netns_open_errors() {
     assert_eq!(nl.link("").unwrap(), None);
     assert_eq!(nl.link("a-name-longer-than-ifnamsiz").unwrap(), None);
 }
+
+/// nf_tables tables of family inet named `names`, as `nft` lists them.
+fn nft_tables(s: &Scratch) -> Vec<String> {
+    let out = s.exec(&["nft", "-j", "list", "tables"]);
+    assert!(out.status.success(), "nft: {:?}", out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<String> = v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["table"]["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn nftables_batches_commit_whole_or_name_the_refused_message() {
+    use cni::netlink::nftables::{Attrs, NfMessage, NftMsg, Nftables, NLM_F_CREATE, NLM_F_EXCL};
+    const NFTA_TABLE_NAME: u16 = 1;
+    const NFTA_TABLE_FLAGS: u16 = 2;
+    let table = |name: &str, flags: u32| {
+        let attrs = Attrs::new()
+            .string(NFTA_TABLE_NAME, name)
+            .be32(NFTA_TABLE_FLAGS, flags);
+        (
+            NfMessage::nft(NftMsg::NewTable, attrs),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("table {name}"),
+        )
+    };
+    let s = Scratch::new();
+    let nft = Nftables::open_in(s.netns.ns()).unwrap();
+
+    // The second change is refused (unknown table flags); it has the same
+    // header as the first, so only the whole echo can name it. Nothing of
+    // the batch is committed.
+    let refused = nft.batch(&[table("da", 0), table("db", 0xff00), table("dc", 0)]);
+    match refused {
+        Err(NlError::Kernel { errno, msg }) => {
+            assert_eq!(errno, libc::EOPNOTSUPP, "{msg}");
+            assert!(msg.starts_with("table db: "), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(nft_tables(&s).is_empty());
+
+    // The same socket right after: the refused batch's late answers (its
+    // third message's) are not taken for this one's.
+    nft.batch(&[table("da", 0), table("db", 0)]).unwrap();
+    assert_eq!(nft_tables(&s), ["da", "db"]);
+
+    // The first message fails (it exists): EEXIST, and dc is not created.
+    assert_eq!(
+        nft.batch(&[table("da", 0), table("dc", 0)]),
+        Err(NlError::Exists)
+    );
+    assert_eq!(nft_tables(&s), ["da", "db"]);
+}

@@ -16,7 +16,7 @@ impl Protocol for Route {
     const PROTOCOL: isize = NETLINK_ROUTE;
     type Message = RouteNetlinkMessage;
 
-    fn tune(sock: &Socket) -> NlResult<()> {
+    fn tune(sock: &mut Socket) -> NlResult<()> {
         // Strict checking makes the kernel honour the filters of our dump
         // requests (table, ifindex) instead of ignoring them.
         sock.set_netlink_get_strict_chk(true)

@@ -5,28 +5,46 @@
 //!
 //! A family is a [`Protocol`]: the netlink protocol number and the message
 //! type the netlink-packet-* crates (or our own `NfMessage`) encode and
-//! decode. Framing, sequence numbers, acknowledgements, interrupted dumps and
-//! the kernel's extended-ACK text are handled here once, and every failure is
-//! an [`NlError`].
+//! decode. Acknowledgements, interrupted dumps and the kernel's extended-ACK
+//! text are handled here once, and every failure is an [`NlError`].
 //!
-//! The socket is plain blocking netlink-sys with a receive timeout: a CNI call
-//! makes a few dozen strictly sequential requests, so an async connection and
-//! its runtime would only add start-up cost.
+//! The transport is the project's netlink stack: a netlink-proto
+//! connection (framing, sequence numbers, replies matched to their request)
+//! with our codec (`codec`: a batch is one datagram under one sequence
+//! number), on tokio's current-thread runtime with IO and time only, one
+//! runtime per process built on the first open. The API stays synchronous:
+//! each method is one `block_on` of its exchange, under a 30 s timeout.
+//!
+//! A plugin is exec'd per call and makes a few dozen strictly sequential
+//! requests, so the exchange polls its door's connection itself (nothing is
+//! spawned), and the socket (`socket`) reads the kernel's answer right
+//! after the send, since the kernel has queued it by then. A request thus
+//! costs `sendto`, `recvfrom` and one `recvfrom` that finds the queue empty,
+//! without a reactor turn or an armed timer; the reactor and the timer only
+//! work when an answer is not there yet. Doors may be used from several
+//! threads at once, one request at a time per door: a thread that does not
+//! hold the runtime polls its own exchange and is woken by the one that does.
 
-use std::io;
+use std::future::{poll_fn, Future};
 use std::marker::PhantomData;
-use std::sync::Mutex;
+use std::pin::{pin, Pin};
+use std::sync::{Mutex, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable, NLM_F_ACK, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
+use netlink_proto::sys::{AsyncSocket, SocketAddr};
+use netlink_proto::ConnectionHandle;
 use netlink_sys::Socket;
-use nix::sys::socket::{setsockopt, sockopt};
-use nix::sys::time::TimeVal;
+use tokio::runtime::{Builder, Runtime};
 
+use super::codec::{DoorCodec, Wire};
 use super::errno::{from_errno, parse_ext_ack};
+use super::socket::EagerSocket;
 use super::{NlError, NlResult};
 use crate::netns::NetNs;
 
@@ -35,19 +53,23 @@ use crate::netns::NetNs;
 const DUMP_ATTEMPTS: usize = 5;
 
 /// No request may hang a plugin: a reply that never comes fails the call.
-const RECV_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Large enough for any datagram the kernel sends (dumps are cut to at most
-/// 32 KiB per datagram); larger ones are detected with MSG_TRUNC.
-const RECV_BUF: usize = 64 * 1024;
+const HEADER_LEN: usize = 16;
 
 /// A netlink family: its protocol number and its message type.
 pub trait Protocol {
     const PROTOCOL: isize;
-    type Message: NetlinkSerializable + NetlinkDeserializable + Clone;
+    type Message: NetlinkSerializable
+        + NetlinkDeserializable
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Unpin
+        + 'static;
 
     /// Socket options this family needs on top of the common ones.
-    fn tune(_sock: &Socket) -> NlResult<()> {
+    fn tune(_sock: &mut Socket) -> NlResult<()> {
         Ok(())
     }
 }
@@ -60,251 +82,264 @@ pub struct Refusal {
     pub error: NlError,
 }
 
+type Connection<P> =
+    netlink_proto::Connection<Wire<<P as Protocol>::Message>, EagerSocket, DoorCodec>;
+
 /// A netlink socket of protocol `P`, bound to the netns it was opened in.
 pub struct Door<P: Protocol> {
-    inner: Mutex<Inner>,
+    handle: ConnectionHandle<Wire<P::Message>>,
+    /// The connection (socket, framing, replies matched to requests). It is
+    /// polled by the exchange waiting for its replies, not spawned: a
+    /// spawned task would add a task switch and a reactor turn per request.
+    /// One exchange at a time per socket (the kernel runs one dump per
+    /// socket and refuses a second with EBUSY).
+    conn: Mutex<Connection<P>>,
+    rt: &'static Runtime,
+    timeout: Duration,
     _protocol: PhantomData<fn() -> P>,
 }
 
-struct Inner {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+/// How a request failed: the error, and the failing message as the kernel
+/// echoed it (its header, and its payload unless the ACK was capped).
+struct Failure {
+    error: NlError,
+    echoed: Option<Vec<u8>>,
 }
 
-fn io_err(what: &'static str) -> impl Fn(io::Error) -> NlError {
+impl From<NlError> for Failure {
+    fn from(error: NlError) -> Self {
+        Failure {
+            error,
+            echoed: None,
+        }
+    }
+}
+
+/// The process's runtime: current-thread, IO for the sockets, time for the
+/// request timeout. Never dropped (a plugin exits when its call is done).
+fn runtime() -> NlResult<&'static Runtime> {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| NlError::Io(format!("tokio runtime: {e}")))?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> NlError {
     move |e| NlError::Io(format!("{what}: {e}"))
 }
 
 impl<P: Protocol> Door<P> {
     /// Open a socket in the calling thread's network namespace.
     pub fn open() -> NlResult<Self> {
-        Self::bind(Socket::new(P::PROTOCOL))
+        let rt = runtime()?;
+        let _ctx = rt.enter();
+        Self::connect(rt, EagerSocket::new(P::PROTOCOL))
     }
 
     /// Open a socket inside `ns` (a socket belongs to the netns of the thread
     /// that creates it); the calling thread's namespace is not changed.
     pub fn open_in(ns: &NetNs) -> NlResult<Self> {
+        let rt = runtime()?;
+        // The socket registers with the runtime's reactor as it is created,
+        // so the runtime's context is entered inside the namespace too.
         let sock = ns
-            .run(|| Socket::new(P::PROTOCOL))
+            .run(|| {
+                let _ctx = rt.enter();
+                EagerSocket::new(P::PROTOCOL)
+            })
             .map_err(io_err("enter netns"))?;
-        Self::bind(sock)
+        Self::connect(rt, sock)
     }
 
-    fn bind(sock: io::Result<Socket>) -> NlResult<Self> {
+    fn connect(rt: &'static Runtime, sock: std::io::Result<EagerSocket>) -> NlResult<Self> {
         let mut sock = sock.map_err(io_err("netlink socket"))?;
-        sock.bind_auto().map_err(io_err("netlink bind"))?;
+        let raw = sock.socket_mut();
         // Errors carry only the request header back, plus the kernel's
         // explanation string (best effort: old kernels lack them).
-        let _ = sock.set_cap_ack(true);
-        let _ = sock.set_ext_ack(true);
-        set_recv_timeout(&sock)?;
-        P::tune(&sock)?;
-        // A start that differs per socket, so a late reply meant for an
-        // earlier user of the port can never be taken for ours.
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(1);
+        let _ = raw.set_cap_ack(true);
+        let _ = raw.set_ext_ack(true);
+        P::tune(raw)?;
+        let (mut conn, handle, _unsolicited) =
+            netlink_proto::from_socket_with_codec::<_, _, DoorCodec>(sock);
+        // We want to see the end of every request ourselves: a stream that
+        // closes without an ACK/DONE means the connection died, not success,
+        // and DONE carries the dump's error code and NLM_F_DUMP_INTR.
+        conn.set_forward_done(true);
+        conn.set_forward_ack(true);
         Ok(Door {
-            inner: Mutex::new(Inner {
-                sock,
-                seq,
-                buf: Vec::with_capacity(RECV_BUF),
-            }),
+            handle,
+            conn: Mutex::new(conn),
+            rt,
+            timeout: REQUEST_TIMEOUT,
             _protocol: PhantomData,
         })
     }
 
-    fn lock(&self) -> NlResult<std::sync::MutexGuard<'_, Inner>> {
-        // A panic mid-exchange may leave replies unread; they carry an old
-        // sequence number and are skipped, so the socket stays usable.
-        Ok(self.inner.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// A change the kernel acknowledges (`extra` adds CREATE/EXCL/REPLACE...).
     pub fn ack(&self, msg: P::Message, extra: u16) -> NlResult<()> {
-        self.request(msg, NLM_F_REQUEST | NLM_F_ACK | extra)
+        self.exchange(Wire::One(msg), NLM_F_REQUEST | NLM_F_ACK | extra)
             .map(|_| ())
+            .map_err(|f| f.error)
     }
 
     /// A non-dump GET: exactly one reply, or an error.
     pub fn get(&self, msg: P::Message) -> NlResult<P::Message> {
-        let (mut out, _) = self.request(msg, NLM_F_REQUEST)?;
+        let (mut out, _) = self
+            .exchange(Wire::One(msg), NLM_F_REQUEST)
+            .map_err(|f| f.error)?;
         out.pop()
             .ok_or_else(|| NlError::Io("netlink: empty reply".into()))
     }
 
     /// A dump, asked again while the kernel says it was interrupted.
     pub fn dump(&self, msg: P::Message) -> NlResult<Vec<P::Message>> {
-        retry_interrupted(|| self.request(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP))
+        retry_interrupted(|| {
+            self.exchange(Wire::One(msg.clone()), NLM_F_REQUEST | NLM_F_DUMP)
+                .map_err(|f| f.error)
+        })
     }
 
-    /// Send `msg` with `flags` and collect every reply until the request is
-    /// complete: the inner messages, and whether the kernel flagged the answer
-    /// as an interrupted dump.
-    fn request(&self, msg: P::Message, flags: u16) -> NlResult<(Vec<P::Message>, bool)> {
-        let mut inner = self.lock()?;
-        let seq = inner.send(&[(msg, flags)])?;
-        let mut out = Vec::new();
-        let mut intr = false;
-        inner.recv(|reply: NetlinkMessage<P::Message>| {
-            if reply.header.sequence_number != seq {
-                return Ok(false);
-            }
-            intr |= reply.header.flags & NLM_F_DUMP_INTR != 0;
-            match reply.payload {
-                NetlinkPayload::InnerMessage(m) => {
-                    out.push(m);
-                    Ok(flags & (NLM_F_DUMP | NLM_F_ACK) == 0)
-                }
-                NetlinkPayload::Error(e) => match kernel_error(&reply.header, &e) {
-                    None => Ok(true),
-                    Some(err) => Err(err),
-                },
-                NetlinkPayload::Done(d) if d.code < 0 => Err(from_errno(-d.code, None)),
-                NetlinkPayload::Done(_) => Ok(true),
-                NetlinkPayload::Overrun(_) => Err(NlError::Io("netlink overrun".into())),
-                _ => Ok(false),
-            }
-        })?;
-        Ok((out, intr))
-    }
-
-    /// Send `msgs` (each with its flags) in one datagram, as a transaction
-    /// like nf_tables' batches is, and wait for the ACK of every message that
-    /// asks for one. A refusal of a message that asked for no ACK (a batch
-    /// marker) ends the wait: nothing else follows it. The first refusal, in
-    /// message order, is returned.
+    /// Send `msgs` (each with its flags) in one datagram under one sequence
+    /// number, as nf_tables takes a transaction, and wait for the first ACK
+    /// or error of any of them. The caller asks an ACK of the message whose
+    /// ACK means the whole batch is done (nf_tables: the last change; the
+    /// kernel answers only after the commit, and every error in message
+    /// order before any later ACK). A refusal names the message the kernel
+    /// echoed.
     pub fn batch(&self, msgs: &[(P::Message, u16)]) -> Result<(), Refusal> {
-        let transport = |error| Refusal { at: None, error };
-        let mut inner = self.lock().map_err(transport)?;
-        let first = inner.send(msgs).map_err(transport)?;
-        let mut answers: Vec<Option<Option<NlError>>> = msgs
-            .iter()
-            .map(|(_, f)| if f & NLM_F_ACK != 0 { None } else { Some(None) })
-            .collect();
-        inner
-            .recv(|reply: NetlinkMessage<P::Message>| {
-                let at = reply.header.sequence_number.wrapping_sub(first) as usize;
-                let NetlinkPayload::Error(e) = &reply.payload else {
-                    return Ok(false);
-                };
-                let Some(slot) = answers.get_mut(at) else {
-                    return Ok(false);
-                };
-                let error = kernel_error(&reply.header, e);
-                let unasked = slot.is_some();
-                let fatal = unasked && error.is_some();
-                *slot = Some(error);
-                Ok(fatal || answers.iter().all(Option::is_some))
-            })
-            .map_err(transport)?;
-        match answers
-            .into_iter()
-            .enumerate()
-            .find_map(|(at, a)| a.flatten().map(|e| (at, e)))
-        {
-            Some((at, error)) => Err(Refusal {
-                at: Some(at),
-                error,
+        if !msgs.iter().any(|(_, flags)| flags & NLM_F_ACK != 0) {
+            return Err(Refusal {
+                at: None,
+                error: NlError::Io("netlink batch asks no ACK: nothing would end it".into()),
+            });
+        }
+        match self.exchange(Wire::Batch(msgs.to_vec()), NLM_F_REQUEST | NLM_F_ACK) {
+            Ok(_) => Ok(()),
+            Err(f) => Err(Refusal {
+                at: f.echoed.and_then(|echo| echoed_index(msgs, &echo)),
+                error: f.error,
             }),
-            None => Ok(()),
         }
     }
-}
 
-/// The error an NLMSG_ERROR carries, None for an ACK.
-fn kernel_error(header: &NetlinkHeader, e: &netlink_packet_core::ErrorMessage) -> Option<NlError> {
-    let code = e.code?;
-    let capped = header.flags & NLM_F_CAPPED != 0;
-    Some(from_errno(-code.get(), parse_ext_ack(&e.header, capped)))
-}
-
-impl Inner {
-    /// Frame `msgs` with consecutive sequence numbers into one datagram and
-    /// send it. Returns the first sequence number.
-    fn send<M: NetlinkSerializable + Clone>(&mut self, msgs: &[(M, u16)]) -> NlResult<u32> {
-        let first = self.seq;
-        self.seq = self.seq.wrapping_add(msgs.len() as u32);
-        let mut bytes = Vec::new();
-        for (i, (msg, flags)) in msgs.iter().enumerate() {
-            let mut header = NetlinkHeader::default();
-            header.flags = *flags;
-            header.sequence_number = first.wrapping_add(i as u32);
-            let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg.clone()));
-            m.finalize();
-            let at = bytes.len();
-            // Messages in one datagram start 4-byte aligned.
-            bytes.resize(at + align4(m.buffer_len()), 0);
-            m.serialize(&mut bytes[at..at + m.buffer_len()]);
-        }
+    /// Send one request and collect every reply until it is complete: the
+    /// inner messages, and whether the kernel flagged the answer as an
+    /// interrupted dump.
+    fn exchange(
+        &self,
+        wire: Wire<P::Message>,
+        flags: u16,
+    ) -> Result<(Vec<P::Message>, bool), Failure> {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        let req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(wire));
+        // A panic mid-exchange leaves nothing to repair: its late replies
+        // carry its own sequence number and are dropped.
+        // Outside the runtime and before the lock: an injected panic unwinds
+        // from plain code and poisons nothing.
         super::fault::maybe_abort();
-        let sent = self.sock.send(&bytes, 0).map_err(io_err("netlink send"))?;
-        if sent != bytes.len() {
-            return Err(NlError::Io("netlink: short send".into()));
-        }
-        Ok(first)
-    }
-
-    /// Read datagrams and hand each message to `on` until it returns true.
-    fn recv<M: NetlinkDeserializable>(
-        &mut self,
-        mut on: impl FnMut(NetlinkMessage<M>) -> NlResult<bool>,
-    ) -> NlResult<()> {
-        loop {
-            self.buf.clear();
-            let n = self
-                .sock
-                .recv(&mut self.buf, libc::MSG_TRUNC)
-                .map_err(|e| match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                        NlError::Io("netlink request timed out".into())
+        // A panic mid-exchange leaves nothing to repair: its late replies
+        // carry its own sequence number and are dropped.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let handle = &self.handle;
+        let exchange = async move {
+            let replies = handle
+                .request(req, SocketAddr::new(0, 0))
+                .map_err(|e| NlError::Io(format!("netlink request: {e}")))?;
+            let mut collect = pin!(collect(replies, flags));
+            poll_fn(|cx| loop {
+                // The connection sends the request, reads the socket and
+                // hands our replies over; it only ends when the socket fails.
+                // Polled again while the kernel's answer is due (it reads
+                // before it sends), so a request is usually done in one
+                // turn, without the reactor and without arming the timer.
+                let closed = Pin::new(&mut *conn).poll(cx).is_ready();
+                match collect.as_mut().poll(cx) {
+                    Poll::Pending if closed => {
+                        let closed = NlError::Io("netlink connection closed".into());
+                        return Poll::Ready(Err(Failure::from(closed)));
                     }
-                    _ => NlError::Io(format!("netlink recv: {e}")),
-                })?;
-            if n > self.buf.len() {
-                return Err(NlError::Io(
-                    "netlink reply larger than the receive buffer".into(),
-                ));
-            }
-            let mut done = false;
-            for msg in split(&self.buf) {
-                done |= on(NetlinkMessage::<M>::deserialize(msg?)
-                    .map_err(|e| NlError::Io(format!("undecodable netlink reply: {e}")))?)?;
-            }
-            if done {
-                return Ok(());
-            }
-        }
+                    Poll::Pending if conn.socket_mut().answer_due() => continue,
+                    done => return done,
+                }
+            })
+            .await
+        };
+        self.rt
+            .block_on(async { tokio::time::timeout(self.timeout, exchange).await })
+            .unwrap_or_else(|_| Err(NlError::Io("netlink request timed out".into()).into()))
     }
 }
 
-/// The messages of one datagram; an error for a length that does not fit.
-fn split(buf: &[u8]) -> impl Iterator<Item = NlResult<&[u8]>> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        if at >= buf.len() {
-            return None;
+/// Read the replies to a request sent with `flags` until it is complete.
+async fn collect<M>(
+    mut replies: impl Stream<Item = NetlinkMessage<Wire<M>>> + Unpin,
+    flags: u16,
+) -> Result<(Vec<M>, bool), Failure> {
+    let mut out = Vec::new();
+    let mut intr = false;
+    while let Some(reply) = replies.next().await {
+        intr |= reply.header.flags & NLM_F_DUMP_INTR != 0;
+        match reply.payload {
+            NetlinkPayload::InnerMessage(Wire::One(m)) => {
+                out.push(m);
+                if flags & (NLM_F_DUMP | NLM_F_ACK) == 0 {
+                    return Ok((out, intr));
+                }
+            }
+            NetlinkPayload::Error(e) => match e.code {
+                None => return Ok((out, intr)),
+                Some(code) => {
+                    let capped = reply.header.flags & NLM_F_CAPPED != 0;
+                    return Err(Failure {
+                        error: from_errno(-code.get(), parse_ext_ack(&e.header, capped)),
+                        echoed: Some(echoed_request(&e.header, capped)),
+                    });
+                }
+            },
+            NetlinkPayload::Done(d) if d.code < 0 => return Err(from_errno(-d.code, None).into()),
+            NetlinkPayload::Done(_) => return Ok((out, intr)),
+            NetlinkPayload::Overrun(_) => return Err(NlError::Io("netlink overrun".into()).into()),
+            _ => {}
         }
-        let rest = &buf[at..];
-        let Ok(msg) = NetlinkBuffer::new_checked(rest) else {
-            at = buf.len();
-            return Some(Err(NlError::Io("malformed netlink reply".into())));
-        };
-        let len = msg.length() as usize;
-        at += align4(len).max(1);
-        Some(Ok(&rest[..len]))
+    }
+    Err(NlError::Io("netlink connection closed".into()).into())
+}
+
+/// The request an NLMSG_ERROR echoes: its header, then (unless capped) the
+/// rest of it; extended-ACK attributes follow and are left out.
+fn echoed_request(payload: &[u8], capped: bool) -> Vec<u8> {
+    let len = payload
+        .get(..4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .unwrap_or(0);
+    let end = if capped { HEADER_LEN } else { len };
+    payload[..end.min(payload.len())].to_vec()
+}
+
+/// Which message of `msgs` the kernel echoed: the first with the echoed
+/// type, flags and length, and (when the echo is whole) the same payload.
+fn echoed_index<M: NetlinkSerializable>(msgs: &[(M, u16)], echoed: &[u8]) -> Option<usize> {
+    let u16_at = |at: usize| Some(u16::from_ne_bytes(echoed.get(at..at + 2)?.try_into().ok()?));
+    let len = u32::from_ne_bytes(echoed.get(..4)?.try_into().ok()?) as usize;
+    let (kind, flags) = (u16_at(4)?, u16_at(6)?);
+    let payload = echoed.get(HEADER_LEN..len).filter(|_| echoed.len() == len);
+    msgs.iter().position(|(m, f)| {
+        let same_header =
+            m.message_type() == kind && *f == flags && HEADER_LEN + m.buffer_len() == len;
+        same_header
+            && payload.is_none_or(|p| {
+                let mut own = vec![0; m.buffer_len()];
+                m.serialize(&mut own);
+                own == p
+            })
     })
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn set_recv_timeout(sock: &Socket) -> NlResult<()> {
-    let tv = TimeVal::new(RECV_TIMEOUT.as_secs() as libc::time_t, 0);
-    setsockopt(sock, sockopt::ReceiveTimeout, &tv).map_err(|e| io_err("SO_RCVTIMEO")(e.into()))
 }
 
 /// Run `dump` until the kernel answers without NLM_F_DUMP_INTR (the object
@@ -325,7 +360,11 @@ fn retry_interrupted<T>(mut dump: impl FnMut() -> NlResult<(Vec<T>, bool)>) -> N
 
 #[cfg(test)]
 mod tests {
+    use super::super::conn::Route;
     use super::*;
+    use netlink_packet_route::link::LinkMessage;
+    use netlink_packet_route::RouteNetlinkMessage;
+    use std::sync::{mpsc, Arc};
 
     #[test]
     fn interrupted_dumps_are_retried() {
@@ -348,33 +387,120 @@ mod tests {
         assert_eq!(got, Err(NlError::NotFound));
     }
 
-    fn header(len: u32, kind: u16) -> Vec<u8> {
-        let mut h = len.to_ne_bytes().to_vec();
-        h.extend_from_slice(&kind.to_ne_bytes());
-        h.extend_from_slice(&[0u8; 10]);
-        h
+    /// A message of `len` bytes, all `fill`.
+    #[derive(Debug, Clone)]
+    struct Fill(u8, usize);
+
+    impl NetlinkSerializable for Fill {
+        fn message_type(&self) -> u16 {
+            100
+        }
+        fn buffer_len(&self) -> usize {
+            self.1
+        }
+        fn serialize(&self, buffer: &mut [u8]) {
+            buffer.fill(self.0);
+        }
+    }
+
+    /// The echo of `m` sent with `flags`, whole or capped to its header.
+    fn echo(m: &Fill, flags: u16, whole: bool) -> Vec<u8> {
+        let len = HEADER_LEN + m.1;
+        let mut e = (len as u32).to_ne_bytes().to_vec();
+        e.extend_from_slice(&m.message_type().to_ne_bytes());
+        e.extend_from_slice(&flags.to_ne_bytes());
+        e.extend_from_slice(&[0; 8]);
+        if whole {
+            e.extend(std::iter::repeat_n(m.0, m.1));
+        }
+        e
     }
 
     #[test]
-    fn datagrams_split_at_aligned_lengths_and_garbage_is_an_error() {
-        // A 20-byte message, a 17-byte one padded to 20, then a 16-byte one.
-        let mut buf = header(20, 3);
-        buf.extend_from_slice(&[0; 4]);
-        buf.extend(header(17, 2));
-        buf.extend_from_slice(&[0; 4]);
-        buf.extend(header(16, 3));
-        let lens: Vec<usize> = split(&buf).map(|m| m.unwrap().len()).collect();
-        assert_eq!(lens, [20, 17, 16]);
-        // A length past the end, a length below the header: errors, no panic.
-        assert!(split(&header(64, 3)).any(|m| m.is_err()));
-        assert!(split(&header(4, 3)).any(|m| m.is_err()));
-        assert!(split(&[1, 2, 3]).any(|m| m.is_err()));
+    fn the_echoed_message_names_its_index_in_the_batch() {
+        let msgs = [
+            (Fill(0, 4), NLM_F_REQUEST),
+            (Fill(1, 8), NLM_F_REQUEST),
+            (Fill(2, 8), NLM_F_REQUEST),
+            (Fill(3, 8), NLM_F_REQUEST | NLM_F_ACK),
+        ];
+        // A whole echo tells apart messages whose headers are the same.
+        assert_eq!(
+            echoed_index(&msgs, &echo(&msgs[2].0, NLM_F_REQUEST, true)),
+            Some(2)
+        );
+        assert_eq!(
+            echoed_index(&msgs, &echo(&msgs[0].0, NLM_F_REQUEST, true)),
+            Some(0)
+        );
+        // A capped one gives the first message with that header; flags count.
+        assert_eq!(
+            echoed_index(&msgs, &echo(&msgs[2].0, NLM_F_REQUEST, false)),
+            Some(1)
+        );
+        assert_eq!(
+            echoed_index(&msgs, &echo(&msgs[3].0, NLM_F_REQUEST | NLM_F_ACK, false)),
+            Some(3)
+        );
+        // Not ours, or garbage: no index, no panic.
+        assert_eq!(
+            echoed_index(&msgs, &echo(&Fill(9, 8), NLM_F_REQUEST, true)),
+            None
+        );
+        assert_eq!(echoed_index(&msgs, &[1, 2, 3]), None);
+        assert_eq!(echoed_index::<Fill>(&[], &[]), None);
+        // The extended-ACK attributes after a whole echo are not part of it.
+        let mut with_attrs = echo(&msgs[1].0, NLM_F_REQUEST, true);
+        with_attrs.extend_from_slice(&[8, 0, 1, 0, b'x', 0, 0, 0]);
+        let echoed = echoed_request(&with_attrs, false);
+        assert_eq!(echoed_index(&msgs, &echoed), Some(1));
+        assert_eq!(echoed_request(&with_attrs, true).len(), HEADER_LEN);
+        assert!(echoed_request(&[200, 0, 0, 0, 1], false).len() <= 5);
     }
 
-    proptest::proptest! {
-        #[test]
-        fn splitting_arbitrary_bytes_never_panics(buf in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
-            let _ = split(&buf).count();
+    fn get_links() -> RouteNetlinkMessage {
+        RouteNetlinkMessage::GetLink(LinkMessage::default())
+    }
+
+    #[test]
+    fn a_request_the_kernel_never_answers_times_out() {
+        let mut door = Door::<Route>::open().unwrap();
+        door.timeout = Duration::from_millis(100);
+        // Without NLM_F_REQUEST the kernel ignores the message and, without
+        // NLM_F_ACK, says nothing; with NLM_F_ECHO netlink-proto waits for
+        // an answer.
+        let echo_only = netlink_packet_core::NLM_F_ECHO;
+        let got = door.exchange(Wire::One(get_links()), echo_only);
+        assert!(
+            matches!(&got, Err(Failure { error: NlError::Io(m), .. }) if m.contains("timed out")),
+            "{:?}",
+            got.map(|_| ()).map_err(|f| f.error)
+        );
+        // The door is still usable afterwards.
+        door.timeout = REQUEST_TIMEOUT;
+        assert!(!door.dump(get_links()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn doors_serve_several_threads_at_once() {
+        let shared = Arc::new(Door::<Route>::open().unwrap());
+        let (tx, rx) = mpsc::channel();
+        for t in 0..3 {
+            let (shared, tx) = (shared.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let own = Door::<Route>::open().unwrap();
+                for i in 0..40 {
+                    let door = if (t + i) % 2 == 0 { &*shared } else { &own };
+                    let links = door.dump(get_links()).unwrap();
+                    assert!(!links.is_empty());
+                }
+                tx.send(t).unwrap();
+            });
+        }
+        drop(tx);
+        for _ in 0..3 {
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("a thread failed, or hangs in block_on");
         }
     }
 }

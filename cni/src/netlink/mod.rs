@@ -2,9 +2,9 @@
 //! rules, neighbours) and nf_tables, through one socket type and one
 //! request loop ([`door`]), with one error type ([`NlError`]).
 //!
-//! Nothing else in the project names `netlink-sys` or `netlink-packet-route`:
-//! their APIs change every release, so the blast radius of an upgrade stays in
-//! this module. The types below are plain data that the planning code builds
+//! Nothing else in the project names `netlink-sys`, `netlink-proto`, `tokio`
+//! or `netlink-packet-route`: their APIs change every release, so the blast
+//! radius of an upgrade stays in this module. The types below are plain data that the planning code builds
 //! and unit tests compare without root.
 //!
 //! A [`Netlink`] is bound to the network namespace it was opened in, for its
@@ -12,7 +12,8 @@
 //! it). So the plugins open one for the host and one for the pod and never
 //! switch namespaces in the middle of their logic.
 //!
-//! The API is synchronous: each request blocks on its socket (with a timeout).
+//! The API is synchronous: each request is one `block_on` of the door's
+//! exchange on the process's current-thread tokio runtime, with a timeout.
 
 use std::net::IpAddr;
 
@@ -21,6 +22,7 @@ use ipnet::IpNet;
 use crate::netns::NetNs;
 
 mod addr;
+mod codec;
 mod conn;
 mod door;
 mod errno;
@@ -31,6 +33,7 @@ mod neigh;
 pub mod nftables;
 mod route;
 mod rule;
+mod socket;
 
 pub use lookup::{Lookup, LookupQuery, Routed};
 
@@ -262,7 +265,8 @@ pub struct RouteLookup {
 ///
 /// Methods are grouped by kernel object in the submodules (`link`, `addr`,
 /// `route`, `rule`, `neigh`); `conn` holds open/open_in and the request
-/// shapes, `door` the socket and its loop.
+/// shapes, `door` the connection and its loop (`codec`: how requests become
+/// datagrams, `socket`: the socket under it).
 pub struct Netlink {
     door: door::Door<conn::Route>,
 }

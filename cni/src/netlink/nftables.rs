@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use netlink_packet_core::{
     NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, NLM_F_ACK, NLM_F_REQUEST,
 };
-use netlink_sys::protocols::NETLINK_NETFILTER;
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 use super::door::{Door, Protocol, Refusal};
 use super::{NlError, NlResult};
@@ -178,6 +178,14 @@ pub struct Netfilter;
 impl Protocol for Netfilter {
     const PROTOCOL: isize = NETLINK_NETFILTER;
     type Message = NfMessage;
+
+    fn tune(sock: &mut Socket) -> NlResult<()> {
+        // A refused change comes back whole, not capped to its header: two
+        // messages of a batch can share a header, and the echo is how a
+        // refusal names the one that failed.
+        sock.set_cap_ack(false)
+            .map_err(|e| NlError::Io(format!("NETLINK_CAP_ACK: {e}")))
+    }
 }
 
 /// An nf_tables socket bound to one network namespace.
@@ -194,17 +202,23 @@ impl Nftables {
     }
 
     /// Apply `msgs` (each with its extra flags and a name for errors) as one
-    /// atomic transaction. The kernel answers a failing batch with one entry
-    /// per message, then rolls everything back; the first refusal is returned,
-    /// its text prefixed with the name of its message.
+    /// atomic transaction, sent in one datagram between BATCH_BEGIN and
+    /// BATCH_END. Only the last change asks for an ACK: `nfnetlink_rcv_batch`
+    /// holds every answer until the whole batch is processed and committed
+    /// (or rolled back), then sends them in message order, so the first
+    /// answer is the refusal of the first failing message, or that one ACK.
+    /// (A failure before the first message or of the commit itself is
+    /// answered at once, naming the batch or its first change.) The
+    /// refusal's text is prefixed with the name of its message.
     pub fn batch(&self, msgs: &[(NfMessage, u16, String)]) -> NlResult<()> {
         let marker = |t| (NfMessage::batch_marker(t), NLM_F_REQUEST);
+        let last = msgs.len().saturating_sub(1);
         let mut framed = Vec::with_capacity(msgs.len() + 2);
         framed.push(marker(NFNL_MSG_BATCH_BEGIN));
-        framed.extend(
-            msgs.iter()
-                .map(|(m, flags, _)| (m.clone(), NLM_F_REQUEST | NLM_F_ACK | flags)),
-        );
+        framed.extend(msgs.iter().enumerate().map(|(i, (m, flags, _))| {
+            let ack = if i == last { NLM_F_ACK } else { 0 };
+            (m.clone(), NLM_F_REQUEST | ack | flags)
+        }));
         framed.push(marker(NFNL_MSG_BATCH_END));
         self.door.batch(&framed).map_err(|Refusal { at, error }| {
             let what = match at {
