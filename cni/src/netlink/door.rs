@@ -239,8 +239,6 @@ impl<P: Protocol> Door<P> {
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         let req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(wire));
-        // A panic mid-exchange leaves nothing to repair: its late replies
-        // carry its own sequence number and are dropped.
         // Outside the runtime and before the lock: an injected panic unwinds
         // from plain code and poisons nothing.
         super::fault::maybe_abort();
