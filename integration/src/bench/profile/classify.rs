@@ -106,7 +106,9 @@ impl Category {
         match self {
             Category::Spawn => "spawn: the runtime's forked child before execve",
             Category::ExecLoader => "exec and loader (execve, ld.so relocations, its page faults)",
-            Category::RuntimeStart => "runtime start-up and shutdown (tokio, mio)",
+            Category::RuntimeStart => {
+                "async runtime: start-up, epoll reactor, shutdown (tokio, mio)"
+            }
             Category::Logging => "logging (tracing set-up and events)",
             Category::NetnsEntry => "netns entry (setns)",
             Category::VethCreation => {
@@ -204,11 +206,23 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         category: Category::RuntimeStart,
-        kernel: &[],
+        // The reactor's own syscalls: only the async runtime makes them.
+        kernel: &[
+            "do_epoll_create",
+            "__x64_sys_epoll_create",
+            "do_epoll_ctl",
+            "__x64_sys_epoll_ctl",
+            "do_epoll_wait",
+            "__x64_sys_epoll_wait",
+            "__x64_sys_epoll_pwait",
+            "__x64_sys_eventfd",
+            "do_eventfd",
+        ],
         user: &[
             "tokio::runtime::builder",
             "tokio::runtime::driver",
             "tokio::runtime::io::driver",
+            "tokio::runtime::io::registration",
             "tokio::runtime::signal",
             "tokio::runtime::time",
             "current_thread::CurrentThread::new",
@@ -216,6 +230,7 @@ pub const RULES: &[Rule] = &[
             "tokio::runtime::runtime::Runtime as core::ops::drop",
             "mio::poll",
             "mio::sys",
+            "cni::netlink::door::runtime",
         ],
         dso: &[],
     },
@@ -565,6 +580,18 @@ sbr 5000
                         ("epoll_create1", "libc.so.6"),
                         ("mio::poll::Poll::new", BIN),
                         ("tokio::runtime::builder::Builder::build", BIN),
+                    ],
+                ),
+                Category::RuntimeStart,
+            ),
+            (
+                sample(
+                    BIN,
+                    &[
+                        ("ep_insert", K),
+                        ("do_epoll_ctl", K),
+                        ("epoll_ctl", "libc.so.6"),
+                        ("cni::netlink::conn::Netlink::open", BIN),
                     ],
                 ),
                 Category::RuntimeStart,
