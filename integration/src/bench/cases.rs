@@ -189,7 +189,7 @@ impl Case<'_> {
         let twin = match paired {
             true => match lab.pod(&format!("{}k{iter}", self.short)) {
                 Ok(p) => {
-                    let link = format!("bp{iter}a");
+                    let link = format!("p{}{iter}", self.short);
                     if let Err(e) = veth_into(lab.node(), &link, &p.name) {
                         it.errors.push(format!("paired veth: {e}"));
                     }
