@@ -60,8 +60,8 @@ fn paired_del_check(name: &str, ours: Option<&Row>, kernel: Option<&Row>, warmup
         "the interval straddles the limit"
     };
     // Without failures, sample i is round warmup + i: even rounds delete the
-    // kernel's pair first. Which deletion goes second matters (it waits for
-    // the first one's RCU callbacks too), so both orders are shown.
+    // kernel's pair first. Which deletion goes second may matter (RCU work
+    // the first one left), so both orders are shown.
     let clean = ours
         .zip(kernel)
         .is_some_and(|(o, k)| o.failures + k.failures == 0);
