@@ -503,6 +503,48 @@ fn rules_fwmark_and_src_both_families() {
     nl.del_rule(&m).unwrap();
 }
 
+/// One dump of both families returns exactly what the two per-family dumps
+/// do (rules and routes of every table, multipath nexthops included).
+#[test]
+fn both_families_in_one_dump() {
+    let s = Scratch::new();
+    let nl = s.nl();
+    let idx = lab_link(&nl);
+    for (family, dst, gw, table) in [
+        (Family::V4, "10.78.0.0/16", "10.9.0.2", 600),
+        (Family::V6, "fd78::/48", "fd00:9::2", 601),
+    ] {
+        let mut r = Route::new(net(dst), table);
+        r.gateway = Some(ip(gw));
+        r.oif = Some(idx);
+        nl.add_route(&r).unwrap();
+        let mut rule = Rule::new(family, 1200, table);
+        rule.fwmark = Some(0x7);
+        nl.add_rule(&rule).unwrap();
+    }
+    let per_family = |f: fn(&Netlink, Family) -> Vec<Route>| -> Vec<Route> {
+        [Family::V4, Family::V6]
+            .into_iter()
+            .flat_map(|fam| f(&nl, fam))
+            .collect()
+    };
+    let routes = per_family(|nl, f| nl.routes(f, None).unwrap());
+    assert_eq!(nl.all_routes().unwrap(), routes);
+    assert!(routes.iter().any(|r| r.table == 600) && routes.iter().any(|r| r.table == 601));
+    let mut rules: Vec<Rule> = [Family::V4, Family::V6]
+        .into_iter()
+        .flat_map(|f| nl.rules(f).unwrap())
+        .collect();
+    let mut all = nl.all_rules().unwrap();
+    let key = |r: &Rule| (r.family, r.priority, r.table);
+    rules.sort_by_key(key);
+    all.sort_by_key(key);
+    assert_eq!(all, rules);
+    assert!(all
+        .iter()
+        .any(|r| r.priority == 1200 && r.family == Family::V6));
+}
+
 #[test]
 fn neighbours_permanent_get_del() {
     let s = Scratch::new();

@@ -30,8 +30,22 @@ impl Netlink {
         table: Option<u32>,
         oif: Option<u32>,
     ) -> NlResult<Vec<Route>> {
+        self.route_dump(address_family(family), table, oif)
+    }
+
+    /// The routes of every table in both families, in one dump (IPv4 first).
+    pub fn all_routes(&self) -> NlResult<Vec<Route>> {
+        self.route_dump(AddressFamily::Unspec, None, None)
+    }
+
+    fn route_dump(
+        &self,
+        af: AddressFamily,
+        table: Option<u32>,
+        oif: Option<u32>,
+    ) -> NlResult<Vec<Route>> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = address_family(family);
+        msg.header.address_family = af;
         if let Some(t) = table {
             msg.header.table = header_table(t);
             msg.attributes.push(RouteAttribute::Table(t));

@@ -19,8 +19,17 @@ impl Netlink {
     /// "lookup table" are returned with `table` 0. A rule added with a fwmark
     /// and no mask reads back with mask 0xffffffff (the kernel's default).
     pub fn rules(&self, family: Family) -> NlResult<Vec<Rule>> {
+        self.rule_dump(address_family(family))
+    }
+
+    /// The rules of both families in one dump.
+    pub fn all_rules(&self) -> NlResult<Vec<Rule>> {
+        self.rule_dump(AddressFamily::Unspec)
+    }
+
+    fn rule_dump(&self, af: AddressFamily) -> NlResult<Vec<Rule>> {
         let mut msg = RuleMessage::default();
-        msg.header.family = address_family(family);
+        msg.header.family = af;
         let out = self.dump(RouteNetlinkMessage::GetRule(msg))?;
         Ok(out
             .into_iter()
