@@ -163,10 +163,12 @@ fn checked(path: &Path, mut state: State) -> Result<State> {
     Ok(state)
 }
 
-/// Fold everything into a new snapshot, then empty the journal.
-fn compact(dir: &Dir, state: &State, journal_exists: bool) -> Result<()> {
-    let bytes = snapshot::encode(state)
-        .map_err(|e| Error::plugin(code::INTERNAL, format!("cannot encode the IPAM state: {e}")))?;
+fn encode_error(e: String) -> Error {
+    Error::plugin(code::INTERNAL, format!("cannot encode the IPAM state: {e}"))
+}
+
+/// Fold everything into a new snapshot (`bytes`), then empty the journal.
+fn compact(dir: &Dir, bytes: Vec<u8>, journal_exists: bool) -> Result<()> {
     dir.write_atomic(STATE_FILE, &bytes)?;
     if journal_exists {
         journal::truncate(dir)?;
@@ -226,7 +228,8 @@ impl Store for FileStore {
         let legacy = loaded.snapshot_len == u64::MAX;
         if legacy || journal > MIN_COMPACT_BYTES.max(loaded.snapshot_len / COMPACT_DIVISOR) {
             state.version = STATE_VERSION;
-            return compact(&dir, &state, loaded.journal_exists);
+            let bytes = snapshot::encode(&state).map_err(encode_error)?;
+            return compact(&dir, bytes, loaded.journal_exists);
         }
         journal::append(&dir, loaded.journal_len, loaded.torn, &lines)
     }
@@ -278,8 +281,10 @@ impl Store for FileStore {
         journal::encode_line(&view.changes, &mut lines)?;
         let journal = journal_len + lines.len() as u64;
         if journal > MIN_COMPACT_BYTES.max(snapshot_len / COMPACT_DIVISOR) {
-            let state = view.materialize()?;
-            return compact(&dir, &state, journal_exists);
+            let bytes = snapshot::encode_iter(STATE_VERSION, view.merged(), &view.cursors)
+                .map_err(|e| corrupt(&view.path, e))?;
+            drop(view);
+            return compact(&dir, bytes, journal_exists);
         }
         journal::append(&dir, journal_len, torn, &lines)?;
         drop(lock);

@@ -79,65 +79,84 @@ fn put_ip(out: &mut Vec<u8>, ip: &IpAddr) {
     }
 }
 
-fn owner_key(r: &Record) -> Option<(&str, &str)> {
-    r.owner
-        .as_ref()
-        .map(|o| (o.container_id.as_str(), o.ifname.as_str()))
-}
-
-fn sticky_key(r: &Record) -> Option<(&str, &str, &str)> {
-    r.sticky
-        .as_ref()
-        .map(|s| (s.namespace.as_str(), s.pod.as_str(), s.ifname.as_str()))
+fn put_record(out: &mut Vec<u8>, r: &Record) -> Result<(), String> {
+    put_ip(out, &r.ip);
+    put_str(out, &r.pool)?;
+    put_str(out, &r.node)?;
+    let flags =
+        if r.owner.is_some() { OWNER } else { 0 } | if r.sticky.is_some() { STICKY } else { 0 };
+    out.push(flags);
+    if let Some(o) = &r.owner {
+        put_str(out, &o.container_id)?;
+        put_str(out, &o.ifname)?;
+    }
+    if let Some(s) = &r.sticky {
+        put_str(out, &s.namespace)?;
+        put_str(out, &s.pod)?;
+        put_str(out, &s.ifname)?;
+    }
+    Ok(())
 }
 
 /// `state.records` must be sorted by address with no repeats (what
 /// `State::normalize` ensures). Fails only on sizes no valid state has.
 pub fn encode(state: &State) -> Result<Vec<u8>, String> {
-    let recs = &state.records;
-    let n = recs.len();
-    let mut owners: Vec<usize> = (0..n).filter(|i| recs[*i].owner.is_some()).collect();
-    owners.sort_by(|a, b| owner_key(&recs[*a]).cmp(&owner_key(&recs[*b])));
-    let mut sticky: Vec<usize> = (0..n).filter(|i| recs[*i].sticky.is_some()).collect();
-    sticky.sort_by(|a, b| sticky_key(&recs[*a]).cmp(&sticky_key(&recs[*b])));
+    encode_iter(
+        state.version,
+        state.records.iter().cloned().map(Ok),
+        &state.cursors,
+    )
+}
 
-    let mut body = Vec::with_capacity(n * 96);
-    let mut rel = Vec::with_capacity(n);
-    for r in recs {
-        rel.push(body.len());
-        put_ip(&mut body, &r.ip);
-        put_str(&mut body, &r.pool)?;
-        put_str(&mut body, &r.node)?;
-        let flags =
-            if r.owner.is_some() { OWNER } else { 0 } | if r.sticky.is_some() { STICKY } else { 0 };
-        body.push(flags);
-        if let Some(o) = &r.owner {
-            put_str(&mut body, &o.container_id)?;
-            put_str(&mut body, &o.ifname)?;
-        }
-        if let Some(s) = &r.sticky {
-            put_str(&mut body, &s.namespace)?;
-            put_str(&mut body, &s.pod)?;
-            put_str(&mut body, &s.ifname)?;
-        }
+/// [`encode`] from records streamed in ascending address order (the
+/// caller's to ensure, as `normalize` does for [`encode`]): a
+/// compaction writes the new snapshot while decoding one record at a time,
+/// so its peak memory is the new file's bytes, not every record decoded
+/// (4000 records decoded cost ~1.3 MiB). The records are written first; the
+/// owner and sticky tables are sorted by comparing keys in those bytes; the
+/// header then goes in front, in the same buffer.
+pub fn encode_iter(
+    version: u32,
+    records: impl Iterator<Item = Result<Record, String>>,
+    cursors: &BTreeMap<String, IpAddr>,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut at = Vec::new();
+    for r in records {
+        let r = r?;
+        at.push(out.len());
+        put_record(&mut out, &r)?;
     }
+    let n = at.len();
+    let raws: Vec<Raw> = at
+        .iter()
+        .map(|a| raw_record(&mut Reader { buf: &out, pos: *a }))
+        .collect::<Result<_, _>>()?;
+    let mut owners: Vec<usize> = (0..n).filter(|i| raws[*i].owner.is_some()).collect();
+    owners.sort_by(|a, b| raws[*a].owner.cmp(&raws[*b].owner));
+    let mut sticky: Vec<usize> = (0..n).filter(|i| raws[*i].sticky.is_some()).collect();
+    sticky.sort_by(|a, b| raws[*a].sticky.cmp(&raws[*b].sticky));
+    drop(raws);
+
     let base = MAGIC.len() + 4 + 4 + 4 * n + 4 + 4 * owners.len() + 4 + 4 * sticky.len();
-    let mut out = Vec::with_capacity(base + body.len() + 64);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&state.version.to_le_bytes());
-    put_u32(&mut out, n)?;
-    for o in rel {
-        put_u32(&mut out, base + o)?;
+    let mut head = Vec::with_capacity(base);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&version.to_le_bytes());
+    put_u32(&mut head, n)?;
+    for a in at {
+        put_u32(&mut head, base + a)?;
     }
     for table in [&owners, &sticky] {
-        put_u32(&mut out, table.len())?;
+        put_u32(&mut head, table.len())?;
         for i in table.iter() {
-            put_u32(&mut out, *i)?;
+            put_u32(&mut head, *i)?;
         }
     }
-    out.extend_from_slice(&body);
-    put_u32(&mut out, state.cursors.len())?;
-    for (pool, ip) in &state.cursors {
+    let tail: usize = cursors.keys().map(|p| 2 + p.len() + 17).sum::<usize>() + 4 + 8;
+    out.reserve_exact(base + tail);
+    out.splice(0..0, head);
+    put_u32(&mut out, cursors.len())?;
+    for (pool, ip) in cursors {
         put_str(&mut out, pool)?;
         put_ip(&mut out, ip);
     }
@@ -349,22 +368,7 @@ impl<B: AsRef<[u8]>> Indexed<B> {
     }
 
     fn raw(&self, i: usize) -> Result<Raw<'_>, String> {
-        let mut r = self.reader(i)?;
-        let ip = r.raw_ip()?;
-        r.raw_str()?;
-        r.raw_str()?;
-        let flags = r.u8()?;
-        let owner = if flags & OWNER != 0 {
-            Some((r.raw_str()?, r.raw_str()?))
-        } else {
-            None
-        };
-        let sticky = if flags & STICKY != 0 {
-            Some((r.raw_str()?, r.raw_str()?, r.raw_str()?))
-        } else {
-            None
-        };
-        Ok(Raw { ip, owner, sticky })
+        raw_record(&mut self.reader(i)?)
     }
 
     /// The first position in table `t` whose record does not compare Less
@@ -483,6 +487,26 @@ impl<B: AsRef<[u8]>> Indexed<B> {
     }
 }
 
+/// The record at the reader's position, its keys borrowed from the bytes
+/// (byte order of UTF-8 is the strings' order).
+fn raw_record<'a>(r: &mut Reader<'a>) -> Result<Raw<'a>, String> {
+    let ip = r.raw_ip()?;
+    r.raw_str()?;
+    r.raw_str()?;
+    let flags = r.u8()?;
+    let owner = if flags & OWNER != 0 {
+        Some((r.raw_str()?, r.raw_str()?))
+    } else {
+        None
+    };
+    let sticky = if flags & STICKY != 0 {
+        Some((r.raw_str()?, r.raw_str()?, r.raw_str()?))
+    } else {
+        None
+    };
+    Ok(Raw { ip, owner, sticky })
+}
+
 fn u32_at(buf: &[u8], at: usize) -> Result<u32, String> {
     Reader { buf, pos: at }.u32()
 }
@@ -543,6 +567,21 @@ mod tests {
         s.put(rec("10.0.0.4", Some(("c", "eth1")), None));
         s.cursors.insert("p".into(), "10.0.0.2".parse().unwrap());
         s
+    }
+
+    /// The streamed encoder is the encoder: same bytes; a record that
+    /// cannot be read fails the whole encoding.
+    #[test]
+    fn streamed_records_encode_the_same_bytes() {
+        let s = sample();
+        let streamed =
+            encode_iter(s.version, s.records.iter().cloned().map(Ok), &s.cursors).unwrap();
+        assert_eq!(streamed, encode(&s).unwrap());
+        let failing = [Ok(s.records[0].clone()), Err("damaged".to_string())];
+        assert_eq!(
+            encode_iter(s.version, failing.into_iter(), &s.cursors),
+            Err("damaged".to_string())
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::file::corrupt;
 use super::journal::Change;
 use super::mapped::Mapped;
 use super::snapshot;
-use crate::allocator::{Attachment, Ledger, Record, State, StickyId, STATE_VERSION};
+use crate::allocator::{Attachment, Ledger, Record, StickyId};
 
 /// The file store's [`Ledger`]: the indexed snapshot, with the journal and
 /// this call's changes laid over it as an overlay. Lookups by address are a
@@ -71,24 +71,58 @@ impl View {
         self.snap.find(ip).map_err(|e| corrupt(&self.path, e))
     }
 
-    /// The whole state, for a compaction.
-    pub(super) fn materialize(&self) -> Result<State> {
-        let mut state = State {
-            version: STATE_VERSION,
-            records: Vec::with_capacity(self.snap.len() + self.overlay.len()),
-            cursors: self.cursors.clone(),
-        };
-        for i in 0..self.snap.len() {
-            let r = self.decode(i)?;
-            if !self.overlay.contains_key(&r.ip) {
-                state.records.push(r);
+    /// Every record in ascending address order, the overlay over the
+    /// snapshot, decoded one at a time (a compaction streams them into the
+    /// new snapshot). An address out of order or twice (a damaged snapshot)
+    /// is an error, as `State::normalize` makes it for a whole state.
+    pub(super) fn merged(&self) -> impl Iterator<Item = std::result::Result<Record, String>> + '_ {
+        let mut last: Option<IpAddr> = None;
+        self.merge().map(move |r| {
+            let r = r?;
+            if last.is_some_and(|l| l >= r.ip) {
+                return Err(format!(
+                    "address {} is recorded twice or out of order",
+                    r.ip
+                ));
             }
-        }
-        state
-            .records
-            .extend(self.overlay.values().flatten().cloned());
-        state.normalize()?;
-        Ok(state)
+            last = Some(r.ip);
+            Ok(r)
+        })
+    }
+
+    fn merge(&self) -> impl Iterator<Item = std::result::Result<Record, String>> + '_ {
+        let mut over = self.overlay.iter().peekable();
+        let mut next = 0;
+        let mut pending: Option<Record> = None;
+        std::iter::from_fn(move || loop {
+            if pending.is_none() && next < self.snap.len() {
+                match self.snap.record(next) {
+                    Ok(r) => pending = Some(r),
+                    Err(e) => {
+                        next = self.snap.len();
+                        return Some(Err(e));
+                    }
+                }
+                next += 1;
+            }
+            let overlay_first = match (&pending, over.peek()) {
+                (None, None) => return None,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(p), Some((ip, _))) => **ip <= p.ip,
+            };
+            if !overlay_first {
+                return pending.take().map(Ok);
+            }
+            let (ip, rec) = over.next()?;
+            // Replaced or deleted since the snapshot.
+            if pending.as_ref().is_some_and(|p| p.ip == *ip) {
+                pending = None;
+            }
+            if let Some(r) = rec {
+                return Some(Ok(r.clone()));
+            }
+        })
     }
 }
 
