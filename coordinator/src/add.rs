@@ -65,21 +65,33 @@ pub fn nic_addresses(prev: &CniResult, ifname: &str) -> (Vec<IpNet>, Vec<std::ne
     (addrs, gws)
 }
 
-fn first_nic_facts(host: &Netlink, first: Option<&Link>) -> Result<FirstNic> {
-    let Some(l) = first else {
-        return Ok(FirstNic::default());
+/// The host end of the pod's first NIC when that NIC is a veth whose peer
+/// sits in the host's netns and pairs with it (an overlay CNI's link).
+pub fn first_nic_host_peer(host: &Netlink, first: &Link) -> Result<Option<Link>> {
+    let (true, Some(_), Some(peer)) = (
+        first.kind.as_deref() == Some("veth"),
+        first.link_netnsid,
+        first.link,
+    ) else {
+        return Ok(None);
     };
-    let is_veth = l.kind.as_deref() == Some("veth");
-    let mut peer_in_host = false;
-    if let (true, Some(_), Some(peer)) = (is_veth, l.link_netnsid, l.link) {
-        if let Some(p) = host.link_by_index(peer)? {
-            peer_in_host = p.kind.as_deref() == Some("veth") && p.link == Some(l.index);
-        }
-    }
-    Ok(FirstNic {
-        is_veth,
-        peer_in_host,
-    })
+    Ok(host
+        .link_by_index(peer)?
+        .filter(|p| p.kind.as_deref() == Some("veth") && p.link == Some(first.index)))
+}
+
+/// What the layout decision needs to know of the first NIC, and its host
+/// peer (read once: the overlay layout routes through it).
+fn first_nic_facts(host: &Netlink, first: Option<&Link>) -> Result<(FirstNic, Option<Link>)> {
+    let Some(l) = first else {
+        return Ok((FirstNic::default(), None));
+    };
+    let peer = first_nic_host_peer(host, l)?;
+    let facts = FirstNic {
+        is_veth: l.kind.as_deref() == Some("veth"),
+        peer_in_host: peer.is_some(),
+    };
+    Ok((facts, peer))
 }
 
 /// Read the pod and the host and decide the layout. None: disabled.
@@ -107,7 +119,7 @@ pub fn context_of(
     let ifname = call.env.ifname.as_str();
     let is_first = ifname == cfg.pod_default_cni_nic;
     let first = view.link(&cfg.pod_default_cni_nic).cloned();
-    let facts = first_nic_facts(host, first.as_ref())?;
+    let (facts, peer) = first_nic_facts(host, first.as_ref())?;
     let Some(layout) = mode::resolve(cfg.mode, is_first, facts, view.link(POD_VETH).is_some())
     else {
         return Ok(None);
@@ -130,12 +142,10 @@ pub fn context_of(
         }
         _ => None,
     };
-    let overlay_peer = match (layout, &first) {
-        (Layout::OverlayLater, Some(eth0)) if mode::host_peer(facts) => match (eth0.link, eth0.mac)
-        {
-            (Some(peer), Some(mac)) => host.link_by_index(peer)?.map(|p| (p.name, mac)),
-            _ => None,
-        },
+    let overlay_peer = match (layout, &first, peer) {
+        (Layout::OverlayLater, Some(eth0), Some(p)) if mode::host_peer(facts) => {
+            eth0.mac.map(|mac| (p.name, mac))
+        }
         _ => None,
     };
     Ok(Some(Context {

@@ -11,7 +11,7 @@ use cni::plugin::Call;
 use cni::{Error, Result};
 use ipnet::IpNet;
 
-use crate::add::{context_of, lock_pod, nic_addresses};
+use crate::add::{context_of, first_nic_host_peer, lock_pod, nic_addresses};
 use crate::apply::{describe, route_spec};
 use crate::config::{Config, Mode};
 use crate::names::{host_veth_name, POD_VETH};
@@ -43,11 +43,10 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
         Ok(Some(prev)) => nic_addresses(&prev, ifname),
         _ => (Vec::new(), Vec::new()),
     };
-    if let (true, Some(nic)) = (ips.is_empty(), view.as_ref().and_then(|v| v.link(ifname))) {
-        ips = view
-            .as_ref()
-            .map(|v| v.addrs_of(nic.index))
-            .unwrap_or_default();
+    if let (true, Some(v)) = (ips.is_empty(), &view) {
+        if let Some(nic) = v.link(ifname) {
+            ips = v.addrs_of(nic.index);
+        }
     }
 
     let mut td = match &view {
@@ -91,13 +90,8 @@ fn by_name(
     let host_veth = host.link(&hveth)?.map(|l| l.name);
     // An overlay pod's later NIC is routed through the first NIC's host peer.
     let overlay_peer = match view.and_then(|v| v.link(&cfg.pod_default_cni_nic)) {
-        Some(eth0) if eth0.kind.as_deref() == Some("veth") && eth0.link_netnsid.is_some() => {
-            match eth0.link {
-                Some(peer) => host.link_by_index(peer)?.map(|l| l.name),
-                None => None,
-            }
-        }
-        _ => None,
+        Some(eth0) => first_nic_host_peer(host, eth0)?.map(|l| l.name),
+        None => None,
     };
     let dev = host_veth.clone().or(overlay_peer);
     let veth = host_veth.map(|h| (h, POD_VETH.to_string()));
@@ -127,21 +121,32 @@ fn remove(
         Side::Host => Some(host),
         Side::Pod => pod,
     };
-    let index = |side: Side, dev: &str| -> std::result::Result<Option<u32>, NlError> {
-        if let (Side::Pod, Some(v)) = (side, view) {
-            return Ok(v.link(dev).map(|l| l.index));
+    // Each host device is looked up once (a host route and a neighbour per
+    // address name the same one); pod devices come from the view.
+    let mut host_links: Vec<(&str, std::result::Result<Option<u32>, NlError>)> = Vec::new();
+    let devs = td.routes.iter().map(|r| (r.side, r.dev.as_str()));
+    let devs = devs.chain(td.neighbours.iter().map(|n| (n.side, n.dev.as_str())));
+    for (_, dev) in devs.filter(|(side, _)| *side == Side::Host) {
+        if !host_links.iter().any(|(d, _)| *d == dev) {
+            host_links.push((dev, host.link(dev).map(|l| l.map(|l| l.index))));
         }
-        match nl(side) {
-            Some(n) => n.link(dev).map(|l| l.map(|l| l.index)),
-            None => Ok(None),
+    }
+    let index = |side: Side, dev: &str| -> std::result::Result<Option<u32>, NlError> {
+        match side {
+            Side::Pod => Ok(view.and_then(|v| v.link(dev)).map(|l| l.index)),
+            Side::Host => host_links
+                .iter()
+                .find(|(d, _)| *d == dev)
+                .map_or(Ok(None), |(_, i)| i.clone()),
         }
     };
     for n in &td.neighbours {
-        if let (Some(nlk), Ok(Some(i))) = (nl(n.side), index(n.side, &n.dev)) {
-            note(
-                format!("neighbour {} dev {}", n.ip, n.dev),
-                nlk.del_neighbour(i, n.ip),
-            );
+        let Some(nlk) = nl(n.side) else { continue };
+        let what = format!("neighbour {} dev {}", n.ip, n.dev);
+        match index(n.side, &n.dev) {
+            Ok(Some(i)) => note(what, nlk.del_neighbour(i, n.ip)),
+            Ok(None) => {}
+            Err(e) => note(what, Err(e)),
         }
     }
     for r in &td.routes {

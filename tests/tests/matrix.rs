@@ -1253,22 +1253,24 @@ fn panic_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) -
                 "[{name}] ADD panicked at request {n}: main lost the defaults {lost_defaults:?}"
             ));
         }
-        let ours = |l: &&&String| {
+        let ours = |l: &str| {
             l.starts_with("rule")
                 || l.contains("proto 222")
                 || l.contains("proto 0xde")
                 || l.contains("veth0")
                 || l.contains("table ")
         };
-        if now.1 != before.1 || !gone.is_empty() || added.iter().any(|l| ours(&l)) {
+        if now.1 != before.1 || !gone.is_empty() || added.iter().any(|l| ours(l)) {
             f.0.push(format!(
                 "[{name}] ADD panicked at request {n}, no DEL yet: pod lost {gone:?}, \
                  gained {added:?}; node changed: {}",
                 now.1 != before.1
             ));
         }
-        let mac = state::ip(&ns, &["-j", "link", "show", "dev", &nic]).unwrap_or_default();
-        if mac.contains("\"address\":\"0a:0b") {
+        let link = state::ip(&ns, &["-j", "link", "show", "dev", &nic]).expect("ip link show");
+        let link: Value = serde_json::from_str(&link).expect("ip -j link");
+        let mac = link[0]["address"].as_str().expect("the NIC has a MAC");
+        if mac.starts_with("0a:0b") {
             f.0.push(format!(
                 "[{name}] ADD panicked at request {n}: {nic} kept the prefix MAC"
             ));

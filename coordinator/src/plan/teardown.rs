@@ -39,13 +39,6 @@ pub struct Teardown {
     pub veth: Option<(String, String)>,
 }
 
-impl Teardown {
-    /// Nothing to remove.
-    pub fn is_empty(&self) -> bool {
-        *self == Teardown::default()
-    }
-}
-
 /// `from` rule sources as the kernel stores them.
 fn sources(ips: &[IpNet]) -> Vec<IpNet> {
     ips.iter()
@@ -58,14 +51,19 @@ fn from_rule_of(r: &Rule, srcs: &[IpNet]) -> bool {
     r.priority == PRIO_FROM && r.src.is_some_and(|s| srcs.contains(&s))
 }
 
-/// Does a NIC other than this one and the first still have a `from` rule for
-/// an address the pod holds? Rules of addresses gone are leftovers, not NICs.
-fn another_later_nic(pod: &PodView, mine: &[IpNet], first: &[IpNet]) -> bool {
+/// Is one of `rules` the `from` rule of a NIC other than those whose sources
+/// are `not`, for an address the pod holds? Rules of addresses gone are
+/// leftovers, not NICs.
+fn later_nic_remains<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    pod: &PodView,
+    not: &[&[IpNet]],
+) -> bool {
     let live: Vec<IpAddr> = pod.addrs.iter().map(|(_, a)| a.addr()).collect();
-    pod.rules.iter().any(|r| {
+    rules.into_iter().any(|r| {
         r.priority == PRIO_FROM
             && r.src.is_some_and(|s| {
-                !mine.contains(&s) && !first.contains(&s) && live.contains(&s.addr())
+                not.iter().all(|srcs| !srcs.contains(&s)) && live.contains(&s.addr())
             })
     })
 }
@@ -86,7 +84,7 @@ pub fn teardown(cfg: &Config, plan: &Plan, inp: &Inputs) -> Teardown {
         .into_iter()
         .partition(|r| inp.layout.is_first() || r.src.is_none() || from_rule_of(r, &mine));
     let first_srcs: Vec<IpNet> = shared.iter().filter_map(|r| r.src).collect();
-    let last = !another_later_nic(&inp.pod, &mine, &first_srcs);
+    let last = !later_nic_remains(&inp.pod.rules, &inp.pod, &[&mine, &first_srcs]);
     let mut td = Teardown::default();
     for r in own
         .into_iter()
@@ -234,11 +232,7 @@ pub fn sweep(cfg: &Config, pod: &PodView, td: &Teardown) -> Teardown {
     let first_srcs: Vec<IpNet> = first
         .map(|l| sources(&pod.addrs_of(l.index)))
         .unwrap_or_default();
-    let later_remains = remaining.iter().any(|r| {
-        r.priority == PRIO_FROM
-            && r.src
-                .is_some_and(|s| !first_srcs.contains(&s) && live.contains(&s.addr()))
-    });
+    let later_remains = later_nic_remains(remaining.iter().copied(), pod, &[&first_srcs]);
     let overlay = pod.link(crate::names::POD_VETH).is_none();
     if let (false, true, Some(eth0)) = (later_remains, overlay, first) {
         out.stale_routes = pod
