@@ -15,7 +15,8 @@ command -v perf >/dev/null || need+=(linux-perf)
 command -v etcd >/dev/null || need+=(etcd-server)
 # The etcd TLS test makes its own CA with the openssl CLI (tests only).
 command -v openssl >/dev/null || need+=(openssl)
-command -v unshare >/dev/null || need+=(util-linux)
+# unshare for the labs, setpriv for the DEL-without-CAP_NET_ADMIN test.
+command -v unshare >/dev/null && command -v setpriv >/dev/null || need+=(util-linux)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 # The manifest tests validate deploy/ offline with kubernetes-validate (PyPI),
 # kept in a private venv so the system Python is never touched.
