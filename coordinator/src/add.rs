@@ -26,6 +26,9 @@ pub struct Context {
     pub layout: Layout,
     pub inputs: Inputs,
     pub host_view: HostView,
+    /// Host devices this call has already looked up, by name: DEL removes
+    /// them without asking the kernel again.
+    pub host_links: Vec<(String, u32)>,
 }
 
 pub fn open_pod_ns(call: &Call) -> Result<NetNs> {
@@ -136,12 +139,16 @@ pub fn context_of(
         Layout::OverlayFirst => HostView::default(),
         _ => host_view(host, &ips, &gateways)?,
     };
+    let mut host_links = Vec::new();
     let veth = match layout {
         Layout::UnderlayFirst | Layout::UnderlayLater => {
-            Some(veth_plan(cfg, call, host, &view, first.as_ref(), layout)?)
+            let (plan, existing) = veth_plan(cfg, call, host, &view, first.as_ref(), layout)?;
+            host_links.extend(existing.map(|i| (plan.host.clone(), i)));
+            Some(plan)
         }
         _ => None,
     };
+    host_links.extend(peer.as_ref().map(|p| (p.name.clone(), p.index)));
     let overlay_peer = match (layout, &first, peer) {
         (Layout::OverlayLater, Some(eth0), Some(p)) if mode::host_peer(facts) => {
             eth0.mac.map(|mac| (p.name, mac))
@@ -161,6 +168,7 @@ pub fn context_of(
             overlay_peer,
         },
         host_view,
+        host_links,
     }))
 }
 
@@ -171,19 +179,22 @@ fn veth_plan(
     view: &PodView,
     first: Option<&Link>,
     layout: Layout,
-) -> Result<VethPlan> {
+) -> Result<(VethPlan, Option<u32>)> {
     let name = host_veth_name(&call.env.container_id);
     let existing = host.link(&name)?;
     let pod_end = view.link(POD_VETH);
     match (existing, pod_end) {
-        (Some(h), Some(p)) => Ok(VethPlan {
-            host: name,
-            host_mac: h.mac.unwrap_or_default(),
-            pod: POD_VETH.into(),
-            pod_mac: p.mac.unwrap_or_default(),
-            mtu: h.mtu,
-            create: false,
-        }),
+        (Some(h), Some(p)) => Ok((
+            VethPlan {
+                host: name,
+                host_mac: h.mac.unwrap_or_default(),
+                pod: POD_VETH.into(),
+                pod_mac: p.mac.unwrap_or_default(),
+                mtu: h.mtu,
+                create: false,
+            },
+            Some(h.index),
+        )),
         _ if layout == Layout::UnderlayLater => Err(Error::plugin(
             code::KERNEL,
             format!(
@@ -196,17 +207,20 @@ fn veth_plan(
             code::KERNEL,
             format!("host link {} exists but the pod has no {POD_VETH}", h.name),
         )),
-        (None, _) => Ok(VethPlan {
-            host: name,
-            host_mac: random_mac(),
-            pod: POD_VETH.into(),
-            pod_mac: random_mac(),
-            mtu: cfg
-                .veth_mtu
-                .or(first.map(|l| l.mtu).filter(|m| *m > 0))
-                .unwrap_or(1500),
-            create: true,
-        }),
+        (None, _) => Ok((
+            VethPlan {
+                host: name,
+                host_mac: random_mac(),
+                pod: POD_VETH.into(),
+                pod_mac: random_mac(),
+                mtu: cfg
+                    .veth_mtu
+                    .or(first.map(|l| l.mtu).filter(|m| *m > 0))
+                    .unwrap_or(1500),
+                create: true,
+            },
+            None,
+        )),
     }
 }
 

@@ -49,11 +49,14 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
         }
     }
 
-    let mut td = match &view {
+    let (mut td, known) = match &view {
         Some(v) if v.link(ifname).is_some() => {
             match context_of(cfg, call, ips.clone(), gateways, &host, v.clone()) {
-                Ok(Some(ctx)) => teardown(cfg, &plan_add(cfg, &ctx.inputs), &ctx.inputs),
-                Ok(None) => Teardown::default(),
+                Ok(Some(ctx)) => (
+                    teardown(cfg, &plan_add(cfg, &ctx.inputs), &ctx.inputs),
+                    ctx.host_links,
+                ),
+                Ok(None) => (Teardown::default(), Vec::new()),
                 Err(e) => {
                     tracing::info!("DEL: no plan for {ifname} ({e}): removing by name and mark");
                     by_name(cfg, call, &host, view.as_ref(), &ips)?
@@ -67,7 +70,14 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
         td.merge(left);
     }
     tracing::debug!(?td, "teardown");
-    let errors = remove(&host, pod.as_ref(), pod_ns.as_ref(), view.as_ref(), &td);
+    let errors = remove(
+        &host,
+        &known,
+        pod.as_ref(),
+        pod_ns.as_ref(),
+        view.as_ref(),
+        &td,
+    );
     if !errors.is_empty() {
         return Err(Error::plugin(
             code::TRY_AGAIN,
@@ -78,35 +88,38 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The teardown of a NIC whose plan cannot be computed.
+/// The teardown of a NIC whose plan cannot be computed, and the host
+/// devices looked up for it.
 fn by_name(
     cfg: &Config,
     call: &Call,
     host: &Netlink,
     view: Option<&PodView>,
     ips: &[IpNet],
-) -> Result<Teardown> {
+) -> Result<(Teardown, Vec<(String, u32)>)> {
     let hveth = host_veth_name(&call.env.container_id);
-    let host_veth = host.link(&hveth)?.map(|l| l.name);
+    let host_veth = host.link(&hveth)?.map(|l| (l.name, l.index));
     // An overlay pod's later NIC is routed through the first NIC's host peer.
     let overlay_peer = match view.and_then(|v| v.link(&cfg.pod_default_cni_nic)) {
-        Some(eth0) => first_nic_host_peer(host, eth0)?.map(|l| l.name),
+        Some(eth0) => first_nic_host_peer(host, eth0)?.map(|l| (l.name, l.index)),
         None => None,
     };
-    let dev = host_veth.clone().or(overlay_peer);
-    let veth = host_veth.map(|h| (h, POD_VETH.to_string()));
-    Ok(teardown_without_plan(
-        cfg,
-        &call.env.ifname,
-        ips,
-        dev.as_deref(),
-        veth,
-    ))
+    let dev = host_veth
+        .as_ref()
+        .or(overlay_peer.as_ref())
+        .map(|(n, _)| n.clone());
+    let veth = host_veth
+        .as_ref()
+        .map(|(h, _)| (h.clone(), POD_VETH.to_string()));
+    let td = teardown_without_plan(cfg, &call.env.ifname, ips, dev.as_deref(), veth);
+    Ok((td, host_veth.into_iter().chain(overlay_peer).collect()))
 }
 
-/// Carry out `td`; every failure but "already gone", described.
+/// Carry out `td`; every failure but "already gone", described. `known`:
+/// host devices (name, index) this call has looked up already.
 fn remove(
     host: &Netlink,
+    known: &[(String, u32)],
     pod: Option<&Netlink>,
     pod_ns: Option<&NetNs>,
     view: Option<&PodView>,
@@ -123,9 +136,13 @@ fn remove(
     };
     // Each host device is looked up once (a host route and a neighbour per
     // address name the same one); pod devices come from the view.
-    let mut host_links: Vec<(&str, std::result::Result<Option<u32>, NlError>)> = Vec::new();
+    let mut host_links: Vec<(&str, std::result::Result<Option<u32>, NlError>)> = known
+        .iter()
+        .map(|(n, i)| (n.as_str(), Ok(Some(*i))))
+        .collect();
     let devs = td.routes.iter().map(|r| (r.side, r.dev.as_str()));
     let devs = devs.chain(td.neighbours.iter().map(|n| (n.side, n.dev.as_str())));
+    let devs = devs.chain(td.veth.iter().map(|(h, _)| (Side::Host, h.as_str())));
     for (_, dev) in devs.filter(|(side, _)| *side == Side::Host) {
         if !host_links.iter().any(|(d, _)| *d == dev) {
             host_links.push((dev, host.link(dev).map(|l| l.map(|l| l.index))));
@@ -200,8 +217,8 @@ fn remove(
     if let Some((h, p)) = &td.veth {
         // The host end takes the pod end, and every route and neighbour on
         // either, along. Without it (a stray pod end), the pod end alone.
-        match host.link(h) {
-            Ok(Some(l)) => note(format!("veth {h}"), host.del_link(l.index)),
+        match index(Side::Host, h) {
+            Ok(Some(i)) => note(format!("veth {h}"), host.del_link(i)),
             Ok(None) => {
                 if let (Some(pod), Some(Some(l))) = (pod, view.map(|v| v.link(p))) {
                     note(format!("pod veth {p}"), pod.del_link(l.index));

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use cni::netlink::{Link, Netlink, TABLE_LOCAL};
+use cni::netlink::{Address, Netlink, TABLE_LOCAL};
 use cni::Result;
 use ipnet::IpNet;
 
@@ -87,20 +87,25 @@ pub struct HostView {
 /// never toward the pod IP itself.
 pub fn host_view(host: &Netlink, pod_ips: &[IpNet], gateways: &[IpAddr]) -> Result<HostView> {
     let mut v = HostView::default();
-    let mut names: HashMap<u32, Option<Link>> = HashMap::new();
+    let addrs = host.addresses(None)?;
+    // Only devices whose addresses are all IPv6 cost a lookup.
+    let mut names: HashMap<u32, Option<String>> = names_from_labels(&addrs)
+        .into_iter()
+        .map(|(index, name)| (index, Some(name)))
+        .collect();
     let mut plumbing = |index: u32, host: &Netlink| -> Result<bool> {
-        let link = match names.get(&index) {
-            Some(l) => l.clone(),
+        let name = match names.get(&index) {
+            Some(n) => n.clone(),
             None => {
-                let l = host.link_by_index(index)?;
-                names.insert(index, l.clone());
-                l
+                let n = host.link_by_index(index)?.map(|l| l.name);
+                names.insert(index, n.clone());
+                n
             }
         };
-        Ok(link.is_none_or(|l| is_plumbing(&l.name)))
+        Ok(name.is_none_or(|n| is_plumbing(&n)))
     };
     let mut uplink_addrs = Vec::new();
-    for a in host.addresses(None)? {
+    for a in addrs {
         let ip = a.addr.addr();
         if !is_link_local(&ip) && !v.addrs.contains(&ip) {
             v.addrs.push(ip);
@@ -144,6 +149,20 @@ pub fn host_view(host: &Netlink, pod_ips: &[IpNet], gateways: &[IpAddr]) -> Resu
     }
     v.node_ips = node_ip_order(pod_ips, &uplink_addrs, &routed);
     Ok(v)
+}
+
+/// The device names an address dump already tells: an IPv4 address's label
+/// is its device's name, or `name:alias` (the kernel rewrites labels when a
+/// device is renamed). Saves a link lookup per device on the node.
+pub fn names_from_labels(addrs: &[Address]) -> HashMap<u32, String> {
+    let mut out = HashMap::new();
+    for a in addrs {
+        let name = a.label.as_deref().and_then(|l| l.split(':').next());
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            out.entry(a.index).or_insert_with(|| name.to_string());
+        }
+    }
+    out
 }
 
 /// See [`host_view`]: `uplink_addrs` in the kernel's dump order, `routed` the
@@ -213,6 +232,27 @@ mod tests {
                 ip("fd00:7::2")
             ]
         );
+    }
+
+    #[test]
+    fn device_names_come_from_ipv4_labels() {
+        let a = |index: u32, addr: &str, label: Option<&str>| Address {
+            index,
+            addr: addr.parse().unwrap(),
+            flags: Default::default(),
+            scope: 0,
+            label: label.map(str::to_string),
+        };
+        let names = names_from_labels(&[
+            a(2, "10.6.0.2/16", Some("ens1")),
+            a(2, "10.6.0.3/16", Some("ens1:vip")),
+            a(3, "10.7.0.2/16", Some("veth12ab:x")),
+            a(4, "fd00:6::2/64", None),
+            a(5, "10.8.0.2/16", Some("")),
+        ]);
+        let mut got: Vec<_> = names.into_iter().collect();
+        got.sort();
+        assert_eq!(got, vec![(2, "ens1".into()), (3, "veth12ab".into())]);
     }
 
     #[test]

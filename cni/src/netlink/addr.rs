@@ -85,8 +85,10 @@ fn parse_address(msg: AddressMessage) -> Option<Address> {
     let mut local = None;
     let mut address = None;
     let mut flags = msg.header.flags.bits() as u32;
+    let mut label = None;
     for attr in msg.attributes {
         match attr {
+            AddressAttribute::Label(l) => label = Some(l),
             AddressAttribute::Local(ip) => local = Some(ip),
             AddressAttribute::Address(ip) => address = Some(ip),
             // The header has only 8 bits of flags; IFA_FLAGS has them all.
@@ -107,6 +109,7 @@ fn parse_address(msg: AddressMessage) -> Option<Address> {
             permanent: has(AddressFlags::Permanent),
         },
         scope: msg.header.scope.into(),
+        label,
     })
 }
 
@@ -125,8 +128,10 @@ mod tests {
             AddressAttribute::Address("10.0.0.9".parse().unwrap()),
             AddressAttribute::Local("10.0.0.1".parse().unwrap()),
             AddressAttribute::Flags(AddressFlags::Nodad | AddressFlags::Permanent),
+            AddressAttribute::Label("ens1:a".into()),
         ];
         let a = parse_address(msg).unwrap();
+        assert_eq!(a.label.as_deref(), Some("ens1:a"));
         assert_eq!(a.addr, "10.0.0.1/24".parse::<IpNet>().unwrap());
         assert_eq!(a.index, 4);
         assert_eq!(a.scope, 253);

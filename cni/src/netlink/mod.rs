@@ -135,6 +135,9 @@ pub struct Address {
     pub flags: AddrFlags,
     /// RT_SCOPE_*: 0 universe (global), 253 link, 254 host.
     pub scope: u8,
+    /// IFA_LABEL (IPv4 only): the device's name, or `name:alias`; the kernel
+    /// keeps it in step when the device is renamed.
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

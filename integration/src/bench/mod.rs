@@ -176,16 +176,21 @@ pub fn run(opts: &Options) -> io::Result<Report> {
                 (c.cni_path(path), nic)
             })
             .collect();
-        cases.push(pod_case(
-            &lab,
-            "cbase",
-            nics,
-            measured,
-            Kind::Anchor,
-            "coordinator (baseline build)",
-            "1 NIC IPv4",
-            "",
-        ));
+        // Paired like ours: a DEL right after the kernel's deletion pays for
+        // its RCU backlog, so an unpaired baseline DEL is not comparable.
+        cases.push(
+            pod_case(
+                &lab,
+                "cbase",
+                nics,
+                measured,
+                Kind::Anchor,
+                "coordinator (baseline build)",
+                "1 NIC IPv4",
+                "baseline",
+            )
+            .paired_kernel_del(),
+        );
     }
     if let Some(sp) = &opts.spiderpool {
         std::fs::create_dir_all(&spider_dir)?;
