@@ -23,12 +23,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$profile" in
-  release) flags=(--release) ;;
-  debug) flags=() ;;
+  release) cargo_profile=release ;;
+  debug) cargo_profile=dev ;;
   *) echo "build-deb: --profile release|debug" >&2; exit 2 ;;
 esac
 if [ "$build" = 1 ]; then
-  cargo build "${flags[@]}" -p coordinator -p coordinator-ipam --bins >&2
+  scripts/build.sh --profile "${cargo_profile}" >&2
 fi
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --workspace --bins
+scripts/build.sh
 exec target/release/demo "$@"

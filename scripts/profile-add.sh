@@ -10,9 +10,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 command -v perf >/dev/null || { echo "profile-add: perf not found (apt-get install linux-perf)" >&2; exit 1; }
-cargo build --release --workspace --bins
+scripts/build.sh
 # Frame pointers only in this profile's own target directory (target/profiling):
-# the release build above is untouched.
+# the release build above is untouched. Linked statically, as shipped.
 RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes" \
-    cargo build --profile profiling -p coordinator --bin coordinator
+    scripts/build.sh --profile profiling --coordinator
 exec target/release/bench profile --profiled target/profiling "$@"

@@ -40,6 +40,10 @@ pub fn run(opts: &Options) -> io::Result<Report> {
     let mut meta = Meta::now(opts);
     let mut notes = Vec::new();
     setup::require_binaries(&opts.bin_dir)?;
+    // Every case runs copies; the report names the binaries given.
+    let installed = setup::install(opts)?;
+    let given = opts;
+    let opts = &installed.opts;
     let ipam_ok = setup::ipam_usable(opts, &mut notes);
     let (labs, node_fill) = setup::labs(opts, &mut notes)?;
 
@@ -65,7 +69,7 @@ pub fn run(opts: &Options) -> io::Result<Report> {
         true => Some(datapath::run(&opts.bin_dir, &opts.datapath)?),
         false => None,
     };
-    let binaries = report::binaries(&opts.bin_dir);
+    let binaries = report::binaries(&given.bin_dir);
     meta.duration_s = started.elapsed().as_secs_f64();
     let mut report = Report {
         meta,

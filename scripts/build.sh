@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds the workspace's binaries the way they ship:
+#   scripts/build.sh [--profile release|dev|profiling] [--coordinator] [cargo flags, e.g. --locked]
+# (default: release, every binary; --coordinator: that plugin alone).
+#
+# coordinator is linked statically against glibc (a static-pie executable):
+# - it is exec'd for every CNI call, and a static executable skips the
+#   dynamic loader (mapping libc and libgcc_s, symbol lookup): about 0.4 ms of
+#   CPU per ADD and per DEL (integration/results, README Performance);
+# - the DaemonSet copies it into the node's /opt/cni/bin, where it runs
+#   against the node's own libraries: a static executable does not care
+#   which glibc the node has, like the reference plugins.
+# It resolves no names and loads nothing at run time (no NSS, no dlopen),
+# which is what a static glibc cannot do well. coordinator-ipam resolves its
+# etcd endpoints' host names through NSS, so it stays dynamic.
+#
+# The flag goes to the final link only (cargo rustc), so dependencies are
+# shared with plain `cargo build`; a later plain `cargo build` relinks it
+# dynamically, and this script statically again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=release only=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile="$2"; shift 2 ;;
+    --coordinator) only=1; shift ;;
+    *) break ;;
+  esac
+done
+case "$profile" in
+  dev) dir=target/debug ;;
+  release|profiling) dir=target/$profile ;;
+  *) echo "build.sh: --profile release|dev|profiling" >&2; exit 2 ;;
+esac
+if [ "$only" = 0 ]; then
+  cargo build --profile "$profile" "$@" --workspace --bins --exclude coordinator
+fi
+cargo rustc --profile "$profile" "$@" -p coordinator --bin coordinator -- -C target-feature=+crt-static
+if readelf -lW "$dir/coordinator" | grep -q INTERP; then
+  echo "build.sh: $dir/coordinator still asks for a dynamic loader" >&2
+  exit 1
+fi
