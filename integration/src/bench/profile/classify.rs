@@ -105,7 +105,9 @@ impl Category {
     pub fn label(self) -> &'static str {
         match self {
             Category::Spawn => "spawn: the runtime's forked child before execve",
-            Category::ExecLoader => "exec and loader (execve, ld.so relocations, its page faults)",
+            Category::ExecLoader => {
+                "exec and loader (execve, ld.so or static start-up, its page faults)"
+            }
             Category::RuntimeStart => {
                 "async runtime: start-up, epoll reactor, shutdown (tokio, mio)"
             }
@@ -152,6 +154,23 @@ pub const EXEC: Rule = Rule {
         "_dl_relocate_object",
         "_dl_init",
         "__libc_early_init",
+        // A static executable's start-up, run from __libc_start_main
+        // (which is below main too, so not named itself).
+        "_dl_relocate_static_pie",
+        "_dl_aux_init",
+        "__libc_setup_tls",
+        "__libc_init_secure",
+        "_dl_non_dynamic_init",
+        "apply_irel",
+        "init_cpu_features",
+        // Its CPU probing (cpuid), which ld.so does for a dynamic one.
+        "update_active",
+        "get_common_indices",
+        "get_extended_indices",
+        "handle_amd",
+        "handle_intel",
+        "handle_zhaoxin",
+        "dl_init_cacheinfo",
     ],
     dso: &["ld-linux"],
 };
@@ -281,7 +300,11 @@ pub fn classify(s: &StackSample, exe_comm: &str) -> Category {
             }
         })
     };
-    if hit(&EXEC) {
+    // In a static executable the start-up is partly inlined into
+    // __libc_start_main itself: user work nearest the leaf in its own body
+    // (not in main, which it calls) is start-up too.
+    let startup = s.frames.iter().find(|f| !f.kernel());
+    if hit(&EXEC) || startup.is_some_and(|f| f.sym.starts_with("__libc_start_main")) {
         return EXEC.category;
     }
     // Before execve names the process, the sample is the forked child of
@@ -517,6 +540,37 @@ sbr 5000
                     ],
                 ),
                 Category::ExecLoader,
+            ),
+            (
+                // A static executable's start-up is loader work; what runs
+                // under main, also below __libc_start_main, is not.
+                sample(
+                    BIN,
+                    &[("init_cpu_features", BIN), ("__libc_start_main_impl", BIN)],
+                ),
+                Category::ExecLoader,
+            ),
+            (
+                sample(
+                    BIN,
+                    &[
+                        ("exc_page_fault", K),
+                        ("__libc_start_main_impl", BIN),
+                        ("_start", BIN),
+                    ],
+                ),
+                Category::ExecLoader,
+            ),
+            (
+                sample(
+                    BIN,
+                    &[
+                        ("serde_json::de::from_slice", BIN),
+                        ("main", BIN),
+                        ("__libc_start_main_impl", BIN),
+                    ],
+                ),
+                Category::UserCode,
             ),
             (
                 sample(

@@ -134,6 +134,25 @@ pub fn run(opts: &ProfileOptions) -> io::Result<ProfileReport> {
         )
         .map_err(io::Error::from)?;
     }
+    // Copies, as in `bench` (see bench::setup::Installed): a binary
+    // exec'd straight from the linker's output costs more per exec. They
+    // live in `state` until perf script has read their symbols.
+    let (bin_dir, profiled) = (state.join("bin"), state.join("profiled"));
+    for (from, to) in [
+        (
+            opts.bin_dir.join("coordinator"),
+            bin_dir.join("coordinator"),
+        ),
+        (
+            opts.bin_dir.join("coordinator-ipam"),
+            bin_dir.join("coordinator-ipam"),
+        ),
+        (exe_path.clone(), profiled.join("coordinator")),
+    ] {
+        std::fs::create_dir_all(to.parent().unwrap_or(&state))?;
+        std::fs::copy(&from, &to)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))?;
+    }
     let data = state.join("perf.data");
     let me = std::env::current_exe()?;
     let status = Command::new(&opts.perf)
@@ -156,9 +175,9 @@ pub fn run(opts: &ProfileOptions) -> io::Result<ProfileReport> {
         .arg("--warmup")
         .arg(opts.warmup.to_string())
         .arg("--bin-dir")
-        .arg(&opts.bin_dir)
+        .arg(&bin_dir)
         .arg("--profiled")
-        .arg(&opts.profiled)
+        .arg(&profiled)
         .stdin(Stdio::null())
         .status()
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", opts.perf.display())))?;
