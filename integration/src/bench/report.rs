@@ -124,6 +124,10 @@ pub struct Binary {
     pub path: String,
     pub bytes: u64,
     pub ours: bool,
+    /// "static" or "dynamic" (an ELF with a program interpreter), "" when
+    /// unreadable: what was measured, since a plain cargo build relinks
+    /// coordinator dynamically (scripts/build.sh links it statically).
+    pub linkage: String,
 }
 
 /// A target of benchmarks.md, judged on this run.
@@ -185,9 +189,31 @@ pub fn binaries(bin_dir: &Path) -> Vec<Binary> {
                 path: p.display().to_string(),
                 bytes,
                 ours,
+                linkage: linkage(&p).unwrap_or_default().to_string(),
             })
         })
         .collect()
+}
+
+/// Whether the ELF executable at `p` asks for a program interpreter (a
+/// `PT_INTERP` program header: dynamically linked). 64-bit little-endian
+/// only, as this machine builds.
+fn linkage(p: &Path) -> Option<&'static str> {
+    let elf = std::fs::read(p).ok()?;
+    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(elf.get(at..at + 8)?.try_into().ok()?));
+    // ELF magic, ELFCLASS64, ELFDATA2LSB.
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
+    const PT_INTERP: u32 = 3;
+    let interp = (0..phnum as usize)
+        .map(|i| u32_at(phoff + i * phentsize as usize))
+        .collect::<Option<Vec<u32>>>()?
+        .contains(&PT_INTERP);
+    Some(if interp { "dynamic" } else { "static" })
 }
 
 impl Report {
@@ -272,9 +298,10 @@ impl Report {
             };
             let _ = writeln!(s, "| {} | {} | {} | {} |", c.name, c.target, c.value, mark);
         }
-        s.push_str("\n## Binaries\n\n| binary | size |\n|---|---|\n");
+        s.push_str("\n## Binaries\n\n| binary | size | linkage |\n|---|---|---|\n");
         for b in &self.binaries {
-            let _ = writeln!(s, "| {} | {:.2} MiB |", b.path, b.bytes as f64 / 1048576.0);
+            let mib = b.bytes as f64 / 1048576.0;
+            let _ = writeln!(s, "| {} | {mib:.2} MiB | {} |", b.path, b.linkage);
         }
         if let Some(b) = &self.burst {
             let _ = writeln!(
@@ -450,6 +477,40 @@ fn one_line(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 64-bit little-endian ELF header and program headers of `types`.
+    fn elf(types: &[u32]) -> Vec<u8> {
+        let mut e = vec![0u8; 64];
+        e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        e[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        e[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        e[0x38..0x3a].copy_from_slice(&(types.len() as u16).to_le_bytes());
+        for t in types {
+            let mut ph = vec![0u8; 56];
+            ph[..4].copy_from_slice(&t.to_le_bytes());
+            e.extend(ph);
+        }
+        e
+    }
+
+    #[test]
+    fn linkage_is_read_from_the_program_headers() {
+        let dir = std::env::temp_dir().join(format!("linkage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        // PT_PHDR, PT_INTERP, PT_LOAD / PT_LOAD, PT_DYNAMIC (a static-pie).
+        assert_eq!(linkage(&write("dyn", &elf(&[6, 3, 1]))), Some("dynamic"));
+        assert_eq!(linkage(&write("static", &elf(&[1, 2]))), Some("static"));
+        // Not an ELF, or cut short: unknown, no panic.
+        assert_eq!(linkage(&write("text", b"#!/bin/sh\n")), None);
+        assert_eq!(linkage(&write("short", &elf(&[1, 3])[..100])), None);
+        assert_eq!(linkage(&dir.join("missing")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn utc_format() {
