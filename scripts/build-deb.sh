@@ -28,7 +28,7 @@ case "$profile" in
   *) echo "build-deb: --profile release|debug" >&2; exit 2 ;;
 esac
 if [ "$build" = 1 ]; then
-  scripts/build.sh --profile "${cargo_profile}" >&2
+  scripts/build.sh --profile "${cargo_profile}" --plugins >&2
 fi
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -45,6 +45,8 @@ for bin in coordinator coordinator-ipam; do
 done
 install -m 0644 conf-examples/defaults.json "$root/usr/share/doc/$pkg/examples/defaults.json"
 install -m 0644 LICENSE "$root/usr/share/doc/$pkg/copyright"
+# coordinator is linked statically with glibc (LGPL): what that means, and where its source is.
+install -m 0644 NOTICE "$root/usr/share/doc/$pkg/NOTICE"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 cat > "$root/DEBIAN/control" <<CONTROL
 Package: $pkg

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the workspace's binaries the way they ship:
-#   scripts/build.sh [--profile release|dev|profiling] [--coordinator] [cargo flags, e.g. --locked]
-# (default: release, every binary; --coordinator: that plugin alone).
+#   scripts/build.sh [--profile release|dev|profiling] [--plugins|--coordinator] [cargo flags, e.g. --locked]
+# (default: release, every binary of the workspace; --plugins: coordinator and
+# coordinator-ipam, as the image and the .deb ship them; --coordinator: that one).
 #
 # coordinator is linked statically against glibc (a static-pie executable):
 # - it is exec'd for every CNI call, and a static executable skips the
@@ -20,11 +21,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-profile=release only=0
+profile=release others=(--workspace --bins --exclude coordinator)
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
-    --coordinator) only=1; shift ;;
+    --plugins) others=(-p coordinator-ipam --bins); shift ;;
+    --coordinator) others=(); shift ;;
     *) break ;;
   esac
 done
@@ -33,8 +35,8 @@ case "$profile" in
   release|profiling) dir=target/$profile ;;
   *) echo "build.sh: --profile release|dev|profiling" >&2; exit 2 ;;
 esac
-if [ "$only" = 0 ]; then
-  cargo build --profile "$profile" "$@" --workspace --bins --exclude coordinator
+if [ ${#others[@]} -gt 0 ]; then
+  cargo build --profile "$profile" "$@" "${others[@]}"
 fi
 cargo rustc --profile "$profile" "$@" -p coordinator --bin coordinator -- -C target-feature=+crt-static
 if readelf -lW "$dir/coordinator" | grep -q INTERP; then

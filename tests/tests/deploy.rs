@@ -359,6 +359,9 @@ fn deb_installs_into_a_scratch_root_and_runs() {
         let v = ok(run(&bin, &["--version"]), name);
         assert_eq!(v, format!("{name} {}\n", env!("CARGO_PKG_VERSION")));
     }
+    // coordinator holds glibc, statically: its notice ships with it.
+    let notice = root.path().join("usr/share/doc/coordinator-cni/NOTICE");
+    assert!(std::fs::read_to_string(&notice).is_ok_and(|n| n.contains("glibc")));
     let example = root
         .path()
         .join("usr/share/doc/coordinator-cni/examples/defaults.json");
