@@ -153,7 +153,8 @@ pub fn host_view(host: &Netlink, pod_ips: &[IpNet], gateways: &[IpAddr]) -> Resu
 
 /// The device names an address dump already tells: an IPv4 address's label
 /// is its device's name, or `name:alias` (the kernel rewrites labels when a
-/// device is renamed). Saves a link lookup per device on the node.
+/// device is renamed, and `ip` refuses a label that does not start with the
+/// device's name). Saves a link lookup per device on the node.
 pub fn names_from_labels(addrs: &[Address]) -> HashMap<u32, String> {
     let mut out = HashMap::new();
     for a in addrs {
