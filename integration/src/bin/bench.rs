@@ -25,8 +25,11 @@ const USAGE: &str =
                   one 1 s datapath round;
                   writes to a temp dir (never the committed results)
   --only CASES    comma-separated case name prefixes (floor kdel cone sbr ctwo
-                  cdet cbig hl ci burst datapath); a partial run, for iterating
-  --bin-dir DIR   our plugin binaries (default target/release)
+                  cdet cbig hl ci burst datapath; cbase and spider with the env
+                  below); a partial run, for iterating
+  --bin-dir DIR   our plugin binaries (default target/release; build them with
+                  scripts/build.sh, which links coordinator as it ships).
+                  Every binary measured runs from a fresh copy
   --out DIR       where latest.{json,md,svg} go (default integration/results)
   --etcd          only the etcd store vs file store benchmark (etcd.{json,md})
 usage: bench profile [--pairs N] [--period-us P] [--profiled DIR] [--bin-dir DIR] [--out DIR]
@@ -41,7 +44,8 @@ usage: bench churn [--pods N] [--concurrency C] [--bin-dir DIR]
   pod lifecycles with random kill -9 of a plugin mid-call, then leak and
   duplicate counts (default 1000 pods, 8 concurrent); writes churn.json
 env: SPIDERPOOL_COORDINATOR=/path/to/coordinator adds the Spiderpool anchor
-     BASELINE_COORDINATOR=/path/to/coordinator adds another build of ours (A/B)";
+     BASELINE_COORDINATOR=/path/to/coordinator adds another build of ours (A/B:
+       bench --only cone,cbase)";
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
