@@ -155,7 +155,7 @@ pub fn host_view(host: &Netlink, pod_ips: &[IpNet], gateways: &[IpAddr]) -> Resu
 /// is its device's name, or `name:alias` (the kernel rewrites labels when a
 /// device is renamed, and `ip` refuses a label that does not start with the
 /// device's name). Saves a link lookup per device on the node.
-pub fn names_from_labels(addrs: &[Address]) -> HashMap<u32, String> {
+fn names_from_labels(addrs: &[Address]) -> HashMap<u32, String> {
     let mut out = HashMap::new();
     for a in addrs {
         let name = a.label.as_deref().and_then(|l| l.split(':').next());

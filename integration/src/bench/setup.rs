@@ -43,27 +43,31 @@ pub(super) fn install(opts: &Options) -> io::Result<Installed> {
         dir: dir.clone(),
         opts: opts.clone(),
     };
-    let copy = |from: &Path, dir: &Path| -> io::Result<PathBuf> {
-        let name = from.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("{}", from.display()))
-        })?;
-        std::fs::create_dir_all(dir)?;
-        let to = dir.join(name);
-        std::fs::copy(from, &to)?;
-        Ok(to)
-    };
     for b in ["coordinator", "coordinator-ipam"] {
-        copy(&opts.bin_dir.join(b), &dir)?;
+        copy_binary(&opts.bin_dir.join(b), &dir)?;
     }
     installed.opts.bin_dir = dir.clone();
     // Own directories: a baseline is usually also named `coordinator`.
     if let Some(b) = &opts.baseline {
-        installed.opts.baseline = Some(copy(b, &dir.join("baseline"))?);
+        installed.opts.baseline = Some(copy_binary(b, &dir.join("baseline"))?);
     }
     if let Some(s) = &opts.spiderpool {
-        installed.opts.spiderpool = Some(copy(s, &dir.join("spiderpool"))?);
+        installed.opts.spiderpool = Some(copy_binary(s, &dir.join("spiderpool"))?);
     }
     Ok(installed)
+}
+
+/// Copy the executable `from` into `dir` (made if missing) under its own
+/// name; errors name the file.
+pub(super) fn copy_binary(from: &Path, dir: &Path) -> io::Result<PathBuf> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", from.display()));
+    let name = from
+        .file_name()
+        .ok_or_else(|| named(io::ErrorKind::InvalidInput.into()))?;
+    std::fs::create_dir_all(dir).map_err(named)?;
+    let to = dir.join(name);
+    std::fs::copy(from, &to).map_err(named)?;
+    Ok(to)
 }
 
 /// Fail early when a plugin of ours is missing from `bin_dir`.

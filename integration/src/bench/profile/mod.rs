@@ -24,6 +24,7 @@ use serde::Serialize;
 use super::cases::{floor_case, lab_chain, pod_case, Case, Kind, RowSpec};
 use super::confs;
 use super::report::{utc_now, Row};
+use super::setup::copy_binary;
 use crate::lab::Lab;
 use classify::{Breakdown, StackSample};
 
@@ -138,21 +139,10 @@ pub fn run(opts: &ProfileOptions) -> io::Result<ProfileReport> {
     // exec'd straight from the linker's output costs more per exec. They
     // live in `state` until perf script has read their symbols.
     let (bin_dir, profiled) = (state.join("bin"), state.join("profiled"));
-    for (from, to) in [
-        (
-            opts.bin_dir.join("coordinator"),
-            bin_dir.join("coordinator"),
-        ),
-        (
-            opts.bin_dir.join("coordinator-ipam"),
-            bin_dir.join("coordinator-ipam"),
-        ),
-        (exe_path.clone(), profiled.join("coordinator")),
-    ] {
-        std::fs::create_dir_all(to.parent().unwrap_or(&state))?;
-        std::fs::copy(&from, &to)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))?;
+    for b in ["coordinator", "coordinator-ipam"] {
+        copy_binary(&opts.bin_dir.join(b), &bin_dir)?;
     }
+    copy_binary(&exe_path, &profiled)?;
     let data = state.join("perf.data");
     let me = std::env::current_exe()?;
     let status = Command::new(&opts.perf)
