@@ -18,6 +18,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # unshare for the labs, setpriv for the DEL-without-CAP_NET_ADMIN test.
 command -v unshare >/dev/null && command -v setpriv >/dev/null || need+=(util-linux)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+# scripts/build.sh checks with readelf that coordinator came out static.
+command -v readelf >/dev/null || need+=(binutils)
 # The manifest tests validate deploy/ offline with kubernetes-validate (PyPI),
 # kept in a private venv so the system Python is never touched.
 KV_VENV=/opt/coordinator-tools/venv
