@@ -10,7 +10,7 @@ pub struct Coordinator;
 
 fn load(call: &Call) -> Result<Config> {
     let cfg = Config::from_raw(&call.raw)?;
-    cni::logging::init(cfg.log_level.as_deref(), cfg.log_file.as_deref());
+    cni::logging::init(&cfg.log.settings());
     Ok(cfg)
 }
 

@@ -12,7 +12,11 @@ fn main() {
         // stdout carries only the CNI result: logs go to stderr (or a file).
         let level = std::env::var("COORDINATOR_IPAM_LOG_LEVEL").ok();
         let file = std::env::var_os("COORDINATOR_IPAM_LOG_FILE").map(std::path::PathBuf::from);
-        cni::logging::init(Some(level.as_deref().unwrap_or("warn")), file.as_deref());
+        cni::logging::init(&cni::logging::Settings {
+            level: Some(level.as_deref().unwrap_or("warn")),
+            file: file.as_deref(),
+            rotation: Default::default(),
+        });
         cni::plugin::run(&IpamPlugin, &ABOUT);
     }
     let args: Vec<String> = std::env::args_os()

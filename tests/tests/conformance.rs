@@ -723,15 +723,15 @@ fn log_file_gets_the_logs() {
         coord_conf("1.0.0", dir.path(), "underlay"),
         sample_result("1.0.0", false),
     );
-    conf["logOptions"] = json!({"logLevel": "debug", "logFile": log});
-    let run = Exec::cni(
-        coordinator(),
-        "ADD",
-        &unique_id("f"),
-        &gone_netns(dir.path()),
-    )
-    .stdin_json(&conf)
-    .run();
+    conf["logOptions"] = json!({"logLevel": "debug", "logFile": log, "logMaxSize": 1});
+    // A full log (1 MiB, logMaxSize) is rotated by the next exec.
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let old = format!("{}\n", "o".repeat(1023)).repeat(1024);
+    std::fs::write(&log, &old).unwrap();
+    let id = unique_id("f");
+    let run = Exec::cni(coordinator(), "ADD", &id, &gone_netns(dir.path()))
+        .stdin_json(&conf)
+        .run();
     run.err(3);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -739,6 +739,18 @@ fn log_file_gets_the_logs() {
         "log file {} should hold the failure: {text:?}",
         log.display()
     );
+    // Every line says which call wrote it.
+    for line in text.lines() {
+        assert!(line.contains(&format!(" ADD {id} eth0: ")), "{line:?}");
+    }
+    let backups: Vec<_> = std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("coordinator-") && n.ends_with(".log"))
+        .collect();
+    assert_eq!(backups.len(), 1, "one backup after one rotation");
+    let kept = log.parent().unwrap().join(&backups[0]);
+    assert_eq!(std::fs::read_to_string(kept).unwrap(), old);
     assert!(
         !run.stderr().contains("netns-that-never-existed"),
         "with a log file, logs go there, not to stderr: {:?}",

@@ -15,7 +15,11 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use super::duration::{parse_duration, DurationError};
-use super::{DetectOptions, PolicyRoute, DEFAULT_LOG_FILE};
+use super::{DetectOptions, LogOptions, PolicyRoute, DEFAULT_LOG_FILE};
+use cni::logging::Rotation;
+
+/// 10 GiB: more than any node keeps for one plugin's log.
+const MAX_LOG_MIB: i64 = 10_240;
 
 pub(super) fn parse_link_local(s: &str) -> cni::Result<IpNet> {
     let net: IpNet = match s.parse::<IpNet>() {
@@ -193,15 +197,20 @@ impl Fields<'_> {
         Ok(d)
     }
 
-    pub(super) fn log_options(&self, k: &str) -> cni::Result<(Option<String>, Option<PathBuf>)> {
+    pub(super) fn log_options(&self, k: &str) -> cni::Result<LogOptions> {
+        let mut opts = LogOptions {
+            level: None,
+            file: Some(PathBuf::from(DEFAULT_LOG_FILE)),
+            rotation: Rotation::default(),
+        };
         let o = match self.get(k) {
-            None => return Ok((None, Some(PathBuf::from(DEFAULT_LOG_FILE)))),
+            None => return Ok(opts),
             Some(Value::Object(o)) => o,
             Some(v) => return Err(self.err(k, format!("{v} is not an object"))),
         };
         let sub = Fields(o, k);
-        let level = sub.string("logLevel")?;
-        if let Some(l) = &level {
+        opts.level = sub.string("logLevel")?;
+        if let Some(l) = &opts.level {
             let ok = [
                 "", "trace", "debug", "info", "warn", "warning", "error", "off", "none",
             ]
@@ -214,12 +223,34 @@ impl Fields<'_> {
             }
         }
         // Spiderpool calls it logFilePath; "-" or "stderr" keeps logs on stderr.
-        let file = match sub.string("logFile")?.or(sub.string("logFilePath")?) {
+        opts.file = match sub.string("logFile")?.or(sub.string("logFilePath")?) {
             None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
             Some(s) if s.is_empty() => Some(PathBuf::from(DEFAULT_LOG_FILE)),
             Some(s) if s == "-" || s == "stderr" => None,
             Some(s) => Some(absolute_path(&format!("{k}.logFile"), &s)?),
         };
-        Ok((level, file))
+        // Spiderpool's units and zeroes (lumberjack's): size in MiB, 0 for
+        // the default; age in days and count, 0 for no limit.
+        if let Some(mib) = sub.bounded_int("logMaxSize", 0, MAX_LOG_MIB)? {
+            if mib > 0 {
+                opts.rotation.max_bytes = (mib as u64) << 20;
+            }
+        }
+        if let Some(days) = sub.bounded_int("logMaxAge", 0, 36_500)? {
+            opts.rotation.max_age = (days > 0).then(|| Duration::from_secs(days as u64 * 86_400));
+        }
+        if let Some(n) = sub.bounded_int("logMaxCount", 0, 100_000)? {
+            opts.rotation.max_backups = (n > 0).then_some(n as u32);
+        }
+        Ok(opts)
+    }
+
+    fn bounded_int(&self, k: &str, min: i64, max: i64) -> cni::Result<Option<i64>> {
+        match self.int(k)? {
+            Some(v) if !(min..=max).contains(&v) => {
+                Err(self.err(k, format!("{v} is not between {min} and {max}")))
+            }
+            other => Ok(other),
+        }
     }
 }

@@ -86,8 +86,25 @@ pub struct Config {
     pub detect_options: DetectOptions,
     pub quarantine_file: PathBuf,
     pub quarantine_ttl: Duration,
-    pub log_level: Option<String>,
-    pub log_file: Option<PathBuf>,
+    pub log: LogOptions,
+}
+
+/// `logOptions`: level, file (`None`: stderr) and the file's rotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogOptions {
+    pub level: Option<String>,
+    pub file: Option<PathBuf>,
+    pub rotation: cni::logging::Rotation,
+}
+
+impl LogOptions {
+    pub fn settings(&self) -> cni::logging::Settings<'_> {
+        cni::logging::Settings {
+            level: self.level.as_deref(),
+            file: self.file.as_deref(),
+            rotation: self.rotation,
+        }
+    }
 }
 
 impl Config {
@@ -218,7 +235,7 @@ impl Config {
         let quarantine_ttl = f
             .duration("quarantineTTL")?
             .unwrap_or(Duration::from_secs(600));
-        let (log_level, log_file) = f.log_options("logOptions")?;
+        let log = f.log_options("logOptions")?;
         Ok(Config {
             mode,
             pod_default_cni_nic,
@@ -239,8 +256,7 @@ impl Config {
             detect_options,
             quarantine_file,
             quarantine_ttl,
-            log_level,
-            log_file,
+            log,
         })
     }
 }
@@ -286,7 +302,7 @@ mod tests {
         assert!(c.tune_pod_routes);
         assert_eq!(c.detect_options.window(), Duration::from_millis(130));
         assert_eq!(c.default_route_nic(), "eth0");
-        assert_eq!(c.log_file.as_deref(), Some(Path::new(DEFAULT_LOG_FILE)));
+        assert_eq!(c.log.file.as_deref(), Some(Path::new(DEFAULT_LOG_FILE)));
     }
 
     #[test]
@@ -300,7 +316,8 @@ mod tests {
             "policyRoutes": [{"dst": "192.168.0.0/16", "gw": "10.6.0.1"}],
             "detectIPConflict": true, "detectGateway": true,
             "detectOptions": {"retries": 5, "interval": "20ms", "timeout": 200},
-            "logOptions": {"logLevel": "debug", "logFilePath": "-"},
+            "logOptions": {"logLevel": "debug", "logFilePath": "-", "logMaxSize": 5,
+                           "logMaxAge": 0, "logMaxCount": 3},
             "multusNicPrefix": "net"
         }))
         .unwrap();
@@ -311,7 +328,26 @@ mod tests {
         assert_eq!(c.hijack_all().len(), 4);
         assert_eq!(c.detect_options.window(), Duration::from_millis(300));
         assert_eq!(c.pod_mac_prefix, Some([0x0a, 0x1b]));
-        assert_eq!(c.log_file, None);
+        assert_eq!(c.log.file, None);
+        assert_eq!(c.log.level.as_deref(), Some("debug"));
+        assert_eq!(
+            c.log.rotation,
+            cni::logging::Rotation {
+                max_bytes: 5 << 20,
+                max_age: None,
+                max_backups: Some(3),
+            }
+        );
+    }
+
+    #[test]
+    fn log_rotation_defaults_are_spiderpools() {
+        for conf in [json!({}), json!({"logOptions": {"logMaxSize": 0}})] {
+            let r = parse(conf).unwrap().log.rotation;
+            assert_eq!(r.max_bytes, 100 << 20);
+            assert_eq!(r.max_age, Some(Duration::from_secs(30 * 86_400)));
+            assert_eq!(r.max_backups, Some(10));
+        }
     }
 
     #[test]
@@ -361,6 +397,22 @@ mod tests {
             (
                 json!({"logOptions": {"logLevel": "loud"}}),
                 "logOptions.logLevel",
+            ),
+            (
+                json!({"logOptions": {"logMaxSize": -1}}),
+                "logOptions.logMaxSize",
+            ),
+            (
+                json!({"logOptions": {"logMaxSize": 10_241}}),
+                "logOptions.logMaxSize",
+            ),
+            (
+                json!({"logOptions": {"logMaxAge": "7d"}}),
+                "logOptions.logMaxAge",
+            ),
+            (
+                json!({"logOptions": {"logMaxCount": -3}}),
+                "logOptions.logMaxCount",
             ),
             (json!({"quarantineTTL": "soon"}), "quarantineTTL"),
             (
