@@ -22,8 +22,11 @@ USAGE:
   coordinator-ipam list    [--data-dir DIR | --config FILE] [--network NAME] [--json]
       Every reserved address: network, address, pool, node, container,
       interface, sticky pod, and whether it is parked for a sticky pod.
-  coordinator-ipam usage   --config FILE [--data-dir DIR] [--json]
+  coordinator-ipam usage   --config FILE [--data-dir DIR] [--json | --textfile PATH]
       Per pool of the network in FILE: capacity, in use, parked, quarantined, free.
+      --textfile writes them as gauges in node_exporter's textfile format to
+      PATH (e.g. /var/lib/node_exporter/textfile/coordinator-ipam-NET.prom),
+      replaced atomically, mode 0644, instead of printing them.
   coordinator-ipam release IP --network NAME [--data-dir DIR | --config FILE]
       Forget the reservation of IP (e.g. a pod deleted while the node was down).
       Only do this when nothing uses the address any more.
@@ -70,6 +73,7 @@ struct Opts {
     network: Option<String>,
     node: Option<String>,
     json: bool,
+    textfile: Option<PathBuf>,
 }
 
 fn parse_opts(args: &[String]) -> std::result::Result<Opts, String> {
@@ -83,6 +87,7 @@ fn parse_opts(args: &[String]) -> std::result::Result<Opts, String> {
             "--network" => o.network = Some(value("--network")?),
             "--node" => o.node = Some(value("--node")?),
             "--json" => o.json = true,
+            "--textfile" => o.textfile = Some(PathBuf::from(value("--textfile")?)),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => o.positional.push(s.to_string()),
         }
@@ -217,6 +222,9 @@ fn usage(o: &Opts, out: &mut dyn Write) -> Result<()> {
     let state = t.store.load(&network)?;
     let quarantined = quarantine::load_active(&cfg.quarantine_file)?;
     let rows = allocator::usage(&state, cfg, &quarantined);
+    if let Some(path) = &o.textfile {
+        return write_textfile(path, &crate::metrics::textfile(&network, &rows));
+    }
     if o.json {
         writeln!(out, "{}", serde_json::to_string(&rows)?)?;
         return Ok(());
@@ -235,6 +243,27 @@ fn usage(o: &Opts, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Replaces `path` atomically, so the collector never reads half a file; a
+/// lock beside it (a dot file, which the collector skips) serialises two
+/// runs, e.g. a timer and an operator.
+fn write_textfile(path: &Path, text: &str) -> Result<()> {
+    let bad = || Error::InvalidEnv(format!("--textfile {} is not a file path", path.display()));
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(bad)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = cni::fsutil::Dir::open(parent)?.ok_or_else(|| {
+        Error::Io(format!(
+            "--textfile: directory {} does not exist",
+            parent.display()
+        ))
+    })?;
+    let _lock = dir.lock(&format!(".{name}.lock"))?;
+    // Readable by the exporter, which need not run as root.
+    dir.write_atomic_mode(name, text.as_bytes(), 0o644)
 }
 
 fn release(o: &Opts, out: &mut dyn Write) -> Result<()> {

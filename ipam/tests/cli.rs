@@ -93,6 +93,47 @@ fn list_usage_release() {
     assert_eq!(code, 0);
     assert!(out.contains("10.30.0.0/24"), "{out}");
 
+    // The same figures as node_exporter textfile gauges, written atomically
+    // over an older file, readable by a non-root exporter.
+    let prom = lab.dir.path().join("coordinator-ipam-net1.prom");
+    std::fs::write(&prom, "stale").unwrap();
+    let conf_arg = conflist.to_str().unwrap();
+    let (code, out, err) = cli(&[
+        "usage",
+        "--config",
+        conf_arg,
+        "--textfile",
+        prom.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "", "the textfile replaces the printed table");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    for sample in [
+        r#"coordinator_ipam_pool_capacity{network="net1",pool="v4",subnet="10.30.0.0/24"} 10"#,
+        r#"coordinator_ipam_pool_in_use{network="net1",pool="v4",subnet="10.30.0.0/24"} 1"#,
+        r#"coordinator_ipam_pool_parked{network="net1",pool="v4",subnet="10.30.0.0/24"} 1"#,
+        r#"coordinator_ipam_pool_quarantined{network="net1",pool="v4",subnet="10.30.0.0/24"} 0"#,
+        r#"coordinator_ipam_pool_free{network="net1",pool="v4",subnet="10.30.0.0/24"} 8"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == sample),
+            "{sample} missing from {text}"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    let missing = lab.dir.path().join("no/such/dir/x.prom");
+    let (code, _, err) = cli(&[
+        "usage",
+        "--config",
+        conf_arg,
+        "--textfile",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+
     // Release the parked address by hand; a second release says there is nothing.
     let (code, out, err) = cli(&["release", &b[0], "--network", "net1", "--data-dir", data]);
     assert_eq!(code, 0, "{err}");
