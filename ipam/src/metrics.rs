@@ -6,8 +6,11 @@ use std::fmt::Write;
 
 use crate::allocator::PoolUsage;
 
-/// The families, in the order they are written: name suffix, help, figure.
-const FAMILIES: [(&str, &str, fn(&PoolUsage) -> String); 5] = [
+/// One gauge family: name suffix, help text, and the figure of a pool.
+type Family = (&'static str, &'static str, fn(&PoolUsage) -> String);
+
+/// The families, in the order they are written.
+const FAMILIES: [Family; 5] = [
     ("capacity", "Addresses the pool can hand out.", |u| {
         u.capacity.clone()
     }),
