@@ -53,7 +53,16 @@ fn main() {
         cni::plugin::run(&coordinator::plugin::Coordinator, &ABOUT);
     }
     let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
+    let wants_help = args[1..].iter().any(|a| a == "--help" || a == "-h");
     let code = match args.first().map(String::as_str) {
+        Some("explain") if wants_help => {
+            print!("USAGE:\n{}", explain::USAGE);
+            0
+        }
+        Some("install") if wants_help => {
+            print!("USAGE:\n{}", cni::install::usage("coordinator", true));
+            0
+        }
         Some("--help" | "-h" | "help") => {
             print!("{}", help());
             0

@@ -402,6 +402,39 @@ fn migrate(o: &Opts, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// `coordinator-ipam CMD --help`: the usage of CMD alone (its lines of
+/// [`HELP`] and the options), or the whole help for anything else.
+pub fn help_for(cmd: Option<&str>) -> String {
+    let Some(cmd) = cmd.filter(|c| !c.starts_with('-')) else {
+        return HELP.to_string();
+    };
+    let head = format!("  coordinator-ipam {cmd} ");
+    let mut block = String::new();
+    let mut inside = false;
+    for line in HELP.lines() {
+        if line.starts_with("  coordinator-ipam ") || !line.starts_with("      ") {
+            inside = line.starts_with(&head) || line == head.trim_end();
+        }
+        if inside {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    if block.is_empty() {
+        return HELP.to_string();
+    }
+    // install takes none of the store options.
+    if cmd == "install" {
+        return format!("USAGE:\n{block}");
+    }
+    let options = HELP
+        .split_once("OPTIONS:\n")
+        .and_then(|(_, rest)| rest.split_once("\n\n"))
+        .map(|(opts, _)| opts)
+        .unwrap_or_default();
+    format!("USAGE:\n{block}\nOPTIONS:\n{options}\n")
+}
+
 /// Run the operator CLI; returns the exit status.
 pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let o = match parse_opts(args) {

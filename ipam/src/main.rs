@@ -23,8 +23,8 @@ fn main() {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    if args.iter().any(|a| a == "--help") {
-        print!("{}", cli::HELP);
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", cli::help_for(args.first().map(String::as_str)));
         return;
     }
     if args.iter().any(|a| a == "--version") {
