@@ -9,6 +9,7 @@ pub mod config;
 mod http;
 pub mod keys;
 mod ledger;
+pub mod resolve;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
