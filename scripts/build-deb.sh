@@ -47,6 +47,10 @@ install -m 0644 conf-examples/defaults.json "$root/usr/share/doc/$pkg/examples/d
 install -m 0644 LICENSE "$root/usr/share/doc/$pkg/copyright"
 # coordinator is linked statically with glibc (LGPL): what that means, and where its source is.
 install -m 0644 NOTICE "$root/usr/share/doc/$pkg/NOTICE"
+# Every third-party crate linked into each binary, with its licence text
+# (scripts/notices.sh).
+install -d -m 0755 "$root/usr/share/doc/$pkg/licenses"
+install -m 0644 licenses/coordinator.txt licenses/coordinator-ipam.txt "$root/usr/share/doc/$pkg/licenses/"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 cat > "$root/DEBIAN/control" <<CONTROL
 Package: $pkg

@@ -20,6 +20,10 @@ command -v unshare >/dev/null && command -v setpriv >/dev/null || need+=(util-li
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 # scripts/build.sh checks with readelf that coordinator came out static.
 command -v readelf >/dev/null || need+=(binutils)
+# The image test builds the image with podman and runs it with runc (crun
+# refuses the hybrid cgroup layout of these machines).
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
 # The manifest tests validate deploy/ offline with kubernetes-validate (PyPI),
 # kept in a private venv so the system Python is never touched.
 KV_VENV=/opt/coordinator-tools/venv
@@ -44,6 +48,13 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install a Rust toolchain (rustup) first" >&2
   exit 1
+fi
+# The third-party licence notices (scripts/notices.sh) are generated, and
+# checked to be current, with cargo-about.
+ABOUT_VERSION=0.9.3
+if ! cargo about --version 2>/dev/null | grep -q " $ABOUT_VERSION"; then
+  echo "setup: installing cargo-about $ABOUT_VERSION" >&2
+  cargo install --quiet --locked --features cli cargo-about --version "$ABOUT_VERSION"
 fi
 for comp in clippy rustfmt; do
   if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -362,6 +362,28 @@ fn deb_installs_into_a_scratch_root_and_runs() {
     // coordinator holds glibc, statically: its notice ships with it.
     let notice = root.path().join("usr/share/doc/coordinator-cni/NOTICE");
     assert!(std::fs::read_to_string(&notice).is_ok_and(|n| n.contains("glibc")));
+    // And so do the notices of every crate linked into each binary.
+    for (bin, crates) in [
+        (
+            "coordinator",
+            &["netlink-packet-route", "tokio", "serde_json"][..],
+        ),
+        ("coordinator-ipam", &["rustls", "ring", "serde_json"][..]),
+    ] {
+        let p = root
+            .path()
+            .join(format!("usr/share/doc/coordinator-cni/licenses/{bin}.txt"));
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        assert!(
+            text.starts_with(&format!("Third-party software in {bin}\n")),
+            "{}",
+            p.display()
+        );
+        for c in crates {
+            assert!(text.contains(&format!("  - {c} ")), "{bin}: {c} missing");
+        }
+        assert!(text.contains("Apache License") && text.contains("Permission is hereby granted"));
+    }
     let example = root
         .path()
         .join("usr/share/doc/coordinator-cni/examples/defaults.json");
@@ -370,10 +392,45 @@ fn deb_installs_into_a_scratch_root_and_runs() {
     assert!(!cfg.service_cidr.is_empty());
 }
 
+/// An init container: name, command, and its mounts as (mountPath, volume).
+type Init = (String, Vec<String>, Vec<(String, String)>);
+
+/// The DaemonSet's init containers.
+fn init_containers(ds: &Value) -> Vec<Init> {
+    ds["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_string())
+                    .collect()
+            };
+            let mounts = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let path = m["mountPath"].as_str().unwrap().to_string();
+                    (path, m["name"].as_str().unwrap().to_string())
+                })
+                .collect();
+            (
+                c["name"].as_str().unwrap().to_string(),
+                strings(&c["command"]),
+                mounts,
+            )
+        })
+        .collect()
+}
+
 /// The DaemonSet runs the installers at the paths the image puts them.
 #[test]
 fn daemonset_runs_what_the_image_holds() {
-    let containerfile = std::fs::read_to_string(repo().join("deploy/Containerfile")).unwrap();
+    let staging = std::fs::read_to_string(repo().join("scripts/build-image.sh")).unwrap();
     let docs = yaml_docs(&[
         repo().join("deploy/daemonset.yaml"),
         repo().join("deploy/configmap.yaml"),
@@ -381,31 +438,20 @@ fn daemonset_runs_what_the_image_holds() {
     let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
     let spec = &ds["spec"]["template"]["spec"];
-    let inits = spec["initContainers"].as_array().unwrap();
     let mut installed = Vec::new();
-    for c in inits {
-        let cmd: Vec<&str> = c["command"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        let bin = cmd[0];
+    for (_, cmd, _) in init_containers(ds) {
+        let bin = &cmd[0];
         assert!(bin.starts_with("/usr/lib/cni/"), "{cmd:?}");
-        let name = bin.trim_start_matches("/usr/lib/cni/");
-        assert!(
-            containerfile.contains(&format!("/src/target/release/{name}")),
-            "{name} not in the image"
-        );
         assert_eq!(
             &cmd[1..4],
             ["install", "--cni-bin-dir", "/host/opt/cni/bin"]
         );
-        installed.push(name.to_string());
+        installed.push(bin.trim_start_matches("/usr/lib/cni/").to_string());
     }
     installed.sort();
     assert_eq!(installed, ["coordinator", "coordinator-ipam"]);
-    assert!(containerfile.contains("COPY --from=build /src/target/release/coordinator /src/target/release/coordinator-ipam /usr/lib/cni/"));
+    assert!(staging.contains("for bin in coordinator coordinator-ipam; do"));
+    assert!(staging.contains(r#""$ctx/usr/lib/cni/$bin""#));
     // The defaults in the ConfigMap are a valid coordinator config.
     let text = cm["data"]["defaults.json"].as_str().unwrap();
     let map: serde_json::Map<String, Value> = serde_json::from_str(text).unwrap();
@@ -415,4 +461,137 @@ fn daemonset_runs_what_the_image_holds() {
     for p in ["/opt/cni/bin", "/etc/cni/coordinator"] {
         assert!(vols.contains(p), "{vols}");
     }
+}
+
+/// podman, as this machine allows it: runc with cgroupfs (crun refuses the
+/// hybrid cgroup layout) and rlimits no higher than the sandbox's own (root
+/// here lacks CAP_SYS_RESOURCE, and podman's defaults raise them).
+fn podman(conf: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", conf)
+        .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+    c
+}
+
+/// The image is built from the plugins alone (no base image pulled), loads
+/// into podman from its OCI archive, and its init containers, run as the
+/// DaemonSet runs them (the same commands, mounts and security context),
+/// install both plugins and the node defaults into a scratch host.
+#[test]
+fn image_from_its_archive_runs_the_daemonsets_installers() {
+    let profile = bin_dir().file_name().unwrap().to_string_lossy().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let tag = format!("localhost/coordinator-test-{}:t", std::process::id());
+    let built = Command::new(repo().join("scripts/build-image.sh"))
+        .args(["--profile", &profile, "--no-build", "--tag", &tag, "--out"])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let archive = PathBuf::from(ok(built, "build-image.sh").lines().last().unwrap().trim());
+    let conf = work.path().join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
+    )
+    .unwrap();
+    // Removed from the store, so what runs is what the archive holds.
+    struct Untag<'a>(&'a Path, String);
+    impl Drop for Untag<'_> {
+        fn drop(&mut self) {
+            let _ = podman(self.0).args(["rmi", "--force", &self.1]).output();
+        }
+    }
+    let _untag = Untag(&conf, tag.clone());
+    ok(
+        podman(&conf).args(["rmi", &tag]).output().unwrap(),
+        "podman rmi",
+    );
+    let loaded = ok(
+        podman(&conf)
+            .arg("load")
+            .arg("-i")
+            .arg(&archive)
+            .output()
+            .unwrap(),
+        "podman load",
+    );
+    assert!(loaded.contains(&tag), "{loaded}");
+    let inspect = ok(
+        podman(&conf)
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{.Size}} {{len .RootFS.Layers}}",
+                &tag,
+            ])
+            .output()
+            .unwrap(),
+        "podman image inspect",
+    );
+    assert_eq!(
+        inspect.split_whitespace().nth(1),
+        Some("1"),
+        "one layer, no base: {inspect}"
+    );
+
+    // The host side: the DaemonSet's hostPath volumes and its ConfigMap.
+    let docs = yaml_docs(&[
+        repo().join("deploy/daemonset.yaml"),
+        repo().join("deploy/configmap.yaml"),
+    ]);
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let host = work.path().join("host");
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let defaults = cm["data"]["defaults.json"].as_str().unwrap();
+    std::fs::write(config.join("defaults.json"), defaults).unwrap();
+    let source = |volume: &str| -> PathBuf {
+        let v = ds["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap();
+        match v["hostPath"]["path"].as_str() {
+            Some(p) => {
+                let dir = host.join(p.trim_start_matches('/'));
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
+            }
+            None => config.clone(),
+        }
+    };
+    for (name, cmd, mounts) in init_containers(ds) {
+        let mut run = podman(&conf);
+        run.args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0",
+            "--read-only",
+        ])
+        .args(["--cap-drop", "ALL", "--cap-add", "DAC_OVERRIDE"])
+        .args(["--security-opt", "no-new-privileges"]);
+        for (path, volume) in &mounts {
+            run.arg("-v")
+                .arg(format!("{}:{path}", source(volume).display()));
+        }
+        run.args(["--entrypoint", &cmd[0], &tag]).args(&cmd[1..]);
+        ok(run.output().unwrap(), &name);
+    }
+    for name in ["coordinator", "coordinator-ipam"] {
+        let installed = host.join("opt/cni/bin").join(name);
+        assert_eq!(mode(&installed), 0o755, "{name}");
+        assert!(
+            std::fs::read(&installed).unwrap() == std::fs::read(bin_dir().join(name)).unwrap(),
+            "{name} installed is not the binary built"
+        );
+    }
+    let etc = host.join("etc/cni/coordinator/defaults.json");
+    assert_eq!(mode(&etc), 0o644);
+    assert_eq!(std::fs::read_to_string(&etc).unwrap(), defaults);
 }
