@@ -416,3 +416,75 @@ fn daemonset_runs_what_the_image_holds() {
         assert!(vols.contains(p), "{vols}");
     }
 }
+
+/// The coordinator as it ships (`scripts/build.sh`: release, static; the
+/// .deb, the image and the demo take this one) has no fault-injection hooks:
+/// neither variable's name is in it, and with both set a DEL (whose first
+/// step is a netlink request) and a VERSION behave as without them. Test
+/// builds have the hooks (`--fault-injection`); scripts/test.sh builds the
+/// release coordinator too, for this test.
+#[test]
+fn shipped_coordinator_has_no_fault_injection_hooks() {
+    use cni::netlink::fault::{ENV, PANIC_ENV};
+    let bin = bin_dir()
+        .parent()
+        .expect("target dir")
+        .join("release/coordinator");
+    assert!(
+        bin.is_file(),
+        "{} missing: run scripts/build.sh (scripts/test.sh does)",
+        bin.display()
+    );
+    for name in [ENV, PANIC_ENV] {
+        assert!(
+            !cni_tests::file_contains(&bin, name),
+            "{} holds {name}: a test hook ships",
+            bin.display()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "shipped", "type": "coordinator",
+        "defaultsFile": dir.path().join("none.json"),
+        "logOptions": {"logFile": dir.path().join("coordinator.log")}
+    })
+    .to_string();
+    for (command, hook) in [
+        ("VERSION", ENV),
+        ("VERSION", PANIC_ENV),
+        ("DEL", ENV),
+        ("DEL", PANIC_ENV),
+    ] {
+        // In a network namespace of its own: the DEL looks for its host
+        // veth there (and finds nothing to remove).
+        let mut child = Command::new("unshare")
+            .arg("--net")
+            .arg(&bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "shipped-hooks")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env(hook, "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        ok(out, &format!("{command} with {hook}=1"));
+        if command == "VERSION" {
+            let v: Value = serde_json::from_str(&stdout).expect("VERSION prints JSON");
+            assert!(v["supportedVersions"].is_array(), "{v}");
+        } else {
+            assert_eq!(stdout, "", "DEL prints nothing");
+        }
+    }
+}
