@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{io_error, Dir};
+use crate::fsutil::{io_error, read_optional, Dir};
 
 /// Mode of an installed plugin binary.
 pub const BIN_MODE: u32 = 0o755;
@@ -158,7 +158,10 @@ fn install(
     };
     // Defaults first: a bad file must not leave new binaries that would read it.
     if let (Some(from), Some(to), Some(check)) = (&o.defaults_from, &o.defaults_to, check) {
-        let data = std::fs::read(from).map_err(|e| io_error("cannot read", from, &e))?;
+        // Bounded like the plugin's own read of it; a FIFO or device fails
+        // at once instead of hanging or filling memory.
+        let data = read_optional(from, crate::config::MAX_STDIN as u64)?
+            .ok_or_else(|| Error::Io(format!("cannot read {}: no such file", from.display())))?;
         check(&data).map_err(|e| e.context(from.display()))?;
         report(to, install_bytes(&data, to, DEFAULTS_MODE)?);
     }

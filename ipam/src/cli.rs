@@ -92,7 +92,9 @@ fn parse_opts(args: &[String]) -> std::result::Result<Opts, String> {
 
 /// A network config file: the network name and its coordinator-ipam block.
 fn load_config_file(path: &Path) -> Result<(String, Config)> {
-    let text = std::fs::read(path).map_err(|e| cni::fsutil::io_error("cannot read", path, &e))?;
+    // Bounded like a config on stdin; a FIFO or device fails at once.
+    let text = cni::fsutil::read_optional(path, cni::config::MAX_STDIN as u64)?
+        .ok_or_else(|| Error::Io(format!("cannot read {}: no such file", path.display())))?;
     let v: Value = serde_json::from_slice(&text)
         .map_err(|e| Error::Decode(format!("{}: not valid JSON: {e}", path.display())))?;
     let name = v

@@ -488,3 +488,60 @@ fn shipped_coordinator_has_no_fault_injection_hooks() {
         }
     }
 }
+
+/// The coordinator's operator commands read files bounded and only when
+/// regular: `install --defaults-from` and `explain --defaults` naming a FIFO
+/// (an unbounded read waits forever) or `/dev/zero` (it fills memory) fail
+/// at once, naming the file, with a non-zero status and nothing installed.
+/// The FIFO first: a build that reads unbounded hangs there, and the hang
+/// limit fails the test before the device is tried.
+#[test]
+fn operator_commands_refuse_a_fifo_or_a_device_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("defaults.json");
+    make_fifo(&fifo);
+    let fifo = fifo.to_str().unwrap().to_string();
+    let bins = dir.path().join("bin");
+    let to = dir.path().join("etc/defaults.json");
+    let bin = bin_dir().join("coordinator");
+    for path in [fifo.as_str(), "/dev/zero"] {
+        let install = [
+            "install",
+            "--cni-bin-dir",
+            bins.to_str().unwrap(),
+            "--defaults-from",
+            path,
+            "--defaults-to",
+            to.to_str().unwrap(),
+        ];
+        let explain = [
+            "explain",
+            "--netns",
+            "/proc/self/ns/net",
+            "--defaults",
+            path,
+        ];
+        for args in [&install[..], &explain[..]] {
+            let out = cni_tests::exec::Exec::new(&bin)
+                .args(args)
+                .run_within(std::time::Duration::from_secs(10));
+            assert!(out.code.is_some_and(|c| c != 0), "{args:?}: {:?}", out.code);
+            assert!(
+                out.stderr.contains(path) && out.stderr.contains("not a regular file"),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+        assert!(
+            !bins.exists() && !to.exists(),
+            "{path}: something installed"
+        );
+    }
+}
+
+fn make_fifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; the result is checked.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
