@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the workspace's binaries the way they ship:
-#   scripts/build.sh [--profile release|dev|profiling] [--plugins|--coordinator] [cargo flags, e.g. --locked]
+#   scripts/build.sh [--profile release|dev|profiling] [--plugins|--coordinator]
+#                    [--fault-injection] [cargo flags, e.g. --locked]
 # (default: release, every binary of the workspace; --plugins: coordinator and
 # coordinator-ipam, as the image and the .deb ship them; --coordinator: that one).
+# --fault-injection (dev profile only, used by scripts/test.sh): coordinator
+# with the sweep tests' kill/panic hooks (cni/src/netlink/fault.rs); nothing
+# that ships is built with it.
 #
 # coordinator is linked statically against glibc (a static-pie executable):
 # - it is exec'd for every CNI call, and a static executable skips the
@@ -21,12 +25,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-profile=release others=(--workspace --bins --exclude coordinator)
+profile=release others=(--workspace --bins --exclude coordinator) hooks=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
     --plugins) others=(-p coordinator-ipam --bins); shift ;;
     --coordinator) others=(); shift ;;
+    --fault-injection) hooks=(--features fault-injection); shift ;;
     *) break ;;
   esac
 done
@@ -35,10 +40,14 @@ case "$profile" in
   release|profiling) dir=target/$profile ;;
   *) echo "build.sh: --profile release|dev|profiling" >&2; exit 2 ;;
 esac
+if [ ${#hooks[@]} -gt 0 ] && [ "$profile" != dev ]; then
+  echo "build.sh: --fault-injection is for test builds (--profile dev) only" >&2
+  exit 2
+fi
 if [ ${#others[@]} -gt 0 ]; then
   cargo build --profile "$profile" "$@" "${others[@]}"
 fi
-cargo rustc --profile "$profile" "$@" -p coordinator --bin coordinator -- -C target-feature=+crt-static
+cargo rustc --profile "$profile" "$@" "${hooks[@]}" -p coordinator --bin coordinator -- -C target-feature=+crt-static
 if readelf -lW "$dir/coordinator" | grep -q INTERP; then
   echo "build.sh: $dir/coordinator still asks for a dynamic loader" >&2
   exit 1

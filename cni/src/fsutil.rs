@@ -139,7 +139,19 @@ impl Dir {
 
     /// Open `path`, or `None` when it does not exist.
     pub fn open(path: &Path) -> Result<Option<Dir>> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        Dir::open_with(path, OFlag::O_NOFOLLOW)
+    }
+
+    /// Open `path` even when it is a symbolic link to a directory, or `None`
+    /// when it does not exist: for a directory an operator names on the
+    /// command line (`/opt/cni/bin` is a link on many hosts). Its files are
+    /// still opened without following links.
+    pub fn open_following(path: &Path) -> Result<Option<Dir>> {
+        Dir::open_with(path, OFlag::empty())
+    }
+
+    fn open_with(path: &Path, extra: OFlag) -> Result<Option<Dir>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | extra;
         match nix::fcntl::open(path, flags, Mode::empty()) {
             Ok(fd) => Ok(Some(Dir {
                 fd,

@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{io_error, Dir};
+use crate::fsutil::{io_error, read_optional, Dir};
 
 /// Mode of an installed plugin binary.
 pub const BIN_MODE: u32 = 0o755;
@@ -27,8 +27,9 @@ pub enum Outcome {
 }
 
 /// Make `dest` hold `data` with permission bits `mode`, atomically; nothing is
-/// written when it already does. Missing directories are made 0755. A symlink
-/// at `dest` is replaced, never written through.
+/// written when it already does. Missing directories are made 0755. The
+/// directory may be a symbolic link (the operator named it); a symlink at
+/// `dest` is replaced, never written through.
 pub fn install_bytes(data: &[u8], dest: &Path, mode: u32) -> Result<Outcome> {
     let (dir, name) = match (dest.parent(), dest.file_name().and_then(|n| n.to_str())) {
         (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n),
@@ -47,7 +48,8 @@ pub fn install_bytes(data: &[u8], dest: &Path, mode: u32) -> Result<Outcome> {
         .mode(0o755)
         .create(dir)
         .map_err(|e| io_error("cannot create directory", dir, &e))?;
-    let d = Dir::open(dir)?.ok_or_else(|| Error::Io(format!("{} vanished", dir.display())))?;
+    let d = Dir::open_following(dir)?
+        .ok_or_else(|| Error::Io(format!("{} vanished", dir.display())))?;
     d.write_atomic_mode(name, data, mode)?;
     Ok(Outcome::Written)
 }
@@ -156,7 +158,10 @@ fn install(
     };
     // Defaults first: a bad file must not leave new binaries that would read it.
     if let (Some(from), Some(to), Some(check)) = (&o.defaults_from, &o.defaults_to, check) {
-        let data = std::fs::read(from).map_err(|e| io_error("cannot read", from, &e))?;
+        // Bounded like the plugin's own read of it; a FIFO or device fails
+        // at once instead of hanging or filling memory.
+        let data = read_optional(from, crate::config::MAX_STDIN as u64)?
+            .ok_or_else(|| Error::Io(format!("cannot read {}: no such file", from.display())))?;
         check(&data).map_err(|e| e.context(from.display()))?;
         report(to, install_bytes(&data, to, DEFAULTS_MODE)?);
     }
@@ -238,6 +243,43 @@ mod tests {
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
         assert!(std::fs::symlink_metadata(&dest).unwrap().is_file());
         assert_eq!(std::fs::read(&dest).unwrap(), b"binary");
+    }
+
+    #[test]
+    fn a_directory_that_is_a_symlink_is_followed_but_not_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real-bin");
+        std::fs::create_dir(&real).unwrap();
+        // /opt/cni/bin -> real-bin, as on many hosts; the defaults' parent too.
+        let bins = dir.path().join("bin");
+        std::os::unix::fs::symlink(&real, &bins).unwrap();
+        let dest = bins.join("coordinator");
+        assert_eq!(
+            install_bytes(b"binary", &dest, BIN_MODE).unwrap(),
+            Outcome::Written
+        );
+        assert_eq!(std::fs::read(real.join("coordinator")).unwrap(), b"binary");
+        assert_eq!(
+            install_bytes(b"binary", &dest, BIN_MODE).unwrap(),
+            Outcome::Unchanged
+        );
+        // A link in the followed directory is still replaced, not written through.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"keep").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, real.join("coordinator-ipam")).unwrap();
+        install_bytes(b"ipam", &bins.join("coordinator-ipam"), BIN_MODE).unwrap();
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
+        let meta = std::fs::symlink_metadata(real.join("coordinator-ipam")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(names(&real), vec!["coordinator", "coordinator-ipam"]);
+        // A link to a directory below a followed one (nested links) too.
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::os::unix::fs::symlink(&etc, real.join("coordinator.d")).unwrap();
+        let to = bins.join("coordinator.d/defaults.json");
+        install_bytes(b"{}", &to, DEFAULTS_MODE).unwrap();
+        assert_eq!(std::fs::read(etc.join("defaults.json")).unwrap(), b"{}");
+        assert_eq!(mode_of(&etc.join("defaults.json")), DEFAULTS_MODE);
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! into `hostRuleTable`, which the node looks up before `main`; for such an
 //! address that route would send the node's own traffic (to its gateway, or
 //! to itself) into the pod. So ADD refuses them before it changes anything.
+//!
+//! Nor may a pod take an address the node already routes to another pod:
+//! adding its host route would replace the other pod's (the node loses that
+//! pod), and its DEL would then leave no route at all.
 
 use std::net::IpAddr;
 
@@ -12,7 +16,7 @@ use cni::{Error, Result};
 use ipnet::IpNet;
 
 use crate::add::Context;
-use crate::plan::Layout;
+use crate::plan::{is_link_local, Layout};
 
 /// What the node holds that a pod must not: its addresses (any device) and
 /// the gateways of its routes on the uplinks.
@@ -43,9 +47,43 @@ pub fn refuse(pod_ips: &[IpNet], node: &NodeOwned) -> Result<()> {
     Ok(())
 }
 
+/// Where the node routes a pod address now: the table and the output
+/// device of its route lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRoute {
+    pub ip: IpAddr,
+    pub table: u32,
+    pub oif: u32,
+}
+
+/// The first pod address the node already routes through `host_table` (the
+/// host route of another pod) to a device other than `own`, the index of
+/// the host device this NIC's host routes use (None: not created yet, so
+/// every device is another's). A repeated ADD finds its own routes.
+pub fn taken(routes: &[NodeRoute], host_table: u32, own: Option<u32>) -> Option<NodeRoute> {
+    routes
+        .iter()
+        .find(|r| r.table == host_table && Some(r.oif) != own)
+        .copied()
+}
+
+/// The refusal of an address `taken` found, naming the other pod's device.
+pub fn refuse_taken(r: &NodeRoute, dev: &str) -> Error {
+    Error::plugin(
+        code::IP_CONFLICT,
+        format!(
+            "pod address {} is already routed by the node to {dev} (table {}): another pod \
+             on this node holds it, and its host route would be replaced; give each pod \
+             its own address",
+            r.ip, r.table
+        ),
+    )
+}
+
 /// Read what the node owns and refuse the call's addresses that collide.
 /// Only layouts that add host routes need it (an overlay first NIC adds none).
-pub fn check(host: &Netlink, ctx: &Context) -> Result<()> {
+/// `host_table`: `hostRuleTable`, where those routes go.
+pub fn check(host: &Netlink, ctx: &Context, host_table: u32) -> Result<()> {
     if ctx.layout == Layout::OverlayFirst || ctx.inputs.ips.is_empty() {
         return Ok(());
     }
@@ -67,7 +105,45 @@ pub fn check(host: &Netlink, ctx: &Context) -> Result<()> {
             }
         }
     }
-    refuse(&ctx.inputs.ips, &node)
+    refuse(&ctx.inputs.ips, &node)?;
+    check_routed(host, ctx, host_table)
+}
+
+/// Refuse an address another pod's host route already holds: one route
+/// lookup per address (the node's own path to it), never a dump of the host
+/// table, whose size grows with the number of pods.
+fn check_routed(host: &Netlink, ctx: &Context, host_table: u32) -> Result<()> {
+    let own_dev = match (&ctx.inputs.veth, &ctx.inputs.overlay_peer) {
+        (Some(v), _) => Some(v.host.as_str()),
+        (None, Some((peer, _))) => Some(peer.as_str()),
+        (None, None) => None,
+    };
+    let own = own_dev
+        .and_then(|d| ctx.host_links.iter().find(|(n, _)| n == d))
+        .map(|(_, i)| *i);
+    let mut routes = Vec::new();
+    for ip in ctx.inputs.ips.iter().map(IpNet::addr) {
+        if is_link_local(&ip) {
+            continue;
+        }
+        if let Some(l) = host.route_get(ip)? {
+            if let Some(oif) = l.oif {
+                routes.push(NodeRoute {
+                    ip,
+                    table: l.table,
+                    oif,
+                });
+            }
+        }
+    }
+    let Some(r) = taken(&routes, host_table, own) else {
+        return Ok(());
+    };
+    let dev = match host.link_by_index(r.oif)? {
+        Some(l) => l.name,
+        None => format!("ifindex {}", r.oif),
+    };
+    Err(refuse_taken(&r, &dev))
 }
 
 #[cfg(test)]
@@ -76,6 +152,37 @@ mod tests {
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_address_routed_to_another_pod_is_taken() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let r = |a: &str, table, oif| NodeRoute {
+            ip: ip(a),
+            table,
+            oif,
+        };
+        // Through the uplink (main) or the node itself (local): free.
+        let free = [r("10.6.1.5", 254, 2), r("fd00:6::5", 255, 1)];
+        assert_eq!(taken(&free, 500, None), None);
+        // Our own host veth: a repeated ADD.
+        assert_eq!(taken(&[r("10.6.1.5", 500, 7)], 500, Some(7)), None);
+        // Another pod's veth, before ours exists or after.
+        for own in [None, Some(7)] {
+            assert_eq!(
+                taken(&[free[0], r("fd00:6::5", 500, 9)], 500, own),
+                Some(r("fd00:6::5", 500, 9))
+            );
+        }
+        // Another host table than ours holds it: not our route to replace.
+        assert_eq!(taken(&[r("10.6.1.5", 600, 9)], 500, None), None);
+        let e = refuse_taken(&r("10.6.1.5", 500, 9), "veth0123456789a");
+        assert_eq!(e.code(), code::IP_CONFLICT);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("10.6.1.5") && msg.contains("veth0123456789a"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -97,7 +97,9 @@ fn parse_opts(args: &[String]) -> std::result::Result<Opts, String> {
 
 /// A network config file: the network name and its coordinator-ipam block.
 fn load_config_file(path: &Path) -> Result<(String, Config)> {
-    let text = std::fs::read(path).map_err(|e| cni::fsutil::io_error("cannot read", path, &e))?;
+    // Bounded like a config on stdin; a FIFO or device fails at once.
+    let text = cni::fsutil::read_optional(path, cni::config::MAX_STDIN as u64)?
+        .ok_or_else(|| Error::Io(format!("cannot read {}: no such file", path.display())))?;
     let v: Value = serde_json::from_slice(&text)
         .map_err(|e| Error::Decode(format!("{}: not valid JSON: {e}", path.display())))?;
     let name = v
@@ -168,6 +170,16 @@ fn record_json(network: &str, r: &Record) -> Value {
     })
 }
 
+/// At most `n` characters of `s` (the column is that wide): cut at a
+/// character boundary, so a container ID with a multi-byte character
+/// across the cut cannot panic the listing.
+fn first_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
 fn list(o: &Opts, out: &mut dyn Write) -> Result<()> {
     let t = target(o)?;
     let networks = match &t.network {
@@ -191,8 +203,8 @@ fn list(o: &Opts, out: &mut dyn Write) -> Result<()> {
     )?;
     let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
     for r in &rows {
-        let mut cid = s(&r["containerId"]);
-        cid.truncate(16);
+        let cid = s(&r["containerId"]);
+        let cid = first_chars(&cid, 16);
         writeln!(
             out,
             "{:<20} {:<28} {:<14} {:<14} {:<16} {:<8} {:<20} {}",
@@ -469,5 +481,24 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                 1
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_chars_cuts_at_a_character_boundary() {
+        assert_eq!(first_chars("", 16), "");
+        assert_eq!(first_chars("short", 16), "short");
+        assert_eq!(first_chars("0123456789abcdef", 16), "0123456789abcdef");
+        assert_eq!(first_chars("0123456789abcdefXYZ", 16), "0123456789abcdef");
+        // 'é' is two bytes at bytes 15..17: a byte cut at 16 would panic.
+        assert_eq!(first_chars("0123456789abcdeé-more", 16), "0123456789abcdeé");
+        assert_eq!(
+            first_chars("日本語のコンテナ識別子です長い名前", 4),
+            "日本語の"
+        );
     }
 }

@@ -155,3 +155,33 @@ fn list_usage_release() {
     assert_eq!(code, 2);
     assert!(err.contains("--config"), "{err}");
 }
+
+/// `--config` naming a FIFO (nobody writing: an unbounded read waits
+/// forever) or a device (`/dev/zero`: an unbounded read fills memory) fails
+/// at once, with a clear error and a non-zero status. The FIFO first: on a
+/// build that reads unbounded it hangs, and the hang limit fails the test
+/// before the device is tried.
+#[test]
+fn a_config_that_is_a_fifo_or_a_device_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("net.conflist");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo = fifo.to_str().unwrap().to_string();
+    for path in [fifo.as_str(), "/dev/zero"] {
+        for cmd in ["list", "usage"] {
+            let out = integration::exec::Exec::new(BIN)
+                .args(&[cmd, "--config", path])
+                .run_within(std::time::Duration::from_secs(10));
+            assert_eq!(out.code, Some(1), "{cmd} --config {path}: {}", out.stderr);
+            assert!(
+                out.stderr.contains(path) && out.stderr.contains("not a regular file"),
+                "{cmd} --config {path}: {}",
+                out.stderr
+            );
+        }
+    }
+    let missing = dir.path().join("missing.conflist");
+    let (code, _, err) = cli(&["list", "--config", missing.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no such file"), "{err}");
+}

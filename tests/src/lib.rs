@@ -34,3 +34,10 @@ pub fn ifindex(name: &str) -> std::io::Result<u32> {
 pub use integration::exec;
 pub mod fuzz;
 pub mod samples;
+
+/// Does the file at `path` contain `needle` anywhere (a string constant
+/// compiled into a binary)? Panics when the file cannot be read.
+pub fn file_contains(path: &std::path::Path, needle: &str) -> bool {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}

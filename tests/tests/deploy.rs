@@ -595,3 +595,132 @@ fn image_from_its_archive_runs_the_daemonsets_installers() {
     assert_eq!(mode(&etc), 0o644);
     assert_eq!(std::fs::read_to_string(&etc).unwrap(), defaults);
 }
+
+/// The coordinator as it ships (`scripts/build.sh`: release, static; the
+/// .deb, the image and the demo take this one) has no fault-injection hooks:
+/// neither variable's name is in it, and with both set a DEL (whose first
+/// step is a netlink request) and a VERSION behave as without them. Test
+/// builds have the hooks (`--fault-injection`); scripts/test.sh builds the
+/// release coordinator too, for this test.
+#[test]
+fn shipped_coordinator_has_no_fault_injection_hooks() {
+    use cni::netlink::fault::{ENV, PANIC_ENV};
+    let bin = bin_dir()
+        .parent()
+        .expect("target dir")
+        .join("release/coordinator");
+    assert!(
+        bin.is_file(),
+        "{} missing: run scripts/build.sh (scripts/test.sh does)",
+        bin.display()
+    );
+    for name in [ENV, PANIC_ENV] {
+        assert!(
+            !cni_tests::file_contains(&bin, name),
+            "{} holds {name}: a test hook ships",
+            bin.display()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "shipped", "type": "coordinator",
+        "defaultsFile": dir.path().join("none.json"),
+        "logOptions": {"logFile": dir.path().join("coordinator.log")}
+    })
+    .to_string();
+    for (command, hook) in [
+        ("VERSION", ENV),
+        ("VERSION", PANIC_ENV),
+        ("DEL", ENV),
+        ("DEL", PANIC_ENV),
+    ] {
+        // In a network namespace of its own: the DEL looks for its host
+        // veth there (and finds nothing to remove).
+        let mut child = Command::new("unshare")
+            .arg("--net")
+            .arg(&bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "shipped-hooks")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env(hook, "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        ok(out, &format!("{command} with {hook}=1"));
+        if command == "VERSION" {
+            let v: Value = serde_json::from_str(&stdout).expect("VERSION prints JSON");
+            assert!(v["supportedVersions"].is_array(), "{v}");
+        } else {
+            assert_eq!(stdout, "", "DEL prints nothing");
+        }
+    }
+}
+
+/// The coordinator's operator commands read files bounded and only when
+/// regular: `install --defaults-from` and `explain --defaults` naming a FIFO
+/// (an unbounded read waits forever) or `/dev/zero` (it fills memory) fail
+/// at once, naming the file, with a non-zero status and nothing installed.
+/// The FIFO first: a build that reads unbounded hangs there, and the hang
+/// limit fails the test before the device is tried.
+#[test]
+fn operator_commands_refuse_a_fifo_or_a_device_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("defaults.json");
+    make_fifo(&fifo);
+    let fifo = fifo.to_str().unwrap().to_string();
+    let bins = dir.path().join("bin");
+    let to = dir.path().join("etc/defaults.json");
+    let bin = bin_dir().join("coordinator");
+    for path in [fifo.as_str(), "/dev/zero"] {
+        let install = [
+            "install",
+            "--cni-bin-dir",
+            bins.to_str().unwrap(),
+            "--defaults-from",
+            path,
+            "--defaults-to",
+            to.to_str().unwrap(),
+        ];
+        let explain = [
+            "explain",
+            "--netns",
+            "/proc/self/ns/net",
+            "--defaults",
+            path,
+        ];
+        for args in [&install[..], &explain[..]] {
+            let out = cni_tests::exec::Exec::new(&bin)
+                .args(args)
+                .run_within(std::time::Duration::from_secs(10));
+            assert!(out.code.is_some_and(|c| c != 0), "{args:?}: {:?}", out.code);
+            assert!(
+                out.stderr.contains(path) && out.stderr.contains("not a regular file"),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+        assert!(
+            !bins.exists() && !to.exists(),
+            "{path}: something installed"
+        );
+    }
+}
+
+fn make_fifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; the result is checked.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}

@@ -3,13 +3,16 @@
 //! the coordinator in mode `auto`. Each checks that the node is left exactly
 //! as it was. Needs root and the built binaries; never skips.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path};
 use integration::chain::{Attachment, NetConfList};
 use integration::lab::{state, Lab, LabBuilder};
 use integration::nsexec::{command_in, Enter};
+use integration::traffic::{ping, reply_peer, tcp_request, TcpServer};
 use serde_json::{json, Value};
 
 fn lab(subnets: usize) -> Lab {
@@ -250,4 +253,84 @@ fn auto_mode_never_takes_an_underlay_eth0s_uplink_for_an_overlay_peer() {
     net1.del(&net1_att).expect("net1 DEL");
     eth0.del(&eth0_att).expect("eth0 DEL");
     assert_eq!(node_state(&lab), before, "node changed");
+}
+
+/// The node's routes to `ip` in the host table (500), as `ip route` lines.
+fn host_routes_to(lab: &Lab, ip: &str) -> Vec<String> {
+    let text = state::ip(lab.node(), &["route", "show", "table", "500", ip]).expect("ip route");
+    text.lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// The node reaches the pod at `ip` (ping, and a TCP exchange whose server
+/// saw the node's address).
+fn node_reaches(lab: &Lab, ip: IpAddr, what: &str) {
+    assert!(ping(lab.node(), ip, None), "{what}: node -> {ip} ping");
+    let reply = tcp_request(
+        lab.node(),
+        None,
+        SocketAddr::new(ip, 8080),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("{what}: node -> {ip}:8080: {e}"));
+    let node: IpAddr = "10.6.0.2".parse().unwrap();
+    assert_eq!(
+        reply_peer(&reply).map(|p| p.ip()),
+        Some(node),
+        "{what}: {reply}"
+    );
+}
+
+/// Issue 21.5: two pods given one address (detectIPConflict off). The second
+/// ADD is refused with code 101 naming the first pod's host veth, before it
+/// changes anything: the node's host route still leads to the first pod,
+/// which the node still reaches, also after the second pod's DEL.
+#[test]
+fn a_second_pod_with_the_same_address_is_refused_and_the_first_keeps_its_route() {
+    let lab = lab(1);
+    let address = "10.6.1.50";
+    let ip: IpAddr = address.parse().unwrap();
+    let attach = |name: &str| {
+        let pod = lab.pod(name).expect("pod netns");
+        let chain = lab
+            .chain(static_underlay(&lab, &format!("{address}/16")))
+            .cni_path(cni_path());
+        let id = format!("dup-{}-{name}", lab.prefix());
+        let att = Attachment::new(&id, &pod.path, "eth0");
+        (pod, chain, att, coordinator::names::host_veth_name(&id))
+    };
+    let (first, chain1, att1, veth1) = attach("d1");
+    chain1.add(&att1).expect("first pod's ADD");
+    let _srv = TcpServer::start(&first.name, "0.0.0.0:8080".parse().unwrap()).unwrap();
+    let route = host_routes_to(&lab, address);
+    assert!(
+        route.len() == 1 && route[0].contains(&format!("dev {veth1}")),
+        "{route:?}"
+    );
+    node_reaches(&lab, ip, "first pod attached");
+    let before = node_state(&lab);
+
+    let (_second, chain2, att2, veth2) = attach("d2");
+    let e = chain2
+        .add(&att2)
+        .expect_err("the second ADD must be refused");
+    assert_eq!(e.code, 101, "{e}");
+    assert!(e.msg.contains(address) && e.msg.contains(&veth1), "{e}");
+    assert_eq!(node_state(&lab), before, "the refused ADD changed the node");
+    assert_eq!(host_routes_to(&lab, address), route);
+    node_reaches(&lab, ip, "second ADD refused");
+
+    // The runtime's DEL after the failed ADD (twice: idempotent).
+    for _ in 0..2 {
+        chain2.del(&att2).expect("second pod's DEL");
+    }
+    assert_eq!(
+        node_state(&lab),
+        before,
+        "the second pod's DEL changed the node"
+    );
+    assert!(!state::link_names(lab.node()).unwrap().contains(&veth2));
+    node_reaches(&lab, ip, "second pod deleted");
+
+    chain1.del(&att1).expect("first pod's DEL");
+    assert_eq!(host_routes_to(&lab, address), Vec::<String>::new());
 }

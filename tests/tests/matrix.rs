@@ -1327,8 +1327,23 @@ fn run_sweeps<T: std::fmt::Debug + Send>(
     (failures.into_inner().unwrap(), points.into_inner().unwrap())
 }
 
+/// The sweeps need the binary the test build made with the hooks: a
+/// coordinator without them never fails, and each sweep would find no point.
+fn require_fault_hooks() {
+    let bin = bin_dir().join("coordinator");
+    for name in [cni::netlink::fault::ENV, cni::netlink::fault::PANIC_ENV] {
+        assert!(
+            cni_tests::file_contains(&bin, name),
+            "{} has no {name}: build it with `scripts/build.sh --profile dev --fault-injection` \
+             (as scripts/test.sh does; `cargo test -p coordinator` relinks it without)",
+            bin.display()
+        );
+    }
+}
+
 #[test]
 fn a_panic_mid_add_is_undone_before_any_del() {
+    require_fault_hooks();
     let (underlay, overlay) = sweep_cells();
     let runs = [
         (&underlay, 0, "pu0"),
@@ -1347,6 +1362,7 @@ fn a_panic_mid_add_is_undone_before_any_del() {
 
 #[test]
 fn kill_sweeps_leave_nothing_after_the_runtimes_del() {
+    require_fault_hooks();
     let (underlay, overlay) = sweep_cells();
     let runs = [
         (&underlay, 0, "ku0"),

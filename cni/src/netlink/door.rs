@@ -240,7 +240,8 @@ impl<P: Protocol> Door<P> {
         header.flags = flags;
         let req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(wire));
         // Outside the runtime and before the lock: an injected panic unwinds
-        // from plain code and poisons nothing.
+        // from plain code and poisons nothing. Test builds only.
+        #[cfg(feature = "fault-injection")]
         super::fault::maybe_abort();
         // A panic mid-exchange leaves nothing to repair: its late replies
         // carry its own sequence number and are dropped.

@@ -6,7 +6,9 @@
 //! - `COORDINATOR_TEST_PANIC_AT_REQUEST=N` panics there instead: a bug in the
 //!   middle of a call, which unwinds through every undo the call has armed.
 //!
-//! Unset (always, outside tests), it costs two cached lookups.
+//! Compiled only with the `fault-injection` feature, which only test builds
+//! enable (`scripts/build.sh --profile dev --fault-injection`): a shipped
+//! binary neither contains these names nor reads them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -26,6 +26,7 @@ mod codec;
 mod conn;
 mod door;
 mod errno;
+#[cfg(feature = "fault-injection")]
 pub mod fault;
 mod link;
 mod lookup;

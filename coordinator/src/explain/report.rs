@@ -1,5 +1,6 @@
 //! `explain`'s two outputs: text for people, one JSON object for scripts.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use cni::netlink::Family;
@@ -58,6 +59,34 @@ pub fn json(h: &Header, flows: &[Flow]) -> Value {
     })
 }
 
+/// `s` safe to print to a terminal: interface names (and the fix text that
+/// quotes them) are chosen by whoever controls the pod, and a name may hold
+/// escape sequences that would rewrite the operator's screen. Control
+/// characters (C0, DEL, C1), the invisible and bidirectional formatting
+/// characters, and the backslash itself are written as escapes (`\x1b`,
+/// `\u{202e}`, `\\`); everything else is kept.
+pub fn shown(s: &str) -> Cow<'_, str> {
+    let hidden = |c: char| {
+        c == '\\'
+            || c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{ad}')
+    };
+    if !s.chars().any(hidden) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if hidden(c) && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn via(gw: Option<IpAddr>) -> String {
     gw.map(|g| format!(" via {g}")).unwrap_or_default()
 }
@@ -65,10 +94,10 @@ fn via(gw: Option<IpAddr>) -> String {
 /// "request in X, reply out Y via G" (a Service request goes out, its reply
 /// comes in).
 fn path(f: &Flow) -> String {
-    let req = f.facts.request_nic.as_deref().unwrap_or("-");
+    let req = shown(f.facts.request_nic.as_deref().unwrap_or("-"));
     let replies: Vec<String> = distinct(&f.facts.replies)
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| "unreachable".into()))
+        .map(|r| r.map_or_else(|| "unreachable".into(), |r| shown(&r).into_owned()))
         .collect();
     let reply = if replies.is_empty() {
         "-".to_string()
@@ -89,11 +118,11 @@ fn path(f: &Flow) -> String {
 pub fn text(h: &Header, flows: &[Flow]) -> String {
     let mut s = format!(
         "pod {}: mode {}{}, node hostRuleTable {}\n",
-        h.netns,
+        shown(&h.netns),
         h.mode,
         h.host_iface
             .as_ref()
-            .map(|i| format!(" (to the node through {i})"))
+            .map(|i| format!(" (to the node through {})", shown(i)))
             .unwrap_or_default(),
         h.host_rule_table
     );
@@ -109,7 +138,7 @@ pub fn text(h: &Header, flows: &[Flow]) -> String {
         if last.as_ref() != Some(&key) {
             s.push_str(&format!(
                 "{} {} {}\n",
-                f.facts.nic,
+                shown(&f.facts.nic),
                 f.family.name(),
                 f.facts.addr
             ));
@@ -128,7 +157,7 @@ pub fn text(h: &Header, flows: &[Flow]) -> String {
             path
         ));
         if let Some(fix) = &f.verdict.fix {
-            s.push_str(&format!("      fix: {fix}\n"));
+            s.push_str(&format!("      fix: {}\n", shown(fix)));
         }
     }
     let bad = flows.iter().filter(|f| !f.verdict.symmetric).count();
@@ -195,6 +224,35 @@ mod tests {
         let spread = &v["flows"][1];
         assert_eq!(spread["reply_nics"], serde_json::json!(["net1", "eth0"]));
         assert!(spread["fix"].as_str().unwrap().contains("multipath"));
+    }
+
+    #[test]
+    fn shown_escapes_what_a_terminal_would_act_on() {
+        assert!(matches!(shown("net1"), Cow::Borrowed("net1")));
+        assert_eq!(shown("ä-nic"), "ä-nic");
+        assert_eq!(shown("\x1b]0;owned\x07"), "\\x1b]0;owned\\x07");
+        assert_eq!(shown("a\rb\x7f"), "a\\x0db\\x7f");
+        assert_eq!(shown("\u{9b}2J"), "\\u{9b}2J");
+        assert_eq!(shown("eth\u{202e}0"), "eth\\u{202e}0");
+        assert_eq!(shown("a\\x1b"), "a\\\\x1b");
+    }
+
+    /// Every pod-chosen name in the text (the NIC, the request and reply
+    /// interfaces, the host interface, the fix that quotes them) is escaped.
+    #[test]
+    fn text_escapes_pod_chosen_names() {
+        let evil = "n\x1b[2J\u{9b}1";
+        let mut f = flow(&[evil, "eth0"]);
+        f.facts.nic = evil.into();
+        f.facts.request_nic = Some(evil.into());
+        f.verdict = decide(&f.facts);
+        assert!(f.verdict.fix.as_deref().is_some_and(|x| x.contains(evil)));
+        let mut h = header();
+        h.host_iface = Some(evil.into());
+        let t = text(&h, &[f]);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(t.contains("n\\x1b[2J\\u{9b}1 IPv6"), "{t}");
+        assert!(t.contains("through n\\x1b[2J"), "{t}");
     }
 
     #[test]
