@@ -8,29 +8,32 @@
 # with the sweep tests' kill/panic hooks (cni/src/netlink/fault.rs); nothing
 # that ships is built with it.
 #
-# coordinator is linked statically against glibc (a static-pie executable):
-# - it is exec'd for every CNI call, and a static executable skips the
+# Both plugins are linked statically against glibc (static-pie executables):
+# - they are exec'd for every CNI call, and a static executable skips the
 #   dynamic loader (mapping libc and libgcc_s, symbol lookup): about 0.4 ms of
 #   CPU per ADD and per DEL (integration/results, README Performance);
-# - the DaemonSet copies it into the node's /opt/cni/bin, where it runs
+# - the DaemonSet copies them into the node's /opt/cni/bin, where they run
 #   against the node's own libraries: a static executable does not care
-#   which glibc the node has, like the reference plugins.
-# It resolves no names and loads nothing at run time (no NSS, no dlopen),
-# which is what a static glibc cannot do well. coordinator-ipam resolves its
-# etcd endpoints' host names through NSS, so it stays dynamic.
+#   which glibc the node has, like the reference plugins;
+# - the image holds nothing else (deploy/Containerfile is FROM scratch).
+# They resolve no names through the C library and load nothing at run time
+# (no NSS, no dlopen), which is what a static glibc cannot do well:
+# coordinator-ipam looks etcd endpoint names up itself (hosts file, DNS;
+# ipam/src/store/etcd/resolve.rs).
 #
 # The flag goes to the final link only (cargo rustc), so dependencies are
-# shared with plain `cargo build`; a later plain `cargo build` relinks it
-# dynamically, and this script statically again.
+# shared with plain `cargo build`; a later plain `cargo build` (or `cargo
+# test` of the plugin's package) relinks it dynamically, and this script
+# statically again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-profile=release others=(--workspace --bins --exclude coordinator) hooks=()
+profile=release others=(--workspace --bins --exclude coordinator --exclude coordinator-ipam) hooks=() ipam=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
-    --plugins) others=(-p coordinator-ipam --bins); shift ;;
-    --coordinator) others=(); shift ;;
+    --plugins) others=(); shift ;;
+    --coordinator) others=() ipam=0; shift ;;
     --fault-injection) hooks=(--features fault-injection); shift ;;
     *) break ;;
   esac
@@ -47,8 +50,15 @@ fi
 if [ ${#others[@]} -gt 0 ]; then
   cargo build --profile "$profile" "$@" "${others[@]}"
 fi
+static=(coordinator)
 cargo rustc --profile "$profile" "$@" "${hooks[@]}" -p coordinator --bin coordinator -- -C target-feature=+crt-static
-if readelf -lW "$dir/coordinator" | grep -q INTERP; then
-  echo "build.sh: $dir/coordinator still asks for a dynamic loader" >&2
-  exit 1
+if [ "$ipam" = 1 ]; then
+  cargo rustc --profile "$profile" "$@" -p coordinator-ipam --bin coordinator-ipam -- -C target-feature=+crt-static
+  static+=(coordinator-ipam)
 fi
+for bin in "${static[@]}"; do
+  if readelf -lW "$dir/$bin" | grep -q INTERP; then
+    echo "build.sh: $dir/$bin still asks for a dynamic loader" >&2
+    exit 1
+  fi
+done

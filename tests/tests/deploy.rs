@@ -473,17 +473,18 @@ fn podman(conf: &Path) -> Command {
     c
 }
 
-/// The image is built from the plugins alone (no base image pulled), loads
+/// The image is built from the release plugins alone (no base image pulled), loads
 /// into podman from its OCI archive, and its init containers, run as the
 /// DaemonSet runs them (the same commands, mounts and security context),
 /// install both plugins and the node defaults into a scratch host.
 #[test]
 fn image_from_its_archive_runs_the_daemonsets_installers() {
-    let profile = bin_dir().file_name().unwrap().to_string_lossy().to_string();
+    // The plugins as they ship (scripts/test.sh builds them).
+    let release = bin_dir().parent().expect("target dir").join("release");
     let work = tempfile::tempdir().unwrap();
     let tag = format!("localhost/coordinator-test-{}:t", std::process::id());
     let built = Command::new(repo().join("scripts/build-image.sh"))
-        .args(["--profile", &profile, "--no-build", "--tag", &tag, "--out"])
+        .args(["--profile", "release", "--no-build", "--tag", &tag, "--out"])
         .arg(work.path())
         .output()
         .unwrap();
@@ -587,7 +588,7 @@ fn image_from_its_archive_runs_the_daemonsets_installers() {
         let installed = host.join("opt/cni/bin").join(name);
         assert_eq!(mode(&installed), 0o755, "{name}");
         assert!(
-            std::fs::read(&installed).unwrap() == std::fs::read(bin_dir().join(name)).unwrap(),
+            std::fs::read(&installed).unwrap() == std::fs::read(release.join(name)).unwrap(),
             "{name} installed is not the binary built"
         );
     }
