@@ -33,4 +33,5 @@ pub fn ifindex(name: &str) -> std::io::Result<u32> {
 
 pub use integration::exec;
 pub mod fuzz;
+pub mod fuzz_http;
 pub mod samples;
