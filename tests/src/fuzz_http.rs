@@ -271,7 +271,8 @@ fn hostile_part(rng: &mut Rng, crlf: bool, head: &mut Vec<u8>, rest: &mut Vec<u8
                 rest.extend_from_slice(b"abc");
                 push(rest, "", crlf);
             }
-            push(rest, *rng.pick(CHUNK_SIZES), crlf);
+            let size = *rng.pick(CHUNK_SIZES);
+            push(rest, size, crlf);
             rest.extend_from_slice(&body_bytes(rng));
         }
         3 => {
@@ -295,15 +296,12 @@ pub fn http_reply(rng: &mut Rng, cap: usize) -> Script {
     let valid = rng.chance(35);
     let mut head = Vec::new();
     let mut rest = Vec::new();
-    push(
-        &mut head,
-        if valid {
-            "HTTP/1.1 200 OK"
-        } else {
-            *rng.pick(STATUS)
-        },
-        crlf,
-    );
+    let status = if valid {
+        "HTTP/1.1 200 OK"
+    } else {
+        *rng.pick(STATUS)
+    };
+    push(&mut head, status, crlf);
     push(&mut head, "Content-Type: application/json", crlf);
     let body = body_bytes(rng);
     let mut expect = None;
@@ -348,13 +346,14 @@ fn deliver(rng: &mut Rng, mut bytes: Vec<u8>, hostile: bool) -> Script {
                 }
             }
             2 => {
-                let tail: &[u8] = *rng.pick(&[
+                let tails: [&[u8]; 5] = [
                     &b"X-Pad: a\r\n"[..],
                     b"1\r\na\r\n",
                     b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
                     b"T: v\r\n",
                     b"",
-                ]);
+                ];
+                let tail = *rng.pick(&tails);
                 script.endless = Some((*rng.pick(&[0, 0, 1, 50]), tail.to_vec()));
             }
             _ => {}
