@@ -42,6 +42,9 @@ USAGE:
       network unless --network narrows it. Addresses already recorded
       identically are skipped; one recorded differently stops that network
       with nothing of it copied.
+      With etcd, reclaim and migrate commit 16 records per transaction, each
+      with its own timeout: a run that fails part way keeps what it
+      committed, and running it again resumes with the rest.
   coordinator-ipam --help | --version
 
 OPTIONS:

@@ -652,3 +652,177 @@ fn fuzz_journal_decoder() {
     });
     assert!(accepted > 0);
 }
+
+// ---------------------------------------------------------------- etcd client
+
+/// The largest single allocation made by this thread since the last reset:
+/// how the etcd target proves that no announced size is allocated up front.
+mod largest_alloc {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn note(size: usize) {
+        // `try_with`: allocations during thread teardown are not tracked.
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+
+    pub fn reset() -> usize {
+        LARGEST.try_with(|l| l.replace(0)).unwrap_or(0)
+    }
+
+    pub struct Tracking;
+
+    // SAFETY: every call goes to `System` unchanged; only sizes are noted.
+    unsafe impl GlobalAlloc for Tracking {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+}
+
+#[global_allocator]
+static ALLOC: largest_alloc::Tracking = largest_alloc::Tracking;
+
+/// The body cap in the fuzz loop: far below the client's 128 MiB so that an
+/// endless body hits it in microseconds, above the parser's own buffers
+/// (a 16 KiB header line, the read buffer) so that any allocation above it
+/// can only come from believing the peer.
+const FUZZ_REPLY_CAP: usize = 64 << 10;
+
+/// One reply through the client's parser: no panic, no read after the fake
+/// deadline or the end of the stream, no allocation above the cap, and a
+/// well-formed reply that arrived in time read exactly.
+fn check_http_reply(
+    script: cni_tests::fuzz_http::Script,
+    max_read: usize,
+) -> Result<String, String> {
+    use cni_tests::fuzz_http::{FakePeer, DEADLINE_MS};
+    use coordinator_ipam::store::etcd::http::read_response;
+    let expect = script.expect.clone();
+    let mut reader =
+        std::io::BufReader::with_capacity(max_read.min(8192), FakePeer::new(script, max_read));
+    largest_alloc::reset();
+    let got = read_response(&mut reader, FUZZ_REPLY_CAP);
+    let largest = largest_alloc::reset();
+    let peer = reader.get_ref();
+    if peer.reads_after_timeout > 0 || peer.now_ms > DEADLINE_MS {
+        return Err(format!(
+            "read {} time(s) after the deadline",
+            peer.reads_after_timeout
+        ));
+    }
+    if peer.reads_after_eof > 1 {
+        return Err(format!(
+            "read {} time(s) after the end",
+            peer.reads_after_eof
+        ));
+    }
+    if largest > FUZZ_REPLY_CAP {
+        return Err(format!(
+            "allocated {largest} bytes at once (cap {FUZZ_REPLY_CAP})"
+        ));
+    }
+    match (got, expect) {
+        (Ok(r), _) if r.body.len() > FUZZ_REPLY_CAP || r.body.capacity() > FUZZ_REPLY_CAP => {
+            Err(format!(
+                "a body of {} bytes ({} reserved)",
+                r.body.len(),
+                r.body.capacity()
+            ))
+        }
+        (Ok(r), Some(want)) if r.body != want => Err("a well-formed body misread".into()),
+        (Ok(r), _) => Ok(format!("ok {}", r.status)),
+        (Err(e), Some(_)) => Err(format!("a well-formed reply refused: {e}")),
+        (Err(e), None) => Ok(format!("{:?}", e.kind())),
+    }
+}
+
+/// A TLS handshake against hostile records: it ends (error or not) without
+/// a read after the deadline or the end of the stream.
+fn check_tls_reply(
+    cfg: &std::sync::Arc<rustls::ClientConfig>,
+    script: cni_tests::fuzz_http::Script,
+    max_read: usize,
+) -> Result<String, String> {
+    use cni_tests::fuzz_http::{FakePeer, DEADLINE_MS};
+    use coordinator_ipam::store::etcd::http::handshake;
+    let name = rustls::pki_types::ServerName::try_from("etcd.test").expect("name");
+    let mut conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
+    let mut peer = FakePeer::new(script, max_read);
+    let got = handshake(&mut conn, &mut peer);
+    if peer.reads_after_timeout > 0 || peer.now_ms > DEADLINE_MS {
+        return Err("TLS: read after the deadline".into());
+    }
+    if peer.reads_after_eof > 1 {
+        return Err(format!(
+            "TLS: read {} time(s) after the end",
+            peer.reads_after_eof
+        ));
+    }
+    match got {
+        Ok(()) => Err("a handshake completed with junk".into()),
+        Err(e) => Ok(format!("tls {:?}", e.kind())),
+    }
+}
+
+#[test]
+fn fuzz_etcd_client_against_a_hostile_peer() {
+    use cni_tests::fuzz_http::{http_reply, tls_reply};
+    let budget = Budget::from_env();
+    let mut rng = Rng(0xe7cd_0021);
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    );
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut i = 0u64;
+    while budget.more(i, 1_000) {
+        let max_read = *rng.pick(&[1usize, 2, 7, 100, 4096, 65536]);
+        // TLS inputs cost a key exchange each: one in eight.
+        let tls_case = rng.chance(12);
+        let script = if tls_case {
+            tls_reply(&mut rng)
+        } else {
+            http_reply(&mut rng, FUZZ_REPLY_CAP)
+        };
+        // Kept to show a failing input (formatting every input would cost
+        // more than running it).
+        let input = script.clone();
+        let shown = || format!("{input:?}").chars().take(2000).collect::<String>();
+        let run = || match tls_case {
+            true => check_tls_reply(&tls, script, max_read),
+            false => check_http_reply(script, max_read),
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok(o)) => *outcomes.entry(o).or_default() += 1,
+            Ok(Err(why)) => panic!("etcd client: input {i}: {why}: {}", shown()),
+            Err(_) => panic!("etcd client: input {i} panicked: {}", shown()),
+        }
+        i += 1;
+    }
+    report("etcd-client", i, &outcomes);
+    assert!(
+        outcomes.keys().any(|k| k.starts_with("ok 200")),
+        "no reply was ever read: {outcomes:?}"
+    );
+}

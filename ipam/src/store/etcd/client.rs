@@ -19,7 +19,27 @@ use rustls::{ClientConfig, RootCertStore};
 use serde_json::{json, Value};
 
 use super::config::{Endpoint, EtcdConfig, TlsFiles};
-use super::http::Conn;
+use super::http::{Conn, TooLarge};
+
+/// The most read from the password file (a password is a line).
+const MAX_PASSWORD_FILE: u64 = 4 << 10;
+/// The most read from a PEM file: a CA bundle of a few hundred
+/// certificates, or a certificate chain, or a key.
+const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// A file of the store config: a regular file only (a FIFO would hang the
+/// call, `/dev/zero` would fill memory), at most `limit` bytes; any problem
+/// is a code 7 naming `field`.
+fn read_config_file(field: &str, path: &std::path::Path, limit: u64) -> Result<Vec<u8>> {
+    match cni::fsutil::read_optional(path, limit) {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(Error::config(
+            field,
+            format!("cannot read {}: no such file", path.display()),
+        )),
+        Err(e) => Err(Error::config(field, e)),
+    }
+}
 
 pub struct Kv {
     pub key: String,
@@ -60,11 +80,10 @@ impl Client {
         let credentials = match &cfg.auth {
             None => None,
             Some((user, file)) => {
-                let pw = std::fs::read_to_string(file).map_err(|e| {
-                    Error::config(
-                        "ipam.store.passwordFile",
-                        format!("cannot read {}: {e}", file.display()),
-                    )
+                let field = "ipam.store.passwordFile";
+                let pw = read_config_file(field, file, MAX_PASSWORD_FILE)?;
+                let pw = String::from_utf8(pw).map_err(|_| {
+                    Error::config(field, format!("{} is not UTF-8 text", file.display()))
                 })?;
                 Some((user.clone(), pw.trim_end_matches(['\r', '\n']).to_string()))
             }
@@ -99,7 +118,7 @@ impl Client {
         if keys_only {
             req["keys_only"] = json!(true);
         }
-        let v = self.call("/v3/kv/range", &req, deadline)?;
+        let v = self.call("/v3/kv/range", &req, None, deadline)?;
         Ok(Range {
             kvs: kvs(&v)?,
             revision: header_revision(&v),
@@ -131,7 +150,16 @@ impl Client {
                 json!({"request_range": r})
             })
             .collect();
-        let v = self.call("/v3/kv/txn", &json!({"success": ops}), deadline)?;
+        let expect = Expect {
+            ops: &ops,
+            always: true,
+        };
+        let v = self.call(
+            "/v3/kv/txn",
+            &json!({"success": ops}),
+            Some(&expect),
+            deadline,
+        )?;
         let revision = header_revision(&v);
         let empty = Vec::new();
         let responses = v["responses"].as_array().unwrap_or(&empty);
@@ -157,15 +185,26 @@ impl Client {
         success: Vec<Value>,
         deadline: Instant,
     ) -> Result<(bool, i64)> {
+        let expect = Expect {
+            ops: &success,
+            always: compare.is_empty(),
+        };
         let v = self.call(
             "/v3/kv/txn",
             &json!({"compare": compare, "success": success}),
+            Some(&expect),
             deadline,
         )?;
         Ok((v["succeeded"] == true, header_revision(&v)))
     }
 
-    fn call(&self, path: &str, body: &Value, deadline: Instant) -> Result<Value> {
+    fn call(
+        &self,
+        path: &str,
+        body: &Value,
+        expect: Option<&Expect>,
+        deadline: Instant,
+    ) -> Result<Value> {
         let body = serde_json::to_vec(body)?;
         let mut tries = 0u32;
         loop {
@@ -174,7 +213,7 @@ impl Client {
             // stays the limit.
             let slice = (self.timeout / 3).max(Duration::from_millis(300));
             let attempt_deadline = deadline.min(Instant::now() + slice);
-            let last = match self.attempt(path, &body, attempt_deadline) {
+            let last = match self.attempt(path, &body, expect, attempt_deadline) {
                 Ok(v) => return Ok(v),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(why)) => why,
@@ -189,7 +228,7 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             if left <= pause {
                 return Err(Error::TryAgain(format!(
-                    "etcd store: no endpoint answered within {:?} ({tries} tries; last: {last})",
+                    "etcd store: no usable answer within {:?} ({tries} tries; last: {last})",
                     self.timeout
                 )));
             }
@@ -207,6 +246,7 @@ impl Client {
         &self,
         path: &str,
         body: &[u8],
+        expect: Option<&Expect>,
         deadline: Instant,
     ) -> std::result::Result<Value, Failure> {
         if self.credentials.is_some() && self.token.borrow().is_none() {
@@ -216,6 +256,10 @@ impl Client {
         let token = self.token.borrow().clone();
         let (status, v) = self.post(path, body, token.as_deref(), deadline)?;
         if status == 200 {
+            if let Some(e) = expect {
+                e.check(&v)
+                    .map_err(|why| Failure::Retry(format!("{}: {why}", self.endpoint())))?;
+            }
             return Ok(v);
         }
         let msg = v["error"]
@@ -281,6 +325,53 @@ impl Client {
     }
 }
 
+/// What the reply to a transaction must hold to be believed: when its
+/// success branch ran, one response per operation, each of the operation's
+/// kind. A reply that claims success without them could hide a write that
+/// never happened, or an empty read standing in for a taken address.
+struct Expect<'a> {
+    ops: &'a [Value],
+    /// No compares: the success branch must have run.
+    always: bool,
+}
+
+impl Expect<'_> {
+    fn check(&self, v: &Value) -> std::result::Result<(), String> {
+        if v["succeeded"] != true {
+            return match self.always {
+                true => Err("a transaction without conditions did not succeed".into()),
+                false => Ok(()),
+            };
+        }
+        let got = v["responses"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if got.len() != self.ops.len() {
+            return Err(format!(
+                "{} response(s) to a transaction of {} operation(s)",
+                got.len(),
+                self.ops.len()
+            ));
+        }
+        for (i, (op, r)) in self.ops.iter().zip(got).enumerate() {
+            let kind = response_kind(op);
+            if !r.get(kind).is_some_and(Value::is_object) {
+                return Err(format!("response {i} of the transaction is not a {kind}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The response etcd gives to a request operation.
+fn response_kind(op: &Value) -> &'static str {
+    if op.get("request_put").is_some() {
+        "response_put"
+    } else if op.get("request_delete_range").is_some() {
+        "response_delete_range"
+    } else {
+        "response_range"
+    }
+}
+
 /// gRPC codes the gateway passes on: unavailable (14), deadline (4),
 /// aborted (10), resource exhausted (8), internal (13) and unknown (2, as in
 /// "leader changed") are worth another member or a later try.
@@ -300,25 +391,22 @@ fn classify(ep: &Endpoint, status: u16, code: i64, msg: &str) -> Failure {
 
 /// A certificate problem does not go away by retrying: say so at once.
 fn io_failure(ep: &Endpoint, e: std::io::Error) -> Failure {
-    let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
-    match tls {
-        Some(t) => Failure::Fatal(Error::Io(format!(
+    let inner = e.get_ref();
+    if let Some(t) = inner.and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return Failure::Fatal(Error::Io(format!(
             "etcd store: TLS with {ep} failed: {t} (check ipam.store.tls: ca, cert, key)"
-        ))),
-        // A read timeout shows as EAGAIN (SO_RCVTIMEO): say what it means.
-        None if e.kind() == std::io::ErrorKind::WouldBlock => {
-            Failure::Retry(format!("{ep}: timed out waiting for the reply"))
-        }
-        None => Failure::Retry(format!("{ep}: {e}")),
+        )));
     }
+    // Another member may answer; the same data from this one would not fit.
+    if let Some(TooLarge(n)) = inner.and_then(|i| i.downcast_ref::<TooLarge>()) {
+        return Failure::Retry(format!("reply from {ep} exceeds {n} bytes"));
+    }
+    Failure::Retry(format!("{ep}: {e}"))
 }
 
 fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
-    let read = |field: &str, path: &std::path::Path| -> Result<Vec<u8>> {
-        std::fs::read(path)
-            .map_err(|e| Error::config(field, format!("cannot read {}: {e}", path.display())))
-    };
+    let read = |field: &str, path: &std::path::Path| read_config_file(field, path, MAX_PEM_FILE);
     let ca = read("ipam.store.tls.ca", &files.ca)?;
     let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&ca)
         .collect::<std::result::Result<_, _>>()

@@ -6,7 +6,9 @@
 
 mod client;
 pub mod config;
-mod http;
+/// Public for the fuzz harness (`tests/tests/fuzz.rs`), like the file
+/// store's decoders.
+pub mod http;
 pub mod keys;
 mod ledger;
 pub mod resolve;
@@ -113,11 +115,16 @@ impl Store for EtcdStore {
         Ok(self.snapshot(network, self.deadline())?.state)
     }
 
+    /// A bulk update (GC, reclaim, migrate, release) may change thousands
+    /// of records in transactions of [`RECORDS_PER_TXN`]: the snapshot and
+    /// each transaction get their own timeout, and what is committed stays
+    /// committed. Conflicts re-read and go on with what is left, until no
+    /// transaction has committed for a whole timeout.
     fn update(&self, network: &str, f: &mut dyn FnMut(&mut State) -> Result<()>) -> Result<()> {
-        let deadline = self.deadline();
         let mut tries = 0;
+        let mut progress = Instant::now();
         loop {
-            let snap = self.snapshot(network, deadline)?;
+            let snap = self.snapshot(network, self.deadline())?;
             let mut state = snap.state.clone();
             f(&mut state)?;
             let changes = diff(&snap.state, &state);
@@ -153,15 +160,19 @@ impl Store for EtcdStore {
                 } else {
                     BTreeMap::new()
                 };
-                let tx = Tx::new(&self.client, &self.keys, network, deadline, 0)
+                let tx = Tx::new(&self.client, &self.keys, network, self.deadline(), 0)
                     .with_changes(read, written, cur);
-                all_ok &= tx.commit()?;
+                if tx.commit()? {
+                    progress = Instant::now();
+                } else {
+                    all_ok = false;
+                }
             }
             if all_ok {
                 return Ok(());
             }
             tries += 1;
-            if Instant::now() >= deadline {
+            if progress.elapsed() >= self.client.timeout {
                 return Err(self.contention(tries));
             }
             backoff(tries);
@@ -240,4 +251,57 @@ fn diff(old: &State, new: &State) -> BTreeMap<IpAddr, Option<Record>> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocator::{Attachment, StickyId};
+    use serde_json::json;
+
+    /// One record as etcd's gateway sends it in a range reply: the key and
+    /// the JSON record in base64, revisions as strings (int64 at most).
+    fn gateway_kv(keys: &Keys, net: &str, r: &Record) -> usize {
+        let rev = i64::MAX.to_string();
+        let kv = json!({"key": client::b64(keys.ip(net, &r.ip).as_bytes()),
+            "create_revision": rev, "mod_revision": rev, "version": rev,
+            "value": client::b64(&serde_json::to_vec(r).unwrap())});
+        kv.to_string().len() + 1
+    }
+
+    #[test]
+    fn reply_cap_holds_a_full_slash_16() {
+        // Long but real names: Kubernetes allows 253-byte node and pod names
+        // and 63-byte namespaces; runtimes use 64-hex container IDs; a
+        // NetworkAttachmentDefinition name is at most 253 bytes.
+        let long = "n".repeat(253);
+        let r = Record {
+            ip: "fd00:1234:5678:9abc:def0:1234:5678:9abc".parse().unwrap(),
+            pool: "p".repeat(63),
+            node: long.clone(),
+            owner: Some(Attachment {
+                container_id: "c".repeat(64),
+                ifname: "i".repeat(15),
+            }),
+            sticky: Some(StickyId {
+                namespace: "s".repeat(63),
+                pod: long.clone(),
+                ifname: "i".repeat(15),
+            }),
+        };
+        let keys = Keys::new(config::DEFAULT_PREFIX);
+        let per_record = gateway_kv(&keys, &long, &r);
+        let whole = per_record * 65_536;
+        assert!(
+            whole < http::MAX_REPLY,
+            "{per_record} bytes per record, {whole} for a /16, cap {}",
+            http::MAX_REPLY
+        );
+        // Close to the cap, so the cap stays sized from this answer (the
+        // README quotes 1,727 bytes and 108 MiB).
+        assert!(
+            whole > http::MAX_REPLY / 4 * 3,
+            "{per_record} bytes per record"
+        );
+    }
 }
