@@ -52,15 +52,16 @@ fn owners(rows: &[Value]) -> Vec<String> {
 }
 
 /// ADD of `add` and DEL of `del` both fail with 11 ("try again later"),
-/// the ADD within the configured 500 ms plus exec slack: DEL never claims a
-/// release it could not make.
+/// the ADD ending by its deadline rather than waiting on the frozen member
+/// (the bound allows for a loaded machine: it tells a deadline from a hang,
+/// it measures nothing): DEL never claims a release it could not make.
 fn both_try_again(conf: &Value, add: &str, del: &str) {
     let t = Instant::now();
     let (exit, v) = Call::new("ADD", add).run(conf);
     let took = t.elapsed();
     assert_eq!((exit, &v["code"]), (1, &json!(11)), "ADD: {v}");
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(10),
         "ADD took {took:?} with a 500ms timeout"
     );
     let (exit, v) = Call::new("DEL", del).run(conf);

@@ -488,7 +488,10 @@ fn image_from_its_archive_runs_the_daemonsets_installers() {
         .arg(work.path())
         .output()
         .unwrap();
-    let archive = PathBuf::from(ok(built, "build-image.sh").lines().last().unwrap().trim());
+    // stdout is the archive's path (podman's chatter goes to stderr).
+    let stdout = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    ok(built, "build-image.sh");
+    let archive = PathBuf::from(stdout);
     let conf = work.path().join("containers.conf");
     std::fs::write(
         &conf,
