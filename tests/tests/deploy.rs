@@ -598,6 +598,39 @@ fn image_from_its_archive_runs_the_daemonsets_installers() {
     let etc = host.join("etc/cni/coordinator/defaults.json");
     assert_eq!(mode(&etc), 0o644);
     assert_eq!(std::fs::read_to_string(&etc).unwrap(), defaults);
+
+    // The notices ship in the image: copied out of a container never started.
+    let holder = format!("coordinator-test-notices-{}", std::process::id());
+    ok(
+        podman(&conf)
+            .args(["create", "--name", &holder, &tag])
+            .output()
+            .unwrap(),
+        "podman create",
+    );
+    let copied = work.path().join("notices");
+    let cp = podman(&conf)
+        .args([
+            "cp",
+            &format!("{holder}:/usr/share/coordinator"),
+            copied.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let _ = podman(&conf).args(["rm", "--force", &holder]).output();
+    ok(cp, "podman cp");
+    for file in [
+        "NOTICE",
+        "LICENSE",
+        "licenses/coordinator.txt",
+        "licenses/coordinator-ipam.txt",
+    ] {
+        assert_eq!(
+            std::fs::read(copied.join(file)).unwrap(),
+            std::fs::read(repo().join(file)).unwrap(),
+            "{file} in the image"
+        );
+    }
 }
 
 /// The coordinator as it ships (`scripts/build.sh`: release, static; the
