@@ -145,7 +145,20 @@ fn tls_partial_record(s: &mut TcpStream, stop: &AtomicBool) {
 
 /// An ADD or DEL against `conf`, measured.
 fn exec(command: &str, container: &str, conf: &Value) -> RawRun {
-    let env = [
+    exec_via(Path::new(BIN), &[], command, container, &[], conf)
+}
+
+/// The same, the plugin started through `launcher` (`args` then the
+/// plugin's path) with `extra` variables beside the CNI ones.
+fn exec_via(
+    launcher: &Path,
+    args: &[&str],
+    command: &str,
+    container: &str,
+    extra: &[(&str, &str)],
+    conf: &Value,
+) -> RawRun {
+    let cni = [
         ("CNI_COMMAND", command),
         ("CNI_CONTAINERID", container),
         ("CNI_IFNAME", "net1"),
@@ -153,11 +166,12 @@ fn exec(command: &str, container: &str, conf: &Value) -> RawRun {
         ("CNI_PATH", "/usr/lib/cni"),
     ];
     run(Spawn {
-        binary: Path::new(BIN),
-        args: Vec::new(),
+        binary: launcher,
+        args: args.iter().map(|s| s.to_string()).collect(),
         clear_env: true,
-        env: env
+        env: cni
             .iter()
+            .chain(extra)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         stdin: conf.to_string().into_bytes(),
@@ -427,31 +441,18 @@ fn a_resolver_that_never_answers_ends_at_the_deadline() {
         ip neigh add 10.253.0.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent && \
         mount --bind \"$RESOLV\" /etc/resolv.conf && exec \"$0\"";
     for command in ["ADD", "DEL"] {
-        let env = [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", "resolver"),
-            ("CNI_IFNAME", "net1"),
-            ("CNI_NETNS", "/var/run/netns/hostile"),
-            ("CNI_PATH", "/usr/lib/cni"),
+        let extra = [
             ("RESOLV", resolv.to_str().unwrap()),
             ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         ];
-        let r = run(Spawn {
-            binary: Path::new("/usr/bin/unshare"),
-            args: ["--mount", "--net", "--", "sh", "-c", script, BIN]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            clear_env: true,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            stdin: conf.to_string().into_bytes(),
-            netns: None,
-            timeout: HANG,
-        })
-        .expect("exec unshare");
+        let r = exec_via(
+            Path::new("/usr/bin/unshare"),
+            &["--mount", "--net", "--", "sh", "-c", script, BIN],
+            command,
+            "resolver",
+            &extra,
+            &conf,
+        );
         let out = String::from_utf8_lossy(&r.stdout);
         assert!(!r.timed_out, "{command} hangs");
         let v: Value = serde_json::from_str(&out)
