@@ -118,13 +118,6 @@ impl CniArgs {
     pub fn pod_name(&self) -> Option<&str> {
         self.get("K8S_POD_NAME").filter(|v| !v.is_empty())
     }
-    pub fn pod_uid(&self) -> Option<&str> {
-        self.get("K8S_POD_UID").filter(|v| !v.is_empty())
-    }
-    pub fn infra_container_id(&self) -> Option<&str> {
-        self.get("K8S_POD_INFRA_CONTAINER_ID")
-            .filter(|v| !v.is_empty())
-    }
 }
 
 /// The validated environment of one call.
@@ -141,14 +134,6 @@ pub struct CniEnv {
 }
 
 impl CniEnv {
-    /// Read from the process environment.
-    pub fn from_process(known_args: &[&str]) -> Result<CniEnv> {
-        let vars: HashMap<String, String> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
-        CniEnv::from_map(&vars, known_args)
-    }
-
     /// Parse and validate; every failure is code 4 (invalid environment).
     pub fn from_map(vars: &HashMap<String, String>, known_args: &[&str]) -> Result<CniEnv> {
         let get = |k: &str| vars.get(k).map(String::as_str).unwrap_or("");

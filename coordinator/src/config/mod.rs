@@ -321,13 +321,46 @@ mod tests {
             "multusNicPrefix": "net"
         }))
         .unwrap();
+        // Every field the config sets, as set.
+        let nets = |v: &[IpNet]| v.iter().map(IpNet::to_string).collect::<Vec<_>>();
         assert_eq!(c.mode, Mode::Disabled);
+        assert_eq!(c.pod_default_cni_nic, "eth0");
+        assert_eq!(c.pod_default_route_nic.as_deref(), Some("net1"));
         assert_eq!(c.default_route_nic(), "net1");
+        assert_eq!(c.host_rule_table, 600);
         assert_eq!(c.pod_rp_filter, None);
-        assert_eq!(c.overlay_pod_cidr[0].to_string(), "10.244.0.0/16");
-        assert_eq!(c.hijack_all().len(), 4);
-        assert_eq!(c.detect_options.window(), Duration::from_millis(300));
+        assert_eq!(c.tx_queue_len, 2000);
+        assert_eq!(c.veth_mtu, Some(1400));
+        assert_eq!(
+            c.veth_link_address,
+            Some("169.254.200.1/32".parse().unwrap())
+        );
         assert_eq!(c.pod_mac_prefix, Some([0x0a, 0x1b]));
+        assert_eq!(nets(&c.service_cidr), ["10.233.0.0/18", "fd00:233::/110"]);
+        assert_eq!(nets(&c.overlay_pod_cidr), ["10.244.0.0/16"]);
+        assert_eq!(nets(&c.hijack_cidr), ["10.233.0.0/18", "169.254.25.10/32"]);
+        assert_eq!(c.hijack_all().len(), 4);
+        assert_eq!(
+            c.policy_routes,
+            [PolicyRoute {
+                dst: "192.168.0.0/16".parse().unwrap(),
+                gw: "10.6.0.1".parse().unwrap()
+            }]
+        );
+        assert!(c.detect_ip_conflict && c.detect_gateway);
+        assert_eq!(
+            c.detect_options,
+            DetectOptions {
+                retries: 5,
+                interval: Duration::from_millis(20),
+                timeout: Duration::from_millis(200)
+            }
+        );
+        assert_eq!(c.detect_options.window(), Duration::from_millis(300));
+        // Left at their defaults: not in the config.
+        assert!(c.tune_pod_routes);
+        assert_eq!(c.quarantine_file, Path::new(DEFAULT_QUARANTINE_FILE));
+        assert_eq!(c.quarantine_ttl, Duration::from_secs(600));
         assert_eq!(c.log.file, None);
         assert_eq!(c.log.level.as_deref(), Some("debug"));
         assert_eq!(

@@ -180,9 +180,6 @@ impl Layout {
     pub fn is_first(self) -> bool {
         matches!(self, Layout::UnderlayFirst | Layout::OverlayFirst)
     }
-    pub fn is_underlay(self) -> bool {
-        matches!(self, Layout::UnderlayFirst | Layout::UnderlayLater)
-    }
 }
 
 /// Everything the planner needs besides the config.
