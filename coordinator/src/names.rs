@@ -28,6 +28,7 @@ pub fn random_mac() -> Mac {
     let mut b = [0u8; 6];
     // getrandom(2) never blocks once the pool is initialised (always true
     // long after boot); fall back to time and pid bits rather than fail.
+    // SAFETY: the buffer is valid for writes of its length, which is what getrandom is told.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != b.len() as isize {
         let t = std::time::SystemTime::now()

@@ -44,6 +44,7 @@ pub fn enter(cmd: &mut Command, ns: &Path, how: Enter) -> io::Result<()> {
     let sysfs = c"sysfs";
     let none = c"none";
     let sysfs_source = CString::new("cni-lab").map_err(io::Error::other)?;
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe functions (setns, unshare, mount) on data moved into it.
     unsafe {
         cmd.pre_exec(move || {
             let fd = file.as_raw_fd();

@@ -83,6 +83,7 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>, peers: Arc<Mutex<Vec<Sock
             revents: 0,
         };
         // Short poll so Drop is prompt.
+        // SAFETY: `pfd` is one valid pollfd, and 1 says so.
         unsafe { libc::poll(&mut pfd, 1, 50) };
         let (mut conn, peer) = match listener.accept() {
             Ok(c) => c,
@@ -147,6 +148,7 @@ fn connect(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::Resul
     } else {
         libc::AF_INET6
     };
+    // SAFETY: socket(2) takes only integers; the result is checked.
     let fd = unsafe {
         libc::socket(
             domain,
@@ -157,15 +159,18 @@ fn connect(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::Resul
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if let Some(src) = src {
         let (sa, len) = sockaddr(SocketAddr::new(src, 0));
+        // SAFETY: `sa` holds a sockaddr of `len` bytes for the duration of the call.
         if unsafe { libc::bind(fd.as_raw_fd(), sa.as_ptr(), len) } != 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("bind {src}: {e}")));
         }
     }
     let (sa, len) = sockaddr(dst);
+    // SAFETY: `sa` holds a sockaddr of `len` bytes for the duration of the call.
     if unsafe { libc::connect(fd.as_raw_fd(), sa.as_ptr(), len) } != 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -177,6 +182,7 @@ fn connect(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::Resul
             revents: 0,
         };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is one valid pollfd, and 1 says so.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
         if r == 0 {
             return Err(io::Error::new(
@@ -189,6 +195,7 @@ fn connect(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::Resul
         }
         let mut err: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are valid for writes of the sizes `len` states.
         unsafe {
             libc::getsockopt(
                 fd.as_raw_fd(),
@@ -210,6 +217,7 @@ fn connect(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::Resul
 
 /// A `sockaddr_storage` for `addr`, with its length.
 fn sockaddr(addr: SocketAddr) -> (SockAddrBuf, libc::socklen_t) {
+    // SAFETY: all-zero bytes are a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
         SocketAddr::V4(a) => {
@@ -221,6 +229,7 @@ fn sockaddr(addr: SocketAddr) -> (SockAddrBuf, libc::socklen_t) {
                 },
                 sin_zero: [0; 8],
             };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
             unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
             std::mem::size_of::<libc::sockaddr_in>()
         }
@@ -234,6 +243,7 @@ fn sockaddr(addr: SocketAddr) -> (SockAddrBuf, libc::socklen_t) {
                 },
                 sin6_scope_id: a.scope_id(),
             };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
             unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
             std::mem::size_of::<libc::sockaddr_in6>()
         }

@@ -362,6 +362,7 @@ fn sigterm_removes_the_labs_namespaces() {
     let before = lab::list_netns(&prefix).unwrap();
     assert!(before.len() >= 3, "{before:?}");
     let pid = libc::pid_t::try_from(child.0.id()).unwrap();
+    // SAFETY: kill(2) takes only integers; the pid is our own child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = child.0.wait().unwrap();
     assert_eq!(

@@ -84,6 +84,7 @@ pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
             if done_rx.recv_timeout(timeout).is_err() {
                 if let Ok(mut s) = state.lock() {
                     if !s.0 {
+                        // SAFETY: kill(2) takes only integers; the child is not reaped yet (waitid WNOWAIT), so the pid is still ours.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                         s.1 = true;
                     }
@@ -94,7 +95,9 @@ pub fn run(spec: Spawn<'_>) -> io::Result<RawRun> {
 
     // Wait for exit without reaping, so the watchdog's pid stays valid.
     loop {
+        // SAFETY: all-zero bytes are a valid siginfo_t.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid siginfo_t for waitid to fill.
         let r = unsafe {
             libc::waitid(
                 libc::P_PID,

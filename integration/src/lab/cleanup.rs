@@ -24,6 +24,7 @@ pub fn remove_netns(name: &str) -> io::Result<()> {
         ));
     }
     let path = CString::new(format!("{NETNS_DIR}/{name}")).map_err(io::Error::other)?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the umount and unlink calls, which only read it.
     unsafe {
         // EINVAL: not a mount point (already unmounted); ENOENT: gone.
         if libc::umount2(path.as_ptr(), libc::MNT_DETACH) != 0 {
@@ -111,6 +112,7 @@ static INSTALL: Once = Once::new();
 pub fn install_signal_handler() {
     INSTALL.call_once(|| {
         let _ = SIGNAL_PREFIX.set(process_prefix().into_bytes());
+        // SAFETY: a zeroed sigaction is a valid empty one; the handler only calls async-signal-safe functions (see on_signal).
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
@@ -127,12 +129,14 @@ extern "C" fn on_signal(sig: libc::c_int) {
         // Removing entries while reading the directory may hide some from
         // getdents; rescan until a pass removes nothing.
         for _ in 0..8 {
+            // SAFETY: sweep_raw is called from the signal handler's context with a prefix that lives for the process.
             if unsafe { sweep_raw(prefix) } == 0 {
                 break;
             }
         }
     }
     // SA_RESETHAND restored the default action: die of the same signal.
+    // SAFETY: raise(2) is async-signal-safe and takes no pointers.
     unsafe {
         libc::raise(sig);
     }

@@ -435,6 +435,7 @@ fn check_name(name: &str) -> io::Result<()> {
 }
 
 fn require_root() -> io::Result<()> {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
