@@ -35,11 +35,7 @@ pub(super) fn parse_link_local(s: &str) -> cni::Result<IpNet> {
             }
         },
     };
-    let link_local = match net.addr() {
-        IpAddr::V4(a) => a.is_link_local(),
-        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
-    };
-    if !link_local {
+    if !crate::plan::is_link_local(&net.addr()) {
         return Err(Error::config(
             "vethLinkAddress",
             format!("{s} is not a link-local address (169.254.0.0/16 or fe80::/10)"),

@@ -70,7 +70,7 @@ impl Watch {
                     }
                 }
                 IpAddr::V6(a) => {
-                    if is_link_local(a) {
+                    if crate::plan::is_link_local(&IpAddr::V6(*a)) {
                         v6_link_local.get_or_insert(*a);
                     } else if w.v6_src.is_unspecified() {
                         w.v6_src = *a;
@@ -227,6 +227,3 @@ fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
     }
 }
 
-fn is_link_local(a: &Ipv6Addr) -> bool {
-    a.segments()[0] & 0xffc0 == 0xfe80
-}
