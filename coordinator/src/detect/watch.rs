@@ -226,4 +226,3 @@ fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
         v.push(x);
     }
 }
-
