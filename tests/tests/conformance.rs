@@ -620,8 +620,83 @@ fn repeated_del_succeeds_with_and_without_prev_result() {
     }
 }
 
+/// A node netns of the test's own, holding what an ADD of `id` left on the
+/// host: the host veth named after the container ID, and host routes to the
+/// sample result's addresses in the default `hostRuleTable`.
+struct Node(String);
+
+impl Node {
+    fn with_attachment_of(id: &str) -> Node {
+        let node = Node(format!("cnode{}-{}", std::process::id(), unique_id("n")));
+        let veth = coordinator::names::host_veth_name(id);
+        node.ip(&["netns", "add", &node.0]);
+        for args in [
+            vec!["link", "add", &veth, "type", "veth", "peer", "name", "p0"],
+            vec!["link", "set", &veth, "up"],
+            vec!["link", "set", "p0", "up"],
+            vec!["route", "add", "10.6.0.5/32", "dev", &veth, "table", "500"],
+            vec![
+                "-6",
+                "route",
+                "add",
+                "fd00:6::5/128",
+                "dev",
+                &veth,
+                "table",
+                "500",
+            ],
+        ] {
+            node.ip(&[&["-n", &node.0][..], &args].concat());
+        }
+        node
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+
+    /// What is left of the attachment: links besides lo, routes in 500.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left: Vec<String> = self
+            .ip(&["-n", &self.0, "-o", "link", "show"])
+            .lines()
+            .filter(|l| !l.contains(" lo:"))
+            .map(str::to_string)
+            .collect();
+        for family in ["-4", "-6"] {
+            left.extend(
+                self.ip(&["-n", &self.0, family, "route", "show", "table", "500"])
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        left
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// DEL with a config that no longer validates still succeeds, twice, and
+/// still removes what the pod had on the node (its host veth and host
+/// routes), with the defaults: a config edited after ADD must not strand
+/// them.
 #[test]
-fn del_with_an_invalid_config_still_succeeds() {
+fn del_with_an_invalid_config_still_succeeds_and_cleans_up() {
     let dir = tmp();
     let cases = [
         ("mode", json!("fancy")),
@@ -635,14 +710,21 @@ fn del_with_an_invalid_config_still_succeeds() {
         ("prevResult", json!({"ips": [{"address": "garbage"}]})),
     ];
     for (field, val) in cases {
-        let mut conf = coord_conf("1.0.0", dir.path(), "underlay");
+        let mut conf = with_prev(
+            coord_conf("1.0.0", dir.path(), "underlay"),
+            sample_result("1.0.0", false),
+        );
         conf[field] = val;
         let id = unique_id("x");
+        let node = Node::with_attachment_of(&id);
+        assert_eq!(node.leftovers().len(), 4, "{:?}", node.leftovers());
         for _ in 0..2 {
             Exec::cni(coordinator(), "DEL", &id, &gone_netns(dir.path()))
+                .in_netns(node.path())
                 .stdin_json(&conf)
                 .run()
                 .ok_silent();
+            assert_eq!(node.leftovers(), Vec::<String>::new(), "{field}");
         }
     }
 }
