@@ -1132,8 +1132,8 @@ const HOST_DEVICE_VID: u16 = 300;
 /// uplinks. The same cell code as the host matrix, run inside a Debian
 /// kernel by [`kernel_lab_cells`]. See the README's kernel-lab table.
 fn lab_cells() -> Vec<Cell> {
-    use IpvlanMode::*;
     use Ipam::*;
+    use IpvlanMode::*;
     use Main::*;
     use Style::*;
     let c = |nics: &[Main], subnets: &[u8], ipam, style, fams, default_nic| Cell {
@@ -1147,13 +1147,34 @@ fn lab_cells() -> Vec<Cell> {
     vec![
         // ipvlan L2: the first NIC in underlay mode, beside macvlan, beside ptp.
         c(&[Ipvlan(L2)], &[], HostLocal, DefaultOnly, DUAL, None),
-        c(&[Macvlan, Ipvlan(L2)], &[], HostLocal, DefaultEvery, DUAL, None),
+        c(
+            &[Macvlan, Ipvlan(L2)],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
         c(&[Ptp, Ipvlan(L2)], &[], HostLocal, DefaultEvery, DUAL, None),
         // VLAN and bond uplinks.
         c(&[Macvlan], &[5], HostLocal, DefaultOnly, DUAL, None),
-        c(&[Macvlan, Macvlan], &[6, 7], HostLocal, DefaultEvery, DUAL, None),
+        c(
+            &[Macvlan, Macvlan],
+            &[6, 7],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
         c(&[Ipvlan(L2)], &[7], Static, DefaultOnly, V4, None),
-        c(&[HostDeviceVlan, Macvlan], &[], Static, DefaultEvery, DUAL, None),
+        c(
+            &[HostDeviceVlan, Macvlan],
+            &[],
+            Static,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
     ]
 }
 

@@ -198,11 +198,15 @@ fn uplink_lines(
     use super::Uplink;
     let i = s.index;
     let veth = |node: &mut Vec<String>, n: &str, f: &str| {
-        node.push(format!("link add {n} type veth peer name {f} netns {fabric_ns}"));
+        node.push(format!(
+            "link add {n} type veth peer name {f} netns {fabric_ns}"
+        ));
     };
     let vlan = |lines: &mut Vec<String>, lower: &str, vid: u16| -> String {
         let name = format!("{lower}.{vid}");
-        lines.push(format!("link add link {lower} name {name} type vlan id {vid}"));
+        lines.push(format!(
+            "link add link {lower} name {name} type vlan id {vid}"
+        ));
         lines.push(format!("link set {lower} up"));
         name
     };
