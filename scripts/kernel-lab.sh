@@ -152,7 +152,7 @@ run() {
   qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -m "$mem" -smp 1 -nodefaults -no-user-config \
     -display none -monitor none -serial stdio -no-reboot -nic none \
     -kernel "$kernel_img" -initrd "$initrd" \
-    -append "console=ttyS0 quiet loglevel=3 mitigations=off nokaslr tsc=reliable no_timer_check i8042.noaux i8042.nokbd i8042.nopnp norandmaps panic=-1 rdinit=/init lab.stage=$SELF" \
+    -append "console=ttyS0 quiet loglevel=3 mitigations=off nokaslr clocksource=hpet tsc=unstable no_timer_check i8042.noaux i8042.nokbd i8042.nopnp norandmaps panic=-1 rdinit=/init lab.stage=$SELF" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$job,mount_tag=job,security_model=none" </dev/null || rc=$?
   if [ ! -f "$job/rc" ]; then

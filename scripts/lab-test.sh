@@ -23,7 +23,7 @@ for t in "${tests[@]}"; do
   bins+=("$bin")
 done
 # In the guest: every binary's ignored (lab-only) tests, then one status.
-guest_cmd='rc=0; for b in "$@"; do echo "== $b"; "$b" --ignored --test-threads=1 || rc=1; done; exit $rc'
+guest_cmd='rc=0; for b in "$@"; do echo "== $b"; "$b" --ignored --test-threads=1 --nocapture || rc=1; done; exit $rc'
 
 logs=$(mktemp -d /tmp/lab-test.XXXXXX)
 trap 'rm -rf "$logs"' EXIT

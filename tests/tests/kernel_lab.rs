@@ -209,3 +209,35 @@ fn ipvlan_refuses_pod_mac_prefix() {
     assert!(err.msg.contains("podMACPrefix"), "{}", err.msg);
     chain.del(&att).unwrap();
 }
+
+/// `conf-examples/ipvlan-underlay.conflist` as shipped (coordinator-ipam
+/// with its default store: in a guest that is the guest's tmpfs overlay):
+/// ADD, the pod reaches its gateway and the node reaches the pod through
+/// the underlay veth, CHECK passes, DEL leaves no host veth.
+#[test]
+#[ignore = "needs ipvlan: scripts/lab-test.sh runs it in a Debian guest"]
+fn ipvlan_underlay_example_runs_as_shipped() {
+    let lab = Lab::new().unwrap();
+    let mut list = NetConfList::from_file(conf_example("ipvlan-underlay.conflist")).unwrap();
+    // Only the log is moved next to the lab; the rest is as shipped.
+    lab.localize(&mut list);
+    let chain = lab
+        .chain(list)
+        .cni_path(cni_path())
+        .timeout(lab::slow(std::time::Duration::from_secs(60)));
+    let pod = lab.pod("p").unwrap();
+    let att = Attachment::new("c-shipped", &pod.path, "eth0");
+    let out = chain
+        .add(&att)
+        .unwrap_or_else(|e| panic!("ADD of the shipped ipvlan conflist: {e}"));
+    let ip = integration::chain::result_ips(out.result.as_ref().unwrap())[0];
+    assert!(ping(&pod.name, "10.6.0.1".parse().unwrap(), None));
+    assert!(ping(lab.node(), ip, None), "node cannot reach {ip}");
+    chain.check(&att).unwrap();
+    chain.del(&att).unwrap();
+    let left = lab::state::link_names(lab.node()).unwrap();
+    assert!(
+        !left.iter().any(|l| l.starts_with("veth")),
+        "host veth left: {left:?}"
+    );
+}

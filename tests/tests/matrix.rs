@@ -985,6 +985,31 @@ fn check_and_repeat(w: &Worker, cell: &Cell, a: &CellPod, f: &mut Failures) -> V
     replays
 }
 
+/// An ipvlan L3/L3S slave answers no ARP or ND: as a real fabric in front of
+/// one must, the lab routes the pod's addresses to the node, in the fabric
+/// router and in the subnet's local client. (netns, `ip` line) pairs.
+fn l3_routes(w: &Worker, cell: &Cell, pods: &[&CellPod]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, main) in cell.nics.iter().enumerate() {
+        if !matches!(main, Main::Ipvlan(IpvlanMode::L3 | IpvlanMode::L3s)) {
+            continue;
+        }
+        let s = subnet_of(cell, i);
+        let client = &w.local[usize::from(s) - 1];
+        for p in pods {
+            for ip in &p.nics[i].ips {
+                let line = format!(
+                    "route replace {ip} via {}",
+                    node_addr(&w.lab, s, ip.is_ipv4())
+                );
+                out.push((w.lab.fabric().to_string(), line.clone()));
+                out.push((client.name.clone(), line));
+            }
+        }
+    }
+    out
+}
+
 /// DEL in reverse order; afterwards the pod holds nothing but `lo` and the
 /// node is as before the cell.
 fn del_all(cell: &Cell, p: &CellPod, f: &mut Failures) {
@@ -1038,10 +1063,19 @@ fn run_cell(w: &Worker, cell: &Cell, n: usize) -> Vec<String> {
     let node_before = snapshot(w.lab.node());
     let a = attach_pod(w, cell, &format!("a{n}"), &da);
     let b = attach_pod(w, cell, &format!("b{n}"), &db);
+    let l3 = l3_routes(w, cell, &[&a, &b]);
+    for (ns, line) in &l3 {
+        state::ip_batch(ns, std::slice::from_ref(line)).unwrap();
+    }
     traffic(w, cell, &a, &b, &mut f);
     let replays = check_and_repeat(w, cell, &a, &mut f);
     del_all(cell, &a, &mut f);
     del_all(cell, &b, &mut f);
+    // The next cell may hand these addresses to a NIC that answers ARP.
+    for (ns, line) in &l3 {
+        let del = line.replacen("route replace", "route del", 1);
+        state::ip_batch(ns, &[del]).ok();
+    }
     // A second DEL of the coordinator still succeeds (the reference
     // host-device's does not: it looks for the link it gave back).
     for (nic, again) in a.nics.iter().zip(&replays) {
@@ -1174,6 +1208,43 @@ fn lab_cells() -> Vec<Cell> {
             DefaultEvery,
             DUAL,
             None,
+        ),
+        // ipvlan L3 and L3S as net1: the lab routes the pod's addresses.
+        c(
+            &[Macvlan, Ipvlan(L3)],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
+        c(
+            &[Macvlan, Ipvlan(L3s)],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
+        // Host matrix cells on the distribution kernels: IPv6 defaults of
+        // every NIC merged into one multipath route, the default on a later
+        // NIC, IPv6 only, and ptp's on-link gateway beside ipvlan.
+        c(
+            &[Macvlan, Macvlan],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            Some(1),
+        ),
+        c(&[Macvlan], &[], HostLocal, DefaultOnly, V6, None),
+        c(
+            &[Ptp, Ipvlan(L2)],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            Some(1),
         ),
     ]
 }
