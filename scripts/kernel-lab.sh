@@ -148,6 +148,9 @@ run() {
   local kernel_img
   kernel_img=$(ls "$kdir"/boot/vmlinuz-*)
   local rc=0
+  # clocksource=hpet: the TSC, calibrated at boot on a loaded host, ran a
+  # 6.12 guest's clock ~4x fast (every timeout in it 4x short); QEMU's HPET
+  # follows the host's clock.
   # stdin from /dev/null: the serial console must not eat the caller's input.
   qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -m "$mem" -smp 1 -nodefaults -no-user-config \
     -display none -monitor none -serial stdio -no-reboot -nic none \
