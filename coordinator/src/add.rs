@@ -259,7 +259,8 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
             "podMACPrefix",
             format!(
                 "{ifname} is an ipvlan slave: it shares its master's MAC, so no MAC \
-                 of its own can be set; leave podMACPrefix out of ipvlan networks"
+                 of its own can be set; leave podMACPrefix out of ipvlan networks \
+                 (\"\" there when the node defaults file sets one)"
             ),
         ));
     }

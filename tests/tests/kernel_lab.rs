@@ -201,13 +201,25 @@ fn ipvlan_l3s_clean_add_with_detection_passes() {
 #[ignore = "needs ipvlan: scripts/lab-test.sh runs it in a Debian guest"]
 fn ipvlan_refuses_pod_mac_prefix() {
     let lab = Lab::new().unwrap();
-    let chain = chain(&lab, "l2", json!({"podMACPrefix": "0a:0b"}));
+    let refused = chain(&lab, "l2", json!({"podMACPrefix": "0a:0b"}));
     let pod = lab.pod("p").unwrap();
     let att = Attachment::new("c-macprefix", &pod.path, "eth0");
-    let err = expect_failure(chain.add(&att));
+    let err = expect_failure(refused.add(&att));
     assert_eq!(err.code, 7, "{err:?}");
     assert!(err.msg.contains("podMACPrefix"), "{}", err.msg);
-    chain.del(&att).unwrap();
+    refused.del(&att).unwrap();
+    // A network opts out of a node-wide prefix with "".
+    let defaults = lab.dir().join("defaults.json");
+    std::fs::write(&defaults, r#"{"podMACPrefix": "0a:0b"}"#).unwrap();
+    let opted_out = chain(
+        &lab,
+        "l2",
+        json!({"podMACPrefix": "", "defaultsFile": defaults}),
+    );
+    opted_out
+        .add(&att)
+        .unwrap_or_else(|e| panic!("ADD opting out of the defaults' prefix: {e}"));
+    opted_out.del(&att).unwrap();
 }
 
 /// `conf-examples/ipvlan-underlay.conflist` as shipped (coordinator-ipam
