@@ -1292,6 +1292,30 @@ fn kernel_lab_cells() {
     );
 }
 
+/// Issue 20's cells are all there: every ipvlan mode, ipvlan as eth0 and
+/// beside macvlan and ptp, each VLAN/bond uplink, host-device of a VLAN.
+#[test]
+fn lab_cells_cover_issue_20() {
+    use IpvlanMode::*;
+    let cells = lab_cells();
+    let has = |f: &dyn Fn(&Cell) -> bool| cells.iter().any(f);
+    for mode in [L2, L3, L3s] {
+        assert!(has(&|c| c.nics.contains(&Main::Ipvlan(mode))), "{mode:?}");
+    }
+    assert!(has(
+        &|c| c.nics == [Main::Ipvlan(L2)] && c.subnets.is_empty()
+    ));
+    assert!(has(&|c| c.nics == [Main::Macvlan, Main::Ipvlan(L2)]));
+    assert!(has(&|c| c.nics == [Main::Ptp, Main::Ipvlan(L2)]));
+    assert!(has(&|c| c.nics.contains(&Main::HostDeviceVlan)));
+    for (i, uplink) in LAB_UPLINKS.iter().enumerate() {
+        let s = i as u8 + 1;
+        if *uplink != lab::Uplink::Veth {
+            assert!(has(&|c| c.subnets.contains(&s)), "{uplink:?}");
+        }
+    }
+}
+
 #[test]
 fn matrix_cells_cover_the_issue() {
     let cells = cells();
