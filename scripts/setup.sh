@@ -65,3 +65,59 @@ if [ "$(id -u)" != 0 ]; then
   echo "setup: the tests and the demo create network namespaces and need root" >&2
   exit 1
 fi
+
+# --- kernel lab (issue 20): QEMU + Debian 6.1 and 6.12 kernels --------------
+# The lab (scripts/kernel-lab.sh) boots distribution kernels under QEMU to run
+# what this host's kernel cannot build (ipvlan, vlan, bond). Everything comes
+# from Debian's archive with apt; the kernels are downloaded, never committed,
+# and unpacked once under $LAB_CACHE so reruns cost nothing. Trixie's kernel
+# comes through a private apt state (own sources.list, lists and cache) so the
+# system's sources stay as they are.
+LAB_CACHE=/var/cache/coordinator-lab
+lab_need=()
+command -v qemu-system-x86_64 >/dev/null || lab_need+=(qemu-system-x86)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx switch_root || lab_need+=(busybox-static)
+command -v depmod >/dev/null || lab_need+=(kmod)
+command -v cpio >/dev/null || lab_need+=(cpio)
+if [ ${#lab_need[@]} -gt 0 ]; then
+  echo "setup: installing ${lab_need[*]} for the kernel lab" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${lab_need[@]}" >/dev/null
+fi
+# lab_kernel NAME APT_OPTS...: downloads the image linux-image-amd64 depends on
+# in the given apt state and unpacks it to $LAB_CACHE/NAME (with modules.dep).
+lab_kernel() {
+  local name=$1; shift
+  local dir=$LAB_CACHE/$name
+  [ -f "$dir/.ready" ] && return 0
+  local pkg
+  pkg=$(apt-cache "$@" depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  [ -n "$pkg" ] || { echo "setup: no kernel image package for $name" >&2; return 1; }
+  echo "setup: downloading $pkg for the kernel lab ($name)" >&2
+  rm -rf "$dir" "$LAB_CACHE/deb-$name"
+  mkdir -p "$LAB_CACHE/deb-$name"
+  # apt downloads as _apt when it can write there (no sandbox warning).
+  chown _apt: "$LAB_CACHE/deb-$name" 2>/dev/null || true
+  (cd "$LAB_CACHE/deb-$name" && apt-get "$@" download -qq "$pkg")
+  dpkg-deb -x "$LAB_CACHE"/deb-"$name"/*.deb "$dir"
+  rm -rf "$LAB_CACHE/deb-$name"
+  local ver
+  # trixie is merged-/usr: its modules live under usr/lib.
+  [ -d "$dir/lib/modules" ] || ln -s usr/lib "$dir/lib"
+  ver=$(ls "$dir/lib/modules" | head -n1)
+  depmod -b "$dir" "$ver"
+  echo "$ver" > "$dir/.ready"
+}
+mkdir -p "$LAB_CACHE"
+lab_kernel 6.1
+TRIXIE=$LAB_CACHE/apt-trixie
+mkdir -p "$TRIXIE/lists/partial" "$TRIXIE/cache/archives/partial"
+echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main' \
+  > "$TRIXIE/sources.list"
+trixie_opts=(-o "Dir::Etc::SourceList=$TRIXIE/sources.list" -o Dir::Etc::SourceParts=/dev/null
+  -o "Dir::State::Lists=$TRIXIE/lists" -o "Dir::Cache=$TRIXIE/cache")
+if [ ! -f "$LAB_CACHE/6.12/.ready" ]; then
+  apt-get "${trixie_opts[@]}" update -qq
+  lab_kernel 6.12 "${trixie_opts[@]}"
+fi

@@ -19,6 +19,11 @@ scripts/build.sh --plugins
 # dependencies they are built from.
 scripts/notices.sh --check
 cargo test --workspace --exclude coordinator
+# --- kernel lab (issue 20) ---
+# ipvlan, VLAN and bond cells need a distribution kernel: run them in Debian
+# 6.1 and 6.12 guests under QEMU, both at once, against the same build.
+scripts/lab-test.sh
+# --- end kernel lab ---
 # coordinator's own unit and netns tests last: cargo relinks its binary
 # (dynamically) for them, which the tests above must not run against.
 cargo test -p coordinator

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use crate::announce::announce;
 use crate::apply::{apply, Journal, Kernel};
 use crate::config::{Config, Mode};
-use crate::detect::{detect, KernelDad, NicProbe};
+use crate::detect::{detect, KernelDad, Master, NicProbe};
 use crate::macprefix::mac_for;
 use crate::mode::{self, FirstNic};
 use crate::names::{format_mac, host_veth_name, random_mac, POD_VETH};
@@ -253,6 +253,19 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         .link(ifname)
         .cloned()
         .ok_or_else(|| Error::kernel(format!("pod link {ifname}"), "not found"))?;
+    // An ipvlan slave has its master's MAC and cannot have another.
+    if nic.ipvlan().is_some() && cfg.pod_mac_prefix.is_some() {
+        return Err(Error::config(
+            "podMACPrefix",
+            format!(
+                "{ifname} is an ipvlan slave: it shares its master's MAC, so no MAC \
+                 of its own can be set; leave podMACPrefix out of ipvlan networks \
+                 (\"\" there when the node defaults file sets one)"
+            ),
+        ));
+    }
+    // An L3/L3S slave is NOARP: nothing it would announce can leave it.
+    let l3_slave = nic.ipvlan().is_some_and(|m| m.is_l3());
 
     let k = Kernel {
         host: &host,
@@ -296,12 +309,13 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     if detecting {
         let announced = run_detection(
             cfg,
+            &host,
             &pod,
             &pod_ns,
             &nic,
             mac,
             &ctx.inputs,
-            mac_change.is_some(),
+            mac_change.is_some() && !l3_slave,
         )?;
         v4_announced = announced;
         journal.restore_pod_sysctl(&notify_key);
@@ -317,7 +331,7 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     // announced after our own MAC change, and only when neither the kernel
     // nor the detection socket did it: a packet socket of its own costs an
     // RCU grace period to close.
-    if mac != [0; 6] {
+    if mac != [0; 6] && !l3_slave {
         let addrs: Vec<IpAddr> = ctx
             .inputs
             .ips
@@ -405,10 +419,21 @@ fn set_arp_notify(pod_ns: &NetNs, key: &str, value: &str) -> Option<Option<Strin
     res.map_err(|e| tracing::warn!("{key}={value}: {e}")).ok()
 }
 
+/// The master of ipvlan slave `nic` in the node's netns: IFLA_LINK names
+/// it there, and it must carry the slave's MAC (an index of another netns
+/// could name an unrelated link).
+fn ipvlan_master(host: &Netlink, nic: &Link) -> Option<Link> {
+    let index = nic.link?;
+    let master = host.link_by_index(index).ok().flatten()?;
+    (master.mac.is_some() && master.mac == nic.mac).then_some(master)
+}
+
 /// Runs the checks; Ok(true) when the IPv4 addresses were announced through
 /// the check's socket (`announce_v4` asked for it and the check was clean).
+#[allow(clippy::too_many_arguments)]
 fn run_detection(
     cfg: &Config,
+    host: &Netlink,
     pod: &Netlink,
     pod_ns: &NetNs,
     nic: &Link,
@@ -416,12 +441,43 @@ fn run_detection(
     inp: &crate::plan::Inputs,
     announce_v4: bool,
 ) -> Result<bool> {
+    let master = match nic.ipvlan() {
+        Some(mode) => match ipvlan_master(host, nic) {
+            Some(l) => Some(Master {
+                ifname: l.name,
+                ifindex: l.index,
+                send: mode.is_l3(),
+            }),
+            // Without the master an L3/L3S slave cannot probe at all: say
+            // so rather than pass a check that never ran.
+            None if mode.is_l3() => {
+                tracing::warn!(
+                    ifname = nic.name,
+                    "ipvlan {mode:?} slave whose master is not in this netns: \
+                     detectIPConflict and detectGateway cannot run, skipped"
+                );
+                return Ok(false);
+            }
+            None => {
+                tracing::warn!(
+                    ifname = nic.name,
+                    "ipvlan master not in this netns: a holder's reply to the probe \
+                     (delivered to the master) cannot be seen"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let key = format!("net/ipv6/conf/{}/accept_dad", nic.name);
-    let dad_enabled = pod_ns
-        .run(|| sysctl_get(&key))
-        .ok()
-        .and_then(|r| r.ok())
-        .is_none_or(|v| v != "0");
+    // The kernel runs no DAD on a NOARP link (an L3/L3S slave): its "no
+    // longer tentative" would be a verdict nobody reached.
+    let dad_enabled = !master.as_ref().is_some_and(|m| m.send)
+        && pod_ns
+            .run(|| sysctl_get(&key))
+            .ok()
+            .and_then(|r| r.ok())
+            .is_none_or(|v| v != "0");
     let addrs = inp
         .ips
         .iter()
@@ -436,6 +492,7 @@ fn run_detection(
         check_conflict: cfg.detect_ip_conflict,
         check_gateway: cfg.detect_gateway,
         announce_v4,
+        master,
     };
     let dad_state = |ip: IpAddr| kernel_dad(pod, nic.index, ip, dad_enabled);
     let report = detect(pod_ns, &probe, &cfg.detect_options, &dad_state)?;

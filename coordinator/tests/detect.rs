@@ -163,6 +163,7 @@ impl Lab {
             check_conflict: conflict,
             check_gateway: gateway,
             announce_v4: false,
+            master: None,
         }
     }
 
@@ -439,6 +440,7 @@ fn macvlan_nic_hears_conflicts_through_its_multicast_filter() {
         check_conflict: true,
         check_gateway: true,
         announce_v4: false,
+        master: None,
     };
     let r = detect(
         &lab.netns(&lab.pod),

@@ -37,6 +37,16 @@ const BACKEND_PORT: u16 = 7000;
 const CLIENT_SUBNET: u8 = 4;
 const WORKERS: usize = 3;
 
+/// Waits for one TCP exchange. No exec is involved (the client runs on a
+/// thread of the test inside the netns), so in a kernel-lab guest 3x covers
+/// the emulated stack; 20x would make each failing check cost 100 s.
+fn t() -> Duration {
+    match std::env::var_os("LAB_KERNEL") {
+        Some(_) => T * 3,
+        None => T,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Main {
     Macvlan,
@@ -47,11 +57,26 @@ pub enum Main {
     Ptp,
     /// A node bridge `cni0` with the gateway on it.
     Bridge,
+    /// ipvlan on the NIC's uplink (kernel lab only: the host has no ipvlan).
+    Ipvlan(IpvlanMode),
+    /// host-device of a VLAN link over a veth to the fabric: an SR-IOV VF
+    /// with a VLAN, as far as the pod can tell (kernel lab only).
+    HostDeviceVlan,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpvlanMode {
+    L2,
+    L3,
+    L3s,
 }
 
 impl Main {
     fn overlay(self) -> bool {
         matches!(self, Main::Ptp | Main::Bridge)
+    }
+    fn host_device(self) -> bool {
+        matches!(self, Main::HostDevice | Main::HostDeviceVlan)
     }
 }
 
@@ -113,14 +138,19 @@ pub struct Cell {
     fams: Fams,
     /// `podDefaultRouteNic`: index of the NIC.
     default_nic: Option<usize>,
+    /// The subnet of each underlay NIC in order, when not 1, 2, 3 (the
+    /// kernel lab's VLAN and bond uplinks are further subnets).
+    subnets: Vec<u8>,
 }
 
 impl Cell {
     fn name(&self) -> String {
         let nics: Vec<String> = self.nics.iter().map(|m| format!("{m:?}")).collect();
+        let on: Vec<String> = self.subnets.iter().map(|s| format!(" s{s}")).collect();
         format!(
-            "{} {:?} {:?} {} default={}",
+            "{}{} {:?} {:?} {} default={}",
             nics.join("+"),
+            on.concat(),
             self.ipam,
             self.style,
             match (self.fams.v4, self.fams.v6) {
@@ -190,6 +220,7 @@ fn cells() -> Vec<Cell> {
         style,
         fams,
         default_nic,
+        subnets: Vec::new(),
     };
     vec![
         // Underlay, the issue's first reproduction and its variants.
@@ -270,13 +301,21 @@ fn service(v4: bool) -> SocketAddr {
 
 impl Worker {
     fn new() -> Worker {
+        Worker::with_uplinks(&[])
+    }
+
+    /// A worker whose lab's subnet `i` has uplink `uplinks[i-1]` (plain veth
+    /// past the end); every subnet but the routed clients' has a local client.
+    fn with_uplinks(uplinks: &[lab::Uplink]) -> Worker {
         assert!(
             bin_dir().join("coordinator").is_file(),
             "coordinator binary missing in {} (cargo build --workspace --bins)",
             bin_dir().display()
         );
+        let n = uplinks.len().max(usize::from(CLIENT_SUBNET));
         let lab = Lab::builder()
-            .subnets(4)
+            .subnets(n)
+            .uplinks(uplinks)
             .build()
             .expect("build lab (needs root)");
         strict_ipv6_router(&lab);
@@ -295,7 +334,8 @@ impl Worker {
             lab.fabric_client(s, sn.host4(9, 1), sn.host6(0x9901))
                 .unwrap()
         };
-        let local = (1..=3).map(client).collect();
+        // Index = subnet - 1; the routed clients' subnet has one too (unused).
+        let local = (1..=n as u8).map(client).collect();
         let routed = client(CLIENT_SUBNET);
         Worker {
             local,
@@ -486,22 +526,38 @@ fn coordinator_json(w: &Worker, cell: &Cell) -> Value {
     c
 }
 
-/// The subnet of NIC `i` (underlay NICs take subnets 1, 2, 3 in order).
+/// `ipvlan(l2)` would make an odd network name (host-local's directory).
+fn network_name(main: Main) -> String {
+    format!("{main:?}")
+        .to_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+}
+
+/// The subnet of NIC `i` (underlay NICs take subnets 1, 2, 3 in order, or
+/// the cell's `subnets`).
 fn subnet_of(cell: &Cell, i: usize) -> u8 {
     let first_underlay = usize::from(cell.overlay());
-    (i + 1 - first_underlay) as u8
+    match cell.subnets.get(i - first_underlay) {
+        Some(&s) => s,
+        None => (i + 1 - first_underlay) as u8,
+    }
 }
 
 /// The conflist of NIC `i` of a pod; `hd` names a host-device to move in.
 fn conflist(w: &Worker, cell: &Cell, i: usize, hd: Option<&str>) -> NetConfList {
     let main = cell.nics[i];
     let plugin = match main {
-        Main::Macvlan | Main::HostDevice => {
+        Main::Macvlan | Main::HostDevice | Main::HostDeviceVlan | Main::Ipvlan(_) => {
             let s = subnet_of(cell, i);
             let ipam = ipam_json(w, cell, i, s);
+            let master = w.lab.subnet(s).unwrap().parent.clone();
             match main {
                 Main::Macvlan => {
-                    json!({"type": "macvlan", "master": format!("ens{s}"), "mode": "bridge", "ipam": ipam})
+                    json!({"type": "macvlan", "master": master, "mode": "bridge", "ipam": ipam})
+                }
+                Main::Ipvlan(mode) => {
+                    let mode = format!("{mode:?}").to_lowercase();
+                    json!({"type": "ipvlan", "master": master, "mode": mode, "ipam": ipam})
                 }
                 _ => json!({"type": "host-device", "device": hd.unwrap(), "ipam": ipam}),
             }
@@ -512,7 +568,7 @@ fn conflist(w: &Worker, cell: &Cell, i: usize, hd: Option<&str>) -> NetConfList 
     };
     let mut list = NetConfList::from_value(json!({
         "cniVersion": "1.0.0",
-        "name": format!("m-{}-{}", ifname(i), format!("{main:?}").to_lowercase()),
+        "name": format!("m-{}-{}", ifname(i), network_name(main)),
         "plugins": [plugin, coordinator_json(w, cell)],
     }))
     .unwrap();
@@ -589,25 +645,40 @@ impl CellPod {
 }
 
 /// A veth whose `hf<n>` end is a port of subnet `s`'s fabric bridge and
-/// whose `hd<n>` end waits in the node for host-device.
-fn host_device(w: &Worker, s: u8) -> String {
+/// whose `hd<n>` end waits in the node for host-device. With `vlan`, the
+/// device handed over is `hv<n>`, VLAN `vid` on `hd<n>` (which stays in
+/// the node), and the fabric bridges VLAN `vid` of `hf<n>`: an SR-IOV VF
+/// with a VLAN as far as the pod and the fabric can tell.
+fn host_device(w: &Worker, s: u8, vlan: Option<u16>) -> String {
     let n = w.next();
     let (node_end, fabric_end) = (format!("hd{n}"), format!("hf{n}"));
-    state::ip_batch(
-        w.lab.node(),
-        &[format!(
-            "link add {node_end} type veth peer name {fabric_end} netns {}",
-            w.lab.fabric()
-        )],
-    )
-    .unwrap();
+    let mut node = vec![format!(
+        "link add {node_end} type veth peer name {fabric_end} netns {}",
+        w.lab.fabric()
+    )];
+    let mut fabric = Vec::new();
+    let (device, port) = match vlan {
+        Some(vid) => {
+            let (dev, port) = (format!("hv{n}"), format!("hf{n}v"));
+            // The lower goes up first: a lower coming up takes its VLANs up
+            // with it, and host-device gives the VLAN back down.
+            node.push(format!("link set {node_end} up"));
+            node.push(format!(
+                "link add link {node_end} name {dev} type vlan id {vid}"
+            ));
+            fabric.push(format!(
+                "link add link {fabric_end} name {port} type vlan id {vid}"
+            ));
+            fabric.push(format!("link set {fabric_end} up"));
+            (dev, port)
+        }
+        None => (node_end, fabric_end),
+    };
+    state::ip_batch(w.lab.node(), &node).unwrap();
     let bridge = w.lab.subnet(s).unwrap().bridge.clone();
-    state::ip_batch(
-        w.lab.fabric(),
-        &[format!("link set {fabric_end} master {bridge} up")],
-    )
-    .unwrap();
-    node_end
+    fabric.push(format!("link set {port} master {bridge} up"));
+    state::ip_batch(w.lab.fabric(), &fabric).unwrap();
+    device
 }
 
 fn attach_pod(w: &Worker, cell: &Cell, name: &str, devices: &[Option<String>]) -> CellPod {
@@ -655,7 +726,7 @@ fn attach_pod(w: &Worker, cell: &Cell, name: &str, devices: &[Option<String>]) -
 
 /// The address the server at `dst` saw, or the error.
 fn peer(ns: &str, src: Option<IpAddr>, dst: SocketAddr) -> Result<IpAddr, String> {
-    let reply = tcp_request(ns, src, dst, T).map_err(|e| e.to_string())?;
+    let reply = tcp_request(ns, src, dst, t()).map_err(|e| e.to_string())?;
     reply_peer(&reply)
         .map(|p| p.ip())
         .ok_or_else(|| format!("bad reply {reply:?}"))
@@ -919,6 +990,43 @@ fn check_and_repeat(w: &Worker, cell: &Cell, a: &CellPod, f: &mut Failures) -> V
     replays
 }
 
+/// An ipvlan L3/L3S slave answers no ARP or ND: as a real fabric in front of
+/// one must, the lab routes the pod's addresses to the node, in the fabric
+/// router and in the subnet's local client. And the kernel routes a slave's
+/// IPv4 packets in the node's netns restricted to the master (`oif`): the
+/// node needs a way out through the master (here a default via the subnet's
+/// gateway, behind the node's own), as a node with an L3 ipvlan uplink that
+/// is not its default NIC does. (netns, `ip` line) pairs.
+fn l3_routes(w: &Worker, cell: &Cell, pods: &[&CellPod]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, main) in cell.nics.iter().enumerate() {
+        if !matches!(main, Main::Ipvlan(IpvlanMode::L3 | IpvlanMode::L3s)) {
+            continue;
+        }
+        let s = subnet_of(cell, i);
+        let sn = w.lab.subnet(s).unwrap();
+        if let Some(gw) = sn.gateway4 {
+            let line = format!(
+                "route replace default via {gw} dev {} metric 4242",
+                sn.parent
+            );
+            out.push((w.lab.node().to_string(), line));
+        }
+        let client = &w.local[usize::from(s) - 1];
+        for p in pods {
+            for ip in &p.nics[i].ips {
+                let line = format!(
+                    "route replace {ip} via {}",
+                    node_addr(&w.lab, s, ip.is_ipv4())
+                );
+                out.push((w.lab.fabric().to_string(), line.clone()));
+                out.push((client.name.clone(), line));
+            }
+        }
+    }
+    out
+}
+
 /// DEL in reverse order; afterwards the pod holds nothing but `lo` and the
 /// node is as before the cell.
 fn del_all(cell: &Cell, p: &CellPod, f: &mut Failures) {
@@ -951,7 +1059,10 @@ fn run_cell(w: &Worker, cell: &Cell, n: usize) -> Vec<String> {
     let mut f = Failures(Vec::new());
     let devices = |w: &Worker| -> Vec<Option<String>> {
         (0..cell.nics.len())
-            .map(|i| (cell.nics[i] == Main::HostDevice).then(|| host_device(w, subnet_of(cell, i))))
+            .map(|i| {
+                let vlan = (cell.nics[i] == Main::HostDeviceVlan).then_some(HOST_DEVICE_VID);
+                (cell.nics[i].host_device()).then(|| host_device(w, subnet_of(cell, i), vlan))
+            })
             .collect()
     };
     let (da, db) = (devices(w), devices(w));
@@ -969,10 +1080,19 @@ fn run_cell(w: &Worker, cell: &Cell, n: usize) -> Vec<String> {
     let node_before = snapshot(w.lab.node());
     let a = attach_pod(w, cell, &format!("a{n}"), &da);
     let b = attach_pod(w, cell, &format!("b{n}"), &db);
+    let l3 = l3_routes(w, cell, &[&a, &b]);
+    for (ns, line) in &l3 {
+        state::ip_batch(ns, std::slice::from_ref(line)).unwrap();
+    }
     traffic(w, cell, &a, &b, &mut f);
     let replays = check_and_repeat(w, cell, &a, &mut f);
     del_all(cell, &a, &mut f);
     del_all(cell, &b, &mut f);
+    // The next cell may hand these addresses to a NIC that answers ARP.
+    for (ns, line) in &l3 {
+        let del = line.replacen("route replace", "route del", 1);
+        state::ip_batch(ns, &[del]).ok();
+    }
     // A second DEL of the coordinator still succeeds (the reference
     // host-device's does not: it looks for the link it gave back).
     for (nic, again) in a.nics.iter().zip(&replays) {
@@ -1005,14 +1125,15 @@ fn run_cell(w: &Worker, cell: &Cell, n: usize) -> Vec<String> {
     f.0
 }
 
-/// Run `cells` on [`WORKERS`] labs in parallel; every failure of every cell.
-fn run_matrix(cells: Vec<Cell>) -> Vec<String> {
+/// Run `cells` on `workers` labs (built with `uplinks`) in parallel; every
+/// failure of every cell.
+fn run_matrix(cells: Vec<Cell>, workers: usize, uplinks: &[lab::Uplink]) -> Vec<String> {
     let queue = Mutex::new(cells.into_iter().enumerate().collect::<VecDeque<_>>());
     let failures = Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..WORKERS {
+        for _ in 0..workers {
             s.spawn(|| {
-                let w = Worker::new();
+                let w = Worker::with_uplinks(uplinks);
                 loop {
                     let Some((n, cell)) = queue.lock().unwrap().pop_front() else {
                         break;
@@ -1038,13 +1159,161 @@ fn scenario_matrix() {
         .filter(|c| c.name().contains(&only))
         .collect();
     let n = cells.len();
-    let failures = run_matrix(cells);
+    let failures = run_matrix(cells, WORKERS, &[]);
     assert!(
         failures.is_empty(),
         "{} failures in {n} cells:\n{}",
         failures.len(),
         failures.join("\n")
     );
+}
+
+// ------------------------------------------------------------------ kernel lab
+
+/// The kernel lab's uplinks (issue 20): subnets 1-3 plain veths, 4 the
+/// routed clients', 5 a VLAN, 6 an active-backup bond, 7 a VLAN over it.
+const LAB_UPLINKS: [lab::Uplink; 7] = {
+    use lab::Uplink::*;
+    [Veth, Veth, Veth, Veth, Vlan(100), Bond, BondVlan(200)]
+};
+/// The VLAN of `HostDeviceVlan` (over a plain veth of subnet 1-3).
+const HOST_DEVICE_VID: u16 = 300;
+
+/// Cells for links this host's kernel cannot build: ipvlan, VLAN and bond
+/// uplinks. The same cell code as the host matrix, run inside a Debian
+/// kernel by [`kernel_lab_cells`]. See the README's kernel-lab table.
+fn lab_cells() -> Vec<Cell> {
+    use Ipam::*;
+    use IpvlanMode::*;
+    use Main::*;
+    use Style::*;
+    let c = |nics: &[Main], subnets: &[u8], ipam, style, fams, default_nic| Cell {
+        nics: nics.to_vec(),
+        ipam,
+        style,
+        fams,
+        default_nic,
+        subnets: subnets.to_vec(),
+    };
+    vec![
+        // ipvlan L2: the first NIC in underlay mode, beside macvlan, beside ptp.
+        c(&[Ipvlan(L2)], &[], HostLocal, DefaultOnly, DUAL, None),
+        c(
+            &[Macvlan, Ipvlan(L2)],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
+        c(&[Ptp, Ipvlan(L2)], &[], HostLocal, DefaultEvery, DUAL, None),
+        // VLAN and bond uplinks.
+        c(&[Macvlan], &[5], HostLocal, DefaultOnly, DUAL, None),
+        c(
+            &[Macvlan, Macvlan],
+            &[6, 7],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
+        c(&[Ipvlan(L2)], &[7], Static, DefaultOnly, V4, None),
+        c(
+            &[HostDeviceVlan, Macvlan],
+            &[],
+            Static,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
+        // ipvlan L3 and L3S as net1: the lab routes the pod's addresses.
+        c(
+            &[Macvlan, Ipvlan(L3)],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
+        c(
+            &[Macvlan, Ipvlan(L3s)],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            None,
+        ),
+        // Host matrix cells on the distribution kernels: IPv6 defaults of
+        // every NIC merged into one multipath route, the default on a later
+        // NIC, IPv6 only, and ptp's on-link gateway beside ipvlan.
+        c(
+            &[Macvlan, Macvlan],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            Some(1),
+        ),
+        c(&[Macvlan], &[], HostLocal, DefaultOnly, V6, None),
+        c(
+            &[Ptp, Ipvlan(L2)],
+            &[],
+            HostLocal,
+            DefaultEvery,
+            DUAL,
+            Some(1),
+        ),
+    ]
+}
+
+/// The kernel lab's cells, in one guest per kernel: scripts/test.sh runs
+/// this test binary inside scripts/kernel-lab.sh on Debian 6.1 and 6.12.
+/// `MATRIX_CELL=<part of a name>` picks cells, as for the host matrix.
+#[test]
+#[ignore = "needs ipvlan, vlan and bond links: scripts/test.sh runs it in scripts/kernel-lab.sh"]
+fn kernel_lab_cells() {
+    let only = std::env::var("MATRIX_CELL").unwrap_or_default();
+    let cells: Vec<Cell> = lab_cells()
+        .into_iter()
+        .filter(|c| c.name().contains(&only))
+        .collect();
+    let n = cells.len();
+    assert!(n > 0, "no kernel-lab cell matches {only:?}");
+    for c in &cells {
+        eprintln!("kernel lab cell: {}", c.name());
+    }
+    // One lab: a guest has one (emulated) CPU.
+    let failures = run_matrix(cells, 1, &LAB_UPLINKS);
+    assert!(
+        failures.is_empty(),
+        "{} failures in {n} kernel-lab cells:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Issue 20's cells are all there: every ipvlan mode, ipvlan as eth0 and
+/// beside macvlan and ptp, each VLAN/bond uplink, host-device of a VLAN.
+#[test]
+fn lab_cells_cover_issue_20() {
+    use IpvlanMode::*;
+    let cells = lab_cells();
+    let has = |f: &dyn Fn(&Cell) -> bool| cells.iter().any(f);
+    for mode in [L2, L3, L3s] {
+        assert!(has(&|c| c.nics.contains(&Main::Ipvlan(mode))), "{mode:?}");
+    }
+    assert!(has(
+        &|c| c.nics == [Main::Ipvlan(L2)] && c.subnets.is_empty()
+    ));
+    assert!(has(&|c| c.nics == [Main::Macvlan, Main::Ipvlan(L2)]));
+    assert!(has(&|c| c.nics == [Main::Ptp, Main::Ipvlan(L2)]));
+    assert!(has(&|c| c.nics.contains(&Main::HostDeviceVlan)));
+    for (i, uplink) in LAB_UPLINKS.iter().enumerate() {
+        let s = i as u8 + 1;
+        if *uplink != lab::Uplink::Veth {
+            assert!(has(&|c| c.subnets.contains(&s)), "{uplink:?}");
+        }
+    }
 }
 
 #[test]

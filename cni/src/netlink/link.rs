@@ -4,11 +4,12 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoIpVlan, InfoKind, InfoVeth, IpVlanMode, LinkAttribute, LinkExtentMask, LinkFlags,
+    LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::{Link, Mac, Netlink, NlError, NlResult, VethSpec};
+use super::{IpvlanMode, Link, Mac, Netlink, NlError, NlResult, VethSpec};
 use crate::netns::NetNs;
 
 impl Netlink {
@@ -158,6 +159,15 @@ pub(super) fn mac_of(bytes: &[u8]) -> Option<Mac> {
     bytes.try_into().ok()
 }
 
+fn ipvlan_mode(m: IpVlanMode) -> IpvlanMode {
+    match m {
+        IpVlanMode::L2 => IpvlanMode::L2,
+        IpVlanMode::L3 => IpvlanMode::L3,
+        IpVlanMode::L3S => IpvlanMode::L3s,
+        other => IpvlanMode::Other(u16::from(other)),
+    }
+}
+
 fn parse_link(msg: LinkMessage) -> Link {
     let mut link = Link {
         index: msg.header.index,
@@ -169,6 +179,7 @@ fn parse_link(msg: LinkMessage) -> Link {
         link: None,
         link_netnsid: None,
         txqlen: 0,
+        ipvlan_mode: None,
     };
     for attr in msg.attributes {
         match attr {
@@ -180,8 +191,15 @@ fn parse_link(msg: LinkMessage) -> Link {
             LinkAttribute::TxQueueLen(q) => link.txqlen = q,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(k) = info {
-                        link.kind = Some(k.to_string());
+                    match info {
+                        LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::IpVlan(data)) => {
+                            link.ipvlan_mode = data.iter().find_map(|d| match d {
+                                InfoIpVlan::Mode(m) => Some(ipvlan_mode(*m)),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -222,8 +240,17 @@ mod tests {
                 link: Some(3),
                 link_netnsid: Some(1),
                 txqlen: 500,
+                ipvlan_mode: None,
             }
         );
+        let mut ipvlan = LinkMessage::default();
+        ipvlan.attributes = vec![LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::IpVlan),
+            LinkInfo::Data(InfoData::IpVlan(vec![InfoIpVlan::Mode(IpVlanMode::L3S)])),
+        ])];
+        let l = parse_link(ipvlan);
+        assert_eq!(l.ipvlan(), Some(IpvlanMode::L3s));
+        assert!(l.ipvlan().unwrap().is_l3());
         // A hardware address that is not Ethernet (e.g. loopback's is, but
         // tunnels have 4 bytes) is not a MAC.
         assert_eq!(mac_of(&[1, 2, 3, 4]), None);

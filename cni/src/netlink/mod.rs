@@ -106,6 +106,36 @@ pub struct Link {
     /// IFLA_LINK_NETNSID: set when the peer/parent lives in another netns.
     pub link_netnsid: Option<i32>,
     pub txqlen: u32,
+    /// IFLA_IPVLAN_MODE when `kind` is "ipvlan".
+    pub ipvlan_mode: Option<IpvlanMode>,
+}
+
+/// The mode of an ipvlan link. It decides what the pod's NIC can do on the
+/// wire: an L3/L3S slave is `NOARP` (no ARP, no ND, no kernel DAD) and the
+/// kernel routes its traffic in the master's netns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpvlanMode {
+    L2,
+    L3,
+    L3s,
+    Other(u16),
+}
+
+impl IpvlanMode {
+    /// No ARP or neighbour discovery leaves the slave (L3, L3S).
+    pub fn is_l3(self) -> bool {
+        self != IpvlanMode::L2
+    }
+}
+
+impl Link {
+    /// The ipvlan mode when this link is an ipvlan slave.
+    pub fn ipvlan(&self) -> Option<IpvlanMode> {
+        match self.kind.as_deref() {
+            Some("ipvlan") => Some(self.ipvlan_mode.unwrap_or(IpvlanMode::Other(u16::MAX))),
+            _ => None,
+        }
+    }
 }
 
 /// What to create for a veth pair: `name` stays in this netns, `peer_name`

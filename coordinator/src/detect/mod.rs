@@ -7,6 +7,17 @@
 //!
 //! The sockets are created on a short-lived thread inside the netns and then
 //! driven from the calling thread, which never changes namespace.
+//!
+//! An ipvlan slave shares its master's MAC, and ipvlan hands a unicast frame
+//! to a slave by destination IP: a holder's reply to our probe (target IP
+//! 0.0.0.0) is delivered to the master in the node's netns, never to the pod.
+//! So for an ipvlan NIC we also listen on the master (see [`Master`]); a
+//! packet socket there sees every frame the master receives, before ipvlan
+//! dispatches it. An L3/L3S slave sends no ARP or ND at all (`NOARP`): its
+//! probes go out from the master, which carries the same MAC. Answers are
+//! heard on both sides: one addressed to the slave's IP (a gateway's reply)
+//! is handed to the slave in L3 mode, and a packet socket only sees frames
+//! of a device in its own netns.
 
 pub mod arp;
 pub mod ndp;
@@ -72,6 +83,19 @@ pub struct NicProbe {
     /// through the check's own ARP socket (RFC 5227: probe, then announce).
     /// Saves opening, and waiting out the close of, another packet socket.
     pub announce_v4: bool,
+    /// For an ipvlan slave: its master in the netns the plugin runs in.
+    pub master: Option<Master>,
+}
+
+/// The master of an ipvlan slave, a link of the calling thread's netns (the
+/// node), with the slave's MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Master {
+    pub ifname: String,
+    pub ifindex: u32,
+    /// Send the probes from the master (L3/L3S: nothing leaves the slave);
+    /// otherwise only listen there.
+    pub send: bool,
 }
 
 /// Another host uses `ip`. `mac` is all zeros when only the kernel's DAD
@@ -193,7 +217,11 @@ pub fn detect(
         crate::announce::gratuitous_arps(sock, nic.mac, &v4)?;
         report.announced = v4;
     }
-    close_in_background([socks.v4, socks.v6].into_iter().flatten());
+    close_in_background(
+        [socks.v4, socks.v6, socks.master_v4, socks.master_v6]
+            .into_iter()
+            .flatten(),
+    );
     Ok(report)
 }
 
@@ -208,6 +236,27 @@ pub(crate) fn close_in_background(socks: impl IntoIterator<Item = PacketSocket>)
 struct Sockets {
     v4: Option<PacketSocket>,
     v6: Option<PacketSocket>,
+    /// On the ipvlan master (see [`Master`]).
+    master_v4: Option<PacketSocket>,
+    master_v6: Option<PacketSocket>,
+    /// The probes leave from the master sockets.
+    from_master: bool,
+}
+
+impl Sockets {
+    fn senders(&self) -> (Option<&PacketSocket>, Option<&PacketSocket>) {
+        match self.from_master {
+            true => (self.master_v4.as_ref(), self.master_v6.as_ref()),
+            false => (self.v4.as_ref(), self.v6.as_ref()),
+        }
+    }
+
+    fn all(&self) -> Vec<&PacketSocket> {
+        [&self.v4, &self.v6, &self.master_v4, &self.master_v6]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 fn open_sockets(ns: &NetNs, nic: &NicProbe, watch: &Watch) -> cni::Result<Sockets> {
@@ -223,8 +272,12 @@ fn open_sockets(ns: &NetNs, nic: &NicProbe, watch: &Watch) -> cni::Result<Socket
             groups.insert(ndp::multicast_mac(ndp::solicited_node(*a)));
         }
     }
+    let from_master = nic.master.as_ref().is_some_and(|m| m.send);
     let opened = ns.run(|| -> cni::Result<Sockets> {
         check_ifindex(ifname, ifindex)?;
+        // Opened even when the probes leave from the master: in L3 mode
+        // ipvlan hands an answer addressed to the slave's IP (a gateway's
+        // reply) to the slave, where only a socket of the pod's netns sees it.
         let open = |proto| {
             PacketSocket::open(ifindex, proto)
                 .map_err(|e| Error::kernel(format!("open packet socket on {ifname}"), e))
@@ -267,9 +320,46 @@ fn open_sockets(ns: &NetNs, nic: &NicProbe, watch: &Watch) -> cni::Result<Socket
                 }
             }
         }
-        Ok(Sockets { v4, v6 })
+        Ok(Sockets {
+            v4,
+            v6,
+            master_v4: None,
+            master_v6: None,
+            from_master,
+        })
     });
-    opened.map_err(|e| Error::kernel(format!("enter netns {}", ns.path().display()), e))?
+    let mut socks =
+        opened.map_err(|e| Error::kernel(format!("enter netns {}", ns.path().display()), e))??;
+    if let Some(m) = &nic.master {
+        // The calling thread is in the node's netns, where the master lives.
+        check_ifindex(&m.ifname, m.ifindex)?;
+        let open = |proto| {
+            PacketSocket::open(m.ifindex, proto).map_err(|e| {
+                Error::kernel(
+                    format!("open packet socket on ipvlan master {}", m.ifname),
+                    e,
+                )
+            })
+        };
+        socks.master_v4 = if need_v4 {
+            Some(open(ETH_P_ARP)?)
+        } else {
+            None
+        };
+        socks.master_v6 = if need_v6 {
+            Some(open(ETH_P_IPV6)?)
+        } else {
+            None
+        };
+        if let Some(s) = &socks.master_v6 {
+            for g in &groups {
+                if let Err(e) = s.join_multicast(*g) {
+                    tracing::warn!(ifname = %m.ifname, group = %Mac(g), error = %e, "cannot join multicast group");
+                }
+            }
+        }
+    }
+    Ok(socks)
 }
 
 /// The NIC must exist in the netns with the index we were given.
@@ -296,11 +386,12 @@ fn check_ifindex(ifname: &str, ifindex: u32) -> cni::Result<()> {
 /// Send one round: a probe per address under test, a request per silent gateway.
 fn send_round(socks: &Sockets, w: &Watch) -> cni::Result<()> {
     let mut frames: Vec<(&PacketSocket, Option<Vec<u8>>)> = Vec::new();
-    if let Some(s) = &socks.v4 {
+    let (v4, v6) = socks.senders();
+    if let Some(s) = v4 {
         frames.extend(w.v4_probe.iter().map(|a| (s, arp::probe(w.mac, *a))));
         frames.extend(w.v4_gw.iter().map(|g| (s, arp::ask(w.mac, w.v4_src, *g))));
     }
-    if let Some(s) = &socks.v6 {
+    if let Some(s) = v6 {
         frames.extend(w.v6_probe.iter().map(|a| (s, ndp::dad_probe(w.mac, *a))));
         frames.extend(w.v6_gw.iter().map(|g| (s, ndp::ask(w.mac, w.v6_src, *g))));
     }
@@ -340,10 +431,7 @@ fn run(
     let mut next_round = start;
     let mut next_poll = start;
     let mut buf = vec![0u8; 9216];
-    let list: Vec<&PacketSocket> = [socks.v4.as_ref(), socks.v6.as_ref()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let list = socks.all();
     loop {
         let now = Instant::now();
         if rounds_sent < rounds(opts) && now >= next_round {

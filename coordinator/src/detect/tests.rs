@@ -26,6 +26,7 @@ fn nic(addrs: Vec<(IpAddr, KernelDad)>, gateways: Vec<IpAddr>) -> NicProbe {
         check_conflict: true,
         check_gateway: true,
         announce_v4: false,
+        master: None,
     }
 }
 

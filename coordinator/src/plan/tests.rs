@@ -21,6 +21,7 @@ pub(super) fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
         link: None,
         link_netnsid: None,
         txqlen: 1000,
+        ipvlan_mode: None,
     }
 }
 

@@ -38,12 +38,32 @@ use crate::nsexec::{self, Enter};
 
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// How the node's uplink to one subnet is built: the link that carries the
+/// node's address there and that macvlan/ipvlan use as their parent.
+/// Everything but `Veth` needs a kernel with `8021q` / `bonding` (a
+/// distribution kernel: see scripts/kernel-lab.sh).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Uplink {
+    /// `ens<i>`: one veth to the fabric bridge.
+    #[default]
+    Veth,
+    /// `ens<i>.<vid>`: a VLAN on the veth; the fabric bridges the tagged
+    /// VLAN of its end, so only tagged frames reach the subnet.
+    Vlan(u16),
+    /// `bond<i>`: an active-backup bond of two veths (`ens<i>a`, `ens<i>b`),
+    /// both ends ports of the fabric bridge.
+    Bond,
+    /// `bond<i>.<vid>`: a VLAN over that bond.
+    BondVlan(u16),
+}
+
 /// Options of a lab.
 #[derive(Clone, Debug)]
 pub struct LabBuilder {
     subnets: usize,
     ipv4: bool,
     ipv6: bool,
+    uplinks: Vec<Uplink>,
 }
 
 impl Default for LabBuilder {
@@ -52,6 +72,7 @@ impl Default for LabBuilder {
             subnets: 1,
             ipv4: true,
             ipv6: true,
+            uplinks: Vec::new(),
         }
     }
 }
@@ -74,6 +95,12 @@ impl LabBuilder {
         self
     }
 
+    /// The uplink of subnet `i` is `uplinks[i-1]` (`Veth` past the end).
+    pub fn uplinks(mut self, uplinks: &[Uplink]) -> Self {
+        self.uplinks = uplinks.to_vec();
+        self
+    }
+
     pub fn build(self) -> io::Result<Lab> {
         if !(1..=9).contains(&self.subnets) || !(self.ipv4 || self.ipv6) {
             return Err(io::Error::new(
@@ -88,7 +115,10 @@ impl LabBuilder {
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir)?;
         let subnets = (1..=self.subnets)
-            .map(|i| Subnet::new(i as u8, self.ipv4, self.ipv6))
+            .map(|i| {
+                let uplink = self.uplinks.get(i - 1).copied().unwrap_or_default();
+                Subnet::new(i as u8, self.ipv4, self.ipv6, uplink)
+            })
             .collect();
         let lab = Lab {
             node: format!("{prefix}-node"),
@@ -111,8 +141,10 @@ impl LabBuilder {
 pub struct Subnet {
     /// 1-based.
     pub index: u8,
-    /// The node's NIC on this subnet (macvlan parent): `ens<index>`.
+    /// The node's NIC on this subnet (macvlan parent): `ens<index>`, or the
+    /// VLAN / bond of [`Uplink`].
     pub parent: String,
+    pub uplink: Uplink,
     /// The fabric bridge: `br<index>`.
     pub bridge: String,
     pub v4: Option<Ipv4Net>,
@@ -124,7 +156,7 @@ pub struct Subnet {
 }
 
 impl Subnet {
-    fn new(index: u8, ipv4: bool, ipv6: bool) -> Subnet {
+    fn new(index: u8, ipv4: bool, ipv6: bool, uplink: Uplink) -> Subnet {
         let octet = 5 + index;
         let v4 = ipv4
             .then(|| Ipv4Net::new(Ipv4Addr::new(10, octet, 0, 0), 16).ok())
@@ -134,7 +166,13 @@ impl Subnet {
             .flatten();
         Subnet {
             index,
-            parent: format!("ens{index}"),
+            parent: match uplink {
+                Uplink::Veth => format!("ens{index}"),
+                Uplink::Vlan(vid) => format!("ens{index}.{vid}"),
+                Uplink::Bond => format!("bond{index}"),
+                Uplink::BondVlan(vid) => format!("bond{index}.{vid}"),
+            },
+            uplink,
             bridge: format!("br{index}"),
             gateway4: v4.map(|_| Ipv4Addr::new(10, octet, 0, 1)),
             gateway6: v6.map(|_| Ipv6Addr::new(0xfd00, octet as u16, 0, 0, 0, 0, 0, 1)),
@@ -414,6 +452,16 @@ pub fn nft_in(ns: &str, script: &str) -> io::Result<String> {
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `t` stretched for where execs are slow: inside a kernel-lab guest (QEMU
+/// TCG, `LAB_KERNEL` set by scripts/kernel-lab.sh) an exec costs ~20x the
+/// host's, so every wait that covers execs or packet round trips gets 20x.
+pub fn slow(t: std::time::Duration) -> std::time::Duration {
+    match std::env::var_os("LAB_KERNEL") {
+        Some(_) => t * 20,
+        None => t,
+    }
 }
 
 /// Run `f` on a thread inside netns `ns` (name or path).

@@ -141,16 +141,16 @@ impl Lab {
         })?;
         let mut node = Vec::new();
         let mut fabric = Vec::new();
+        let mut ready = Vec::new();
         for s in &self.subnets {
-            let (p, b, port) = (&s.parent, &s.bridge, format!("n{}", s.index));
-            node.push(format!(
-                "link add {p} type veth peer name {port} netns {}",
-                self.fabric
-            ));
+            let (p, b) = (&s.parent, &s.bridge);
             fabric.push(format!(
                 "link add {b} type bridge forward_delay 0 mcast_snooping 0"
             ));
-            fabric.push(format!("link set {port} master {b} up"));
+            for port in uplink_lines(s, &self.fabric, &mut node, &mut fabric) {
+                fabric.push(format!("link set {port} master {b} up"));
+                ready.push(port);
+            }
             fabric.push(format!("link set {b} up"));
             if let (Some(net), Some(gw), Some(me)) = (s.v4, s.gateway4, s.node4) {
                 fabric.push(format!("addr add {gw}/{} dev {b}", net.prefix_len()));
@@ -173,8 +173,7 @@ impl Lab {
         state::ip_batch(&self.node, &node)?;
         state::ip_batch(&self.fabric, &fabric)?;
         let bridges: Vec<String> = self.subnets.iter().map(|s| s.bridge.clone()).collect();
-        let mut ready = bridges.clone();
-        ready.extend(self.subnets.iter().map(|s| format!("n{}", s.index)));
+        ready.extend(bridges.iter().cloned());
         in_netns(&self.fabric, move || {
             for b in &bridges {
                 sysctl_set(&format!("net/ipv4/conf/{b}/rp_filter"), "1")?;
@@ -185,12 +184,73 @@ impl Lab {
     }
 }
 
+/// Adds to `node` and `fabric` the `ip` lines that build subnet `s`'s uplink
+/// up to its parent link (not yet up, no address) and returns the fabric
+/// links to put on the subnet's bridge. The node end of a veth is `ens<i>`
+/// (`ens<i>a`/`b` under a bond), the fabric end `n<i>` (`n<i>a`/`b`); a VLAN
+/// is matched on the fabric side by the same VLAN on each end.
+fn uplink_lines(
+    s: &super::Subnet,
+    fabric_ns: &str,
+    node: &mut Vec<String>,
+    fabric: &mut Vec<String>,
+) -> Vec<String> {
+    use super::Uplink;
+    let i = s.index;
+    let veth = |node: &mut Vec<String>, n: &str, f: &str| {
+        node.push(format!(
+            "link add {n} type veth peer name {f} netns {fabric_ns}"
+        ));
+    };
+    let vlan = |lines: &mut Vec<String>, lower: &str, vid: u16| -> String {
+        let name = format!("{lower}.{vid}");
+        lines.push(format!(
+            "link add link {lower} name {name} type vlan id {vid}"
+        ));
+        lines.push(format!("link set {lower} up"));
+        name
+    };
+    match s.uplink {
+        Uplink::Veth => {
+            veth(node, &s.parent, &format!("n{i}"));
+            vec![format!("n{i}")]
+        }
+        Uplink::Vlan(vid) => {
+            let (n, f) = (format!("ens{i}"), format!("n{i}"));
+            veth(node, &n, &f);
+            vlan(node, &n, vid);
+            vec![vlan(fabric, &f, vid)]
+        }
+        Uplink::Bond | Uplink::BondVlan(_) => {
+            let bond = format!("bond{i}");
+            // miimon: the bond picks its active port by carrier, as on a node.
+            node.push(format!(
+                "link add {bond} type bond mode active-backup miimon 50"
+            ));
+            let mut ports = Vec::new();
+            for leg in ["a", "b"] {
+                let (n, f) = (format!("ens{i}{leg}"), format!("n{i}{leg}"));
+                veth(node, &n, &f);
+                node.push(format!("link set {n} master {bond}"));
+                ports.push(f);
+            }
+            match s.uplink {
+                Uplink::BondVlan(vid) => {
+                    vlan(node, &bond, vid);
+                    ports.iter().map(|f| vlan(fabric, f, vid)).collect()
+                }
+                _ => ports,
+            }
+        }
+    }
+}
+
 /// Wait until every link in `names` has carrier (operstate UP) in `ns`. The
 /// kernel reports carrier through linkwatch, which may batch events for up to
 /// a second; until then a bridge port does not forward, and the first frames
 /// of a test (an ARP probe, a DAD probe) would be lost.
 fn wait_up(ns: &str, names: &[String]) -> io::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + super::slow(std::time::Duration::from_secs(5));
     loop {
         let links = state::links(ns)?;
         let up = |name: &String| {
@@ -205,7 +265,8 @@ fn wait_up(ns: &str, names: &[String]) -> io::Result<()> {
         }
         if std::time::Instant::now() > deadline {
             return Err(io::Error::other(format!(
-                "links {names:?} in {ns} have no carrier after 5 s"
+                "links {names:?} in {ns} have no carrier after {:?}",
+                super::slow(std::time::Duration::from_secs(5))
             )));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
