@@ -102,7 +102,15 @@ pub enum Style {
     GatewayOnly,
     /// /32 and /128 addresses without gateway (static).
     HostPrefix,
+    /// A default on every NIC, the IPv6 gateway link-local ([`LL_GW6`], as
+    /// routers announce it): the fabric's gateway holds it on every bridge.
+    /// Static IPAM gives it as the address's gateway and the route's.
+    LinkLocalGateway,
 }
+
+/// The IPv6 gateway of [`Style::LinkLocalGateway`]; the same address on
+/// every subnet, so only the device tells the NICs' routes apart.
+const LL_GW6: &str = "fe80::1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fams {
@@ -177,7 +185,7 @@ impl Cell {
     }
     fn default_routes(&self, i: usize) -> bool {
         match self.style {
-            Style::DefaultEvery => true,
+            Style::DefaultEvery | Style::LinkLocalGateway => true,
             Style::DefaultOnly | Style::Extra => i == 0,
             _ => false,
         }
@@ -241,6 +249,7 @@ fn cells() -> Vec<Cell> {
         c(&[Macvlan, Macvlan], Static, DefaultEvery, V6, None),
         c(&[Macvlan, Macvlan], Static, HostPrefix, DUAL, None),
         c(&[Macvlan, Macvlan], Static, NoRoutes, DUAL, None),
+        c(&[Macvlan, Macvlan], Static, LinkLocalGateway, DUAL, None),
         c(
             &[Macvlan, Macvlan],
             CoordinatorIpam,
@@ -388,7 +397,11 @@ fn routes_json(cell: &Cell, i: usize, s: u8, lab: &Lab) -> Vec<Value> {
     let mut out = Vec::new();
     let sn = lab.subnet(s).unwrap();
     for v4 in cell.fams.list() {
-        if cell.default_routes(i) {
+        if cell.style == Style::LinkLocalGateway && !v4 {
+            // Named on the route too, as an IPAM that learnt it from a router
+            // reports it; the v4 default stays on the subnet's gateway.
+            out.push(json!({"dst": "::/0", "gw": LL_GW6}));
+        } else if cell.default_routes(i) {
             out.push(json!({"dst": if v4 { "0.0.0.0/0" } else { "::/0" }}));
         } else if cell.style == Style::Extra {
             let (dst, gw) = match v4 {
@@ -413,6 +426,9 @@ fn ipam_json(w: &Worker, cell: &Cell, i: usize, s: u8) -> Value {
     let gw = cell.has_gateway(i);
     let nets = |v4: bool| match v4 {
         true => (sn.v4.unwrap().to_string(), sn.gateway4.unwrap().to_string()),
+        false if cell.style == Style::LinkLocalGateway => {
+            (sn.v6.unwrap().to_string(), LL_GW6.to_string())
+        }
         false => (sn.v6.unwrap().to_string(), sn.gateway6.unwrap().to_string()),
     };
     match cell.ipam {
@@ -778,7 +794,13 @@ fn main_defaults(cell: &Cell, p: &CellPod, f: &mut Failures) {
         .unwrap();
         let defaults: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
         let expected = usize::from(cell.main_default() && cell.fams.list().contains(&v4));
-        let ok = defaults.len() == expected && defaults.iter().all(|d| d["dev"] == want.as_str());
+        // Else the cell could pass through the global gateway it never named.
+        let gw_ok =
+            |d: &Value| v4 || cell.style != Style::LinkLocalGateway || d["gateway"] == LL_GW6;
+        let ok = defaults.len() == expected
+            && defaults
+                .iter()
+                .all(|d| d["dev"] == want.as_str() && gw_ok(d));
         if !ok {
             f.0.push(format!(
                 "[{}] main's {flag} defaults should be {expected} via {want}: {out}",
@@ -1027,6 +1049,27 @@ fn l3_routes(w: &Worker, cell: &Cell, pods: &[&CellPod]) -> Vec<(String, String)
     out
 }
 
+/// The fabric's `ip` lines that give the gateway [`LL_GW6`] on the bridge
+/// of each underlay NIC's subnet, for a [`Style::LinkLocalGateway`] cell.
+fn link_local_gateway(w: &Worker, cell: &Cell) -> Vec<String> {
+    if cell.style != Style::LinkLocalGateway || !cell.fams.v6 {
+        return Vec::new();
+    }
+    let mut subnets: Vec<u8> = (0..cell.nics.len())
+        .filter(|&i| !cell.nics[i].overlay())
+        .map(|i| subnet_of(cell, i))
+        .collect();
+    subnets.sort_unstable();
+    subnets.dedup();
+    subnets
+        .into_iter()
+        .map(|s| {
+            let bridge = &w.lab.subnet(s).unwrap().bridge;
+            format!("addr add {LL_GW6}/64 dev {bridge} nodad")
+        })
+        .collect()
+}
+
 /// DEL in reverse order; afterwards the pod holds nothing but `lo` and the
 /// node is as before the cell.
 fn del_all(cell: &Cell, p: &CellPod, f: &mut Failures) {
@@ -1077,6 +1120,10 @@ fn run_cell(w: &Worker, cell: &Cell, n: usize) -> Vec<String> {
     {
         lab::ip(ns, &["neigh", "flush", "all"]).unwrap();
     }
+    let ll_gw = link_local_gateway(w, cell);
+    for line in &ll_gw {
+        state::ip_batch(w.lab.fabric(), std::slice::from_ref(line)).unwrap();
+    }
     let node_before = snapshot(w.lab.node());
     let a = attach_pod(w, cell, &format!("a{n}"), &da);
     let b = attach_pod(w, cell, &format!("b{n}"), &db);
@@ -1092,6 +1139,11 @@ fn run_cell(w: &Worker, cell: &Cell, n: usize) -> Vec<String> {
     for (ns, line) in &l3 {
         let del = line.replacen("route replace", "route del", 1);
         state::ip_batch(ns, &[del]).ok();
+    }
+    // Later cells of this lab expect the bridges as the lab built them.
+    for line in &ll_gw {
+        let del = line.replacen("addr add", "addr del", 1);
+        state::ip_batch(w.lab.fabric(), &[del]).ok();
     }
     // A second DEL of the coordinator still succeeds (the reference
     // host-device's does not: it looks for the link it gave back).
@@ -1255,6 +1307,17 @@ fn lab_cells() -> Vec<Cell> {
             Some(1),
         ),
         c(&[Macvlan], &[], HostLocal, DefaultOnly, V6, None),
+        // A link-local IPv6 gateway (what routers announce) on macvlan and on
+        // ipvlan L2, whose pod shares the node's MAC: fe80::1 on both NICs,
+        // their routes told apart by the device alone.
+        c(
+            &[Macvlan, Ipvlan(L2)],
+            &[],
+            Static,
+            LinkLocalGateway,
+            DUAL,
+            None,
+        ),
         c(
             &[Ptp, Ipvlan(L2)],
             &[],
@@ -1308,6 +1371,9 @@ fn lab_cells_cover_issue_20() {
     assert!(has(&|c| c.nics == [Main::Macvlan, Main::Ipvlan(L2)]));
     assert!(has(&|c| c.nics == [Main::Ptp, Main::Ipvlan(L2)]));
     assert!(has(&|c| c.nics.contains(&Main::HostDeviceVlan)));
+    assert!(has(&|c| c.style == Style::LinkLocalGateway
+        && c.fams == DUAL
+        && c.nics.contains(&Main::Ipvlan(L2))));
     for (i, uplink) in LAB_UPLINKS.iter().enumerate() {
         let s = i as u8 + 1;
         if *uplink != lab::Uplink::Veth {
@@ -1332,6 +1398,7 @@ fn matrix_cells_cover_the_issue() {
         Style::Extra,
         Style::GatewayOnly,
         Style::HostPrefix,
+        Style::LinkLocalGateway,
     ] {
         assert!(cells.iter().any(|c| c.style == s), "{s:?}");
     }
