@@ -92,7 +92,12 @@ lab_kernel() {
   local dir=$LAB_CACHE/$name
   [ -f "$dir/.ready" ] && return 0
   local pkg
-  pkg=$(apt-cache "$@" depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  pkg=$(apt-cache "$@" depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  if [ -z "$pkg" ]; then
+    # Lists missing or stale (a machine whose packages were all there).
+    apt-get "$@" update -qq
+    pkg=$(apt-cache "$@" depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  fi
   [ -n "$pkg" ] || { echo "setup: no kernel image package for $name" >&2; return 1; }
   echo "setup: downloading $pkg for the kernel lab ($name)" >&2
   rm -rf "$dir" "$LAB_CACHE/deb-$name"
@@ -113,7 +118,11 @@ mkdir -p "$LAB_CACHE"
 lab_kernel 6.1
 TRIXIE=$LAB_CACHE/apt-trixie
 mkdir -p "$TRIXIE/lists/partial" "$TRIXIE/cache/archives/partial"
-echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main' \
+# The same Debian mirror the system's own sources use, with trixie's suite.
+MIRROR=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null |
+  awk '$2 !~ /-/ {print $1; exit}')
+[ -n "$MIRROR" ] || { echo "setup: no Debian mirror in the system's apt sources" >&2; exit 1; }
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR trixie main" \
   > "$TRIXIE/sources.list"
 trixie_opts=(-o "Dir::Etc::SourceList=$TRIXIE/sources.list" -o Dir::Etc::SourceParts=/dev/null
   -o "Dir::State::Lists=$TRIXIE/lists" -o "Dir::Cache=$TRIXIE/cache")
