@@ -100,45 +100,61 @@ fn quarantined(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// An outside machine already uses the address (of one family) host-local
-/// will hand out: ADD fails naming the NIC, the address and the holder's MAC,
-/// the address is quarantined, nothing stays configured, and the runtime's
-/// DEL then succeeds.
-fn conflict_fails_the_add_and_is_quarantined(v6: bool) {
+/// An outside machine already uses the address host-local will hand out
+/// (IPv4, IPv6, or both): ADD fails naming the NIC, every taken address and
+/// the holder's MAC, every taken address is quarantined, nothing stays
+/// configured, and the runtime's DEL then succeeds.
+fn conflict_fails_the_add_and_is_quarantined(v4: bool, v6: bool) {
     let lab = Lab::new().unwrap();
-    let (v4_holder, v6_holder) = if v6 {
-        (None, Some(POD6))
-    } else {
-        (Some(POD4), None)
-    };
-    let taken: IpAddr = if v6 { POD6.into() } else { POD4.into() };
+    let v4_holder = v4.then_some(POD4);
+    let v6_holder = v6.then_some(POD6);
+    let mut taken: Vec<IpAddr> = Vec::new();
+    if v4 {
+        taken.push(POD4.into());
+    }
+    if v6 {
+        taken.push(POD6.into());
+    }
     let holder = lab.fabric_client(1, v4_holder, v6_holder).unwrap();
     let holder_mac = mac_of(&holder.name, "eth0");
     let chain = chain(&lab, "macvlan-underlay.conflist", detection_on());
     let pod = lab.pod("p").unwrap();
-    let att = Attachment::new(
-        &format!("c-conflict{}", if v6 { 6 } else { 4 }),
-        &pod.path,
-        "eth0",
-    );
+    let att = Attachment::new(&format!("c-conflict{v4}{v6}"), &pod.path, "eth0");
     let err = expect_failure(chain.add(&att));
     assert_eq!(err.code, 101, "{err:?}");
-    for part in ["eth0", &taken.to_string(), &holder_mac] {
-        assert!(err.msg.contains(part), "{} should name {part}", err.msg);
+    let mut parts = vec!["eth0".to_string(), holder_mac.clone()];
+    parts.extend(taken.iter().map(IpAddr::to_string));
+    for part in &parts {
+        assert!(
+            err.msg.contains(part.as_str()),
+            "{} should name {part}",
+            err.msg
+        );
     }
-    assert_eq!(quarantined(&lab), vec![taken.to_string()]);
+    let mut q = quarantined(&lab);
+    q.sort();
+    let mut want: Vec<String> = taken.iter().map(IpAddr::to_string).collect();
+    want.sort();
+    assert_eq!(q, want);
     assert_nothing_configured(&lab, &pod.name, &[POD4.into(), POD6.into()]);
     chain.del(&att).unwrap();
 }
 
 #[test]
 fn ipv4_conflict_fails_the_add_and_is_quarantined() {
-    conflict_fails_the_add_and_is_quarantined(false);
+    conflict_fails_the_add_and_is_quarantined(true, false);
 }
 
 #[test]
 fn ipv6_conflict_fails_the_add_and_is_quarantined() {
-    conflict_fails_the_add_and_is_quarantined(true);
+    conflict_fails_the_add_and_is_quarantined(false, true);
+}
+
+/// Issue 24: both addresses held is both reported and both quarantined
+/// (the kernel's DAD used to end the check before the ARP reply counted).
+#[test]
+fn conflicts_in_both_families_are_all_reported_and_quarantined() {
+    conflict_fails_the_add_and_is_quarantined(true, true);
 }
 
 #[test]

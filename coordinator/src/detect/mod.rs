@@ -106,8 +106,10 @@ pub struct Conflict {
     pub mac: [u8; 6],
 }
 
-/// Outcome of [`detect`]. When a conflict is found the check stops at once
-/// (the ADD fails anyway): `unreachable_gateways` then lists nothing.
+/// Outcome of [`detect`]. When a conflict is found the check stops as soon
+/// as no other address is still under probe (the ADD fails anyway, but
+/// every conflicting address is named): `unreachable_gateways` then lists
+/// nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub conflicts: Vec<Conflict>,
@@ -154,11 +156,11 @@ impl Report {
     /// The ADD error for this report: a conflict (code 101) wins over an
     /// unreachable gateway (code 102). `Ok` when clean.
     pub fn to_result(&self, ifname: &str) -> cni::Result<()> {
-        if let Some(first) = self.conflicts.first() {
+        if !self.conflicts.is_empty() {
             let all: Vec<String> = self.conflicts.iter().map(|c| c.to_string()).collect();
             return Err(Error::plugin_details(
                 code::IP_CONFLICT,
-                format!("IP conflict on {ifname}: {first}"),
+                format!("IP conflict on {ifname}: {}", all.join("; ")),
                 all.join("; "),
             ));
         }
@@ -199,7 +201,7 @@ pub fn detect(
 ) -> cni::Result<Report> {
     let start = Instant::now();
     let mut watch = Watch::plan(nic)?;
-    if !watch.conflicts.is_empty() || watch.finished() {
+    if watch.done() {
         return Ok(watch.report(start.elapsed()));
     }
     let socks = open_sockets(ns, nic, &watch)?;
@@ -443,7 +445,7 @@ fn run(
             w.poll_kernel(dad_state);
             next_poll = later(now, poll_every, deadline);
         }
-        if !w.conflicts.is_empty() || w.finished() {
+        if w.done() {
             return Ok(());
         }
         if now >= deadline {

@@ -286,3 +286,63 @@ fn tentative_addresses_follow_the_kernel() {
     assert!(w.tentative.is_empty());
     assert_eq!(w.conflicts[0].mac, [0; 6]);
 }
+
+/// Issue 24: both families conflicting are both reported. The kernel's DAD
+/// fails the IPv6 address first; the check goes on until the IPv4 holder is
+/// heard too, and only then is it done (not at the first conflict).
+#[test]
+fn every_conflicting_address_is_reported_not_only_the_first() {
+    let n = nic(
+        vec![
+            (IpAddr::V4(v4("10.6.0.5")), KernelDad::NotRun),
+            (IpAddr::V6(v6("fd00::5")), KernelDad::Tentative),
+        ],
+        vec![IpAddr::V4(v4("10.6.0.1"))],
+    );
+    let mut w = Watch::plan(&n).unwrap();
+    assert!(!w.done());
+    w.poll_kernel(&|_| KernelDad::Failed);
+    assert_eq!(w.conflicts.len(), 1);
+    assert!(!w.done(), "10.6.0.5 is still under probe");
+    w.see_arp(&arp_frame(
+        ArpOperations::Reply,
+        OTHER,
+        "10.6.0.5",
+        "0.0.0.0",
+    ));
+    assert!(
+        w.done(),
+        "every address decided; the gateway no longer matters"
+    );
+    let ips: Vec<IpAddr> = w.conflicts.iter().map(|c| c.ip).collect();
+    assert_eq!(ips, [IpAddr::V6(v6("fd00::5")), IpAddr::V4(v4("10.6.0.5"))]);
+    // A second reply for a decided address changes nothing.
+    w.see_arp(&arp_frame(
+        ArpOperations::Reply,
+        [9; 6],
+        "10.6.0.5",
+        "0.0.0.0",
+    ));
+    assert_eq!(w.conflicts.len(), 2);
+    let report = w.report(Duration::from_millis(5));
+    let err = report.to_result("net1").unwrap_err().to_string();
+    for part in ["net1", "10.6.0.5", "fd00::5", &Mac(&OTHER).to_string()] {
+        assert!(err.contains(part), "{err} should name {part}");
+    }
+    // One clean address keeps the check open until the window ends.
+    let mut w = Watch::plan(&nic(
+        vec![
+            (IpAddr::V4(v4("10.6.0.5")), KernelDad::NotRun),
+            (IpAddr::V4(v4("10.6.0.6")), KernelDad::NotRun),
+        ],
+        vec![],
+    ))
+    .unwrap();
+    w.see_arp(&arp_frame(
+        ArpOperations::Reply,
+        OTHER,
+        "10.6.0.5",
+        "0.0.0.0",
+    ));
+    assert!(!w.done());
+}

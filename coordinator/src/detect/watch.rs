@@ -125,12 +125,33 @@ impl Watch {
             && self.v6_gw.is_empty()
     }
 
+    /// Every address has its verdict as far as the ADD is concerned: nothing
+    /// left to hear ([`Watch::finished`]), or a conflict found and no other
+    /// address still under probe (a conflict fails the ADD, so gateways no
+    /// longer matter, but every conflicting address is reported and
+    /// quarantined, not only the first one heard).
+    pub(super) fn done(&self) -> bool {
+        self.finished()
+            || (!self.conflicts.is_empty()
+                && self.v4_probe.is_empty()
+                && self.v6_probe.is_empty()
+                && self.tentative.is_empty())
+    }
+
     fn conflict(&mut self, ip: IpAddr, mac: [u8; 6]) {
         if self.conflicts.iter().any(|c| c.ip == ip) {
             return;
         }
         tracing::warn!(ifname = %self.ifname, %ip, mac = %Mac(&mac), "IP conflict detected");
         self.conflicts.push(Conflict { ip, mac });
+        // Decided: no more probing of it, no more waiting for it.
+        match ip {
+            IpAddr::V4(a) => self.v4_probe.retain(|p| *p != a),
+            IpAddr::V6(a) => {
+                self.v6_probe.retain(|p| *p != a);
+                self.tentative.retain(|p| *p != a);
+            }
+        }
     }
 
     /// Account for one ARP frame received from the wire.
