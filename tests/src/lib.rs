@@ -42,3 +42,16 @@ pub fn file_contains(path: &std::path::Path, needle: &str) -> bool {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
+
+/// The MAC address of `ifname` in netns `ns`, as `ip -j link` shows it.
+pub fn mac_of(ns: &str, ifname: &str) -> String {
+    let links = integration::lab::links(ns).unwrap();
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["ifname"] == ifname)
+        .and_then(|l| l["address"].as_str())
+        .unwrap_or_else(|| panic!("{ifname} not in {ns}: {links}"))
+        .to_string()
+}

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use cni_tests::{cni_path, conf_example, ifindex};
+use cni_tests::{cni_path, conf_example, ifindex, mac_of};
 use coordinator::detect::arp;
 use coordinator::detect::ndp::{self, Nd};
 use coordinator::detect::socket::{wait_readable, PacketSocket, ETH_P_ARP, ETH_P_IPV6};
@@ -35,18 +35,6 @@ fn chain(lab: &Lab, file: &str, coordinator: Value) -> Chain {
 
 fn detection_on() -> Value {
     json!({"detectIPConflict": true, "detectGateway": true})
-}
-
-fn mac_of(ns: &str, ifname: &str) -> String {
-    let links = lab::links(ns).unwrap();
-    links
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["ifname"] == ifname)
-        .and_then(|l| l["address"].as_str())
-        .unwrap_or_else(|| panic!("{ifname} not in {ns}"))
-        .to_string()
 }
 
 fn expect_failure(res: Result<integration::chain::Outcome, Box<ChainError>>) -> Box<ChainError> {

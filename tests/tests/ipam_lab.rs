@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use cni_tests::{bin_dir, cni_path, conf_example};
+use cni_tests::{bin_dir, cni_path, conf_example, mac_of};
 use integration::chain::{Attachment, Chain, NetConfList, Outcome};
 use integration::exec::Exec;
 use integration::lab::{self, Lab, Pod};
@@ -549,18 +549,6 @@ fn sticky_statefulset_pod_keeps_its_address() {
         2,
         "only db/mysql-0's parked addresses"
     );
-}
-
-fn mac_of(ns: &str, ifname: &str) -> String {
-    let links = lab::links(ns).unwrap();
-    links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|l| l["ifname"] == ifname)
-        .and_then(|l| l["address"].as_str())
-        .unwrap_or_else(|| panic!("{ifname} not in {ns}: {links}"))
-        .to_string()
 }
 
 /// The conf-examples added for this file parse as coordinator-ipam configs

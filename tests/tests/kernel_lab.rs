@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use cni_tests::{cni_path, conf_example};
+use cni_tests::{cni_path, conf_example, mac_of};
 use integration::chain::{Attachment, Chain, ChainError, NetConfList, Outcome};
 use integration::lab::{self, Lab};
 use integration::traffic::ping;
@@ -51,18 +51,6 @@ fn chain(lab: &Lab, mode: &str, coordinator: Value) -> Chain {
 
 fn detection_on() -> Value {
     json!({"detectIPConflict": true, "detectGateway": true})
-}
-
-fn mac_of(ns: &str, ifname: &str) -> String {
-    let links = lab::links(ns).unwrap();
-    links
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["ifname"] == ifname)
-        .and_then(|l| l["address"].as_str())
-        .unwrap_or_else(|| panic!("{ifname} not in {ns}"))
-        .to_string()
 }
 
 fn expect_failure(res: Result<Outcome, Box<ChainError>>) -> Box<ChainError> {
