@@ -55,3 +55,21 @@ pub fn mac_of(ns: &str, ifname: &str) -> String {
         .unwrap_or_else(|| panic!("{ifname} not in {ns}: {links}"))
         .to_string()
 }
+
+/// The conflist's coordinator entry with `fields` merged in and its
+/// quarantine file in `dir` (the lab's), for further settings.
+pub fn coordinator_entry<'a>(
+    list: &'a mut integration::chain::NetConfList,
+    fields: &serde_json::Value,
+    dir: &std::path::Path,
+) -> &'a mut serde_json::Map<String, serde_json::Value> {
+    let c = list.plugin_mut("coordinator").expect("a coordinator entry");
+    for (k, v) in fields.as_object().expect("fields are an object") {
+        c.insert(k.clone(), v.clone());
+    }
+    c.insert(
+        "quarantineFile".into(),
+        serde_json::json!(dir.join("quarantine.json")),
+    );
+    c
+}

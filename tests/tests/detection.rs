@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use cni_tests::{cni_path, conf_example, ifindex, mac_of};
+use cni_tests::{cni_path, conf_example, coordinator_entry, ifindex, mac_of};
 use coordinator::detect::arp;
 use coordinator::detect::ndp::{self, Nd};
 use coordinator::detect::socket::{wait_readable, PacketSocket, ETH_P_ARP, ETH_P_IPV6};
@@ -22,14 +22,7 @@ const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 6, 0, 0, 0, 0, 1, 1);
 fn chain(lab: &Lab, file: &str, coordinator: Value) -> Chain {
     let mut list = NetConfList::from_file(conf_example(file)).unwrap();
     lab.localize(&mut list);
-    let c = list.plugin_mut("coordinator").unwrap();
-    for (k, v) in coordinator.as_object().unwrap() {
-        c.insert(k.clone(), v.clone());
-    }
-    c.insert(
-        "quarantineFile".into(),
-        json!(lab.dir().join("quarantine.json")),
-    );
+    coordinator_entry(&mut list, &coordinator, lab.dir());
     lab.chain(list).cni_path(cni_path())
 }
 

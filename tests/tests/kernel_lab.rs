@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use cni_tests::{cni_path, conf_example, mac_of};
+use cni_tests::{cni_path, conf_example, coordinator_entry, mac_of};
 use integration::chain::{Attachment, Chain, ChainError, NetConfList, Outcome};
 use integration::lab::{self, Lab};
 use integration::traffic::ping;
@@ -31,14 +31,7 @@ fn chain(lab: &Lab, mode: &str, coordinator: Value) -> Chain {
     main.insert("type".into(), json!("ipvlan"));
     main.insert("mode".into(), json!(mode));
     lab.localize(&mut list);
-    let c = list.plugin_mut("coordinator").unwrap();
-    for (k, v) in coordinator.as_object().unwrap() {
-        c.insert(k.clone(), v.clone());
-    }
-    c.insert(
-        "quarantineFile".into(),
-        json!(lab.dir().join("quarantine.json")),
-    );
+    let c = coordinator_entry(&mut list, &coordinator, lab.dir());
     // Probes and answers cross an emulated machine: a wider window.
     c.insert(
         "detectOptions".into(),
