@@ -223,6 +223,36 @@ impl Dir {
         Ok((f, false))
     }
 
+    /// `name` opened for appending, created (0600) when missing; the flag
+    /// says whether it existed before.
+    pub fn open_append(&self, name: &str) -> Result<(File, bool)> {
+        if let Some(f) = self.open_at(name, OFlag::O_WRONLY | OFlag::O_APPEND)? {
+            return Ok((f, true));
+        }
+        let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT;
+        let f = self
+            .open_at(name, flags)?
+            .ok_or_else(|| Error::Io(format!("cannot create {}", self.join(name).display())))?;
+        Ok((f, false))
+    }
+
+    /// Block until this process holds an exclusive `flock` on the directory
+    /// itself, released when the `Dir` is dropped.
+    pub fn flock(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: a valid open descriptor owned by self; flock only locks it.
+            let rc = unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(io_error("cannot lock", &self.path, &err));
+            }
+        }
+    }
+
     /// Block until this process holds the exclusive lock on `name` (created
     /// if missing).
     pub fn lock(&self, name: &str) -> Result<LockGuard> {

@@ -1,228 +1,25 @@
 //! ADD: observe the pod and the host, plan, apply.
 
 use std::net::IpAddr;
+use std::path::Path;
 
-use cni::error::code;
 use cni::netlink::{Link, Mac, Netlink};
 use cni::netns::{sysctl_get, sysctl_set, NetNs};
 use cni::plugin::Call;
 use cni::quarantine;
 use cni::result::CniResult;
 use cni::{Error, Result};
-use ipnet::IpNet;
 
 use crate::announce::announce;
 use crate::apply::{apply, Journal, Kernel};
 use crate::config::{Config, Mode};
+use crate::context::{context, lock_pod, open_pod_ns};
 use crate::detect::{detect, KernelDad, Master, NicProbe};
-use crate::macprefix::mac_for;
-use crate::mode::{self, FirstNic};
-use crate::names::{format_mac, host_veth_name, random_mac, POD_VETH};
-use crate::observe::{host_view, pod_view, HostView};
-use crate::plan::{plan_add, Inputs, Layout, Plan, PodView, VethPlan};
-
-/// Everything one call knows before it changes anything.
-pub struct Context {
-    pub layout: Layout,
-    pub inputs: Inputs,
-    pub host_view: HostView,
-    /// Host devices this call has already looked up, by name: DEL removes
-    /// them without asking the kernel again.
-    pub host_links: Vec<(String, u32)>,
-}
-
-pub fn open_pod_ns(call: &Call) -> Result<NetNs> {
-    let path = call
-        .env
-        .netns
-        .as_ref()
-        .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is required".into()))?;
-    NetNs::open_pod(path)
-}
-
-/// An exclusive `flock` on the pod's netns file, waited for.
-pub fn lock_pod(ns: &NetNs) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid open fd; flock only takes the lock.
-    let rc = unsafe { libc::flock(ns.file().as_raw_fd(), libc::LOCK_EX) };
-    match rc {
-        0 => Ok(()),
-        _ => Err(Error::Io(format!(
-            "locking the pod netns {}: {}",
-            ns.path().display(),
-            std::io::Error::last_os_error()
-        ))),
-    }
-}
-
-/// The NIC's addresses and gateways as the main plugin reported them.
-pub fn nic_addresses(prev: &CniResult, ifname: &str) -> (Vec<IpNet>, Vec<std::net::IpAddr>) {
-    let ips = prev.ips_of(prev.interface_index(ifname));
-    let addrs = ips.iter().map(|i| i.address).collect();
-    let mut gws = Vec::new();
-    for g in ips.iter().filter_map(|i| i.gateway) {
-        if !gws.contains(&g) {
-            gws.push(g);
-        }
-    }
-    (addrs, gws)
-}
-
-/// The host end of the pod's first NIC when that NIC is a veth whose peer
-/// sits in the host's netns and pairs with it (an overlay CNI's link).
-pub fn first_nic_host_peer(host: &Netlink, first: &Link) -> Result<Option<Link>> {
-    let (true, Some(_), Some(peer)) = (
-        first.kind.as_deref() == Some("veth"),
-        first.link_netnsid,
-        first.link,
-    ) else {
-        return Ok(None);
-    };
-    Ok(host
-        .link_by_index(peer)?
-        .filter(|p| p.kind.as_deref() == Some("veth") && p.link == Some(first.index)))
-}
-
-/// What the layout decision needs to know of the first NIC, and its host
-/// peer (read once: the overlay layout routes through it).
-fn first_nic_facts(host: &Netlink, first: Option<&Link>) -> Result<(FirstNic, Option<Link>)> {
-    let Some(l) = first else {
-        return Ok((FirstNic::default(), None));
-    };
-    let peer = first_nic_host_peer(host, l)?;
-    let facts = FirstNic {
-        is_veth: l.kind.as_deref() == Some("veth"),
-        peer_in_host: peer.is_some(),
-    };
-    Ok((facts, peer))
-}
-
-/// Read the pod and the host and decide the layout. None: disabled.
-pub fn context(
-    cfg: &Config,
-    call: &Call,
-    prev: &CniResult,
-    host: &Netlink,
-    view: PodView,
-) -> Result<Option<Context>> {
-    let (ips, gateways) = nic_addresses(prev, &call.env.ifname);
-    context_of(cfg, call, ips, gateways, host, view)
-}
-
-/// [`context`] for the NIC's addresses and gateways however they were learnt
-/// (DEL may have no prevResult and reads them from the NIC).
-pub fn context_of(
-    cfg: &Config,
-    call: &Call,
-    ips: Vec<IpNet>,
-    gateways: Vec<IpAddr>,
-    host: &Netlink,
-    view: PodView,
-) -> Result<Option<Context>> {
-    let ifname = call.env.ifname.as_str();
-    let is_first = ifname == cfg.pod_default_cni_nic;
-    let first = view.link(&cfg.pod_default_cni_nic).cloned();
-    let (facts, peer) = first_nic_facts(host, first.as_ref())?;
-    let Some(layout) = mode::resolve(cfg.mode, is_first, facts, view.link(POD_VETH).is_some())
-    else {
-        return Ok(None);
-    };
-    if view.link(ifname).is_none() {
-        return Err(Error::plugin(
-            code::KERNEL,
-            format!(
-                "interface {ifname} is not in the pod netns: the main plugin did not create it"
-            ),
-        ));
-    }
-    let host_view = match layout {
-        Layout::OverlayFirst => HostView::default(),
-        _ => host_view(host, &ips, &gateways)?,
-    };
-    let mut host_links = Vec::new();
-    let veth = match layout {
-        Layout::UnderlayFirst | Layout::UnderlayLater => {
-            let (plan, existing) = veth_plan(cfg, call, host, &view, first.as_ref(), layout)?;
-            host_links.extend(existing.map(|i| (plan.host.clone(), i)));
-            Some(plan)
-        }
-        _ => None,
-    };
-    host_links.extend(peer.as_ref().map(|p| (p.name.clone(), p.index)));
-    let overlay_peer = match (layout, &first, peer) {
-        (Layout::OverlayLater, Some(eth0), Some(p)) if mode::host_peer(facts) => {
-            eth0.mac.map(|mac| (p.name, mac))
-        }
-        _ => None,
-    };
-    Ok(Some(Context {
-        layout,
-        inputs: Inputs {
-            layout,
-            ifname: ifname.to_string(),
-            ips,
-            gateways,
-            pod: view,
-            node_ips: host_view.node_ips.clone(),
-            veth,
-            overlay_peer,
-        },
-        host_view,
-        host_links,
-    }))
-}
-
-fn veth_plan(
-    cfg: &Config,
-    call: &Call,
-    host: &Netlink,
-    view: &PodView,
-    first: Option<&Link>,
-    layout: Layout,
-) -> Result<(VethPlan, Option<u32>)> {
-    let name = host_veth_name(&call.env.container_id);
-    let existing = host.link(&name)?;
-    let pod_end = view.link(POD_VETH);
-    match (existing, pod_end) {
-        (Some(h), Some(p)) => Ok((
-            VethPlan {
-                host: name,
-                host_mac: h.mac.unwrap_or_default(),
-                pod: POD_VETH.into(),
-                pod_mac: p.mac.unwrap_or_default(),
-                mtu: h.mtu,
-                create: false,
-            },
-            Some(h.index),
-        )),
-        _ if layout == Layout::UnderlayLater => Err(Error::plugin(
-            code::KERNEL,
-            format!(
-                "{} is a later NIC of an underlay pod, but the pod has no {POD_VETH} \
-                 (was {} attached with coordinator in underlay mode?)",
-                call.env.ifname, cfg.pod_default_cni_nic
-            ),
-        )),
-        (Some(h), None) => Err(Error::plugin(
-            code::KERNEL,
-            format!("host link {} exists but the pod has no {POD_VETH}", h.name),
-        )),
-        (None, _) => Ok((
-            VethPlan {
-                host: name,
-                host_mac: random_mac(),
-                pod: POD_VETH.into(),
-                pod_mac: random_mac(),
-                mtu: cfg
-                    .veth_mtu
-                    .or(first.map(|l| l.mtu).filter(|m| *m > 0))
-                    .unwrap_or(1500),
-                create: true,
-            },
-            None,
-        )),
-    }
-}
+use crate::names::format_mac;
+use crate::observe::pod_view;
+use crate::plan::{plan_add, Plan, Side};
+use crate::record::{self, Attachments};
+use crate::undo::Undo;
 
 pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     let mut prev = call.prev_result()?.ok_or_else(|| {
@@ -242,14 +39,27 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     let host = Netlink::open()?;
     let pod = Netlink::open_in(&pod_ns)?;
     let view = pod_view(&pod)?;
-    let Some(ctx) = context(cfg, call, &prev, &host, view)? else {
+    let ifname = call.env.ifname.as_str();
+    let root = Path::new(record::ROOT);
+    let found = Attachments::open(root, &call.env.container_id, false)?;
+    let existing = match &found {
+        Some(a) => a.read(ifname).unwrap_or_else(|e| {
+            tracing::warn!("{e}: starting a new record");
+            None
+        }),
+        None => None,
+    };
+    let mut known = found
+        .as_ref()
+        .map(|a| a.siblings(ifname))
+        .unwrap_or_default();
+    known.extend(existing.clone());
+    let Some(ctx) = context(cfg, call, &prev, &host, view, &known)? else {
         return Ok(prev);
     };
     crate::guard::check(&host, &ctx, cfg.host_rule_table)?;
-    let ifname = call.env.ifname.as_str();
     let nic = ctx
-        .inputs
-        .pod
+        .kernel_view
         .link(ifname)
         .cloned()
         .ok_or_else(|| Error::kernel(format!("pod link {ifname}"), "not found"))?;
@@ -266,15 +76,23 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     }
     // An L3/L3S slave is NOARP: nothing it would announce can leave it.
     let l3_slave = nic.ipvlan().is_some_and(|m| m.is_l3());
+    let plan: Plan = plan_add(cfg, &ctx.inputs);
+    tracing::debug!(?ctx.layout, ?plan, "plan");
 
     let k = Kernel {
         host: &host,
         pod: &pod,
         pod_ns: &pod_ns,
     };
-    // From here every change is journalled: an error or a panic before the
-    // commit takes them all back, last first.
-    let mut journal = Journal::new(&k);
+    // From here every change is recorded before it is made: an error or a
+    // panic before the commit takes them all back, last first.
+    let records = match found {
+        Some(a) => a,
+        None => Attachments::open(root, &call.env.container_id, true)?
+            .ok_or_else(|| Error::Io("the attachment record directory vanished".into()))?,
+    };
+    let writer = records.begin(ifname, ctx.layout, &plan, existing)?;
+    let mut journal = Journal::new(&k, &records, writer);
     let detecting = cfg.detect_ip_conflict || cfg.detect_gateway;
     // With arp_notify on (the reference macvlan plugin turns it on) the
     // kernel announces a MAC change at once. Without detection that is the
@@ -284,27 +102,24 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     // conflict's MAC restore), and the check's own socket announces once the
     // address is known to be free.
     let notify_key = format!("net/ipv4/conf/{}/arp_notify", nic.name);
-    let notify =
-        match cfg.pod_mac_prefix.is_some() && ctx.inputs.ips.iter().any(|n| n.addr().is_ipv4()) {
-            true => set_arp_notify(&pod_ns, &notify_key, if detecting { "0" } else { "1" }),
-            false => None,
-        };
-    if let Some(Some(old)) = &notify {
-        journal.pod_sysctl(notify_key.clone(), old.clone());
-    }
+    let notify = match plan.mac.is_some() && ctx.inputs.ips.iter().any(|n| n.addr().is_ipv4()) {
+        true => set_arp_notify(
+            &pod_ns,
+            &notify_key,
+            if detecting { "0" } else { "1" },
+            &mut journal,
+        )?,
+        false => None,
+    };
     let kernel_garp = !detecting && notify.is_some();
     // The MAC first: probes must go out with the address the pod will keep.
-    let mac_change = set_mac_prefix(cfg, &pod, &nic, &ctx.inputs.ips)?;
-    if let Some((old, new)) = mac_change {
-        journal.mac(nic.index, old);
+    let mac_change = set_mac(&pod, &nic, plan.mac.as_ref(), &mut journal)?;
+    if let Some(new) = mac_change {
         if let Some(i) = prev.interface_index(ifname) {
             prev.interfaces[i].mac = format_mac(&new);
         }
     }
-    let mac = mac_change
-        .map(|(_, new)| new)
-        .or(nic.mac)
-        .unwrap_or_default();
+    let mac = mac_change.or(nic.mac).unwrap_or_default();
     let mut v4_announced = kernel_garp;
     if detecting {
         let announced = run_detection(
@@ -318,7 +133,9 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
             mac_change.is_some() && !l3_slave,
         )?;
         v4_announced = announced;
-        journal.restore_pod_sysctl(&notify_key);
+        if let Some(Some(seq)) = notify {
+            journal.undo_now(seq)?;
+        }
     }
 
     // Announced before apply, once detection (if on) has cleared the
@@ -344,10 +161,14 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         }
     }
 
-    let plan: Plan = plan_add(cfg, &ctx.inputs);
-    tracing::debug!(?ctx.layout, ?plan, "plan");
-    apply(&k, &plan, &ctx.host_view.uplinks, &mut journal)?;
-    journal.commit();
+    apply(
+        &k,
+        &plan,
+        &ctx.kernel_view,
+        &ctx.host_view.uplinks,
+        &mut journal,
+    )?;
+    journal.commit()?;
     tracing::info!(
         container = call.env.container_id,
         ifname,
@@ -357,31 +178,33 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     Ok(prev)
 }
 
-/// `podMACPrefix`: (old, new) when the NIC's MAC changed.
-fn set_mac_prefix(
-    cfg: &Config,
+/// `podMACPrefix`: the new MAC when the NIC's changed.
+fn set_mac(
     pod: &Netlink,
     nic: &Link,
-    ips: &[IpNet],
-) -> Result<Option<(Mac, Mac)>> {
-    let Some(prefix) = cfg.pod_mac_prefix else {
-        return Ok(None);
-    };
-    let Some(mac) = mac_for(prefix, ips) else {
+    planned: Option<&(String, Mac)>,
+    journal: &mut Journal,
+) -> Result<Option<Mac>> {
+    let Some((_, mac)) = planned else {
         return Ok(None);
     };
     let old = nic.mac.unwrap_or_default();
-    if old == mac {
+    if old == *mac {
         return Ok(None);
     }
-    pod.set_link_mac(nic.index, mac).map_err(|e| {
+    journal.push(Undo::SetMac {
+        dev: nic.name.clone(),
+        index: nic.index,
+        mac: old,
+    })?;
+    pod.set_link_mac(nic.index, *mac).map_err(|e| {
         Error::from(e).context(format!(
             "podMACPrefix: setting the MAC of {} to {}",
             nic.name,
-            format_mac(&mac)
+            format_mac(mac)
         ))
     })?;
-    Ok(Some((old, mac)))
+    Ok(Some(*mac))
 }
 
 /// The kernel's own DAD verdict on an address, so a settled one is not
@@ -403,20 +226,38 @@ fn kernel_dad(pod: &Netlink, ifindex: u32, ip: IpAddr, dad_enabled: bool) -> Ker
     }
 }
 
-/// Set `key` (a NIC's `arp_notify`) in the pod. None when it could not be
-/// read or set (we announce ourselves then); Some(Some(old)) when it changed.
-fn set_arp_notify(pod_ns: &NetNs, key: &str, value: &str) -> Option<Option<String>> {
-    let res = pod_ns
-        .run(|| -> std::io::Result<Option<String>> {
-            let old = sysctl_get(key)?;
-            if old == value {
-                return Ok(None);
-            }
-            sysctl_set(key, value)?;
-            Ok(Some(old))
-        })
-        .and_then(|r| r);
-    res.map_err(|e| tracing::warn!("{key}={value}: {e}")).ok()
+/// Set `key` (a NIC's `arp_notify`) in the pod, its old value recorded
+/// first. None when it could not be read or set (we announce ourselves
+/// then); Some(Some(seq)) when it changed, with the step that restores it.
+fn set_arp_notify(
+    pod_ns: &NetNs,
+    key: &str,
+    value: &str,
+    journal: &mut Journal,
+) -> Result<Option<Option<u64>>> {
+    let old = match pod_ns.run(|| sysctl_get(key)).and_then(|r| r) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("{key}: {e}");
+            return Ok(None);
+        }
+    };
+    if old == value {
+        return Ok(Some(None));
+    }
+    let seq = journal.push(Undo::Sysctl {
+        side: Side::Pod,
+        key: key.to_string(),
+        old,
+    })?;
+    match pod_ns.run(|| sysctl_set(key, value)).and_then(|r| r) {
+        Ok(()) => Ok(Some(Some(seq))),
+        Err(e) => {
+            tracing::warn!("{key}={value}: {e}");
+            journal.forget(seq)?;
+            Ok(None)
+        }
+    }
 }
 
 /// The master of ipvlan slave `nic` in the node's netns: IFLA_LINK names

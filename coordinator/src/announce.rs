@@ -5,7 +5,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use cni::error::code;
 use cni::netns::NetNs;
 use cni::Error;
 
@@ -48,7 +47,7 @@ pub fn announce(ns: &NetNs, ifindex: u32, mac: [u8; 6], addrs: &[IpAddr]) -> cni
         .map_err(|e| Error::kernel(format!("enter netns {}", ns.path().display()), e))?
         .map_err(|e| Error::kernel(format!("open announce socket on ifindex {ifindex}"), e))?;
     if let Some(sock) = &socks.0 {
-        gratuitous_arps(sock, mac, &v4)?;
+        arp::send_gratuitous(sock, mac, &v4)?;
     }
     if let Some(sock) = &socks.1 {
         for a in &v6 {
@@ -59,21 +58,6 @@ pub fn announce(ns: &NetNs, ifindex: u32, mac: [u8; 6], addrs: &[IpAddr]) -> cni
     }
     // Closing a packet socket waits out an RCU grace period: not on our path.
     crate::detect::close_in_background(socks.0);
-    Ok(())
-}
-
-/// One gratuitous ARP request (sender = target = the address) per address,
-/// from `mac`, through the packet socket `sock`.
-pub fn gratuitous_arps(sock: &PacketSocket, mac: [u8; 6], addrs: &[Ipv4Addr]) -> cni::Result<()> {
-    let ifindex = sock.ifindex();
-    for a in addrs {
-        let frame = arp::gratuitous(mac, *a).ok_or_else(|| {
-            Error::plugin(code::KERNEL, format!("cannot build announcement for {a}"))
-        })?;
-        sock.send(&frame)
-            .map_err(|e| Error::kernel(format!("announce {a} on ifindex {ifindex}"), e))?;
-        tracing::debug!(%a, ifindex, "gratuitous ARP sent");
-    }
     Ok(())
 }
 
@@ -158,13 +142,8 @@ fn send_unsolicited_na(
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut msg = [0u8; 32];
-    msg[0] = 136; // neighbour advertisement
-    msg[4] = 0x20; // override
-    msg[8..24].copy_from_slice(&target.octets());
-    msg[24] = 2; // target link-layer address option
-    msg[25] = 1; // length in units of 8 octets
-    msg[26..32].copy_from_slice(&mac);
+    // The kernel fills in the checksum of a raw ICMPv6 socket's message.
+    let msg = ndp::advert_body(mac, target);
     // SAFETY: zeroed sockaddr_in6 is a valid value.
     let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;

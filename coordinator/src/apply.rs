@@ -2,16 +2,19 @@
 //! leaves nothing behind.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
-use cni::netlink::{Mac, Netlink, NlError, Route, Rule, VethSpec};
-use cni::netns::{sysctl_set, NetNs};
+use cni::netlink::{Netlink, NlError, Route, Rule, VethSpec, NUD_PERMANENT};
+use cni::netns::{sysctl_get, sysctl_set, NetNs};
 use cni::{Error, Result};
-use ipnet::IpNet;
 
 use crate::names::format_mac;
 use crate::nftables::{self, ReplyMark};
-use crate::plan::{Move, Plan, RouteSpec, Side, SysctlSpec, REPLY_MARK, ROUTE_PROTOCOL};
+use crate::plan::{
+    metric_of, Move, NeighSpec, Plan, PodView, RouteSpec, Side, SysctlSpec, REPLY_MARK,
+    ROUTE_PROTOCOL,
+};
+use crate::record::{Attachments, Writer};
+use crate::undo::{self, Sides, Undo};
 
 /// The two netlink sockets of a call and the pod's netns.
 pub struct Kernel<'a> {
@@ -27,82 +30,92 @@ impl Kernel<'_> {
             Side::Pod => self.pod,
         }
     }
-}
 
-/// What to do to take back one applied step.
-#[derive(Debug)]
-enum Undo {
-    DelLink(String),
-    DelRoute(Side, Route),
-    /// Put a moved route back: a nexthop back into its multipath route.
-    UnMove(Move),
-    DelRule(Side, Rule),
-    DelNeigh(Side, u32, IpAddr),
-    DelAddr(u32, IpNet),
-    RemoveReplyMark,
-    /// Give a pod link its MAC back (`podMACPrefix`).
-    SetMac(u32, Mac),
-    /// Write a pod sysctl's old value back.
-    PodSysctl {
-        key: String,
-        old: String,
-    },
+    pub fn sides(&self) -> Sides<'_> {
+        Sides {
+            host: self.host,
+            pod: Some((self.pod, self.pod_ns)),
+        }
+    }
 }
 
 /// Every change of one ADD, from the first (a sysctl, the MAC) to the last,
-/// with how to take it back. Dropped without [`Journal::commit`] (an error
-/// returned, or a panic unwinding through the ADD) it undoes them all, last
-/// first.
+/// each preceded by its [`Undo`] in the attachment's record. Dropped without
+/// [`Journal::commit`] (an error returned, or a panic unwinding through the
+/// ADD) it undoes this call's changes, last first, and puts the record back
+/// as it was before the call: a failed repeated ADD leaves everything that
+/// existed before it.
 pub struct Journal<'a> {
     k: &'a Kernel<'a>,
-    steps: Vec<Undo>,
+    records: &'a Attachments,
+    w: Option<Writer>,
 }
 
 impl<'a> Journal<'a> {
-    pub fn new(k: &'a Kernel<'a>) -> Journal<'a> {
+    pub fn new(k: &'a Kernel<'a>, records: &'a Attachments, w: Writer) -> Journal<'a> {
         Journal {
             k,
-            steps: Vec::new(),
+            records,
+            w: Some(w),
         }
     }
 
-    /// `key` in the pod was changed from `old`.
-    pub fn pod_sysctl(&mut self, key: String, old: String) {
-        self.steps.push(Undo::PodSysctl { key, old });
+    fn writer(&mut self) -> &mut Writer {
+        self.w
+            .as_mut()
+            .expect("a journal writes until it is committed")
     }
 
-    /// Link `index` in the pod had MAC `old`.
-    pub fn mac(&mut self, index: u32, old: Mac) {
-        self.steps.push(Undo::SetMac(index, old));
+    /// Record `undo` ahead of its change; its sequence number.
+    pub fn push(&mut self, undo: Undo) -> Result<u64> {
+        self.writer().push(undo)
     }
 
-    /// Put pod sysctl `key` back now (the change was only needed for a
-    /// while) and forget it.
-    pub fn restore_pod_sysctl(&mut self, key: &str) {
-        let at = self
-            .steps
-            .iter()
-            .position(|u| matches!(u, Undo::PodSysctl { key: k, .. } if k == key));
-        if let Some(at) = at {
-            let step = self.steps.remove(at);
-            undo(self.k, step);
+    /// The change of step `seq` was not made, or not by us.
+    pub fn forget(&mut self, seq: u64) -> Result<()> {
+        self.writer().forget(seq)
+    }
+
+    /// Undo step `seq` now (the change was only needed for a while) and
+    /// forget it.
+    pub fn undo_now(&mut self, seq: u64) -> Result<()> {
+        let step = self.writer().this_call().find(|(s, _)| *s == seq).cloned();
+        if let Some((_, step)) = step {
+            if let Err(e) = undo::run(&self.k.sides(), &step) {
+                tracing::warn!("{}: {e}", step.describe());
+            }
+            self.forget(seq)?;
         }
+        Ok(())
     }
 
-    /// The ADD succeeded: keep every change.
-    pub fn commit(mut self) {
-        self.steps.clear();
+    /// The ADD succeeded: keep every change. A repeated ADD's record is
+    /// compacted (its earlier steps first, then this call's).
+    pub fn commit(mut self) -> Result<()> {
+        let w = self.w.take().expect("committed once");
+        if w.before().is_some() {
+            self.records.write(w.record())?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for Journal<'_> {
     fn drop(&mut self) {
-        if self.steps.is_empty() {
-            return;
+        let Some(w) = self.w.take() else { return };
+        let steps: Vec<Undo> = w.this_call().rev().map(|(_, u)| u.clone()).collect();
+        if !steps.is_empty() {
+            tracing::warn!("ADD failed; undoing {} steps", steps.len());
         }
-        tracing::warn!("ADD failed; undoing {} steps", self.steps.len());
-        for step in std::mem::take(&mut self.steps).into_iter().rev() {
-            undo(self.k, step);
+        for f in undo::replay(&self.k.sides(), &steps) {
+            tracing::warn!("undo {f}");
+        }
+        let res = match w.before() {
+            Some(rec) => self.records.write(rec),
+            None => self.records.remove(&w.record().ifname),
+        };
+        if let Err(e) = res {
+            tracing::warn!("putting the attachment record back: {e}");
         }
     }
 }
@@ -128,10 +141,17 @@ impl<'a> Links<'a> {
     }
 }
 
-/// Apply `plan`, each step recorded in `journal`. `uplinks`: host devices
-/// where stale neighbour entries for the pod's addresses may linger.
-pub fn apply(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Journal) -> Result<()> {
-    let res = apply_steps(k, plan, uplinks, &mut journal.steps);
+/// Apply `plan` to the pod whose view (`pre`) the plan was made from, each
+/// change preceded by its undo in `journal`. `uplinks`: host devices where
+/// stale neighbour entries for the pod's addresses may linger.
+pub fn apply(
+    k: &Kernel,
+    plan: &Plan,
+    pre: &PodView,
+    uplinks: &[u32],
+    journal: &mut Journal,
+) -> Result<()> {
+    let res = apply_steps(k, plan, pre, uplinks, journal);
     if let Err(e) = &res {
         tracing::warn!("ADD failed: {e}");
     }
@@ -165,7 +185,24 @@ pub fn describe(r: &RouteSpec) -> String {
     .to_lowercase()
 }
 
-fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>) -> Result<()> {
+/// Devices this ADD creates: nothing on them needs a pre-image.
+fn created(plan: &Plan, side: Side, dev: &str) -> bool {
+    plan.veth.as_ref().is_some_and(|v| {
+        v.create
+            && match side {
+                Side::Host => v.host == dev,
+                Side::Pod => v.pod == dev,
+            }
+    })
+}
+
+fn apply_steps(
+    k: &Kernel,
+    plan: &Plan,
+    pre: &PodView,
+    uplinks: &[u32],
+    journal: &mut Journal,
+) -> Result<()> {
     let mut links = Links {
         k,
         cache: HashMap::new(),
@@ -175,16 +212,23 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
     // table only matches packets entering through veth0, so it may exist
     // before veth0 does, and the pod runs nothing during ADD.
     if plan.reply_mark {
-        nftables::install(
+        let seq = journal.push(Undo::RemoveReplyMark)?;
+        let created = nftables::install(
             k.pod_ns,
             &ReplyMark {
                 iif: crate::names::POD_VETH.into(),
                 mark: REPLY_MARK,
             },
         )?;
-        journal.push(Undo::RemoveReplyMark);
+        if !created {
+            // A repeated ADD rewrote the table an earlier ADD made.
+            journal.forget(seq)?;
+        }
     }
     if let Some(v) = plan.veth.as_ref().filter(|v| v.create) {
+        journal.push(Undo::DelLink {
+            name: v.host.clone(),
+        })?;
         k.host
             .add_veth(&VethSpec {
                 name: v.host.clone(),
@@ -195,9 +239,8 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
                 peer_netns: Some(k.pod_ns),
             })
             .map_err(|e| Error::from(e).context(format!("creating veth {}/{}", v.host, v.pod)))?;
-        journal.push(Undo::DelLink(v.host.clone()));
     }
-    write_sysctls(k, plan)?;
+    write_sysctls(k, plan, journal)?;
     if let Some(v) = &plan.veth {
         for (side, name) in [(Side::Host, &v.host), (Side::Pod, &v.pod)] {
             let i = links.index(side, name)?;
@@ -208,28 +251,35 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
     }
     if let Some((dev, qlen)) = &plan.txqlen {
         let i = links.index(Side::Pod, dev)?;
-        k.pod
-            .set_link_txqlen(i, *qlen)
-            .map_err(|e| Error::from(e).context(format!("txqueuelen of {dev}")))?;
+        let old = pre.link(dev).map(|l| l.txqlen);
+        if old != Some(*qlen) {
+            if let Some(old) = old {
+                journal.push(Undo::SetTxqlen {
+                    dev: dev.clone(),
+                    index: i,
+                    qlen: old,
+                })?;
+            }
+            k.pod
+                .set_link_txqlen(i, *qlen)
+                .map_err(|e| Error::from(e).context(format!("txqueuelen of {dev}")))?;
+        }
     }
     for (dev, addr) in &plan.addresses {
         let i = links.index(Side::Pod, dev)?;
+        let seq = journal.push(Undo::DelAddr {
+            dev: dev.clone(),
+            index: i,
+            addr: *addr,
+        })?;
         match k.pod.add_address(i, *addr, true) {
-            Ok(()) => journal.push(Undo::DelAddr(i, *addr)),
-            Err(NlError::Exists) => {}
+            Ok(()) => {}
+            Err(NlError::Exists) => journal.forget(seq)?,
             Err(e) => return Err(Error::from(e).context(format!("adding {addr} to {dev}"))),
         }
     }
     for n in plan.neighbours.iter().filter(|n| n.side == Side::Pod) {
-        let i = links.index(n.side, &n.dev)?;
-        k.pod.set_permanent_neighbour(i, n.ip, n.mac).map_err(|e| {
-            Error::from(e).context(format!(
-                "neighbour {} lladdr {} dev {}",
-                n.ip,
-                format_mac(&n.mac),
-                n.dev
-            ))
-        })?;
+        set_neighbour(&mut links, plan, n, journal)?;
     }
     let (pod_routes, host_routes): (Vec<&RouteSpec>, Vec<&RouteSpec>) =
         plan.routes.iter().partition(|r| r.side == Side::Pod);
@@ -237,15 +287,17 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
     // never lacks a route in between, and a process killed after a move
     // leaves the rule by which DEL finds the moved route's copy.
     for r in &pod_routes {
-        add_route(&mut links, r, journal)?;
+        add_route(&mut links, plan, pre, r, journal)?;
     }
     for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Pod) {
         add_rule(k, *side, rule, journal)?;
     }
     for m in &plan.moves {
+        let seq = journal.push(Undo::UnMove { moved: m.clone() })?;
         match move_out(k.pod, m) {
-            Ok(()) => journal.push(Undo::UnMove(m.clone())),
-            Err(NlError::NotFound) => {}
+            Ok(()) => {}
+            // Already out of main (a repeated ADD): an earlier record holds it.
+            Err(NlError::NotFound) => journal.forget(seq)?,
             Err(e) => {
                 return Err(
                     Error::from(e).context(format!("moving route {} out of main", m.route.dst))
@@ -254,7 +306,7 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
         }
     }
     for r in &host_routes {
-        add_route(&mut links, r, journal)?;
+        add_route(&mut links, plan, pre, r, journal)?;
     }
     for n in plan.neighbours.iter().filter(|n| n.side == Side::Host) {
         let i = links.index(n.side, &n.dev)?;
@@ -269,17 +321,12 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
                 Err(e) => tracing::warn!("looking up neighbour {} on {up}: {e}", n.ip),
             }
         }
-        k.host
-            .set_permanent_neighbour(i, n.ip, n.mac)
-            .map_err(|e| {
-                Error::from(e).context(format!("host neighbour {} dev {}", n.ip, n.dev))
-            })?;
-        journal.push(Undo::DelNeigh(Side::Host, i, n.ip));
+        set_neighbour(&mut links, plan, n, journal)?;
     }
     // policyRoutes last but one: a bad gateway fails here and the journal
     // takes the rest back.
     for r in &plan.policy {
-        add_route(&mut links, r, journal)?;
+        add_route(&mut links, plan, pre, r, journal)?;
     }
     // The host rule is shared by every pod, so it is never undone; added last,
     // a failed first ADD on a node leaves no rule behind.
@@ -289,35 +336,126 @@ fn apply_steps(k: &Kernel, plan: &Plan, uplinks: &[u32], journal: &mut Vec<Undo>
     Ok(())
 }
 
-fn add_route(links: &mut Links, r: &RouteSpec, journal: &mut Vec<Undo>) -> Result<()> {
-    let route = route_of(links, r)?;
-    let nl = links.k.nl(r.side);
-    match nl.add_route(&route) {
-        Ok(()) => {
-            journal.push(Undo::DelRoute(r.side, route));
-            Ok(())
-        }
-        // A repeated ADD finds its own routes: make them match the plan.
-        Err(NlError::Exists) => nl
-            .replace_route(&route)
-            .map_err(|e| Error::from(e).context(describe(r))),
-        Err(e) => Err(Error::from(e).context(describe(r))),
-    }
+/// The route of `view` that an add of `r` would collide with (same table,
+/// destination and metric: the kernel's key).
+fn occupant<'v>(view: &'v PodView, r: &Route) -> Option<&'v Route> {
+    view.routes
+        .iter()
+        .find(|x| x.table == r.table && x.dst == r.dst && metric_of(x) == metric_of(r))
 }
 
-fn add_rule(k: &Kernel, side: Side, rule: &Rule, journal: &mut Vec<Undo>) -> Result<()> {
+fn add_route(
+    links: &mut Links,
+    plan: &Plan,
+    pre: &PodView,
+    r: &RouteSpec,
+    journal: &mut Journal,
+) -> Result<()> {
+    let route = route_of(links, r)?;
+    let nl = links.k.nl(r.side);
+    let before = match (r.side, created(plan, r.side, &r.dev)) {
+        (Side::Pod, false) => occupant(pre, &route),
+        _ => None,
+    };
+    if before == Some(&route) {
+        // Already as planned (a repeated ADD): nothing changes.
+        return Ok(());
+    }
+    let undo = match before {
+        Some(old) => Undo::RestoreRoute {
+            side: r.side,
+            dev: r.dev.clone(),
+            route: old.clone(),
+        },
+        None => Undo::DelRoute {
+            side: r.side,
+            dev: r.dev.clone(),
+            route: route.clone(),
+        },
+    };
+    let seq = journal.push(undo)?;
+    let res = match before {
+        Some(_) => nl.replace_route(&route),
+        None => match nl.add_route(&route) {
+            // A host route an earlier ADD of this pod made (the guard
+            // refused any other device's): its record owns it.
+            Err(NlError::Exists) => {
+                journal.forget(seq)?;
+                nl.replace_route(&route)
+            }
+            other => other,
+        },
+    };
+    res.map_err(|e| Error::from(e).context(describe(r)))
+}
+
+fn add_rule(k: &Kernel, side: Side, rule: &Rule, journal: &mut Journal) -> Result<()> {
+    // The host rule is shared by every pod: never recorded for removal.
+    let seq = match side {
+        Side::Pod => Some(journal.push(Undo::DelRule {
+            side,
+            rule: rule.clone(),
+        })?),
+        Side::Host => None,
+    };
     match k.nl(side).add_rule(rule) {
-        // The host rule is shared by every pod: never journal it for removal.
-        Ok(()) if side == Side::Pod => {
-            journal.push(Undo::DelRule(side, rule.clone()));
-            Ok(())
-        }
-        Ok(()) | Err(NlError::Exists) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(NlError::Exists) => match seq {
+            Some(seq) => journal.forget(seq),
+            None => Ok(()),
+        },
         Err(e) => Err(Error::from(e).context(format!(
             "{side:?} rule priority {} lookup {}",
             rule.priority, rule.table
         ))),
     }
+}
+
+/// A permanent neighbour, the entry it replaces recorded first.
+fn set_neighbour(
+    links: &mut Links,
+    plan: &Plan,
+    n: &NeighSpec,
+    journal: &mut Journal,
+) -> Result<()> {
+    let i = links.index(n.side, &n.dev)?;
+    let nl = links.k.nl(n.side);
+    let old = match created(plan, n.side, &n.dev) {
+        true => None,
+        false => nl
+            .neighbour(i, n.ip)
+            .map_err(|e| Error::from(e).context(format!("neighbour {} dev {}", n.ip, n.dev)))?,
+    };
+    let old_permanent = old
+        .filter(|o| o.state & NUD_PERMANENT != 0)
+        .and_then(|o| o.mac);
+    if old_permanent == Some(n.mac) {
+        return Ok(());
+    }
+    journal.push(match old_permanent {
+        Some(mac) => Undo::RestoreNeigh {
+            side: n.side,
+            dev: n.dev.clone(),
+            index: i,
+            ip: n.ip,
+            mac,
+        },
+        // A learnt entry is learnt again.
+        None => Undo::DelNeigh {
+            side: n.side,
+            dev: n.dev.clone(),
+            index: i,
+            ip: n.ip,
+        },
+    })?;
+    nl.set_permanent_neighbour(i, n.ip, n.mac).map_err(|e| {
+        Error::from(e).context(format!(
+            "neighbour {} lladdr {} dev {}",
+            n.ip,
+            format_mac(&n.mac),
+            n.dev
+        ))
+    })
 }
 
 /// Take `m.route` out of `main`. An IPv6 multipath route is a list of
@@ -343,26 +481,6 @@ fn plain_hop(r: &Route) -> Route {
     one
 }
 
-fn undo_move(pod: &Netlink, m: &Move) -> std::result::Result<(), NlError> {
-    let r = &m.route;
-    if !r.multipath || m.others.is_empty() {
-        return pod.add_route(r);
-    }
-    if r.nh_id.is_some() {
-        let mut group = r.clone();
-        group.multipath = false;
-        return pod.replace_route(&group);
-    }
-    match r.family() {
-        cni::netlink::Family::V6 => pod.append_route(r),
-        cni::netlink::Family::V4 => {
-            let mut all = m.others.clone();
-            all.push(r.clone());
-            pod.replace_nexthops(&all)
-        }
-    }
-}
-
 /// Write one sysctl; a missing optional key (IPv6 disabled at boot) is fine.
 pub fn write_sysctl(key: &str, value: &str, optional: bool) -> std::io::Result<()> {
     match sysctl_set(key, value) {
@@ -374,55 +492,64 @@ pub fn write_sysctl(key: &str, value: &str, optional: bool) -> std::io::Result<(
     }
 }
 
-fn write_sysctls(k: &Kernel, plan: &Plan) -> Result<()> {
-    let pod: Vec<SysctlSpec> = plan
-        .sysctls
+/// The value of each of `specs` now: None for a missing optional key.
+fn read_sysctls(specs: &[SysctlSpec]) -> std::io::Result<Vec<Option<String>>> {
+    specs
         .iter()
-        .filter(|s| s.side == Side::Pod)
-        .cloned()
-        .collect();
-    if !pod.is_empty() {
-        let res = k
-            .pod_ns
-            .run(move || -> std::io::Result<()> {
-                for s in &pod {
-                    write_sysctl(&s.key, &s.value, s.optional)?;
-                }
-                Ok(())
-            })
-            .and_then(|r| r);
-        res.map_err(|e| Error::kernel("pod sysctl", e))?;
-    }
-    for s in plan.sysctls.iter().filter(|s| s.side == Side::Host) {
-        write_sysctl(&s.key, &s.value, s.optional).map_err(|e| Error::kernel("host sysctl", e))?;
-    }
-    Ok(())
+        .map(|s| match sysctl_get(&s.key) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if s.optional && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(std::io::Error::new(e.kind(), format!("{}: {e}", s.key))),
+        })
+        .collect()
 }
 
-fn undo(k: &Kernel, step: Undo) {
-    let res = match &step {
-        Undo::DelLink(name) => match k.host.link(name) {
-            Ok(Some(l)) => k.host.del_link(l.index),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        },
-        Undo::DelRoute(side, r) => k.nl(*side).del_route(r),
-        Undo::UnMove(m) => undo_move(k.pod, m),
-        Undo::DelRule(side, r) => k.nl(*side).del_rule(r),
-        Undo::DelNeigh(side, i, ip) => k.nl(*side).del_neighbour(*i, *ip),
-        Undo::DelAddr(i, a) => k.pod.del_address(*i, *a),
-        Undo::RemoveReplyMark => nftables::remove(k.pod_ns).map_err(|e| NlError::Io(e.to_string())),
-        Undo::SetMac(i, mac) => k.pod.set_link_mac(*i, *mac),
-        Undo::PodSysctl { key, old } => k
-            .pod_ns
-            .run(|| sysctl_set(key, old))
-            .and_then(|r| r)
-            .map_err(|e| NlError::Io(format!("{key}={old}: {e}"))),
-    };
-    match res {
-        Ok(()) | Err(NlError::NotFound) => {}
-        Err(e) => tracing::warn!("undo {step:?}: {e}"),
+/// Write the plan's sysctls that differ, each old value recorded first.
+fn write_sysctls(k: &Kernel, plan: &Plan, journal: &mut Journal) -> Result<()> {
+    for side in [Side::Pod, Side::Host] {
+        let specs: Vec<SysctlSpec> = plan
+            .sysctls
+            .iter()
+            .filter(|s| s.side == side)
+            .cloned()
+            .collect();
+        if specs.is_empty() {
+            continue;
+        }
+        let read = |specs: &[SysctlSpec]| match side {
+            Side::Pod => k.pod_ns.run(|| read_sysctls(specs)).and_then(|r| r),
+            Side::Host => read_sysctls(specs),
+        };
+        let what = format!("{side:?} sysctl").to_lowercase();
+        let old = read(&specs).map_err(|e| Error::kernel(&what, e))?;
+        let mut todo = Vec::new();
+        for (s, old) in specs.into_iter().zip(old) {
+            let Some(old) = old.filter(|o| *o != s.value) else {
+                continue;
+            };
+            journal.push(Undo::Sysctl {
+                side,
+                key: s.key.clone(),
+                old,
+            })?;
+            todo.push(s);
+        }
+        if todo.is_empty() {
+            continue;
+        }
+        let write = move || -> std::io::Result<()> {
+            for s in &todo {
+                write_sysctl(&s.key, &s.value, s.optional)?;
+            }
+            Ok(())
+        };
+        let res = match side {
+            Side::Pod => k.pod_ns.run(write).and_then(|r| r),
+            Side::Host => write(),
+        };
+        res.map_err(|e| Error::kernel(&what, e))?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
-//! DEL: take back what the NIC's ADD installed, as the planner derives it
-//! ([`crate::plan::teardown`] of the plan CHECK compares and ADD applies),
-//! and what any release left behind ([`crate::plan::sweep`]). What is already
-//! gone (netns, links, routes) is success; any other failure is collected,
-//! the remaining steps still run, and DEL fails so the runtime retries it.
+//! DEL: take back what the NIC's ADD did, as its record says
+//! ([`crate::record`]): every change undone, last first, each pre-image put
+//! back. An attachment without a record (an older release's, or a record
+//! lost) falls back to what the planner derives from the pod
+//! ([`crate::plan::teardown`]) and what any release left behind
+//! ([`crate::plan::sweep`]). What is already gone (netns, links, routes) is
+//! success; any other failure is collected, the remaining steps still run,
+//! and DEL fails so the runtime retries it.
+
+use std::path::Path;
 
 use cni::error::code;
 use cni::netlink::{Netlink, NlError, Route, Rule};
@@ -11,12 +16,16 @@ use cni::plugin::Call;
 use cni::{Error, Result};
 use ipnet::IpNet;
 
-use crate::add::{context_of, first_nic_host_peer, lock_pod, nic_addresses};
 use crate::apply::{describe, route_spec};
 use crate::config::{Config, Mode};
+use crate::context::{context_of, first_nic_host_peer, lock_pod, nic_addresses};
 use crate::names::{host_veth_name, POD_VETH};
 use crate::observe::pod_view;
-use crate::plan::{plan_add, sweep, teardown, teardown_without_plan, PodView, Side, Teardown};
+use crate::plan::{
+    plan_add, sweep, teardown, teardown_without_plan, Plan, PodView, Side, Teardown,
+};
+use crate::record::{self, Attachments, Record};
+use crate::undo::{self, Failure, Sides, Undo};
 
 pub fn del(call: &Call, cfg: &Config) -> Result<()> {
     if cfg.mode == Mode::Disabled {
@@ -35,7 +44,159 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
         lock_pod(ns)?;
     }
     let pod = pod_ns.as_ref().map(Netlink::open_in).transpose()?;
-    let view = pod.as_ref().map(pod_view).transpose()?;
+    let records = Attachments::open(Path::new(record::ROOT), &call.env.container_id, false)?;
+    let rec = match records.as_ref().map(|a| a.read(ifname)) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            tracing::warn!("{e}: removing what the planner finds instead");
+            None
+        }
+        None => None,
+    };
+    let failures = match (rec, &records) {
+        (Some(rec), Some(records)) => {
+            let sides = Sides {
+                host: &host,
+                pod: pod.as_ref().zip(pod_ns.as_ref()),
+            };
+            by_record(&sides, records, rec)?
+        }
+        _ => {
+            let failures = by_plan(cfg, call, &host, pod.as_ref(), pod_ns.as_ref())?;
+            if let (true, Some(records)) = (failures.is_empty(), &records) {
+                // An unreadable record: the planner's teardown replaced it.
+                records.remove(ifname)?;
+            }
+            failures
+        }
+    };
+    if !failures.is_empty() {
+        let list: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        return Err(Error::plugin(
+            code::TRY_AGAIN,
+            format!("DEL of {ifname} incomplete: {}", list.join("; ")),
+        ));
+    }
+    tracing::info!(container = call.env.container_id, ifname, "DEL done");
+    Ok(())
+}
+
+/// Does `plan` (another NIC's of the same pod) rely on what `step` undoes?
+fn needs(plan: &Plan, step: &Undo) -> bool {
+    match step {
+        Undo::DelRoute {
+            side: Side::Pod,
+            dev,
+            route,
+        }
+        | Undo::RestoreRoute {
+            side: Side::Pod,
+            dev,
+            route,
+        } => plan.routes.iter().chain(&plan.policy).any(|r| {
+            r.side == Side::Pod
+                && r.dst == route.dst
+                && r.table == route.table
+                && r.dev == *dev
+                && r.via == route.gateway
+        }),
+        Undo::DelRule {
+            side: Side::Pod,
+            rule,
+        } => plan.rules.iter().any(|(s, r)| *s == Side::Pod && r == rule),
+        Undo::UnMove { moved } => plan.moves.iter().any(|m| {
+            m.route.dst == moved.route.dst
+                && m.route.table == moved.route.table
+                && m.route.oif == moved.route.oif
+                && m.route.gateway == moved.route.gateway
+        }),
+        Undo::DelNeigh {
+            side: Side::Pod,
+            dev,
+            ip,
+            ..
+        }
+        | Undo::RestoreNeigh {
+            side: Side::Pod,
+            dev,
+            ip,
+            ..
+        } => plan
+            .neighbours
+            .iter()
+            .any(|n| n.side == Side::Pod && n.dev == *dev && n.ip == *ip),
+        Undo::Sysctl {
+            side: Side::Pod,
+            key,
+            ..
+        } => plan
+            .sysctls
+            .iter()
+            .any(|s| s.side == Side::Pod && s.key == *key),
+        _ => false,
+    }
+}
+
+/// DEL of an attachment with a record: its steps undone, last first. A
+/// step that another NIC of the pod still relies on (the first NIC's table
+/// a later NIC made, a pod-wide sysctl) is handed to that NIC's record
+/// instead, ahead of its own steps, so the last one to go undoes it.
+fn by_record(sides: &Sides, records: &Attachments, rec: Record) -> Result<Vec<Failure>> {
+    let siblings = records.siblings(&rec.ifname);
+    let mut handed: Vec<(usize, Undo)> = Vec::new();
+    let mut todo: Vec<Undo> = Vec::new();
+    for step in rec.steps.iter().rev() {
+        match siblings.iter().position(|s| needs(&s.plan, step)) {
+            Some(i) => handed.push((i, step.clone())),
+            None => todo.push(step.clone()),
+        }
+    }
+    for (i, sib) in siblings.iter().enumerate() {
+        let mut mine: Vec<Undo> = handed
+            .iter()
+            .rev()
+            .filter(|(j, _)| *j == i)
+            .map(|(_, u)| u.clone())
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        tracing::debug!(
+            to = sib.ifname,
+            steps = mine.len(),
+            "handing shared steps over"
+        );
+        let mut next = sib.clone();
+        mine.extend(next.steps);
+        next.steps = mine;
+        records.write(&next)?;
+    }
+    let failures = undo::replay(sides, &todo);
+    match failures.is_empty() {
+        true => records.remove(&rec.ifname)?,
+        // What failed is retried by the runtime's next DEL; the rest is done.
+        false => {
+            let failed: Vec<&String> = failures.iter().map(|f| &f.step).collect();
+            let mut left = rec.clone();
+            left.steps.retain(|s| failed.contains(&&s.describe()));
+            records.write(&left)?;
+        }
+    }
+    Ok(failures)
+}
+
+/// DEL of an attachment without a record (made by an older release, or its
+/// record lost): what the planner derives from the pod, and what any
+/// release left behind ([`crate::plan::sweep`]).
+fn by_plan(
+    cfg: &Config,
+    call: &Call,
+    host: &Netlink,
+    pod: Option<&Netlink>,
+    pod_ns: Option<&NetNs>,
+) -> Result<Vec<Failure>> {
+    let ifname = call.env.ifname.as_str();
+    let view = pod.map(pod_view).transpose()?;
 
     // The NIC's addresses: prevResult when the runtime passed it, else what
     // the NIC still holds.
@@ -51,7 +212,7 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
 
     let (mut td, known) = match &view {
         Some(v) if v.link(ifname).is_some() => {
-            match context_of(cfg, call, ips.clone(), gateways, &host, v.clone()) {
+            match context_of(cfg, call, ips.clone(), gateways, host, v.clone(), &[]) {
                 Ok(Some(ctx)) => (
                     teardown(cfg, &plan_add(cfg, &ctx.inputs), &ctx.inputs),
                     ctx.host_links,
@@ -59,33 +220,18 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
                 Ok(None) => (Teardown::default(), Vec::new()),
                 Err(e) => {
                     tracing::info!("DEL: no plan for {ifname} ({e}): removing by name and mark");
-                    by_name(cfg, call, &host, view.as_ref(), &ips)?
+                    by_name(cfg, call, host, view.as_ref(), &ips)?
                 }
             }
         }
-        _ => by_name(cfg, call, &host, view.as_ref(), &ips)?,
+        _ => by_name(cfg, call, host, view.as_ref(), &ips)?,
     };
     if let Some(v) = &view {
         let left = sweep(cfg, v, &td);
         td.merge(left);
     }
     tracing::debug!(?td, "teardown");
-    let errors = remove(
-        &host,
-        &known,
-        pod.as_ref(),
-        pod_ns.as_ref(),
-        view.as_ref(),
-        &td,
-    );
-    if !errors.is_empty() {
-        return Err(Error::plugin(
-            code::TRY_AGAIN,
-            format!("DEL of {ifname} incomplete: {}", errors.join("; ")),
-        ));
-    }
-    tracing::info!(container = call.env.container_id, ifname, "DEL done");
-    Ok(())
+    Ok(remove(host, &known, pod, pod_ns, view.as_ref(), &td))
 }
 
 /// The teardown of a NIC whose plan cannot be computed, and the host
@@ -124,11 +270,11 @@ fn remove(
     pod_ns: Option<&NetNs>,
     view: Option<&PodView>,
     td: &Teardown,
-) -> Vec<String> {
+) -> Vec<Failure> {
     let mut errors = Vec::new();
-    let mut note = |what: String, r: std::result::Result<(), NlError>| match r {
+    let mut note = |step: String, r: std::result::Result<(), NlError>| match r {
         Ok(()) | Err(NlError::NotFound) => {}
-        Err(e) => errors.push(format!("{what}: {e}")),
+        Err(error) => errors.push(Failure { step, error }),
     };
     let nl = |side: Side| match side {
         Side::Host => Some(host),

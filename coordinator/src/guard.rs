@@ -15,7 +15,7 @@ use cni::netlink::{Family, Netlink, TABLE_MAIN};
 use cni::{Error, Result};
 use ipnet::IpNet;
 
-use crate::add::Context;
+use crate::context::Context;
 use crate::plan::{is_link_local, Layout};
 
 /// What the node holds that a pod must not: its addresses (any device) and

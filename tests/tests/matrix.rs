@@ -1709,10 +1709,13 @@ fn kill_sweeps_leave_nothing_after_the_runtimes_del() {
     let (failures, points) = run_sweeps(&runs, kill_sweep);
     eprintln!("kill points (ADD, DEL): {points:#?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // The sweeps did kill: every ADD and every DEL had kill points.
+    // The sweeps did kill: every ADD and every DEL had kill points, but the
+    // overlay pod's first NIC's DEL: its record holds only sysctls (written
+    // back through /proc), so it sends no netlink request at all.
     assert_eq!(points.len(), 4, "{points:?}");
     assert!(
-        points.iter().all(|(_, (add, del))| *add > 0 && *del > 0),
+        points.iter().all(|(name, (add, del))| *add > 0
+            && (*del > 0 || (name.starts_with("Ptp") && name.ends_with("eth0")))),
         "{points:?}"
     );
 }

@@ -1057,19 +1057,49 @@ fn check_in_overlay_mode_names_the_missing_piece() {
     lab::ip(
         &ns,
         &[
-            "route", "add", &node4s, "via", &gw, "dev", "eth0", "table", &table,
+            "route", "add", &node4s, "via", &gw, "dev", "eth0", "table", &table, "proto", "222",
         ],
     )
     .unwrap();
     net1.chain
         .check(&net1.att)
         .unwrap_or_else(|e| panic!("CHECK after repair: {e}"));
+    // Put back by hand as the main plugin would (protocol boot): not ours,
+    // and DEL (which deletes our protocol's routes) would leave it.
+    lab::ip(&ns, &["route", "del", &node4s, "table", &table]).unwrap();
+    lab::ip(
+        &ns,
+        &[
+            "route", "add", &node4s, "via", &gw, "dev", "eth0", "table", &table,
+        ],
+    )
+    .unwrap();
+    let err = net1.chain.check(&net1.att).unwrap_err().to_string();
+    assert!(err.contains("protocol 3"), "{err}");
+    lab::ip(&ns, &["route", "del", &node4s, "table", &table]).unwrap();
+    lab::ip(
+        &ns,
+        &[
+            "route", "add", &node4s, "via", &gw, "dev", "eth0", "table", &table, "proto", "222",
+        ],
+    )
+    .unwrap();
     // A main route through eth0.
     lab::ip(&ns, &["route", "del", "10.233.0.0/18", "table", "main"]).unwrap();
     fails(&["route", "10.233.0.0/18"]);
     lab::ip(
         &ns,
-        &["route", "add", "10.233.0.0/18", "via", &gw, "dev", "eth0"],
+        &[
+            "route",
+            "add",
+            "10.233.0.0/18",
+            "via",
+            &gw,
+            "dev",
+            "eth0",
+            "proto",
+            "222",
+        ],
     )
     .unwrap();
     // A host route in hostRuleTable.

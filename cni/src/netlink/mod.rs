@@ -41,7 +41,9 @@ pub use lookup::{Lookup, LookupQuery, Routed};
 pub type Mac = [u8; 6];
 
 /// IP family of a route, rule, neighbour or dump.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Family {
     V4,
     V6,
@@ -171,7 +173,9 @@ pub struct Address {
     pub label: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum Scope {
     #[default]
     Universe,
@@ -179,7 +183,9 @@ pub enum Scope {
     Host,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum RouteKind {
     #[default]
     Unicast,
@@ -192,7 +198,7 @@ pub enum RouteKind {
 
 /// A route, as dumped or to be installed. Equality is what `ip route` would
 /// consider the same route.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Route {
     pub dst: IpNet,
     /// Routing table id (254 = main, 255 = local).
@@ -245,7 +251,7 @@ impl Route {
 
 /// A policy routing rule. Every rule installed has action `FR_ACT_TO_TBL`
 /// (a rule without an action makes lookups fail).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Rule {
     pub family: Family,
     pub priority: u32,

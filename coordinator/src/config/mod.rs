@@ -55,9 +55,13 @@ impl Default for DetectOptions {
 }
 
 impl DetectOptions {
-    /// The whole probe window: `retries × interval + timeout`.
+    /// The whole probe window: `retries × interval + timeout` (at least one
+    /// round), saturating: the config caps the values, but no input may
+    /// make this panic.
     pub fn window(&self) -> Duration {
-        self.interval * self.retries + self.timeout
+        self.interval
+            .saturating_mul(self.retries.max(1))
+            .saturating_add(self.timeout)
     }
 }
 

@@ -97,6 +97,28 @@ pub fn parse(frame: &[u8]) -> Option<Arp> {
     })
 }
 
+/// One gratuitous ARP request (sender = target = the address) per address,
+/// from `mac`, through the packet socket `sock`.
+pub fn send_gratuitous(
+    sock: &super::socket::PacketSocket,
+    mac: [u8; 6],
+    addrs: &[Ipv4Addr],
+) -> cni::Result<()> {
+    let ifindex = sock.ifindex();
+    for a in addrs {
+        let frame = gratuitous(mac, *a).ok_or_else(|| {
+            cni::Error::plugin(
+                cni::error::code::KERNEL,
+                format!("cannot build announcement for {a}"),
+            )
+        })?;
+        sock.send(&frame)
+            .map_err(|e| cni::Error::kernel(format!("announce {a} on ifindex {ifindex}"), e))?;
+        tracing::debug!(%a, ifindex, "gratuitous ARP sent");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

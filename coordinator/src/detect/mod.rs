@@ -46,14 +46,6 @@ fn rounds(o: &DetectOptions) -> u32 {
     o.retries.max(1)
 }
 
-/// `retries × interval + timeout`, saturating (the config caps the values,
-/// but this function must not panic on any input).
-fn window(o: &DetectOptions) -> Duration {
-    o.interval
-        .saturating_mul(rounds(o))
-        .saturating_add(o.timeout)
-}
-
 /// What the kernel's own IPv6 duplicate address detection says of an address.
 /// IPv4 addresses are always probed; pass `NotRun` for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +208,7 @@ pub fn detect(
                 IpAddr::V6(_) => None,
             })
             .collect();
-        crate::announce::gratuitous_arps(sock, nic.mac, &v4)?;
+        arp::send_gratuitous(sock, nic.mac, &v4)?;
         report.announced = v4;
     }
     close_in_background(
@@ -427,7 +419,7 @@ fn run(
     start: Instant,
 ) -> cni::Result<()> {
     let hour = later(start, Duration::from_secs(3600), start);
-    let deadline = later(start, window(opts), hour);
+    let deadline = later(start, opts.window(), hour);
     let poll_every = opts.interval.max(Duration::from_millis(1));
     let mut rounds_sent = 0u32;
     let mut next_round = start;

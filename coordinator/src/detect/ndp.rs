@@ -8,9 +8,7 @@ use std::net::Ipv6Addr;
 
 use pnet_base::MacAddr;
 use pnet_packet::ethernet::{EtherTypes, EthernetPacket, MutableEthernetPacket};
-use pnet_packet::icmpv6::ndp::{
-    MutableNeighborAdvertPacket, MutableNeighborSolicitPacket, NeighborAdvertFlags,
-};
+use pnet_packet::icmpv6::ndp::MutableNeighborSolicitPacket;
 use pnet_packet::icmpv6::{self, Icmpv6Packet, Icmpv6Types};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use pnet_packet::ipv6::{Ipv6Packet, MutableIpv6Packet};
@@ -114,16 +112,26 @@ pub fn ask(ours: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Option<Vec<u8>> {
     solicitation(ours, src, target)
 }
 
-/// Unsolicited advertisement of `target` to all nodes: override set,
-/// solicited clear, target link-layer option = `ours`.
+/// The ICMPv6 message of an unsolicited advertisement of `target`:
+/// override set, solicited clear, target link-layer option = `ours`,
+/// checksum left 0 (a raw ICMPv6 socket has the kernel fill it in).
+pub fn advert_body(ours: [u8; 6], target: Ipv6Addr) -> [u8; ND_LEN + 8] {
+    let mut msg = [0u8; ND_LEN + 8];
+    msg[0] = 136; // neighbour advertisement
+    msg[4] = 0x20; // override
+    msg[8..24].copy_from_slice(&target.octets());
+    msg[24] = OPT_TARGET_LL;
+    msg[25] = 1; // length in units of 8 octets
+    msg[26..32].copy_from_slice(&ours);
+    msg
+}
+
+/// [`advert_body`] as a whole Ethernet frame to all nodes, checksummed,
+/// for a packet socket.
 pub fn unsolicited_advert(ours: [u8; 6], target: Ipv6Addr) -> Option<Vec<u8>> {
-    let len = ND_LEN + 8;
-    let mut buf = frame(ours, target, ALL_NODES, len)?;
-    let mut na = MutableNeighborAdvertPacket::new(&mut buf[ICMP_OFF..])?;
-    na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
-    na.set_flags(NeighborAdvertFlags::Override);
-    na.set_target_addr(target);
-    put_lladdr_option(&mut buf, ICMP_OFF + ND_LEN, OPT_TARGET_LL, ours)?;
+    let body = advert_body(ours, target);
+    let mut buf = frame(ours, target, ALL_NODES, body.len())?;
+    buf.get_mut(ICMP_OFF..)?.copy_from_slice(&body);
     seal(&mut buf, target, ALL_NODES)?;
     Some(buf)
 }
@@ -275,7 +283,10 @@ mod tests {
                 ..
             } => {
                 assert_eq!(target, t);
-                assert_eq!(flags, NeighborAdvertFlags::Override);
+                assert_eq!(
+                    flags,
+                    pnet_packet::icmpv6::ndp::NeighborAdvertFlags::Override
+                );
                 assert_eq!(lladdr, OURS);
             }
             other => panic!("{other:?}"),

@@ -42,19 +42,18 @@ fn arp_frame(op: pnet_packet::arp::ArpOperation, mac: [u8; 6], sip: &str, tip: &
 #[test]
 fn window_is_rounds_times_interval_plus_timeout() {
     let o = DetectOptions::default();
-    assert_eq!(window(&o), Duration::from_millis(130));
-    assert_eq!(window(&o), o.window());
+    assert_eq!(o.window(), Duration::from_millis(130));
     let zero = DetectOptions {
         retries: 0,
         ..o.clone()
     };
-    assert_eq!(window(&zero), Duration::from_millis(110));
+    assert_eq!(zero.window(), Duration::from_millis(110));
     let huge = DetectOptions {
         retries: u32::MAX,
         interval: Duration::MAX,
         timeout: Duration::MAX,
     };
-    assert_eq!(window(&huge), Duration::MAX);
+    assert_eq!(huge.window(), Duration::MAX);
 }
 
 #[test]

@@ -140,6 +140,14 @@ fn output_rule(mark: u32) -> Vec<expr::Expr> {
     ]
 }
 
+/// Every rule of the table, by chain, in order.
+fn rules(iif: &[u8; expr::IFNAMSIZ], mark: u32) -> Vec<(&'static str, Vec<expr::Expr>)> {
+    vec![
+        (PREROUTING_CHAIN, prerouting_rule(iif, mark)),
+        (OUTPUT_CHAIN, output_rule(mark)),
+    ]
+}
+
 /// How the install transaction treats a table already in the netns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Install {
@@ -187,10 +195,7 @@ fn install_plan(spec: &ReplyMark, how: Install) -> Result<Vec<Step>> {
             format!("add chain {TABLE} {}", c.name),
         ));
     }
-    for (chain, rule) in [
-        (PREROUTING_CHAIN, prerouting_rule(&iif, spec.mark)),
-        (OUTPUT_CHAIN, output_rule(spec.mark)),
-    ] {
+    for (chain, rule) in rules(&iif, spec.mark) {
         plan.push((
             rule_msg(chain, &rule),
             NLM_F_CREATE | NLM_F_APPEND,
@@ -233,17 +238,22 @@ fn in_netns<T: Send>(ns: &NetNs, what: &str, f: impl FnOnce(&Nftables) -> Result
     out
 }
 
-/// Create (or re-create: idempotent, replaces our table) the table in netns `ns`.
-pub fn install(ns: &NetNs, spec: &ReplyMark) -> Result<()> {
+/// Create (or re-create: idempotent, replaces our table) the table in netns
+/// `ns`. True when it was created, false when an existing one was replaced.
+pub fn install(ns: &NetNs, spec: &ReplyMark) -> Result<bool> {
     let create = install_plan(spec, Install::Create)?;
     let replace = install_plan(spec, Install::Replace)?;
-    in_netns(ns, "install", |sock| match sock.batch(&create) {
+    let created = in_netns(ns, "install", |sock| match sock.batch(&create) {
+        Ok(()) => Ok(true),
         // A repeated ADD: the table is there, replace it.
-        Err(NlError::Exists) => sock.batch(&replace).map_err(|e| kernel("install", e)),
-        other => other.map_err(|e| kernel("install", e)),
+        Err(NlError::Exists) => sock
+            .batch(&replace)
+            .map(|()| false)
+            .map_err(|e| kernel("install", e)),
+        Err(e) => Err(kernel("install", e)),
     })?;
     tracing::debug!(iif = %spec.iif, mark = spec.mark, "nftables reply-mark table installed");
-    Ok(())
+    Ok(created)
 }
 
 /// Delete our table; Ok when it's absent.
@@ -310,6 +320,150 @@ fn chain_ok(sock: &Nftables, c: &ChainSpec) -> Result<bool> {
             .as_deref()
             == Some(c.name)
     }))
+}
+
+/// For CHECK: how the table differs from what [`install`] makes of `spec`
+/// (chains' type, hook, priority and policy; each rule's expressions), or
+/// None when it is exactly that.
+pub fn verify(ns: &NetNs, spec: &ReplyMark) -> Result<Option<String>> {
+    let iif = expr::ifname_bytes(&spec.iif)
+        .ok_or_else(|| Error::config("reply mark interface", format!("{:?}", spec.iif)))?;
+    let expected = rules(&iif, spec.mark);
+    in_netns(ns, "check", |sock| {
+        match sock.get(table_msg(NftMsg::GetTable)) {
+            Ok(_) => {}
+            Err(NlError::NotFound) => {
+                return Ok(Some(format!("nftables table inet {TABLE} is missing")))
+            }
+            Err(e) => return Err(kernel("check", e)),
+        }
+        for c in &CHAINS {
+            if let Some(why) = chain_differs(sock, c)? {
+                return Ok(Some(why));
+            }
+            let want: Vec<Vec<u8>> = expected
+                .iter()
+                .filter(|(chain, _)| *chain == c.name)
+                .map(|(_, e)| expr::expression_list(e).as_bytes().to_vec())
+                .collect();
+            let dump = NfMessage::nft(
+                NftMsg::GetRule,
+                Attrs::new()
+                    .string(NFTA_RULE_TABLE, TABLE)
+                    .string(NFTA_RULE_CHAIN, c.name),
+            );
+            let got: Vec<Vec<u8>> = sock
+                .dump(dump)
+                .map_err(|e| kernel(&format!("check: list rules of {}", c.name), e))?
+                .iter()
+                .filter(|r| {
+                    wire::find_attr(r.attrs.as_bytes(), NFTA_RULE_CHAIN).map(wire::c_string)
+                        == Some(c.name.to_string())
+                })
+                .filter_map(|r| {
+                    wire::find_attr(r.attrs.as_bytes(), NFTA_RULE_EXPRESSIONS).map(<[u8]>::to_vec)
+                })
+                .collect();
+            let same =
+                got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| same_attrs(g, w));
+            if !same {
+                return Ok(Some(format!(
+                    "nftables chain {TABLE} {} holds {} rule(s) that are not the reply-mark \
+                     rule(s) it should hold ({} expected)",
+                    c.name,
+                    got.len(),
+                    want.len()
+                )));
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// How base chain `c` differs from what install makes.
+fn chain_differs(sock: &Nftables, c: &ChainSpec) -> Result<Option<String>> {
+    let get = NfMessage::nft(
+        NftMsg::GetChain,
+        Attrs::new()
+            .string(NFTA_CHAIN_TABLE, TABLE)
+            .string(NFTA_CHAIN_NAME, c.name),
+    );
+    let chain = match sock.get(get) {
+        Ok(chain) => chain,
+        Err(NlError::NotFound) => {
+            return Ok(Some(format!(
+                "nftables chain {TABLE} {} is missing",
+                c.name
+            )))
+        }
+        Err(e) => return Err(kernel(&format!("check: get chain {}", c.name), e)),
+    };
+    let attrs = chain.attrs.as_bytes();
+    let kind = wire::find_attr(attrs, NFTA_CHAIN_TYPE).map(wire::c_string);
+    let hook = wire::find_attr(attrs, NFTA_CHAIN_HOOK);
+    let num = hook
+        .and_then(|h| wire::find_attr(h, NFTA_HOOK_HOOKNUM))
+        .and_then(wire::be32);
+    let prio = hook
+        .and_then(|h| wire::find_attr(h, NFTA_HOOK_PRIORITY))
+        .and_then(wire::be32)
+        .map(|p| p as i32);
+    let policy = wire::find_attr(attrs, NFTA_CHAIN_POLICY).and_then(wire::be32);
+    let why = if kind.as_deref() != Some(c.kind) {
+        format!("type {kind:?}, not {}", c.kind)
+    } else if num != Some(c.hook) {
+        format!("hook {num:?}, not {}", c.hook)
+    } else if prio != Some(CHAIN_PRIORITY) {
+        format!("priority {prio:?}, not {CHAIN_PRIORITY}")
+    } else if policy != Some(NF_ACCEPT) {
+        format!("policy {policy:?}, not accept")
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(format!("nftables chain {TABLE} {}: {why}", c.name)))
+}
+
+/// A whole attribute list: (type without flags, payload), or None when the
+/// bytes are not exactly one.
+fn attr_list(buf: &[u8]) -> Option<Vec<(u16, &[u8])>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let len = u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?) as usize;
+        let kind = u16::from_ne_bytes(buf.get(at + 2..at + 4)?.try_into().ok()?) & 0x3fff;
+        if len < 4 || at + len > buf.len() {
+            return None;
+        }
+        out.push((kind, &buf[at + 4..at + len]));
+        at += (len + 3) & !3;
+    }
+    Some(out)
+}
+
+/// Do the dumped attributes `got` carry everything `want` (what we send)
+/// says? Nested lists are compared attribute by attribute (the kernel may
+/// flag them nested, or add attributes of its own); leaves byte for byte.
+fn same_attrs(got: &[u8], want: &[u8]) -> bool {
+    if got == want {
+        return true;
+    }
+    let (Some(g), Some(w)) = (attr_list(got), attr_list(want)) else {
+        return false;
+    };
+    if w.is_empty() {
+        return false;
+    }
+    // Expressions (list elements) in order, one for one; inside an
+    // expression, each attribute we send must be there.
+    let elems = w.iter().all(|(k, _)| *k == 1);
+    if elems {
+        return g.len() == w.len()
+            && g.iter()
+                .zip(&w)
+                .all(|((gk, gv), (wk, wv))| gk == wk && same_attrs(gv, wv));
+    }
+    w.iter()
+        .all(|(wk, wv)| g.iter().any(|(gk, gv)| gk == wk && same_attrs(gv, wv)))
 }
 
 #[cfg(test)]

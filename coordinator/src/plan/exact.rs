@@ -172,9 +172,8 @@ fn underlay_pod() -> PodView {
     }
 }
 
-#[test]
-fn underlay_first_nic() {
-    let inp = Inputs {
+fn underlay_first_inputs() -> Inputs {
+    Inputs {
         layout: Layout::UnderlayFirst,
         ifname: "eth0".into(),
         ips: vec![net("10.6.1.1/16"), net("fd00:6::1:1/64")],
@@ -183,7 +182,12 @@ fn underlay_first_nic() {
         node_ips: vec![ip("10.6.0.2"), ip("fd00:6::2")],
         veth: Some(veth(true)),
         overlay_peer: None,
-    };
+    }
+}
+
+#[test]
+fn underlay_first_nic() {
+    let inp = underlay_first_inputs();
     let got = plan_add(&cfg(serde_json::from_str(SERVICES).unwrap()), &inp);
     let mut want = Plan {
         veth: Some(veth(true)),
@@ -463,8 +467,7 @@ fn overlay_later_nic_finds_eth0s_ipv6_gateway_in_the_multipath_default() {
 /// Calico: `default via 169.254.1.1 dev eth0 onlink`, no route to the
 /// gateway. Cluster routes are on-link too; nothing is added for the
 /// gateway, so CHECK and a repeated ADD plan exactly what ADD did.
-#[test]
-fn overlay_on_link_gateway() {
+fn overlay_on_link_inputs() -> Inputs {
     let mut inp = overlay_two_nics();
     inp.ips.truncate(1);
     inp.gateways.truncate(1);
@@ -474,6 +477,12 @@ fn overlay_on_link_gateway() {
     inp.pod.addrs.retain(|(_, a)| a.addr().is_ipv4());
     inp.pod.routes[0].gateway = Some(ip("169.254.1.1"));
     inp.pod.routes[0].onlink = true;
+    inp
+}
+
+#[test]
+fn overlay_on_link_gateway() {
+    let inp = overlay_on_link_inputs();
     let c = cfg(json!({"serviceCIDR": ["10.233.0.0/18"]}));
     let got = plan_add(&c, &inp);
     let onlink = |t: u32, dst: &str| RouteSpec {
@@ -525,8 +534,7 @@ fn overlay_on_link_gateway() {
 }
 
 /// A device-only default on eth0 (no gateway): the cluster is on the link.
-#[test]
-fn overlay_device_only_default() {
+fn overlay_device_only_inputs() -> Inputs {
     let mut inp = overlay_two_nics();
     inp.ips.truncate(1);
     inp.gateways.clear();
@@ -535,6 +543,12 @@ fn overlay_device_only_default() {
         .retain(|r| r.family() == Family::V4 && r.dst != net("10.244.1.1/32"));
     inp.pod.routes[0].gateway = None;
     inp.pod.routes[0].scope = Scope::Link;
+    inp
+}
+
+#[test]
+fn overlay_device_only_default() {
+    let inp = overlay_device_only_inputs();
     let got = plan_add(&cfg(json!({"serviceCIDR": ["10.233.0.0/18"]})), &inp);
     let cluster: Vec<&RouteSpec> = got
         .routes
@@ -554,12 +568,17 @@ fn overlay_device_only_default() {
 
 /// Two defaults of different metrics on net1 (IPAM's and a router
 /// advertisement's): both move, each keeps its metric in the table.
-#[test]
-fn several_defaults_keep_their_metrics() {
-    let mut inp = underlay_two_nics();
+fn ra_default() -> Route {
     let mut ra = kr("::/0", Some("fe80::1"), 3, TABLE_MAIN);
     ra.protocol = 9; // proto ra
     ra.metric = Some(1100);
+    ra
+}
+
+#[test]
+fn several_defaults_keep_their_metrics() {
+    let mut inp = underlay_two_nics();
+    let ra = ra_default();
     inp.pod.routes.push(ra.clone());
     let got = plan_add(&cfg(json!({})), &inp);
     assert!(got
@@ -573,8 +592,7 @@ fn several_defaults_keep_their_metrics() {
 
 /// An IPv4 multipath default (made by hand or a routing daemon) is one
 /// kernel object: net1's nexthop leaves it with eth0's as the rest.
-#[test]
-fn ipv4_multipath_default() {
+fn ipv4_multipath_inputs() -> (Inputs, Route, Route) {
     let mut inp = underlay_two_nics();
     inp.pod
         .routes
@@ -584,6 +602,12 @@ fn ipv4_multipath_default() {
     let mut b = kr("0.0.0.0/0", Some("10.7.0.1"), 3, TABLE_MAIN);
     b.multipath = true;
     inp.pod.routes.extend([a.clone(), b.clone()]);
+    (inp, a, b)
+}
+
+#[test]
+fn ipv4_multipath_default() {
+    let (inp, a, b) = ipv4_multipath_inputs();
     let got = plan_add(&cfg(json!({})), &inp);
     assert!(got.moves.contains(&Move {
         route: b,
@@ -607,4 +631,133 @@ fn overlay_first_nic_is_tuning_only() {
         ..Plan::default()
     };
     assert_eq!(got, want);
+}
+
+// ------------------------------------------------------------- fixpoint
+//
+// Every whole-plan fixture above, applied the way the kernel stores it and
+// planned again from the result (with the routes the plan moved out of
+// `main` put back, as the attachment records tell): the same plan, moves
+// included; CHECK passes on the result; and no drift is reported.
+
+/// The fixtures, each with a config that turns every kind of step on.
+fn fixtures() -> Vec<(&'static str, Config, Inputs)> {
+    let services: serde_json::Value = serde_json::from_str(SERVICES).unwrap();
+    let tuned = |mut v: serde_json::Value| {
+        v["podRPFilter"] = json!(0);
+        v["txQueueLen"] = json!(2000);
+        v["podMACPrefix"] = json!("0a:bb");
+        cfg(v)
+    };
+    let mut ra = underlay_two_nics();
+    ra.pod.routes.push(ra_default());
+    let mut overlay_first = overlay_two_nics();
+    overlay_first.layout = Layout::OverlayFirst;
+    overlay_first.ifname = "eth0".into();
+    vec![
+        (
+            "underlay first NIC",
+            tuned(services.clone()),
+            underlay_first_inputs(),
+        ),
+        (
+            "underlay later NIC",
+            tuned(json!({"serviceCIDR": ["10.233.0.0/18"]})),
+            underlay_two_nics(),
+        ),
+        (
+            "underlay later NIC, podDefaultRouteNic",
+            tuned(json!({"podDefaultRouteNic": "net1", "serviceCIDR": ["10.233.0.0/18"]})),
+            underlay_two_nics(),
+        ),
+        (
+            "overlay later NIC",
+            tuned(services.clone()),
+            overlay_two_nics(),
+        ),
+        (
+            "overlay later NIC, podDefaultRouteNic",
+            tuned(json!({"podDefaultRouteNic": "net1"})),
+            overlay_two_nics(),
+        ),
+        (
+            "overlay on-link gateway",
+            tuned(json!({"serviceCIDR": ["10.233.0.0/18"]})),
+            overlay_on_link_inputs(),
+        ),
+        (
+            "overlay device-only default",
+            tuned(json!({"serviceCIDR": ["10.233.0.0/18"]})),
+            overlay_device_only_inputs(),
+        ),
+        ("several defaults (RA)", tuned(json!({})), ra),
+        (
+            "IPv4 multipath default",
+            tuned(json!({})),
+            ipv4_multipath_inputs().0,
+        ),
+        ("overlay first NIC", tuned(json!({})), overlay_first),
+    ]
+}
+
+/// `p` with its lists in one order: the planner follows the order of the
+/// kernel's dump, which a re-inserted route does not keep.
+fn sorted(p: &Plan) -> Plan {
+    let mut p = p.clone();
+    let key = |x: &dyn std::fmt::Debug| format!("{x:?}");
+    p.routes.sort_by_key(|r| key(r));
+    p.rules.sort_by_key(|r| key(r));
+    p.moves.sort_by_key(|m| key(m));
+    p.neighbours.sort_by_key(|n| key(n));
+    p.sysctls.sort_by_key(|s| key(s));
+    p.policy.sort_by_key(|r| key(r));
+    p.stale_neighbours.sort();
+    p
+}
+
+#[test]
+fn every_fixture_is_a_fixpoint_of_the_planner() {
+    for (name, c, inp) in fixtures() {
+        let plan = plan_add(&c, &inp);
+        let seen = super::sim::applied(&plan, &inp.pod);
+        assert_eq!(
+            verify(&plan, &seen),
+            Ok(()),
+            "{name}: CHECK right after ADD"
+        );
+        let moved: Vec<&Move> = plan.moves.iter().collect();
+        let mut again = inp.clone();
+        again.pod = crate::context::moves_undone(&seen.pod, &moved);
+        if let Some(v) = again.veth.as_mut() {
+            v.create = false;
+        }
+        let replanned = plan_add(&c, &again);
+        let mut want = plan.clone();
+        if let Some(v) = want.veth.as_mut() {
+            v.create = false;
+        }
+        assert_eq!(
+            sorted(&replanned),
+            sorted(&want),
+            "{name}: planned again after ADD"
+        );
+        assert_eq!(drift(&plan, &replanned), Ok(()), "{name}");
+        // Planned once more from the same state: still the same (a third ADD).
+        assert_eq!(plan_add(&c, &again), replanned, "{name}: third plan");
+    }
+}
+
+/// Without the record's moves the planner cannot see what ADD took out of
+/// `main`: the two reproductions, kept as the reason for the record.
+#[test]
+fn without_the_moves_a_replan_loses_them() {
+    let c = cfg(json!({"podDefaultRouteNic": "net1"}));
+    let inp = underlay_two_nics();
+    let plan = plan_add(&c, &inp);
+    let seen = super::sim::applied(&plan, &inp.pod);
+    let mut again = inp.clone();
+    again.pod = seen.pod.clone();
+    let replanned = plan_add(&c, &again);
+    assert_ne!(replanned.routes, plan.routes);
+    assert!(drift(&plan, &replanned).is_err());
 }

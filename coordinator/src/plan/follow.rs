@@ -2,7 +2,7 @@
 //! exactly, and a piece added to the plan is required by CHECK and removed by
 //! DEL with no change to either.
 
-use cni::netlink::{Route, Rule, Scope, RTPROT_BOOT, TABLE_MAIN};
+use cni::netlink::{Rule, Scope, RTPROT_BOOT, TABLE_MAIN};
 use ipnet::IpNet;
 use serde_json::json;
 
@@ -43,41 +43,8 @@ fn host_neigh(ip: &str, dev: &str, mac: cni::netlink::Mac) -> NeighSpec {
     }
 }
 
-/// The kernel's state once `plan` is applied to `inp`'s pod: the pod's
-/// routes and rules plus the plan's, host links numbered from 100.
 fn applied(plan: &Plan, inp: &Inputs) -> Observed {
-    let mut seen = Observed {
-        pod: inp.pod.clone(),
-        reply_mark: plan.reply_mark,
-        ..Observed::default()
-    };
-    if let Some(v) = &plan.veth {
-        if seen.pod.link(&v.pod).is_none() {
-            seen.pod.links.push(link(50, &v.pod, Some("veth")));
-        }
-        seen.host_links.push((v.host.clone(), 100));
-    }
-    for r in plan.routes.iter().chain(&plan.policy) {
-        if r.side == Side::Host && !seen.host_links.iter().any(|(n, _)| *n == r.dev) {
-            let index = 100 + seen.host_links.len() as u32;
-            seen.host_links.push((r.dev.clone(), index));
-        }
-        let mut k = Route::new(r.dst, r.table);
-        k.oif = seen.index_of(r.side, &r.dev);
-        k.gateway = r.via;
-        k.protocol = ROUTE_PROTOCOL;
-        match r.side {
-            Side::Pod => seen.pod.routes.push(k),
-            Side::Host => seen.host_routes.push(k),
-        }
-    }
-    for (side, rule) in &plan.rules {
-        match side {
-            Side::Pod => seen.pod.rules.push(rule.clone()),
-            Side::Host => seen.host_rules.push(rule.clone()),
-        }
-    }
-    seen
+    super::sim::applied(plan, &inp.pod)
 }
 
 /// The Done-when of issue 11: a route and a rule added to any layout's plan

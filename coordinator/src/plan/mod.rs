@@ -23,6 +23,8 @@ mod exact;
 #[cfg(test)]
 mod follow;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeSet;
@@ -38,7 +40,7 @@ use later::later_nic;
 pub use teardown::{sweep, teardown, teardown_without_plan, Teardown};
 pub use types::*;
 use underlay::underlay_first;
-pub use verify::{verify, Observed};
+pub use verify::{drift, metric_of, verify, Observed};
 
 pub fn is_link_local(ip: &IpAddr) -> bool {
     match ip {
@@ -140,6 +142,10 @@ fn tuning(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     if cfg.tx_queue_len > 0 {
         plan.txqlen = Some((inp.ifname.clone(), cfg.tx_queue_len));
     }
+    plan.mac = cfg
+        .pod_mac_prefix
+        .and_then(|p| crate::macprefix::mac_for(p, &inp.ips))
+        .map(|m| (inp.ifname.clone(), m));
 }
 
 /// The plan of one ADD.

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use cni::netlink::{Link, Mac, Route, Rule, Scope};
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use super::is_link_local;
 
@@ -22,7 +23,7 @@ pub const REPLY_MARK: u32 = 0xc0de;
 /// it, and the planner never mistakes its own routes for the main CNI's.
 pub const ROUTE_PROTOCOL: u8 = 0xde;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Side {
     Host,
     Pod,
@@ -30,7 +31,7 @@ pub enum Side {
 
 /// A route whose device is named: indices of links created by the plan are
 /// only known when it is applied.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RouteSpec {
     pub side: Side,
     pub dst: IpNet,
@@ -66,7 +67,7 @@ impl RouteSpec {
 }
 
 /// A route of `main` that leaves it once its copy is in a NIC's table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Move {
     pub route: Route,
     /// The other nexthops of the multipath route `route` is one nexthop of:
@@ -74,7 +75,7 @@ pub struct Move {
     pub others: Vec<Route>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NeighSpec {
     pub side: Side,
     pub dev: String,
@@ -82,7 +83,7 @@ pub struct NeighSpec {
     pub mac: Mac,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SysctlSpec {
     pub side: Side,
     pub key: String,
@@ -104,7 +105,7 @@ impl SysctlSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VethPlan {
     pub host: String,
     pub host_mac: Mac,
@@ -115,7 +116,7 @@ pub struct VethPlan {
     pub create: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub veth: Option<VethPlan>,
     /// Written before links go up (DAD must be off before the first address).
@@ -137,6 +138,8 @@ pub struct Plan {
     /// `policyRoutes`, applied last: a bad gateway fails the ADD after
     /// everything else, and the undo takes it all back.
     pub policy: Vec<RouteSpec>,
+    /// `podMACPrefix`: the MAC the NIC (dev) gets, before any probe.
+    pub mac: Option<(String, Mac)>,
 }
 
 /// The pod as observed before the change.
@@ -164,7 +167,7 @@ impl PodView {
 }
 
 /// The layout the current call gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Layout {
     /// First NIC of an underlay pod: host veth, hijack routes, reply mark.
     UnderlayFirst,

@@ -1,0 +1,447 @@
+//! Issue 22: what ADD did is recorded per attachment, and DEL, CHECK and a
+//! failed ADD's undo work from that record. Real chains behind the reference
+//! plugins in a netns lab, with traffic; needs root and the built binaries.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cni_tests::{bin_dir, cni_path};
+use integration::chain::{Attachment, Chain, NetConfList};
+use integration::lab::{state, Lab, LabBuilder, Pod};
+use integration::traffic::{reply_peer, tcp_request, TcpServer};
+use serde_json::{json, Value};
+
+const RECORDS: &str = "/run/coordinator/attachments";
+
+fn lab(subnets: usize) -> Lab {
+    assert!(
+        bin_dir().join("coordinator").is_file(),
+        "coordinator binary missing (scripts/build.sh)"
+    );
+    LabBuilder::default()
+        .subnets(subnets)
+        .build()
+        .expect("build lab (needs root)")
+}
+
+/// Everything ADD or DEL may touch in `ns`, as sorted lines (the node's
+/// shared `from all lookup 500` rule left out).
+fn snapshot(ns: &str) -> Vec<String> {
+    let rows = |v: std::io::Result<Value>| v.unwrap().as_array().cloned().unwrap_or_default();
+    let mut out: Vec<String> = state::link_names(ns)
+        .unwrap()
+        .into_iter()
+        .map(|l| format!("link {l}"))
+        .collect();
+    for r in rows(state::rules(ns)) {
+        if r["table"] == "500" && r["src"] == "all" {
+            continue;
+        }
+        out.push(format!("rule {}", state::rule_line(&r)));
+    }
+    for r in rows(state::routes(ns, "all")) {
+        if r["table"] != "local" && r["dst"] != "multicast" {
+            out.push(format!(
+                "route {} proto {} metric {}",
+                state::route_line(&r),
+                r["protocol"],
+                r["metric"]
+            ));
+        }
+    }
+    for n in rows(state::neighbours(ns)) {
+        let permanent = n["state"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"));
+        if permanent {
+            out.push(format!("neigh {}", state::neigh_line(&n)));
+        }
+    }
+    let nft = integration::lab::nft_in(ns, "list ruleset").unwrap();
+    out.extend(nft.lines().map(|l| format!("nft {l}")));
+    out.sort();
+    out
+}
+
+fn records_of(id: &str) -> PathBuf {
+    Path::new(RECORDS).join(id)
+}
+
+/// macvlan on subnet `s` (ens<s+1>) with static addresses `.1.<host>` in
+/// both families, the gateway's defaults from IPAM, then the coordinator.
+fn nic_chain(lab: &Lab, s: u8, host: u8, coordinator: Value) -> Chain {
+    let n = 6 + s;
+    let mut c = coordinator;
+    c["type"] = json!("coordinator");
+    c["defaultsFile"] = json!(lab.dir().join("no-defaults.json"));
+    c["quarantineFile"] = json!(lab.dir().join("quarantine.json"));
+    let v = json!({
+        "cniVersion": "1.0.0", "name": format!("rec{s}"),
+        "plugins": [
+            {"type": "macvlan", "master": format!("ens{}", s + 1), "mode": "bridge",
+             "ipam": {"type": "static",
+                "addresses": [
+                    {"address": format!("10.{n}.1.{host}/16"), "gateway": format!("10.{n}.0.1")},
+                    {"address": format!("fd00:{n}::1:{host}/64"), "gateway": format!("fd00:{n}::1")}],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+            c
+        ]
+    });
+    let mut list = NetConfList::from_value(v).expect("conflist");
+    lab.localize(&mut list);
+    lab.chain(list).cni_path(cni_path())
+}
+
+/// The chain's coordinator alone, behind a plugin that prints `result` (the
+/// main plugin's earlier ADD result): a runtime's repeated ADD.
+fn replay(lab: &Lab, chain: &Chain, result: &Value, coordinator: Value, tag: &str) -> Chain {
+    let dir = lab.dir().join(format!("replay-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("result.json");
+    std::fs::write(&saved, result.to_string()).unwrap();
+    let script = format!(
+        "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && cat '{}'\nexit 0\n",
+        saved.display()
+    );
+    let plugin = dir.join("record-replay");
+    std::fs::write(&plugin, script).unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut c = coordinator;
+    c["type"] = json!("coordinator");
+    c["defaultsFile"] = json!(lab.dir().join("no-defaults.json"));
+    c["quarantineFile"] = json!(lab.dir().join("quarantine.json"));
+    let list = NetConfList::from_value(json!({
+        "cniVersion": "1.0.0", "name": chain.list().name,
+        "plugins": [{"type": "record-replay"}, c],
+    }))
+    .unwrap();
+    let mut path = vec![dir];
+    path.extend(cni_path());
+    lab.chain(list).cni_path(path)
+}
+
+/// The node reaches the pod's `ip`:8080 through the host veth (a probe).
+fn node_reaches(lab: &Lab, ip: IpAddr, what: &str) {
+    let reply = tcp_request(
+        lab.node(),
+        None,
+        SocketAddr::new(ip, 8080),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("{what}: node -> {ip}:8080: {e}"));
+    assert!(reply_peer(&reply).is_some(), "{what}: {reply}");
+}
+
+/// A client on the fabric reaches `ip`:8080 and gets its reply.
+fn fabric_reaches(lab: &Lab, ip: IpAddr, what: &str) {
+    let reply = tcp_request(
+        lab.fabric(),
+        None,
+        SocketAddr::new(ip, 8080),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("{what}: fabric -> {ip}:8080: {e}"));
+    assert!(reply_peer(&reply).is_some(), "{what}: {reply}");
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+struct Attached {
+    pod: Pod,
+    id: String,
+    nics: Vec<(Chain, Attachment, Value)>,
+    _srv: Vec<TcpServer>,
+}
+
+/// A pod with one macvlan NIC per subnet (`eth0`, `net1`, ...), host
+/// addresses `.1.<host>`, each with the coordinator config `coordinator`.
+fn attach(lab: &Lab, name: &str, host: u8, nics: u8, coordinator: Value) -> Attached {
+    let pod = lab.pod(name).expect("pod netns");
+    let id = format!("rec-{}-{name}", lab.prefix());
+    let mut out = Vec::new();
+    for s in 0..nics {
+        let ifname = match s {
+            0 => "eth0".to_string(),
+            n => format!("net{n}"),
+        };
+        let chain = nic_chain(lab, s, host, coordinator.clone());
+        let att = Attachment::new(&id, &pod.path, &ifname);
+        let res = chain
+            .add(&att)
+            .unwrap_or_else(|e| panic!("ADD {ifname}: {e}"));
+        out.push((chain, att, res.result.clone().unwrap_or(Value::Null)));
+    }
+    // One dual-stack listener answers both families.
+    let srv = vec![TcpServer::start(&pod.name, "[::]:8080".parse().unwrap()).unwrap()];
+    Attached {
+        pod,
+        id,
+        nics: out,
+        _srv: srv,
+    }
+}
+
+/// The main plugin's part of a chain's ADD result: what a replayed main
+/// plugin prints (the coordinator returns prevResult with at most the MAC
+/// changed, which is what the main plugin reported).
+fn main_result(result: &Value) -> Value {
+    result.clone()
+}
+
+/// Issue 22: a failed repeated ADD used to delete the working pod's
+/// reply-mark table and host neighbours. Now it undoes only its own changes:
+/// the pod, the node and the record are exactly as before it, and the pod
+/// still answers.
+#[test]
+fn a_failed_repeated_add_leaves_the_working_pod_as_it_was() {
+    let lab = lab(1);
+    let cfg = json!({"mode": "underlay", "podRPFilter": 0, "txQueueLen": 3000});
+    let p = attach(&lab, "rep", 61, 1, cfg.clone());
+    let (chain, att, result) = &p.nics[0];
+    node_reaches(&lab, ip("10.6.1.61"), "attached");
+    let before = (snapshot(&p.pod.name), snapshot(lab.node()));
+    let record = std::fs::read(records_of(&p.id).join("nic-eth0")).expect("record");
+
+    // The operator adds a policy route whose gateway is nowhere: the
+    // runtime's repeated ADD fails at the last step.
+    let mut bad = cfg.clone();
+    bad["policyRoutes"] = json!([{"dst": "192.0.2.0/24", "gw": "203.0.113.1"}]);
+    let again = replay(&lab, chain, &main_result(result), bad, "bad");
+    let err = again.add(att).expect_err("the repeated ADD must fail");
+    assert!(err.msg.contains("192.0.2.0/24"), "{err}");
+    assert_eq!(
+        (snapshot(&p.pod.name), snapshot(lab.node())),
+        before,
+        "the failed repeated ADD changed the pod or the node"
+    );
+    let after = std::fs::read(records_of(&p.id).join("nic-eth0")).expect("record kept");
+    assert_eq!(
+        String::from_utf8_lossy(&after),
+        String::from_utf8_lossy(&record)
+    );
+    node_reaches(&lab, ip("10.6.1.61"), "after the failed repeated ADD");
+    chain
+        .check(att)
+        .expect("CHECK after the failed repeated ADD");
+
+    // A repeated ADD that succeeds changes nothing either.
+    let same = replay(&lab, chain, &main_result(result), cfg, "same");
+    same.add(att).expect("repeated ADD");
+    assert_eq!((snapshot(&p.pod.name), snapshot(lab.node())), before);
+    chain.check(att).expect("CHECK after the repeated ADD");
+
+    chain.del(att).expect("DEL");
+    assert!(!records_of(&p.id).exists(), "the record outlived DEL");
+}
+
+/// Issue 22: DEL put a moved default back with protocol `boot`, losing its
+/// protocol and metric. The record keeps the route exactly as it was.
+#[test]
+fn del_puts_moved_defaults_back_exactly_as_they_were() {
+    let lab = lab(2);
+    let cfg = json!({"mode": "underlay", "podDefaultRouteNic": "net1"});
+    let pod = lab.pod("mv").expect("pod");
+    let id = format!("rec-{}-mv", lab.prefix());
+    let eth0 = nic_chain(&lab, 0, 62, cfg.clone());
+    let a0 = Attachment::new(&id, &pod.path, "eth0");
+    eth0.add(&a0).expect("ADD eth0");
+    // eth0's defaults as a router advertisement and a routing daemon would
+    // leave them: protocol ra / static, metrics of their own.
+    state::ip_batch(
+        &pod.name,
+        &[
+            "route del ::/0 dev eth0".into(),
+            "route add ::/0 via fd00:6::1 dev eth0 proto ra metric 1100".into(),
+            "route del 0.0.0.0/0 dev eth0".into(),
+            "route add 0.0.0.0/0 via 10.6.0.1 dev eth0 proto static metric 50".into(),
+        ],
+    )
+    .expect("eth0's defaults");
+    let before = snapshot(&pod.name);
+    let defaults = before_defaults;
+    let eth0_defaults = defaults(&pod.name);
+    assert_eq!(eth0_defaults.len(), 2, "{eth0_defaults:?}");
+
+    let net1 = nic_chain(&lab, 1, 62, cfg);
+    let a1 = Attachment::new(&id, &pod.path, "net1");
+    net1.add(&a1).expect("ADD net1");
+    let now = defaults(&pod.name);
+    assert!(
+        now.iter().all(|d| d.contains("net1")),
+        "eth0's defaults must leave main: {now:?}"
+    );
+    net1.check(&a1).expect("CHECK net1");
+    // Put one back by hand: CHECK sees it (issue 22: it never did).
+    state::ip(
+        &pod.name,
+        &[
+            "-4", "route", "add", "default", "via", "10.6.0.1", "dev", "eth0", "proto", "static",
+            "metric", "50",
+        ],
+    )
+    .unwrap();
+    let err = net1
+        .check(&a1)
+        .expect_err("CHECK must see the default back in main");
+    assert!(err.msg.contains("back in main"), "{err}");
+    state::ip(&pod.name, &["-4", "route", "del", "default", "dev", "eth0"]).unwrap();
+    net1.check(&a1).expect("CHECK once repaired");
+
+    net1.del(&a1).expect("DEL net1");
+    assert_eq!(defaults(&pod.name), eth0_defaults);
+    assert_eq!(
+        snapshot(&pod.name),
+        before,
+        "DEL of net1 did not give the pod back"
+    );
+    eth0.del(&a0).expect("DEL eth0");
+    assert!(!records_of(&id).exists());
+}
+
+/// Default routes of `ns`'s main, with device, protocol and metric.
+fn before_defaults(ns: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for fam in ["-4", "-6"] {
+        let text = state::ip(ns, &[fam, "-j", "route", "show", "default"]).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for r in v.as_array().cloned().unwrap_or_default() {
+            out.push(format!(
+                "{fam} via {} dev {} proto {} metric {}",
+                r["gateway"], r["dev"], r["protocol"], r["metric"]
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Without a record (an attachment of an older release, or a record lost)
+/// DEL falls back to the planner and the sweep, and leaves nothing.
+#[test]
+fn del_without_a_record_falls_back_to_the_planner() {
+    let lab = lab(2);
+    let pod = lab.pod("fb").expect("pod");
+    let before = (snapshot(&pod.name), snapshot(lab.node()));
+    let id = format!("rec-{}-fb", lab.prefix());
+    let cfg = json!({"mode": "underlay"});
+    let chains: Vec<(Chain, Attachment)> = (0..2u8)
+        .map(|s| {
+            let c = nic_chain(&lab, s, 63, cfg.clone());
+            let a = Attachment::new(&id, &pod.path, if s == 0 { "eth0" } else { "net1" });
+            c.add(&a).expect("ADD");
+            (c, a)
+        })
+        .collect();
+    for f in ["nic-eth0", "nic-net1"] {
+        std::fs::remove_file(records_of(&id).join(f)).expect("remove record");
+    }
+    // CHECK without a record compares with today's plan.
+    chains[1]
+        .0
+        .check(&chains[1].1)
+        .expect("CHECK without a record");
+    for (c, a) in chains.iter().rev() {
+        c.del(a).expect("DEL without a record");
+    }
+    assert_eq!((snapshot(&pod.name), snapshot(lab.node())), before);
+    assert!(!records_of(&id).exists());
+}
+
+/// CHECK reports drift between the record and today's pod: an address
+/// added to eth0 after net1's ADD has no `from` rule.
+#[test]
+fn check_reports_an_address_added_after_add() {
+    let lab = lab(2);
+    let p = attach(&lab, "dr", 64, 2, json!({"mode": "underlay"}));
+    let (net1, a1, _) = &p.nics[1];
+    net1.check(a1).expect("CHECK net1");
+    state::ip(
+        &p.pod.name,
+        &["addr", "add", "10.6.1.164/16", "dev", "eth0"],
+    )
+    .unwrap();
+    let err = net1
+        .check(a1)
+        .expect_err("CHECK must report the new address");
+    assert_eq!(err.code, 103, "{err}");
+    assert!(
+        err.msg.contains("changed since its ADD") && err.msg.contains("10.6.1.164"),
+        "{err}"
+    );
+    state::ip(
+        &p.pod.name,
+        &["addr", "del", "10.6.1.164/16", "dev", "eth0"],
+    )
+    .unwrap();
+    net1.check(a1).expect("CHECK once the address is gone");
+    for (c, a, _) in p.nics.iter().rev() {
+        c.del(a).expect("DEL");
+    }
+}
+
+/// NICs deleted in any order: what a later NIC shares with another (the
+/// first NIC's table, its `from` rules, pod-wide sysctls) stays while one
+/// of them needs it, and goes with the last. The pod keeps answering on
+/// the NICs that remain, and ends as it began.
+#[test]
+fn nics_deleted_in_any_order_leave_nothing_and_keep_the_rest_working() {
+    let lab = lab(3);
+    let cfg = json!({"mode": "underlay", "podRPFilter": 0});
+    for (name, order) in [("o1", [1usize, 0, 2]), ("o2", [0, 2, 1]), ("o3", [2, 1, 0])] {
+        let host = 70 + order[0] as u8 * 3 + order[1] as u8;
+        let empty = lab.pod(&format!("{name}e")).expect("pod");
+        let before = (snapshot(&empty.name), snapshot(lab.node()));
+        let p = attach(&lab, name, host, 3, cfg.clone());
+        let addr = |s: usize| ip(&format!("10.{}.1.{host}", 6 + s));
+        for s in 0..3 {
+            fabric_reaches(&lab, addr(s), &format!("{name}: NIC {s} attached"));
+        }
+        node_reaches(&lab, addr(0), &format!("{name}: attached"));
+        let mut gone = Vec::new();
+        for i in order {
+            let (c, a, _) = &p.nics[i];
+            c.del(a).unwrap_or_else(|e| panic!("{name}: DEL {i}: {e}"));
+            gone.push(i);
+            // With eth0 (and its veth) gone the pod is being torn down:
+            // only while it stays must the others keep working.
+            if gone.contains(&0) {
+                continue;
+            }
+            for s in (0..3).filter(|s| !gone.contains(s)) {
+                let (c, a, _) = &p.nics[s];
+                c.check(a)
+                    .unwrap_or_else(|e| panic!("{name}: CHECK {s} after DEL {gone:?}: {e}"));
+                fabric_reaches(
+                    &lab,
+                    addr(s),
+                    &format!("{name}: NIC {s} after DEL {gone:?}"),
+                );
+            }
+            node_reaches(&lab, addr(0), &format!("{name}: after DEL {gone:?}"));
+        }
+        assert_eq!(
+            (snapshot(&p.pod.name), snapshot(lab.node())),
+            before,
+            "{name}: DELs in order {order:?} left something"
+        );
+        assert!(!records_of(&p.id).exists(), "{name}: records left");
+    }
+}
+
+/// Records are private (0700 directories, 0600 files) and gone after DEL.
+#[test]
+fn records_are_private() {
+    let lab = lab(1);
+    let p = attach(&lab, "pv", 65, 1, json!({"mode": "underlay"}));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&records_of(&p.id)), 0o700);
+    assert_eq!(mode(&records_of(&p.id).join("nic-eth0")), 0o600);
+    let (c, a, _) = &p.nics[0];
+    c.del(a).expect("DEL");
+    c.del(a).expect("second DEL");
+    assert!(!records_of(&p.id).exists());
+}
