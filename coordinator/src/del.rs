@@ -28,7 +28,10 @@ use crate::record::{self, Attachments, Record};
 use crate::undo::{self, Failure, Sides, Undo};
 
 pub fn del(call: &Call, cfg: &Config) -> Result<()> {
-    if cfg.mode == Mode::Disabled {
+    let root = Path::new(record::ROOT);
+    // A record is undone whatever the config says now (an operator may have
+    // disabled the coordinator since the pod was attached).
+    if cfg.mode == Mode::Disabled && Attachments::open(root, &call.env.container_id, false)?.is_none() {
         return Ok(());
     }
     let ifname = call.env.ifname.as_str();
@@ -44,7 +47,7 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
         lock_pod(ns)?;
     }
     let pod = pod_ns.as_ref().map(Netlink::open_in).transpose()?;
-    let records = Attachments::open(Path::new(record::ROOT), &call.env.container_id, false)?;
+    let records = Attachments::open(root, &call.env.container_id, false)?;
     let rec = match records.as_ref().map(|a| a.read(ifname)) {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
@@ -61,6 +64,7 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
             };
             by_record(&sides, records, rec)?
         }
+        _ if cfg.mode == Mode::Disabled => Vec::new(),
         _ => {
             let failures = by_plan(cfg, call, &host, pod.as_ref(), pod_ns.as_ref())?;
             if let (true, Some(records)) = (failures.is_empty(), &records) {
@@ -386,5 +390,68 @@ fn flush(
 ) {
     for r in routes {
         note(format!("route {} table {t}", r.dst), pod.del_route(&r));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Layout, SysctlSpec};
+    use cni::netlink::{Family, Rule};
+
+    fn rule(t: u32) -> Rule {
+        let mut r = Rule::new(Family::V4, 1000, t);
+        r.src = Some("10.6.1.1/32".parse().unwrap());
+        r
+    }
+
+    /// eth0's table was made by net1's ADD and net2 relies on it too; the
+    /// pod-wide `all/rp_filter` was first written by net1. Deleting net1
+    /// first hands both to net2, ahead of net2's own steps, so net2's DEL
+    /// undoes them last.
+    #[test]
+    fn steps_another_nic_relies_on_are_handed_over() {
+        let root = tempfile::tempdir().unwrap();
+        let a = Attachments::open(root.path(), "ctr", true).unwrap().unwrap();
+        let all = "net/ipv4/conf/all/rp_filter";
+        let shared = Plan {
+            rules: vec![(Side::Pod, rule(102))],
+            sysctls: vec![SysctlSpec::new(Side::Pod, all.into(), "0")],
+            ..Plan::default()
+        };
+        let mut w1 = a.begin("net1", Layout::UnderlayLater, &shared, None).unwrap();
+        let own = Undo::DelRule {
+            side: Side::Pod,
+            rule: rule(101),
+        };
+        let handed_rule = Undo::DelRule {
+            side: Side::Pod,
+            rule: rule(102),
+        };
+        let handed_sysctl = Undo::Sysctl {
+            side: Side::Pod,
+            key: all.into(),
+            old: "1".into(),
+        };
+        for u in [handed_sysctl.clone(), own.clone(), handed_rule.clone()] {
+            w1.push(u).unwrap();
+        }
+        drop(w1);
+        let mut w2 = a.begin("net2", Layout::UnderlayLater, &shared, None).unwrap();
+        let net2_own = Undo::DelRule {
+            side: Side::Pod,
+            rule: rule(103),
+        };
+        w2.push(net2_own.clone()).unwrap();
+        drop(w2);
+
+        let host = Netlink::open().unwrap();
+        let sides = Sides { host: &host, pod: None };
+        let rec = a.read("net1").unwrap().unwrap();
+        let failures = by_record(&sides, &a, rec).unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        assert!(a.read("net1").unwrap().is_none(), "net1's record removed");
+        let net2 = a.read("net2").unwrap().unwrap();
+        assert_eq!(net2.steps, vec![handed_sysctl, handed_rule, net2_own]);
     }
 }
