@@ -123,33 +123,41 @@ fn install_is_idempotent_and_remove_cleans_up() {
     let rules = objects(&rs, "rule");
     assert_eq!(
         rules.len(),
-        2,
-        "one rule per chain, even after two installs: {rs:#}"
+        3,
+        "two rules in prerouting, one in output, even after two installs: {rs:#}"
     );
-    let rule = |chain: &str| {
+    let rules_of = |chain: &str| -> Vec<Value> {
         rules
             .iter()
-            .find(|r| r["chain"] == chain)
-            .unwrap_or_else(|| panic!("no rule in {chain}: {rs:#}"))["expr"]
-            .clone()
+            .filter(|r| r["chain"] == chain)
+            .map(|r| r["expr"].clone())
+            .collect()
     };
-    // iifname "veth0" ct state new ct mark set <mark>
-    let pre = rule("prerouting");
-    assert_eq!(pre.as_array().map(Vec::len), Some(3), "{pre}");
-    assert_eq!(pre[0]["match"]["left"]["meta"]["key"], "iifname", "{pre}");
-    assert_eq!(pre[0]["match"]["right"], "veth0", "{pre}");
-    assert_eq!(pre[1]["match"]["left"]["ct"]["key"], "state", "{pre}");
-    assert_eq!(pre[1]["match"]["right"], "new", "{pre}");
-    assert_eq!(pre[2]["mangle"]["key"]["ct"]["key"], "mark", "{pre}");
-    assert_eq!(pre[2]["mangle"]["value"], mark, "{pre}");
     // ct mark <mark> meta mark set ct mark
-    let out = rule("output");
-    assert_eq!(out.as_array().map(Vec::len), Some(2), "{out}");
-    assert_eq!(out[0]["match"]["left"]["ct"]["key"], "mark", "{out}");
-    assert_eq!(out[0]["match"]["op"], "==", "{out}");
-    assert_eq!(out[0]["match"]["right"], mark, "{out}");
-    assert_eq!(out[1]["mangle"]["key"]["meta"]["key"], "mark", "{out}");
-    assert_eq!(out[1]["mangle"]["value"]["ct"]["key"], "mark", "{out}");
+    let restores_mark = |r: &Value| {
+        assert_eq!(r.as_array().map(Vec::len), Some(2), "{r}");
+        assert_eq!(r[0]["match"]["left"]["ct"]["key"], "mark", "{r}");
+        assert_eq!(r[0]["match"]["op"], "==", "{r}");
+        assert_eq!(r[0]["match"]["right"], mark, "{r}");
+        assert_eq!(r[1]["mangle"]["key"]["meta"]["key"], "mark", "{r}");
+        assert_eq!(r[1]["mangle"]["value"]["ct"]["key"], "mark", "{r}");
+    };
+    let pre = rules_of("prerouting");
+    assert_eq!(pre.len(), 2, "{rs:#}");
+    // iifname "veth0" ct state new ct mark set <mark>
+    let new = &pre[0];
+    assert_eq!(new.as_array().map(Vec::len), Some(3), "{new}");
+    assert_eq!(new[0]["match"]["left"]["meta"]["key"], "iifname", "{new}");
+    assert_eq!(new[0]["match"]["right"], "veth0", "{new}");
+    assert_eq!(new[1]["match"]["left"]["ct"]["key"], "state", "{new}");
+    assert_eq!(new[1]["match"]["right"], "new", "{new}");
+    assert_eq!(new[2]["mangle"]["key"]["ct"]["key"], "mark", "{new}");
+    assert_eq!(new[2]["mangle"]["value"], mark, "{new}");
+    // Then the packet mark on the way in (the SYN's mark is the SYN-ACK's).
+    restores_mark(&pre[1]);
+    let out = rules_of("output");
+    assert_eq!(out.len(), 1, "{rs:#}");
+    restores_mark(&out[0]);
 
     // Re-install with another spec replaces, not appends.
     nftables::install(
@@ -161,7 +169,7 @@ fn install_is_idempotent_and_remove_cleans_up() {
     )
     .expect("reinstall");
     let rs = ruleset(name);
-    assert_eq!(objects(&rs, "rule").len(), 2, "{rs:#}");
+    assert_eq!(objects(&rs, "rule").len(), 3, "{rs:#}");
     assert!(
         rs.to_string().contains("eth9") && !rs.to_string().contains("veth0"),
         "{rs:#}"
@@ -228,6 +236,28 @@ fn present_follows_install_and_remove() {
     );
     assert!(!nftables::present(ns).expect("present, rule gone"));
 
+    // Nor is an older release's table, whose prerouting chain lacks the
+    // ingress mark.
+    nftables::install(ns, &spec(0x42)).expect("repair");
+    let rs = ruleset(name);
+    let ingress = objects(&rs, "rule")
+        .into_iter()
+        .filter(|r| r["chain"] == "prerouting")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second prerouting rule: {rs:#}"));
+    let handle = ingress["handle"].to_string();
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            name,
+            "nft",
+            &format!("delete rule inet coordinator prerouting handle {handle}"),
+        ],
+    );
+    assert!(!nftables::present(ns).expect("present, no ingress mark"));
+
     nftables::remove(ns).expect("remove");
     assert!(!nftables::present(ns).expect("present after remove"));
 }
@@ -265,6 +295,12 @@ const PORT: u16 = 8080;
 
 impl Lab {
     fn new(v6: bool) -> Lab {
+        Lab::with_default(v6, true)
+    }
+
+    /// `default`: the pod's main has a default route (through eth0); without
+    /// one it has no route at all to the host's address.
+    fn with_default(v6: bool, default: bool) -> Lab {
         let nss = Namespaces::new(&["pod", "host", "fab"]);
         let (pod, host, fab) = (nss.name(0), nss.name(1), nss.name(2));
         ip(
@@ -295,10 +331,12 @@ impl Lab {
             host,
             &format!("addr add {host_addr}/{plen} dev hveth {nodad}"),
         );
-        ip(
-            pod,
-            &format!("{any} route add default via {fab_addr} dev eth0"),
-        );
+        if default {
+            ip(
+                pod,
+                &format!("{any} route add default via {fab_addr} dev eth0"),
+            );
+        }
         ip(
             host,
             &format!("{any} route add {pod_addr}/{host_plen} dev hveth"),
@@ -431,4 +469,51 @@ fn replies_to_connections_via_veth0_return_via_veth0_ipv4() {
 #[test]
 fn replies_to_connections_via_veth0_return_via_veth0_ipv6() {
     reply_path(true);
+}
+
+/// No default in the pod's main: the SYN-ACK's own route lookup (made by
+/// the request socket, before any output hook) fails unless it carries the
+/// reply mark, which takes the ingress mark and `tcp_fwmark_accept`.
+fn reply_path_without_a_default(v6: bool) {
+    let lab = Lab::with_default(v6, false);
+    let pod = lab.nss.name(0).to_string();
+    let listener = lab.listen();
+    nftables::install(
+        lab.pod(),
+        &ReplyMark {
+            iif: "veth0".into(),
+            mark: MARK,
+        },
+    )
+    .expect("install");
+    sysctl(&pod, "net.ipv4.tcp_fwmark_accept", "0");
+    let lost = lab.connect(Duration::from_secs(2));
+    assert!(
+        lost.is_err(),
+        "a SYN-ACK without the mark found a route: {lost:?}"
+    );
+    sysctl(&pod, "net.ipv4.tcp_fwmark_accept", "1");
+    let server = echo_once(listener.try_clone().expect("clone listener"));
+    let mut s = lab
+        .connect(Duration::from_secs(10))
+        .expect("connect through veth0, SYN-ACK marked from the start");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"ping").expect("send");
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got).expect("echo back through veth0");
+    assert_eq!(&got, b"echoping");
+    let peer = server.join().expect("server thread").expect("server");
+    assert_eq!(peer, lab.host_addr);
+    drop(listener);
+}
+
+#[test]
+fn without_a_default_route_the_syn_ack_needs_the_accepted_mark_ipv4() {
+    reply_path_without_a_default(false);
+}
+
+#[test]
+fn without_a_default_route_the_syn_ack_needs_the_accepted_mark_ipv6() {
+    reply_path_without_a_default(true);
 }

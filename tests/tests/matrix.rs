@@ -190,8 +190,8 @@ impl Cell {
             _ => false,
         }
     }
-    /// Does `main` hold a default route? Without one a NodePort reply (a
-    /// SYN-ACK routed before the reply mark is set) has no way out.
+    /// Does `main` hold a default route? (A NodePort reply does not need
+    /// one: its SYN-ACK carries the reply mark from the start.)
     fn main_default(&self) -> bool {
         self.overlay()
             || self.default_routes(0)
@@ -246,6 +246,9 @@ fn cells() -> Vec<Cell> {
         c(&[Macvlan, Macvlan, Macvlan], HostLocal, Extra, DUAL, None),
         c(&[Macvlan, Macvlan], HostLocal, GatewayOnly, DUAL, Some(1)),
         c(&[Macvlan, Macvlan], HostLocal, NoRoutes, V4, None),
+        // Issue 24: one NIC whose IPAM gives no default (routes only for its
+        // subnet): NodePort replies have no way out of main.
+        c(&[Macvlan], HostLocal, NoRoutes, DUAL, None),
         c(&[Macvlan, Macvlan], Static, DefaultEvery, V6, None),
         c(&[Macvlan, Macvlan], Static, HostPrefix, DUAL, None),
         c(&[Macvlan, Macvlan], Static, NoRoutes, DUAL, None),
@@ -839,7 +842,7 @@ fn traffic(w: &Worker, cell: &Cell, a: &CellPod, b: &CellPod, f: &mut Failures) 
             }
             let what = format!("[{name}] {nic} {ip} -> Service");
             f.expect(what, peer(&a.pod.name, Some(ip), service(v4)), ip);
-            if (!cell.overlay() || i == 0) && cell.main_default() {
+            if !cell.overlay() || i == 0 {
                 let port = 30000 + w.next();
                 let np = node_port(w, ip, port);
                 let what = format!("[{name}] NodePort {np} -> {nic} {ip}");
@@ -1411,6 +1414,11 @@ fn matrix_cells_cover_the_issue() {
     for d in [None, Some(1), Some(2)] {
         assert!(cells.iter().any(|c| c.default_nic == d));
     }
+    // Issue 24: NodePort to a one-NIC underlay pod without a default in
+    // main, both families (every underlay cell gets its NodePort check).
+    assert!(cells
+        .iter()
+        .any(|c| c.nics == [Main::Macvlan] && !c.main_default() && c.fams == DUAL));
 }
 
 // ------------------------------------------------------------------ kill sweeps

@@ -7,8 +7,10 @@
 //! (`cargo build -p coordinator`, as scripts/test.sh does).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path, conf_example, ifindex};
@@ -1854,4 +1856,222 @@ fn reply_from_eth0_address_leaves_through_eth0_toward_net1_subnet() {
         );
         assert!(eth0.sent_to(to) >= 2, "no reply to {to} through eth0");
     }
+}
+
+// ---------------------------------------------------------------- 9. NodePort without a default in main
+
+/// A UDP server in a netns that answers each datagram with
+/// `from <peer>` (as [`TcpServer`] does), and records the errors of the
+/// replies the kernel refused (no route).
+struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    refused: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start(ns: &str, addr: SocketAddr) -> UdpEcho {
+        let sock = lab::in_netns(ns, move || UdpSocket::bind(addr))
+            .unwrap_or_else(|e| panic!("UDP bind {addr} in {ns}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, refused) = (Arc::clone(&stop), Arc::clone(&refused));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((_, peer)) = sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let line = format!(
+                        "from {}",
+                        SocketAddr::new(peer.ip().to_canonical(), peer.port())
+                    );
+                    if let Err(e) = sock.send_to(line.as_bytes(), peer) {
+                        refused
+                            .lock()
+                            .unwrap()
+                            .push(format!("reply to {peer}: {e}"));
+                    }
+                }
+            })
+        };
+        UdpEcho {
+            stop,
+            refused,
+            thread: Some(thread),
+        }
+    }
+
+    fn refused(&self) -> Vec<String> {
+        self.refused.lock().unwrap().clone()
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One datagram from `ns` to `dst`: the reply's source and text.
+fn udp_request(ns: &str, dst: SocketAddr) -> std::io::Result<(SocketAddr, String)> {
+    let any: SocketAddr = match dst {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
+        SocketAddr::V6(_) => "[::]:0".parse().unwrap(),
+    };
+    let sock = lab::in_netns(ns, move || UdpSocket::bind(any))?;
+    sock.set_read_timeout(Some(T))?;
+    sock.send_to(b"ping", dst)?;
+    let mut buf = [0u8; 512];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    Ok((from, String::from_utf8_lossy(&buf[..n]).into_owned()))
+}
+
+/// NodePort for UDP: `node` DNATed to `backend` (TCP has
+/// [`Lab::node_service`]).
+fn node_port_udp(lab: &Lab, node: SocketAddr, backend: SocketAddr) {
+    let (family, target) = match backend {
+        SocketAddr::V4(b) => ("ip", b.to_string()),
+        SocketAddr::V6(b) => ("ip6", b.to_string()),
+    };
+    let script = format!(
+        "table {family} np_udp {{\n chain pre {{ type nat hook prerouting priority -100; }}\n}}\n\
+         add rule {family} np_udp pre {family} daddr {} udp dport {} dnat to {target}\n",
+        node.ip(),
+        node.port()
+    );
+    lab.nft(&script).unwrap();
+}
+
+/// The node's address on subnet `s`.
+fn node_on(lab: &Lab, s: u8, v6: bool) -> IpAddr {
+    let sn = lab.subnet(s).unwrap();
+    match v6 {
+        true => sn.node6.unwrap().into(),
+        false => sn.node4.unwrap().into(),
+    }
+}
+
+/// Issue 24, item 2: an underlay pod whose IPAM gives no default route
+/// (routes only for its own subnet) serves a NodePort. The client is on
+/// another subnet, so the pod's `main` has no route to it: the SYN-ACK
+/// must take the reply mark into its very first route lookup (ingress mark
+/// and `tcp_fwmark_accept`), else it is never sent. Both families; with SYN
+/// cookies too, where the connection is made from the client's final ACK,
+/// which must carry the mark as well.
+#[test]
+fn nodeport_reaches_a_pod_without_a_default_route_in_main() {
+    let lab = build_lab(Lab::builder().subnets(2));
+    let mut list = load(&lab, "macvlan-underlay-dualstack.conflist");
+    let ipam = macvlan(&mut list)["ipam"].as_object_mut().unwrap();
+    ipam.remove("routes").expect("the example has routes");
+    let pod = lab.pod("p").unwrap();
+    let nic = attach(&lab, &pod, list, "eth0");
+    assert_eq!(default_devs(&pod.name), Vec::new(), "main has no default");
+    let _srv = TcpServer::start(&pod.name, sa("::".parse().unwrap(), POD_PORT)).unwrap();
+    node_reaches(&lab, &pod, &nic.ips);
+    let client = client_on(&lab, 2);
+    for ip in &nic.ips {
+        let v6 = ip.is_ipv6();
+        let from = client_ip(&client, v6).unwrap();
+        // The premise: without the mark the pod has no way to the client.
+        let unrouted = lab::ip(&pod.name, &["route", "get", &from.to_string()]);
+        assert!(unrouted.is_err(), "pod routes to {from}: {unrouted:?}");
+        let np = sa(node_on(&lab, 2, v6), NODE_PORT);
+        lab.node_service(np, sa(*ip, POD_PORT)).unwrap();
+        expect_peer_via_veth0(&pod, &client.name, None, np, from);
+    }
+    assert_eq!(sysctl(&pod.name, "net/ipv4/tcp_fwmark_accept"), "1");
+    // Every SYN answered with a cookie: the request socket is built from the
+    // client's ACK, whose route lookup needs the mark too.
+    let syncookies = |v: &str| {
+        let v = v.to_string();
+        lab::in_netns(&pod.name, move || {
+            cni::netns::sysctl_set("net/ipv4/tcp_syncookies", &v)
+        })
+        .unwrap()
+    };
+    syncookies("2");
+    for ip in &nic.ips {
+        let v6 = ip.is_ipv6();
+        let np = sa(node_on(&lab, 2, v6), NODE_PORT);
+        let from = client_ip(&client, v6).unwrap();
+        expect_peer_via_veth0(&pod, &client.name, None, np, from);
+    }
+    syncookies("1");
+
+    nic.chain
+        .check(&nic.att)
+        .unwrap_or_else(|e| panic!("CHECK: {}", describe(&e)));
+    // CHECK requires the ingress mark, not just a rule in each chain.
+    let listing = lab::nft_in(&pod.name, "list chain inet coordinator prerouting\n").unwrap();
+    assert!(
+        listing.contains("meta mark set ct mark"),
+        "no ingress mark in {listing}"
+    );
+    let out = nsexec::command_in(&pod.name, "nft", Enter::NetOnly)
+        .and_then(|mut c| {
+            c.args(["-a", "list", "chain", "inet", "coordinator", "prerouting"])
+                .output()
+        })
+        .unwrap();
+    let handle = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("meta mark set ct mark"))
+        .and_then(|l| l.rsplit("# handle ").next().map(|h| h.trim().to_string()))
+        .expect("the ingress mark rule's handle");
+    lab::nft_in(
+        &pod.name,
+        &format!("delete rule inet coordinator prerouting handle {handle}\n"),
+    )
+    .unwrap();
+    let err = nic
+        .chain
+        .check(&nic.att)
+        .expect_err("CHECK without the ingress mark");
+    assert!(err.msg.contains("nftables"), "{}", describe(&err));
+    nic.chain
+        .del(&nic.att)
+        .unwrap_or_else(|e| panic!("DEL: {}", describe(&e)));
+    assert!(!has_link(lab.node(), &host_veth(&pod)), "host veth left");
+}
+
+/// UDP NodePort replies: they are routed by the server's `sendto`, which
+/// knows no connection, so only the output chain's re-route brings them
+/// back through `veth0` (with the pod's default in `main`: without one,
+/// the `sendto` itself fails, see the operator guide). The ingress mark
+/// must not change that; the reply comes back from the node's address.
+#[test]
+fn nodeport_udp_replies_return_through_veth0() {
+    let lab = build_lab(Lab::builder().subnets(2));
+    let pod = lab.pod("p").unwrap();
+    let list = load(&lab, "macvlan-underlay-dualstack.conflist");
+    let nic = attach(&lab, &pod, list, "eth0");
+    let echo = UdpEcho::start(&pod.name, sa("::".parse().unwrap(), POD_PORT));
+    let client = client_on(&lab, 2);
+    for ip in &nic.ips {
+        let v6 = ip.is_ipv6();
+        let from = client_ip(&client, v6).unwrap();
+        let np = sa(node_on(&lab, 2, v6), NODE_PORT);
+        node_port_udp(&lab, np, sa(*ip, POD_PORT));
+        let veth0 = Sniffer::start(&pod.name, "veth0");
+        let (src, text) = udp_request(&client.name, np)
+            .unwrap_or_else(|e| panic!("UDP {} -> {np}: {e}; {:?}", client.name, echo.refused()));
+        assert_eq!(src, np, "the reply must come back from the NodePort");
+        assert_eq!(reply_peer(&text).map(|p| p.ip()), Some(from), "{text}");
+        assert!(
+            veth0.sent_to(from) >= 1,
+            "the UDP reply to {from} left the pod elsewhere"
+        );
+    }
+    assert_eq!(echo.refused(), Vec::<String>::new());
+    nic.chain
+        .del(&nic.att)
+        .unwrap_or_else(|e| panic!("DEL: {}", describe(&e)));
 }

@@ -7,7 +7,7 @@
 use cni::netlink::nftables::Attrs;
 
 const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
+pub const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 
@@ -66,6 +66,13 @@ pub const IFNAMSIZ: usize = 16;
 pub struct Expr {
     name: &'static str,
     data: Attrs,
+}
+
+impl Expr {
+    /// The kernel's name of the expression (`meta`, `cmp`, ...).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 fn data_value(bytes: &[u8]) -> Attrs {

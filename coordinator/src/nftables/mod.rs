@@ -1,23 +1,36 @@
 //! Reply-path connmark in the pod netns, programmed over nf_tables netlink.
 //!
-//! In underlay mode the pod's default route leaves through `eth0`, yet
-//! connections can also enter through `veth0` (kubelet probes, NodePort and
-//! Service traffic DNATed on the node). Their replies must go back through
-//! `veth0`. We own one table in the pod:
+//! In underlay mode the pod's default route leaves through `eth0` (or there
+//! is none), yet connections can also enter through `veth0` (kubelet probes,
+//! NodePort and Service traffic DNATed on the node). Their replies must go
+//! back through `veth0`. We own one table in the pod:
 //!
 //! ```text
 //! table inet coordinator {
 //!   chain prerouting { type filter hook prerouting priority -150
-//!     iifname "<iif>" ct state new ct mark set <mark> }
+//!     iifname "<iif>" ct state new ct mark set <mark>
+//!     ct mark <mark> meta mark set ct mark }
 //!   chain output { type route hook output priority -150
 //!     ct mark <mark> meta mark set ct mark }
 //! }
 //! ```
 //!
-//! The `route` chain type makes the kernel redo the route lookup when the
-//! packet mark changes, so the caller's `ip rule fwmark <mark> lookup <table>`
-//! sends the reply out through `veth0`. The table is written as raw netlink
-//! (no `nft` binary, no C libraries, no GPL crates).
+//! The caller's `ip rule fwmark <mark> lookup <table>` sends marked packets
+//! out through `veth0`. Two ways carry the mark into the reply's route:
+//! - The `route` chain type makes the kernel redo the route lookup when the
+//!   packet mark changes. That only helps a packet that had a route in the
+//!   first place: a UDP reply, or anything the pod sends while `main` holds
+//!   a default.
+//! - A TCP SYN-ACK is routed by the request socket before any output hook,
+//!   with the request's mark; with no default in `main` that lookup fails and
+//!   nothing is sent. So the packets of marked connections are marked on the
+//!   way in too, and the planner turns on `net.ipv4.tcp_fwmark_accept`
+//!   (IPv4 and IPv6 sockets alike): the request socket takes the SYN's mark
+//!   (with SYN cookies, the final ACK's: hence every packet, not only the
+//!   first), and so does the accepted socket.
+//!
+//! The table is written as raw netlink (no `nft` binary, no C libraries, no
+//! GPL crates).
 
 mod expr;
 
@@ -57,7 +70,7 @@ const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 
 /// What to mark: connections entering through `iif` get ct mark `mark`, and
-/// the packets the pod sends on them get packet mark `mark`.
+/// their packets, in and out, get packet mark `mark`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyMark {
     pub iif: String,
@@ -132,7 +145,8 @@ fn prerouting_rule(iif: &[u8; expr::IFNAMSIZ], mark: u32) -> Vec<expr::Expr> {
 
 /// `ct mark <mark> meta mark set ct mark`: register 1 still holds the ct
 /// mark after the compare, so it is stored straight into the packet mark.
-fn output_rule(mark: u32) -> Vec<expr::Expr> {
+/// In both chains: packets of a marked connection carry the mark in and out.
+fn restore_mark_rule(mark: u32) -> Vec<expr::Expr> {
     vec![
         expr::ct_load(CtKey::Mark),
         expr::cmp(CmpOp::Eq, &mark.to_ne_bytes()),
@@ -140,11 +154,12 @@ fn output_rule(mark: u32) -> Vec<expr::Expr> {
     ]
 }
 
-/// Every rule of the table, by chain, in order.
-fn rules(iif: &[u8; expr::IFNAMSIZ], mark: u32) -> Vec<(&'static str, Vec<expr::Expr>)> {
-    vec![
+/// Every rule of the table in order, with its chain.
+fn rules(iif: &[u8; expr::IFNAMSIZ], mark: u32) -> [(&'static str, Vec<expr::Expr>); 3] {
+    [
         (PREROUTING_CHAIN, prerouting_rule(iif, mark)),
-        (OUTPUT_CHAIN, output_rule(mark)),
+        (PREROUTING_CHAIN, restore_mark_rule(mark)),
+        (OUTPUT_CHAIN, restore_mark_rule(mark)),
     ]
 }
 
@@ -266,8 +281,10 @@ pub fn remove(ns: &NetNs) -> Result<()> {
     Ok(())
 }
 
-/// For CHECK: is our table there with both chains (right hook and type) and a
-/// rule in each?
+/// For CHECK: is our table there with both chains (right hook and type),
+/// each holding our rules (their expressions, in order)? A table of an older
+/// release without the ingress mark is not ours as planned: a repeated ADD
+/// replaces it.
 pub fn present(ns: &NetNs) -> Result<bool> {
     in_netns(ns, "check", |sock| {
         match sock.get(table_msg(NftMsg::GetTable)) {
@@ -314,12 +331,41 @@ fn chain_ok(sock: &Nftables, c: &ChainSpec) -> Result<bool> {
     let rules = sock
         .dump(rules)
         .map_err(|e| kernel(&format!("check: list rules of {}", c.name), e))?;
-    Ok(rules.iter().any(|r| {
-        wire::find_attr(r.attrs.as_bytes(), NFTA_RULE_CHAIN)
-            .map(wire::c_string)
-            .as_deref()
-            == Some(c.name)
-    }))
+    let seen: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| r.attrs.as_bytes())
+        .filter(|a| {
+            wire::find_attr(a, NFTA_RULE_CHAIN)
+                .map(wire::c_string)
+                .as_deref()
+                == Some(c.name)
+        })
+        .map(expression_names)
+        .collect();
+    Ok(seen == rule_shapes(c.name))
+}
+
+/// The expression names of each of our rules in `chain`, in order: what
+/// CHECK compares (the kernel's dump of an expression's data carries
+/// attributes of its own, so the data are not compared byte for byte).
+fn rule_shapes(chain: &str) -> Vec<Vec<String>> {
+    let any_iif = [b'x'; expr::IFNAMSIZ];
+    rules(&any_iif, 1)
+        .iter()
+        .filter(|(c, _)| *c == chain)
+        .map(|(_, exprs)| exprs.iter().map(|e| e.name().to_string()).collect())
+        .collect()
+}
+
+/// The expression names of a rule as the kernel dumps it (its attributes).
+fn expression_names(rule: &[u8]) -> Vec<String> {
+    let Some(list) = wire::find_attr(rule, NFTA_RULE_EXPRESSIONS) else {
+        return Vec::new();
+    };
+    wire::attr_iter(list)
+        .filter_map(|(_, elem)| wire::find_attr(elem, expr::NFTA_EXPR_NAME))
+        .map(wire::c_string)
+        .collect()
 }
 
 /// For CHECK: how the table differs from what [`install`] makes of `spec`
@@ -481,7 +527,7 @@ mod tests {
     fn replace_plan_adds_deletes_and_adds_the_table() {
         let plan = install_plan(&spec("veth0", 0x100), Install::Replace).unwrap();
         let kinds: Vec<_> = plan.iter().map(|(r, ..)| r.msg_type & 0xff).collect();
-        assert_eq!(kinds, [0, 2, 0, 3, 3, 6, 6]);
+        assert_eq!(kinds, [0, 2, 0, 3, 3, 6, 6, 6]);
         assert!(plan.iter().all(|(r, ..)| r.family == wire::NFPROTO_INET));
     }
 
@@ -489,8 +535,80 @@ mod tests {
     fn create_plan_only_creates_and_refuses_an_existing_table() {
         let plan = install_plan(&spec("veth0", 0x100), Install::Create).unwrap();
         let kinds: Vec<_> = plan.iter().map(|(r, ..)| r.msg_type & 0xff).collect();
-        assert_eq!(kinds, [0, 3, 3, 6, 6]);
+        assert_eq!(kinds, [0, 3, 3, 6, 6, 6]);
         assert_ne!(plan[0].1 & NLM_F_EXCL, 0);
+    }
+
+    /// The rules of the plan, as (chain, expression names, expression data).
+    fn planned_rules(mark: u32) -> Vec<(String, Vec<String>, Vec<Vec<u8>>)> {
+        let plan = install_plan(&spec("veth0", mark), Install::Create).unwrap();
+        plan.iter()
+            .filter(|(r, ..)| r.msg_type & 0xff == NftMsg::NewRule as u16)
+            .map(|(r, ..)| {
+                let a = r.attrs.as_bytes();
+                let chain = wire::c_string(wire::find_attr(a, NFTA_RULE_CHAIN).unwrap());
+                let list = wire::find_attr(a, NFTA_RULE_EXPRESSIONS).unwrap();
+                let data = wire::attr_iter(list)
+                    .map(|(_, e)| wire::find_attr(e, 2).unwrap().to_vec())
+                    .collect();
+                (chain, expression_names(a), data)
+            })
+            .collect()
+    }
+
+    /// Packets of a marked connection get the mark on the way in as well
+    /// as on the way out: a SYN-ACK is routed with the SYN's mark (or, with
+    /// SYN cookies, the final ACK's) before any output hook runs.
+    #[test]
+    fn marked_connections_are_marked_in_both_directions() {
+        let rules = planned_rules(0xc0de);
+        let shape = |chain: &str, names: &[&str]| {
+            (
+                chain.to_string(),
+                names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let got: Vec<_> = rules
+            .iter()
+            .map(|(c, n, _)| (c.clone(), n.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                shape(
+                    PREROUTING_CHAIN,
+                    &["meta", "cmp", "ct", "bitwise", "cmp", "immediate", "ct"]
+                ),
+                shape(PREROUTING_CHAIN, &["ct", "cmp", "meta"]),
+                shape(OUTPUT_CHAIN, &["ct", "cmp", "meta"]),
+            ]
+        );
+        // The ingress and the output mark rule are the same rule.
+        assert_eq!(rules[1].2, rules[2].2);
+        // It loads the ct mark, compares it with ours and stores it in the
+        // packet mark (meta key mark, from a source register).
+        let (cmp, meta) = (&rules[1].2[1], &rules[1].2[2]);
+        let value = wire::find_attr(wire::find_attr(cmp, 3).unwrap(), 1).unwrap();
+        assert_eq!(value, 0xc0deu32.to_ne_bytes());
+        assert_eq!(wire::find_attr(meta, 2).and_then(wire::be32), Some(3));
+        assert!(wire::find_attr(meta, 3).is_some(), "meta set, not load");
+    }
+
+    /// CHECK compares each chain's rules with the plan's, by shape.
+    #[test]
+    fn check_shapes_are_the_planned_rules() {
+        let rules = planned_rules(0x100);
+        for chain in [PREROUTING_CHAIN, OUTPUT_CHAIN] {
+            let planned: Vec<Vec<String>> = rules
+                .iter()
+                .filter(|(c, ..)| c == chain)
+                .map(|(_, n, _)| n.clone())
+                .collect();
+            assert_eq!(rule_shapes(chain), planned, "{chain}");
+        }
+        // An older release's table (one rule in prerouting) is not the planned one.
+        assert_eq!(rule_shapes(PREROUTING_CHAIN).len(), 2);
+        assert!(expression_names(&[]).is_empty());
     }
 
     #[test]

@@ -199,6 +199,7 @@ fn underlay_first_nic() {
                 "net/ipv6/conf/vethabc/addr_gen_mode".into(),
                 "1",
             ),
+            SysctlSpec::new(Side::Pod, "net/ipv4/tcp_fwmark_accept".into(), "1"),
         ],
         routes: vec![
             pr("10.6.0.2/32", TABLE_MAIN, "veth0")

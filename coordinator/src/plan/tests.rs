@@ -294,6 +294,40 @@ fn ipv4_only_pod_gets_no_ipv6_routes() {
     assert!(p.rules.iter().all(|(_, r)| r.family == Family::V4));
 }
 
+/// `tcp_fwmark_accept` goes with the reply mark: the underlay first NIC
+/// only (later NICs and overlay pods have no mark to carry), required
+/// (an IPv4 key: never missing), once.
+#[test]
+fn tcp_fwmark_accept_comes_with_the_reply_mark() {
+    let c = cfg(json!({"podRPFilter": 1}));
+    let mut overlay_first = overlay_inputs();
+    overlay_first.layout = Layout::OverlayFirst;
+    overlay_first.ifname = "eth0".into();
+    let mut ipv6_only = first_inputs();
+    ipv6_only.ips.remove(0);
+    for (what, inp) in [
+        ("underlay first", first_inputs()),
+        ("underlay first, IPv6 only", ipv6_only),
+        ("underlay later", later_inputs(Layout::UnderlayLater)),
+        ("overlay later", overlay_inputs()),
+        ("overlay first", overlay_first),
+    ] {
+        let p = plan_add(&c, &inp);
+        let keys: Vec<&SysctlSpec> = p
+            .sysctls
+            .iter()
+            .filter(|s| s.key == "net/ipv4/tcp_fwmark_accept")
+            .collect();
+        let want = SysctlSpec::new(Side::Pod, TCP_FWMARK_ACCEPT.into(), "1");
+        match p.reply_mark {
+            true => assert_eq!(keys, [&want], "{what}"),
+            false => assert!(keys.is_empty(), "{what}: {keys:?}"),
+        }
+        assert_eq!(p.reply_mark, what.starts_with("underlay first"), "{what}");
+        assert!(!want.optional);
+    }
+}
+
 pub(super) fn later_inputs(layout: Layout) -> Inputs {
     Inputs {
         layout,

@@ -17,6 +17,10 @@ pub const TABLE_REPLY: u32 = 100;
 pub const TABLE_FIRST_NIC: u32 = 101;
 /// Connection mark (and packet mark) of connections that entered through veth0.
 pub const REPLY_MARK: u32 = 0xc0de;
+/// Pod sysctl that lets an accepted TCP connection (its SYN-ACK first) carry
+/// the mark its SYN came in with: the reply mark of a connection that
+/// entered through `veth0` (underlay first NIC).
+pub const TCP_FWMARK_ACCEPT: &str = "net/ipv4/tcp_fwmark_accept";
 /// Route protocol of every route the coordinator installs (RTPROT_* values
 /// above 4 belong to routing daemons; 222 = 0xde is nobody's in iproute2's
 /// list): what is ours is found by it, without the `from` rule that leads to

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use super::host::host_side;
 use super::{
     default_net, families, first_of, host_net, policy_routes, src_for, Inputs, NeighSpec, Plan,
-    RouteSpec, Side, SysctlSpec, PRIO_FWMARK, REPLY_MARK, TABLE_REPLY,
+    RouteSpec, Side, SysctlSpec, PRIO_FWMARK, REPLY_MARK, TABLE_REPLY, TCP_FWMARK_ACCEPT,
 };
 use crate::config::Config;
 use crate::names::POD_VETH;
@@ -142,6 +142,13 @@ pub(super) fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         }
     }
     plan.reply_mark = true;
+    // A SYN-ACK is routed by the request socket before the output chain can
+    // mark it: with no default in main that first lookup fails and the
+    // NodePort client never hears back. With this the request socket takes
+    // the SYN's mark (set on ingress by the reply-mark table) into that
+    // lookup; one IPv4 key, per netns, for IPv4 and IPv6 sockets alike.
+    plan.sysctls
+        .push(SysctlSpec::new(Side::Pod, TCP_FWMARK_ACCEPT.into(), "1"));
     host_side(cfg, &inp.ips, &veth.host, veth.pod_mac, plan);
     // policyRoutes of the first NIC go to main, through it.
     plan.policy = policy_routes(&cfg.policy_routes, TABLE_MAIN, &inp.ifname);
