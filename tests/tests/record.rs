@@ -445,3 +445,25 @@ fn records_are_private() {
     c.del(a).expect("second DEL");
     assert!(!records_of(&p.id).exists());
 }
+
+#[test]
+#[ignore]
+fn debug_panic_sweep_mac() {
+    let lab = lab(2);
+    let cfg = json!({"mode": "underlay", "podMACPrefix": "0a:0b"});
+    let pod = lab.pod("pm").expect("pod");
+    let id = format!("rec-{}-pm", lab.prefix());
+    let eth0 = nic_chain(&lab, 0, 66, cfg.clone());
+    let a0 = Attachment::new(&id, &pod.path, "eth0");
+    eth0.add(&a0).expect("ADD eth0");
+    let a1 = Attachment::new(&id, &pod.path, "net1");
+    for n in 1..200u32 {
+        let c = nic_chain(&lab, 1, 66, cfg.clone()).env("COORDINATOR_TEST_PANIC_AT_REQUEST", &n.to_string());
+        let r = c.add(&a1);
+        let link = state::ip(&pod.name, &["-j", "link", "show", "dev", "net1"]).unwrap_or_default();
+        if r.is_err() && link.contains("0a:0b:0a") { eprintln!("n={n} KEPT"); }
+        if let Err(e) = &r { eprintln!("   err={e}"); }
+        nic_chain(&lab, 1, 66, cfg.clone()).del(&a1).ok();
+        if r.is_ok() { break; }
+    }
+}
