@@ -209,6 +209,11 @@ fn remove(
                 pod.del_route(r),
             );
         }
+        if let Some(ns) = pod_ns {
+            for (key, default) in &td.sysctl_defaults {
+                note(format!("sysctl {key}"), copy_sysctl(ns, default, key));
+            }
+        }
         if let (true, Some(ns)) = (td.reply_mark, pod_ns) {
             let res = crate::nftables::remove(ns).map_err(|e| NlError::Io(e.to_string()));
             note("nftables reply-mark table".into(), res);
@@ -241,4 +246,16 @@ fn flush(
     for r in routes {
         note(format!("route {} table {t}", r.dst), pod.del_route(&r));
     }
+}
+
+/// Pod sysctl `to` takes `from`'s value; a key gone with its link is NotFound.
+fn copy_sysctl(ns: &NetNs, from: &str, to: &str) -> std::result::Result<(), NlError> {
+    use cni::netns::{sysctl_get, sysctl_set};
+    let res = ns
+        .run(|| sysctl_set(to, &sysctl_get(from)?))
+        .and_then(|r| r);
+    res.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => NlError::NotFound,
+        _ => NlError::Io(format!("{to} from {from}: {e}")),
+    })
 }

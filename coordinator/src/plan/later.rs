@@ -13,6 +13,7 @@ use super::{
     policy_routes, Inputs, Layout, Move, Plan, PodView, RouteSpec, PRIO_FROM, TABLE_FIRST_NIC,
     TABLE_REPLY,
 };
+use super::{nic_ips, Side, SysctlSpec, RA_DEFRTR};
 use crate::config::Config;
 use crate::names::POD_VETH;
 
@@ -158,8 +159,11 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         return;
     };
     let fams = families(&inp.ips);
+    // prevResult's addresses and the NIC's SLAAC ones: all get `from` rules.
+    let own = nic_ips(inp);
+    let own_fams = families(&own);
     let is_default_nic = cfg.default_route_nic() == inp.ifname;
-    let table = existing_table(&inp.pod, &inp.ips)
+    let table = existing_table(&inp.pod, &own)
         .unwrap_or_else(|| free_table(&inp.pod, TABLE_FIRST_NIC, &[TABLE_REPLY]));
 
     if cfg.tune_pod_routes {
@@ -169,11 +173,16 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             .routes
             .iter()
             .filter(|r| r.table == TABLE_MAIN && r.oif == Some(nic.index) && !is_ours(r))
-            // Only the families prevResult gives the NIC: its `from` rules
-            // are of those, and DEL finds the table through them.
-            .filter(|r| fams.contains(&r.family()))
+            // Only the families of the NIC's addresses (prevResult's and
+            // SLAAC's): its `from` rules are of those, and DEL finds the
+            // table through them.
+            .filter(|r| own_fams.contains(&r.family()))
         {
             if is_link_local(&r.dst.addr()) && r.dst.prefix_len() > 0 {
+                continue;
+            }
+            // Past its lifetime, not yet collected by the kernel.
+            if r.expires == Some(0) {
                 continue;
             }
             plan.routes.push(copy_into(r, table, &inp.ifname));
@@ -224,7 +233,14 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             }
         };
         plan.routes.extend(cluster);
-        plan.rules.extend(from_rules(&inp.ips, table));
+        plan.rules.extend(from_rules(&own, table));
+        // Only the default-route NIC's router advertisements may put a
+        // default into main (one already there moved above, like any other
+        // default). The record of the ADD puts the old value back.
+        if !is_default_nic {
+            let key = format!("net/ipv6/conf/{}/{RA_DEFRTR}", inp.ifname);
+            plan.sysctls.push(SysctlSpec::new(Side::Pod, key, "0"));
+        }
         first_nic_table(cfg, inp, table, plan, is_default_nic);
     }
     // Host side: the node reaches this NIC's addresses through the pod's
