@@ -633,8 +633,9 @@ const SLAAC: &str = "fd00:7::a8c1:abff:fe00:701/64";
 fn underlay_net1_with_slaac() -> Inputs {
     let mut inp = underlay_two_nics();
     let pod = &mut inp.pod;
-    pod.routes
-        .retain(|r| !(r.oif == Some(3) && r.family() == Family::V6) && !r.multipath);
+    // net1's IPv6 routes came from its IPAM; the merged default goes too.
+    let from_ipam = |r: &Route| r.oif == Some(3) && r.family() == Family::V6;
+    pod.routes.retain(|r| !r.multipath && !from_ipam(r));
     let mut eth0_v6 = kr("::/0", Some("fd00:6::1"), 2, TABLE_MAIN);
     eth0_v6.metric = Some(1024);
     let mut prefix = connected("fd00:7::/64", 3);
