@@ -757,3 +757,28 @@ fn an_expired_ra_route_is_left_alone() {
         .iter()
         .any(|m| m.route.protocol == cni::netlink::RTPROT_RA));
 }
+
+/// An RA that gave net1 no address (no autonomous prefix: the addresses
+/// come from elsewhere) still gave it a default in main: it leaves main all
+/// the same, for net1's table.
+#[test]
+fn an_ra_default_without_a_slaac_address_leaves_main_too() {
+    let mut inp = underlay_net1_with_slaac();
+    inp.pod.addrs.retain(|(_, a)| a.addr() != net(SLAAC).addr());
+    inp.pod.slaac.clear();
+    inp.pod.routes.retain(|r| r.dst != net("fd00:7::/64"));
+    let got = plan_add(&cfg(json!({})), &inp);
+    let ra: Vec<&Route> = got
+        .moves
+        .iter()
+        .map(|m| &m.route)
+        .filter(|r| r.protocol == cni::netlink::RTPROT_RA)
+        .collect();
+    assert_eq!(ra.len(), 1, "{:?}", got.moves);
+    assert_eq!(ra[0].gateway, Some(ip("fe80::1")));
+    assert!(got.sysctls.contains(&ra_defrtr_off("net1")));
+    assert!(!got
+        .rules
+        .iter()
+        .any(|(_, r)| r.family == Family::V6 && r.table == 101));
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use cni::netlink::{Family, Route, Scope, TABLE_MAIN};
+use cni::netlink::{Family, Route, Scope, RTPROT_RA, TABLE_MAIN};
 use ipnet::IpNet;
 
 use super::host::host_side;
@@ -175,8 +175,10 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             .filter(|r| r.table == TABLE_MAIN && r.oif == Some(nic.index) && !is_ours(r))
             // Only the families of the NIC's addresses (prevResult's and
             // SLAAC's): its `from` rules are of those, and DEL finds the
-            // table through them.
-            .filter(|r| own_fams.contains(&r.family()))
+            // table through them. A router advertisement's routes whatever
+            // the family: its default must leave main even when the RA gave
+            // the NIC no address.
+            .filter(|r| own_fams.contains(&r.family()) || r.protocol == RTPROT_RA)
         {
             if is_link_local(&r.dst.addr()) && r.dst.prefix_len() > 0 {
                 continue;
@@ -236,7 +238,7 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         plan.rules.extend(from_rules(&own, table));
         // Only the default-route NIC's router advertisements may put a
         // default into main (one already there moved above, like any other
-        // default). The record of the ADD puts the old value back.
+        // default). DEL puts the old value back.
         if !is_default_nic {
             let key = format!("net/ipv6/conf/{}/{RA_DEFRTR}", inp.ifname);
             plan.sysctls.push(SysctlSpec::new(Side::Pod, key, "0"));
