@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(5);
 const POD_PORT: u16 = 8080;
+const NODE_PORT: u16 = 7000;
 /// radvd's MaxRtrAdvInterval: an unsolicited RA at least this often.
 const RA_INTERVAL: Duration = Duration::from_secs(4);
 const DEFRTR: &str = "net/ipv6/conf/net1/accept_ra_defrtr";
@@ -296,11 +297,61 @@ fn from_rule_table(ns: &str, ip: IpAddr) -> Option<String> {
         })
 }
 
-/// Everything ADD/DEL may touch in a netns, for before/after comparisons.
-fn snapshot(ns: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+/// Everything ADD/DEL may touch in a netns, for before/after comparisons:
+/// links, rules, routes, permanent neighbours.
+fn snapshot(ns: &str) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
     let mut links = state::link_names(ns).unwrap();
     links.sort();
-    (links, rule_lines(ns), route_lines(ns))
+    let mut neighbours: Vec<String> = state::neighbours(ns)
+        .unwrap()
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n["state"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))
+        })
+        .map(state::neigh_line)
+        .collect();
+    neighbours.sort();
+    (links, rule_lines(ns), route_lines(ns), neighbours)
+}
+
+/// `coordinator explain --json` run on the node: the verdicts of the flows
+/// of `addr`, as (flow, symmetric).
+fn explained(lab: &Lab, pod: &Pod, addr: IpAddr) -> Vec<(String, bool)> {
+    let mut cmd = nsexec::command_in(
+        lab.node(),
+        &bin_dir().join("coordinator").display().to_string(),
+        Enter::NetOnly,
+    )
+    .unwrap();
+    cmd.arg("explain")
+        .arg("--netns")
+        .arg(&pod.path)
+        .arg("--defaults")
+        .arg(lab.dir().join("no-defaults.json"))
+        .arg("--json");
+    let out = cmd.output().expect("run coordinator explain");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "explain --json: {e}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["address"].as_str().and_then(|a| a.parse().ok()) == Some(addr))
+        .map(|f| {
+            (
+                f["flow"].as_str().unwrap_or("").to_string(),
+                f["symmetric"] == true,
+            )
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- traffic
@@ -377,8 +428,10 @@ fn v6(c: &lab::Client) -> IpAddr {
 /// brought net1 up and the RA came in before the next plugin): the SLAAC
 /// address gets its `from` rule, the RA default leaves main for net1's
 /// table with its lifetime, later RAs add none to main; clients on net1's
-/// subnet and behind the router get their replies through net1; CHECK
-/// passes; DEL leaves the pod as before net1, `accept_ra_defrtr` back.
+/// subnet and behind the router get their replies through net1, the node
+/// reaches the address through veth0; CHECK passes and `explain` finds
+/// every flow symmetric; DEL leaves the pod and the node as before net1,
+/// `accept_ra_defrtr` back.
 #[test]
 fn slaac_address_before_add_gets_its_rule_and_the_ra_default_leaves_main() {
     let lab = build_lab();
@@ -461,8 +514,41 @@ fn slaac_address_before_add_gets_its_rule_and_the_ra_default_leaves_main() {
         reply_through(&pod, &c.name, v6(c), slaac, "net1");
     }
 
+    let node_now = snapshot(lab.node());
+    let s = slaac.to_string();
+    assert!(
+        node_now.2.iter().any(|r| r.starts_with(&s)) && node_now.3.iter().any(|n| n.contains(&s)),
+        "node route and neighbour for {s}: {node_now:#?}"
+    );
+    // The node reaches it through veth0 like an IPAM address, and traffic
+    // sourced from it to the node goes through veth0 too.
+    let node6: IpAddr = lab.subnet(1).unwrap().node6.unwrap().into();
+    let sniff = Sniffer::start(&pod.name, "veth0");
+    let dst = SocketAddr::new(slaac, POD_PORT);
+    let reply =
+        tcp_request(lab.node(), None, dst, T).unwrap_or_else(|e| panic!("node -> {dst}: {e}"));
+    let peer = reply_peer(&reply).map(|p| p.ip()).expect("a peer");
+    assert!(
+        sniff.sent_to(peer) >= 2,
+        "node -> {dst}: reply not through veth0"
+    );
+    let _node_srv = TcpServer::start(lab.node(), SocketAddr::new(node6, NODE_PORT)).unwrap();
+    let sniff = Sniffer::start(&pod.name, "veth0");
+    let reply = tcp_request(&pod.name, Some(slaac), SocketAddr::new(node6, NODE_PORT), T)
+        .unwrap_or_else(|e| panic!("pod ({slaac}) -> node {node6}: {e}"));
+    assert_eq!(reply_peer(&reply).map(|p| p.ip()), Some(slaac), "{reply}");
+    assert!(sniff.sent_to(node6) >= 2, "pod -> node not through veth0");
+
     full.check(&att)
         .unwrap_or_else(|e| panic!("CHECK net1: {}", describe(&e)));
+    // `coordinator explain` agrees with the traffic.
+    let verdicts = explained(&lab, &pod, slaac);
+    for flow in ["subnet", "routed", "node"] {
+        assert!(
+            verdicts.contains(&(flow.to_string(), true)),
+            "explain {slaac}: {verdicts:?}"
+        );
+    }
 
     // The coordinator's DEL first (net1 outlives it): the sysctl is back.
     coordinator(&lab, &full, &att, "DEL", &result).expect("coordinator DEL");
@@ -476,6 +562,7 @@ fn slaac_address_before_add_gets_its_rule_and_the_ra_default_leaves_main() {
     let node_after = snapshot(lab.node());
     assert_eq!(node_after.1, node_before.1, "node rules");
     assert_eq!(node_after.2, node_before.2, "node routes");
+    assert_eq!(node_after.3, node_before.3, "node neighbours");
 }
 
 /// The usual order: the chain ran before the router answered. ADD already
@@ -524,6 +611,12 @@ fn slaac_address_after_add_is_reported_by_check() {
     );
     let _srv = TcpServer::start(&pod.name, "[::]:8080".parse().unwrap()).unwrap();
     expect_no_reply(&c3.name, v6(&c3), slaac);
+    // explain sees it too: the node has no way to the address yet.
+    let verdicts = explained(&lab, &pod, slaac);
+    assert!(
+        verdicts.contains(&("node".to_string(), false)),
+        "explain {slaac}: {verdicts:?}"
+    );
 
     net1.del(&att)
         .unwrap_or_else(|e| panic!("DEL net1: {}", describe(&e)));

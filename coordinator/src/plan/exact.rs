@@ -623,6 +623,7 @@ fn overlay_first_nic_is_tuning_only() {
 
 /// net1's SLAAC address, as the kernel formed it from its MAC (EUI-64).
 const SLAAC: &str = "fd00:7::a8c1:abff:fe00:701/64";
+const SLAAC_IP: &str = "fd00:7::a8c1:abff:fe00:701";
 
 /// Underlay, 2 NICs; net1's IPAM gives IPv4 only and a router advertisement
 /// on its subnet gave it the rest, as the kernel holds it: a SLAAC address
@@ -683,9 +684,10 @@ fn slaac_address_gets_its_rule_and_the_ra_default_leaves_main_with_its_lifetime(
                 expires: Some(1790),
                 ..pr("::/0", 101, "net1").via("fe80::1").metric(1024)
             },
-            // The cluster through veth0 for prevResult's family only: the
-            // node has no way back to an address the runtime never reported.
+            // The node and Services through veth0, sourced from the NIC's
+            // addresses: the SLAAC one for IPv6.
             pr("10.6.0.2/32", 101, "veth0").link().src("10.7.1.1"),
+            pr("fd00:6::2/128", 101, "veth0").link().src(SLAAC_IP),
             pr("10.233.0.0/18", 101, "veth0")
                 .via("10.6.0.2")
                 .src("10.7.1.1"),
@@ -710,10 +712,13 @@ fn slaac_address_gets_its_rule_and_the_ra_default_leaves_main_with_its_lifetime(
             from_rule("10.6.1.1/16", 102),
             from_rule("fd00:6::1:1/64", 102),
             host_rule(Family::V4),
+            host_rule(Family::V6),
         ],
         ..Plan::default()
     };
+    // The node reaches the SLAAC address through veth0 like the IPAM one.
     host_entry(&mut want, "10.7.1.1", "vethabc", POD_MAC);
+    host_entry(&mut want, SLAAC_IP, "vethabc", POD_MAC);
     assert_eq!(got, want);
     // The moved default keeps its lifetime: an undo puts it back expiring.
     assert_eq!(got.moves[1].route.expires, Some(1790));

@@ -7,7 +7,7 @@ use cni::netlink::{Family, Route, Scope, RTPROT_RA, TABLE_MAIN};
 use ipnet::IpNet;
 
 use super::host::host_side;
-use super::underlay::via_veth;
+use super::underlay::via_veth_from;
 use super::{
     copy_into, default_net, families, from_rules, host_net, is_connected, is_link_local, is_ours,
     policy_routes, Inputs, Layout, Move, Plan, PodView, RouteSpec, PRIO_FROM, TABLE_FIRST_NIC,
@@ -159,7 +159,8 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         return;
     };
     let fams = families(&inp.ips);
-    // prevResult's addresses and the NIC's SLAAC ones: all get `from` rules.
+    // prevResult's addresses and the NIC's SLAAC ones, alike: `from` rules,
+    // cluster routes sourced from them, the node's routes to them.
     let own = nic_ips(inp);
     let own_fams = families(&own);
     let is_default_nic = cfg.default_route_nic() == inp.ifname;
@@ -223,14 +224,14 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             }
         }
         let cluster = match inp.layout {
-            Layout::UnderlayLater => via_veth(inp, cfg, table, &fams),
+            Layout::UnderlayLater => via_veth_from(inp, &own, cfg, table, &own_fams),
             // main too: a node address inside this NIC's subnet would
             // otherwise leave through this NIC (a macvlan cannot reach its
             // parent's address), and with podDefaultRouteNic = this NIC main's
             // default no longer leads to eth0 for Services and overlay pods.
             _ => {
-                let mut v = via_overlay(inp, cfg, table, &fams);
-                v.extend(via_overlay(inp, cfg, TABLE_MAIN, &fams));
+                let mut v = via_overlay(inp, cfg, table, &own_fams);
+                v.extend(via_overlay(inp, cfg, TABLE_MAIN, &own_fams));
                 v
             }
         };
@@ -248,8 +249,8 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     // Host side: the node reaches this NIC's addresses through the pod's
     // link to the host (veth0 in underlay, eth0's peer in overlay).
     match (inp.layout, &inp.veth, &inp.overlay_peer) {
-        (Layout::UnderlayLater, Some(v), _) => host_side(cfg, &inp.ips, &v.host, v.pod_mac, plan),
-        (Layout::OverlayLater, _, Some((peer, mac))) => host_side(cfg, &inp.ips, peer, *mac, plan),
+        (Layout::UnderlayLater, Some(v), _) => host_side(cfg, &own, &v.host, v.pod_mac, plan),
+        (Layout::OverlayLater, _, Some((peer, mac))) => host_side(cfg, &own, peer, *mac, plan),
         _ => {}
     }
     plan.policy = policy_routes(&cfg.policy_routes, table, &inp.ifname);

@@ -25,7 +25,7 @@ pub(super) fn via_veth(
 }
 
 /// [`via_veth`] for traffic sourced from `ips` (the NIC whose table it is).
-fn via_veth_from(
+pub(super) fn via_veth_from(
     inp: &Inputs,
     ips: &[IpNet],
     cfg: &Config,
