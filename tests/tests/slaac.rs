@@ -87,7 +87,19 @@ impl Radvd {
 
 impl Drop for Radvd {
     fn drop(&mut self) {
-        // Only our child, by its own handle.
+        // Only our child, by its pid: SIGTERM lets it stop its privsep
+        // helper and remove its pid file; SIGKILL if it lingers.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling a child we spawned and have not reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
