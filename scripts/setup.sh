@@ -13,6 +13,8 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 # bench profile (scripts/profile-add.sh and its smoke test) samples with perf.
 command -v perf >/dev/null || need+=(linux-perf)
 command -v etcd >/dev/null || need+=(etcd-server)
+# The router-advertisement tests run radvd in a lab's fabric netns (only there).
+command -v radvd >/dev/null || [ -x /usr/sbin/radvd ] || need+=(radvd)
 # The etcd TLS test makes its own CA with the openssl CLI (tests only).
 command -v openssl >/dev/null || need+=(openssl)
 # unshare for the labs, setpriv for the DEL-without-CAP_NET_ADMIN test.

@@ -399,6 +399,40 @@ fn routes_in_main_and_numbered_tables() {
         .any(|x| x.dst == net("::/0") && x.gateway == d6.gateway));
 }
 
+/// An IPv6 route installed with a lifetime (RTA_EXPIRES) reads back with
+/// what it has left (RTA_CACHEINFO), as `ip` shows it; a permanent one with
+/// none; and the lifetime is no part of its identity (a delete by the route
+/// as read finds it).
+#[test]
+fn ipv6_route_lifetime_roundtrip() {
+    let s = Scratch::new();
+    let nl = s.nl();
+    let idx = lab_link(&nl);
+    let mut r = Route::new(net("fd97::/64"), 101);
+    r.oif = Some(idx);
+    r.gateway = Some(ip("fe80::1"));
+    r.metric = Some(1024);
+    r.expires = Some(600);
+    nl.add_route(&r).unwrap();
+    let mut permanent = Route::new(net("fd96::/64"), 101);
+    permanent.oif = Some(idx);
+    nl.add_route(&permanent).unwrap();
+
+    let got = nl.routes(Family::V6, Some(101)).unwrap();
+    let back = got.iter().find(|x| x.dst == r.dst).expect("expiring route");
+    let left = back.expires.expect("a lifetime read back");
+    assert!((590..=600).contains(&left), "{back:?}");
+    assert_eq!(back, &r, "same route whatever it has left");
+    let plain = got.iter().find(|x| x.dst == permanent.dst).unwrap();
+    assert_eq!(plain.expires, None, "{plain:?}");
+    let j = s.ip_json(&["-6", "route", "show", "table", "101", "fd97::/64"]);
+    assert!(j[0]["expires"].as_u64().is_some_and(|e| e > 0), "{j}");
+
+    nl.del_route(back).unwrap();
+    nl.del_route(plain).unwrap();
+    assert!(nl.routes(Family::V6, Some(101)).unwrap().is_empty());
+}
+
 fn rule_json_for(s: &Scratch, fam: &str, prio: u32) -> Value {
     let j = s.ip_json(&[fam, "rule", "show"]);
     j.as_array()

@@ -170,6 +170,7 @@ pub fn route_spec(r: &RouteSpec, oif: u32) -> Route {
     route.prefsrc = r.src;
     route.scope = r.scope;
     route.metric = r.metric;
+    route.expires = r.expires;
     route.onlink = r.onlink;
     route.nh_id = r.nh_id;
     route.protocol = ROUTE_PROTOCOL;

@@ -31,7 +31,9 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
     let root = Path::new(record::ROOT);
     // A record is undone whatever the config says now (an operator may have
     // disabled the coordinator since the pod was attached).
-    if cfg.mode == Mode::Disabled && Attachments::open(root, &call.env.container_id, false)?.is_none() {
+    if cfg.mode == Mode::Disabled
+        && Attachments::open(root, &call.env.container_id, false)?.is_none()
+    {
         return Ok(());
     }
     let ifname = call.env.ifname.as_str();
@@ -359,6 +361,11 @@ fn remove(
                 pod.del_route(r),
             );
         }
+        if let Some(ns) = pod_ns {
+            for (key, default) in &td.sysctl_defaults {
+                note(format!("sysctl {key}"), copy_sysctl(ns, default, key));
+            }
+        }
         if let (true, Some(ns)) = (td.reply_mark, pod_ns) {
             let res = crate::nftables::remove(ns).map_err(|e| NlError::Io(e.to_string()));
             note("nftables reply-mark table".into(), res);
@@ -393,6 +400,18 @@ fn flush(
     }
 }
 
+/// Pod sysctl `to` takes `from`'s value; a key gone with its link is NotFound.
+fn copy_sysctl(ns: &NetNs, from: &str, to: &str) -> std::result::Result<(), NlError> {
+    use cni::netns::{sysctl_get, sysctl_set};
+    let res = ns
+        .run(|| sysctl_set(to, &sysctl_get(from)?))
+        .and_then(|r| r);
+    res.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => NlError::NotFound,
+        _ => NlError::Io(format!("{to} from {from}: {e}")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,14 +431,18 @@ mod tests {
     #[test]
     fn steps_another_nic_relies_on_are_handed_over() {
         let root = tempfile::tempdir().unwrap();
-        let a = Attachments::open(root.path(), "ctr", true).unwrap().unwrap();
+        let a = Attachments::open(root.path(), "ctr", true)
+            .unwrap()
+            .unwrap();
         let all = "net/ipv4/conf/all/rp_filter";
         let shared = Plan {
             rules: vec![(Side::Pod, rule(102))],
             sysctls: vec![SysctlSpec::new(Side::Pod, all.into(), "0")],
             ..Plan::default()
         };
-        let mut w1 = a.begin("net1", Layout::UnderlayLater, &shared, None).unwrap();
+        let mut w1 = a
+            .begin("net1", Layout::UnderlayLater, &shared, None)
+            .unwrap();
         let own = Undo::DelRule {
             side: Side::Pod,
             rule: rule(101),
@@ -437,7 +460,9 @@ mod tests {
             w1.push(u).unwrap();
         }
         drop(w1);
-        let mut w2 = a.begin("net2", Layout::UnderlayLater, &shared, None).unwrap();
+        let mut w2 = a
+            .begin("net2", Layout::UnderlayLater, &shared, None)
+            .unwrap();
         let net2_own = Undo::DelRule {
             side: Side::Pod,
             rule: rule(103),
@@ -446,7 +471,10 @@ mod tests {
         drop(w2);
 
         let host = Netlink::open().unwrap();
-        let sides = Sides { host: &host, pod: None };
+        let sides = Sides {
+            host: &host,
+            pod: None,
+        };
         let rec = a.read("net1").unwrap().unwrap();
         let failures = by_record(&sides, &a, rec).unwrap();
         assert!(failures.is_empty(), "{failures:?}");

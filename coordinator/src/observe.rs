@@ -47,17 +47,32 @@ pub fn pod_view(pod: &Netlink) -> Result<PodView> {
         .filter(|r| r.table != TABLE_LOCAL)
         .collect();
     let rules = pod.all_rules()?;
-    let addrs = pod
-        .addresses(None)?
-        .into_iter()
+    let dumped = pod.addresses(None)?;
+    let slaac = dumped
+        .iter()
+        .filter(|a| is_autoconf(a))
         .map(|a| (a.index, a.addr))
         .collect();
+    let addrs = dumped.into_iter().map(|a| (a.index, a.addr)).collect();
     Ok(PodView {
         links,
         routes,
         rules,
         addrs,
+        slaac,
     })
+}
+
+/// A global IPv6 address the kernel configured itself from a router
+/// advertisement (SLAAC, and its privacy addresses): it has a lifetime, so
+/// no IFA_F_PERMANENT, which every address added by a plugin (no lifetime)
+/// carries. `ip` prints the difference as `dynamic`.
+pub fn is_autoconf(a: &Address) -> bool {
+    a.addr.addr().is_ipv6()
+        && a.scope == 0
+        && !is_link_local(&a.addr.addr())
+        && !a.flags.permanent
+        && !a.flags.dadfailed
 }
 
 /// Node addresses and the host interfaces that own them.
@@ -254,6 +269,29 @@ mod tests {
         let mut got: Vec<_> = names.into_iter().collect();
         got.sort();
         assert_eq!(got, vec![(2, "ens1".into()), (3, "veth12ab".into())]);
+    }
+
+    /// What the kernel reports for a SLAAC address (`scope global dynamic`)
+    /// against a plugin's address and the link-local one.
+    #[test]
+    fn autoconf_addresses_are_global_ipv6_without_permanent() {
+        let a = |addr: &str, scope: u8, permanent: bool| Address {
+            index: 3,
+            addr: addr.parse().unwrap(),
+            flags: cni::netlink::AddrFlags {
+                permanent,
+                ..Default::default()
+            },
+            scope,
+            label: None,
+        };
+        assert!(is_autoconf(&a("fd00:7::a8c1:abff:fe12:3456/64", 0, false)));
+        assert!(!is_autoconf(&a("fd00:7::1:1/64", 0, true)));
+        assert!(!is_autoconf(&a("fe80::a8c1:abff:fe12:3456/64", 253, true)));
+        assert!(!is_autoconf(&a("10.7.1.1/16", 0, false)));
+        let mut failed = a("fd00:7::a8c1:abff:fe12:3456/64", 0, false);
+        failed.flags.dadfailed = true;
+        assert!(!is_autoconf(&failed));
     }
 
     #[test]

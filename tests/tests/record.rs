@@ -458,12 +458,19 @@ fn debug_panic_sweep_mac() {
     eth0.add(&a0).expect("ADD eth0");
     let a1 = Attachment::new(&id, &pod.path, "net1");
     for n in 1..200u32 {
-        let c = nic_chain(&lab, 1, 66, cfg.clone()).env("COORDINATOR_TEST_PANIC_AT_REQUEST", &n.to_string());
+        let c = nic_chain(&lab, 1, 66, cfg.clone())
+            .env("COORDINATOR_TEST_PANIC_AT_REQUEST", &n.to_string());
         let r = c.add(&a1);
         let link = state::ip(&pod.name, &["-j", "link", "show", "dev", "net1"]).unwrap_or_default();
-        if r.is_err() && link.contains("0a:0b:0a") { eprintln!("n={n} KEPT"); }
-        if let Err(e) = &r { eprintln!("   err={e}"); }
+        if r.is_err() && link.contains("0a:0b:0a") {
+            eprintln!("n={n} KEPT");
+        }
+        if let Err(e) = &r {
+            eprintln!("   err={e}");
+        }
         nic_chain(&lab, 1, 66, cfg.clone()).del(&a1).ok();
-        if r.is_ok() { break; }
+        if r.is_ok() {
+            break;
+        }
     }
 }

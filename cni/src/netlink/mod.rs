@@ -197,8 +197,9 @@ pub enum RouteKind {
 }
 
 /// A route, as dumped or to be installed. Equality is what `ip route` would
-/// consider the same route.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// consider the same route: the remaining lifetime ([`Route::expires`]) is
+/// not part of it (two dumps of one route a second apart are the same route).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Route {
     pub dst: IpNet,
     /// Routing table id (254 = main, 255 = local).
@@ -218,6 +219,37 @@ pub struct Route {
     pub multipath: bool,
     /// RTNH_F_ONLINK: the gateway is on the link whatever the subnets say.
     pub onlink: bool,
+    /// Seconds the route has left (IPv6 routes the kernel learnt from a
+    /// router advertisement, `proto ra`, or a prefix's lifetime): RTA_CACHEINFO's
+    /// `rta_expires` in a dump, RTA_EXPIRES on install. None: permanent.
+    pub expires: Option<u32>,
+}
+
+impl PartialEq for Route {
+    fn eq(&self, o: &Route) -> bool {
+        self.dst == o.dst
+            && self.table == o.table
+            && self.oif == o.oif
+            && self.gateway == o.gateway
+            && self.prefsrc == o.prefsrc
+            && self.scope == o.scope
+            && self.metric == o.metric
+            && self.protocol == o.protocol
+            && self.kind == o.kind
+            && self.nh_id == o.nh_id
+            && self.multipath == o.multipath
+            && self.onlink == o.onlink
+    }
+}
+
+impl Eq for Route {}
+
+impl std::hash::Hash for Route {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self.dst, self.table, self.oif, self.gateway, self.prefsrc).hash(h);
+        (self.scope, self.metric, self.protocol, self.kind).hash(h);
+        (self.nh_id, self.multipath, self.onlink).hash(h);
+    }
 }
 
 pub const TABLE_MAIN: u32 = 254;
@@ -225,6 +257,9 @@ pub const TABLE_LOCAL: u32 = 255;
 pub const RTPROT_KERNEL: u8 = 2;
 pub const RTPROT_BOOT: u8 = 3;
 pub const RTPROT_STATIC: u8 = 4;
+/// Learnt from a router advertisement (the kernel's own IPv6 default routers
+/// and route information options).
+pub const RTPROT_RA: u8 = 9;
 
 impl Route {
     /// A unicast route in `table` with nothing else set.
@@ -242,6 +277,7 @@ impl Route {
             nh_id: None,
             multipath: false,
             onlink: false,
+            expires: None,
         }
     }
     pub fn family(&self) -> Family {

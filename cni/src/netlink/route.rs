@@ -295,7 +295,29 @@ fn route_message(route: &Route, delete: bool) -> NlResult<RouteMessage> {
     if let Some(metric) = route.metric {
         msg.attributes.push(RouteAttribute::Priority(metric));
     }
+    // Only IPv6 routes can expire (the kernel ignores RTA_EXPIRES for IPv4);
+    // a delete matches whatever lifetime is left.
+    if let (Some(secs), Family::V6, false) = (route.expires, family, delete) {
+        msg.attributes.push(RouteAttribute::Expires(secs));
+    }
     Ok(msg)
+}
+
+/// `clock_t` in the netlink ABI counts USER_HZ ticks: 100 a second on every
+/// architecture we build for (iproute2 divides by the same to print
+/// `expires <n>sec`).
+const USER_HZ: i64 = 100;
+
+/// Seconds left of a dumped route's RTA_CACHEINFO `rta_expires` (a signed
+/// count of ticks; 0: the route does not expire), rounded up so a route with
+/// less than a second left is not read as permanent. A route past its time
+/// that the kernel has not collected yet has 0 seconds left.
+fn expires_secs(ticks: u32) -> Option<u32> {
+    match ticks as i32 as i64 {
+        0 => None,
+        t if t < 0 => Some(0),
+        t => Some(((t + USER_HZ - 1) / USER_HZ) as u32),
+    }
 }
 
 /// The routes of one message: one per nexthop of an RTA_MULTIPATH (each
@@ -344,6 +366,7 @@ fn parse_route(msg: RouteMessage) -> Vec<Route> {
             RouteAttribute::Priority(p) => route.metric = Some(p),
             RouteAttribute::NhId(id) => route.nh_id = Some(id),
             RouteAttribute::MultiPath(nhs) => hops = nhs,
+            RouteAttribute::CacheInfo(ci) => route.expires = expires_secs(ci.expires),
             _ => {}
         }
     }
@@ -439,6 +462,7 @@ mod tests {
                 nh_id: None,
                 multipath: false,
                 onlink: false,
+                expires: None,
             }
         );
 
@@ -520,5 +544,65 @@ mod tests {
             .attributes
             .iter()
             .any(|a| matches!(a, RouteAttribute::Oif(_) | RouteAttribute::Gateway(_))));
+    }
+
+    /// RTA_CACHEINFO as the kernel fills it: eight u32, `rta_expires` third.
+    fn cache_info(expires_ticks: i32) -> RouteAttribute {
+        let mut raw = [0u8; 32];
+        raw[8..12].copy_from_slice(&expires_ticks.to_ne_bytes());
+        RouteAttribute::CacheInfo(netlink_packet_route::route::RouteCacheInfo::parse(&raw).unwrap())
+    }
+
+    /// A router advertisement's default: `proto ra`, its lifetime in
+    /// RTA_CACHEINFO; read as seconds left, installed back with RTA_EXPIRES,
+    /// and its lifetime is no part of the route's identity.
+    #[test]
+    fn expiry_is_read_from_cacheinfo_and_installed_as_rta_expires() {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.header.table = TABLE_MAIN as u8;
+        msg.header.protocol = RouteProtocol::Ra;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes = vec![
+            RouteAttribute::Table(TABLE_MAIN),
+            RouteAttribute::Oif(3),
+            RouteAttribute::Gateway(RouteAddress::Inet6("fe80::1".parse().unwrap())),
+            RouteAttribute::Priority(1024),
+            cache_info(179_950),
+        ];
+        let r = parse_route(msg.clone()).remove(0);
+        assert_eq!(r.protocol, crate::netlink::RTPROT_RA);
+        assert_eq!(r.expires, Some(1800));
+        let mut later = r.clone();
+        later.expires = Some(1790);
+        assert_eq!(r, later);
+
+        let out = route_message(&r, false).unwrap();
+        assert!(out.attributes.contains(&RouteAttribute::Expires(1800)));
+        let del = route_message(&r, true).unwrap();
+        assert!(!del
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Expires(_))));
+
+        // No lifetime, less than a tick's second left, past its time.
+        msg.attributes.pop();
+        msg.attributes.push(cache_info(0));
+        assert_eq!(parse_route(msg.clone()).remove(0).expires, None);
+        msg.attributes.pop();
+        msg.attributes.push(cache_info(30));
+        assert_eq!(parse_route(msg.clone()).remove(0).expires, Some(1));
+        msg.attributes.pop();
+        msg.attributes.push(cache_info(-5));
+        assert_eq!(parse_route(msg).remove(0).expires, Some(0));
+
+        // IPv4 routes never carry one.
+        let mut v4 = Route::new("10.0.0.0/8".parse().unwrap(), 101);
+        v4.expires = Some(60);
+        assert!(!route_message(&v4, false)
+            .unwrap()
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Expires(_))));
     }
 }

@@ -140,6 +140,13 @@ fn host_entry(plan: &mut Plan, addr: &str, dev: &str, mac: Mac) {
     plan.stale_neighbours.push(ip(addr));
 }
 
+/// A later NIC that is not `podDefaultRouteNic` takes no default from
+/// router advertisements into main.
+fn ra_defrtr_off(nic: &str) -> SysctlSpec {
+    let key = format!("net/ipv6/conf/{nic}/accept_ra_defrtr");
+    SysctlSpec::new(Side::Pod, key, "0")
+}
+
 fn veth(create: bool) -> VethPlan {
     VethPlan {
         host: "vethabc".into(),
@@ -169,6 +176,7 @@ fn underlay_pod() -> PodView {
         ],
         rules: vec![],
         addrs: vec![(2, net("10.6.1.1/16")), (2, net("fd00:6::1:1/64"))],
+        slaac: vec![],
     }
 }
 
@@ -304,6 +312,7 @@ fn underlay_later_nic_takes_its_nexthop_out_of_mains_multipath_default() {
     let v4_default = pod.routes[4].clone();
     let (eth0_hop, net1_hop) = (pod.routes[6].clone(), pod.routes[7].clone());
     let mut want = Plan {
+        sysctls: vec![ra_defrtr_off("net1")],
         routes: vec![
             // net1's table 101: its routes, and the node and Services through veth0.
             pr("10.7.0.0/16", 101, "net1").link(),
@@ -391,6 +400,7 @@ fn overlay_two_nics() -> Inputs {
             (3, net("10.6.3.1/16")),
             (3, net("fd00:6::3:1/64")),
         ],
+        slaac: vec![],
     };
     Inputs {
         layout: Layout::OverlayLater,
@@ -444,6 +454,7 @@ fn overlay_later_nic_finds_eth0s_ipv6_gateway_in_the_multipath_default() {
             .src("10.244.1.5"),
     ]);
     let mut want = Plan {
+        sysctls: vec![ra_defrtr_off("net1")],
         routes,
         moves: vec![Move {
             route: net1_hop,
@@ -491,6 +502,7 @@ fn overlay_on_link_gateway() {
         ..pr(dst, t, "eth0").via("169.254.1.1")
     };
     let mut want = Plan {
+        sysctls: vec![ra_defrtr_off("net1")],
         routes: vec![
             pr("10.6.0.0/16", 101, "net1").link(),
             pr("0.0.0.0/0", 101, "net1").via("10.6.0.1"),
@@ -698,6 +710,11 @@ fn fixtures() -> Vec<(&'static str, Config, Inputs)> {
             ipv4_multipath_inputs().0,
         ),
         ("overlay first NIC", tuned(json!({})), overlay_first),
+        (
+            "SLAAC address and RA default",
+            tuned(json!({"serviceCIDR": ["10.233.0.0/18"]})),
+            underlay_net1_with_slaac(),
+        ),
     ]
 }
 
@@ -761,4 +778,171 @@ fn without_the_moves_a_replan_loses_them() {
     let replanned = plan_add(&c, &again);
     assert_ne!(replanned.routes, plan.routes);
     assert!(drift(&plan, &replanned).is_err());
+}
+
+/// net1's SLAAC address, as the kernel formed it from its MAC (EUI-64).
+const SLAAC: &str = "fd00:7::a8c1:abff:fe00:701/64";
+const SLAAC_IP: &str = "fd00:7::a8c1:abff:fe00:701";
+
+/// Underlay, 2 NICs; net1's IPAM gives IPv4 only and a router advertisement
+/// on its subnet gave it the rest, as the kernel holds it: a SLAAC address
+/// (no IFA_F_PERMANENT) that no prevResult lists, the on-link prefix
+/// (`proto kernel`, expiring with the prefix's valid lifetime) and a default
+/// via the router's link-local address (`proto ra`, expiring with the
+/// router lifetime). RA routes are never merged into a multipath route.
+fn underlay_net1_with_slaac() -> Inputs {
+    let mut inp = underlay_two_nics();
+    let pod = &mut inp.pod;
+    // net1's IPv6 routes came from its IPAM; the merged default goes too.
+    let from_ipam = |r: &Route| r.oif == Some(3) && r.family() == Family::V6;
+    pod.routes.retain(|r| !r.multipath && !from_ipam(r));
+    let mut eth0_v6 = kr("::/0", Some("fd00:6::1"), 2, TABLE_MAIN);
+    eth0_v6.metric = Some(1024);
+    let mut prefix = connected("fd00:7::/64", 3);
+    prefix.expires = Some(86390);
+    let mut ra_default = kr("::/0", Some("fe80::1"), 3, TABLE_MAIN);
+    ra_default.metric = Some(1024);
+    ra_default.protocol = cni::netlink::RTPROT_RA;
+    ra_default.expires = Some(1790);
+    let mut link_local = connected("fe80::/64", 3);
+    link_local.protocol = RTPROT_KERNEL;
+    pod.routes.extend([eth0_v6, prefix, ra_default, link_local]);
+    pod.addrs.retain(|(i, a)| *i != 3 || a.addr().is_ipv4());
+    pod.addrs.push((3, net(SLAAC)));
+    pod.addrs.push((3, net("fe80::a8c1:abff:fe00:701/64")));
+    pod.slaac.push((3, net(SLAAC)));
+    inp.ips = vec![net("10.7.1.1/16")];
+    inp.gateways = vec![ip("10.7.0.1")];
+    inp
+}
+
+#[test]
+fn slaac_address_gets_its_rule_and_the_ra_default_leaves_main_with_its_lifetime() {
+    let inp = underlay_net1_with_slaac();
+    let got = plan_add(&cfg(json!({"serviceCIDR": ["10.233.0.0/18"]})), &inp);
+    let main_route = |dst: &str, oif: u32| {
+        inp.pod
+            .routes
+            .iter()
+            .find(|r| r.table == TABLE_MAIN && r.dst == net(dst) && r.oif == Some(oif))
+            .unwrap()
+            .clone()
+    };
+    let mut want = Plan {
+        sysctls: vec![ra_defrtr_off("net1")],
+        routes: vec![
+            // net1's table: its IPAM routes, and the RA's routes with the
+            // lifetime they have left, never as permanent copies.
+            pr("10.7.0.0/16", 101, "net1").link(),
+            pr("0.0.0.0/0", 101, "net1").via("10.7.0.1"),
+            RouteSpec {
+                expires: Some(86390),
+                ..pr("fd00:7::/64", 101, "net1").metric(256)
+            },
+            RouteSpec {
+                expires: Some(1790),
+                ..pr("::/0", 101, "net1").via("fe80::1").metric(1024)
+            },
+            // The node and Services through veth0, sourced from the NIC's
+            // addresses: the SLAAC one for IPv6.
+            pr("10.6.0.2/32", 101, "veth0").link().src("10.7.1.1"),
+            pr("fd00:6::2/128", 101, "veth0").link().src(SLAAC_IP),
+            pr("10.233.0.0/18", 101, "veth0")
+                .via("10.6.0.2")
+                .src("10.7.1.1"),
+            pr("10.6.0.0/16", 102, "eth0").link(),
+            pr("0.0.0.0/0", 102, "eth0").via("10.6.0.1"),
+            pr("fd00:6::/64", 102, "eth0").metric(256),
+            pr("::/0", 102, "eth0").via("fd00:6::1").metric(1024),
+            pr("10.6.0.2/32", 102, "veth0").link().src("10.6.1.1"),
+            pr("10.233.0.0/18", 102, "veth0")
+                .via("10.6.0.2")
+                .src("10.6.1.1"),
+        ],
+        moves: [main_route("0.0.0.0/0", 3), main_route("::/0", 3)]
+            .map(|route| Move {
+                route,
+                others: vec![],
+            })
+            .to_vec(),
+        rules: vec![
+            from_rule("10.7.1.1/16", 101),
+            from_rule(SLAAC, 101),
+            from_rule("10.6.1.1/16", 102),
+            from_rule("fd00:6::1:1/64", 102),
+            host_rule(Family::V4),
+            host_rule(Family::V6),
+        ],
+        ..Plan::default()
+    };
+    // The node reaches the SLAAC address through veth0 like the IPAM one.
+    host_entry(&mut want, "10.7.1.1", "vethabc", POD_MAC);
+    host_entry(&mut want, SLAAC_IP, "vethabc", POD_MAC);
+    assert_eq!(got, want);
+    // The moved default keeps its lifetime: an undo puts it back expiring.
+    assert_eq!(got.moves[1].route.expires, Some(1790));
+    assert_eq!(got.moves[1].route.protocol, cni::netlink::RTPROT_RA);
+}
+
+/// `podDefaultRouteNic: net1`: its router's default stays in main (and the
+/// kernel keeps refreshing it there); the table's copy still expires.
+#[test]
+fn the_default_route_nic_keeps_its_ra_default_in_main() {
+    let inp = underlay_net1_with_slaac();
+    let got = plan_add(&cfg(json!({"podDefaultRouteNic": "net1"})), &inp);
+    assert!(got.sysctls.is_empty(), "{:?}", got.sysctls);
+    assert!(got
+        .moves
+        .iter()
+        .all(|m| m.route.oif == Some(2) && m.route.dst.prefix_len() == 0));
+    let copy = got
+        .routes
+        .iter()
+        .find(|r| r.table == 101 && r.dst == net("::/0"))
+        .expect("RA default copied into net1's table");
+    assert_eq!((copy.via, copy.expires), (Some(ip("fe80::1")), Some(1790)));
+    assert!(got.rules.contains(&from_rule(SLAAC, 101)));
+}
+
+/// A route past its lifetime that the kernel has not collected yet is
+/// neither copied nor moved.
+#[test]
+fn an_expired_ra_route_is_left_alone() {
+    let mut inp = underlay_net1_with_slaac();
+    for r in inp.pod.routes.iter_mut() {
+        if r.protocol == cni::netlink::RTPROT_RA {
+            r.expires = Some(0);
+        }
+    }
+    let got = plan_add(&cfg(json!({})), &inp);
+    assert!(!got.routes.iter().any(|r| r.via == Some(ip("fe80::1"))));
+    assert!(!got
+        .moves
+        .iter()
+        .any(|m| m.route.protocol == cni::netlink::RTPROT_RA));
+}
+
+/// An RA that gave net1 no address (no autonomous prefix: the addresses
+/// come from elsewhere) still gave it a default in main: it leaves main all
+/// the same, for net1's table.
+#[test]
+fn an_ra_default_without_a_slaac_address_leaves_main_too() {
+    let mut inp = underlay_net1_with_slaac();
+    inp.pod.addrs.retain(|(_, a)| a.addr() != net(SLAAC).addr());
+    inp.pod.slaac.clear();
+    inp.pod.routes.retain(|r| r.dst != net("fd00:7::/64"));
+    let got = plan_add(&cfg(json!({})), &inp);
+    let ra: Vec<&Route> = got
+        .moves
+        .iter()
+        .map(|m| &m.route)
+        .filter(|r| r.protocol == cni::netlink::RTPROT_RA)
+        .collect();
+    assert_eq!(ra.len(), 1, "{:?}", got.moves);
+    assert_eq!(ra[0].gateway, Some(ip("fe80::1")));
+    assert!(got.sysctls.contains(&ra_defrtr_off("net1")));
+    assert!(!got
+        .rules
+        .iter()
+        .any(|(_, r)| r.family == Family::V6 && r.table == 101));
 }

@@ -132,6 +132,10 @@ fn the_last_later_nic_takes_the_first_nics_table_along() {
         tables: [101, 102].into(),
         routes: vec![host_route("10.7.0.5/32", "vethabc")],
         neighbours: vec![host_neigh("10.7.0.5", "vethabc", [2, 2, 2, 2, 2, 2])],
+        sysctl_defaults: vec![(
+            "net/ipv6/conf/net1/accept_ra_defrtr".into(),
+            "net/ipv6/conf/default/accept_ra_defrtr".into(),
+        )],
         ..Teardown::default()
     };
     assert_eq!(td, expected);
@@ -241,4 +245,55 @@ fn the_sweep_finds_what_any_release_left() {
     assert!(sweep(&c, &pod, &Teardown::default())
         .stale_routes
         .is_empty());
+}
+
+/// A SLAAC address that appears after ADD (the router answered once the
+/// link was up, after the chain had run) has no `from` rule: CHECK plans
+/// one for every address the NIC holds and reports it as missing, naming
+/// the address. Its DEL removes the rule with net1's own, even while
+/// another later NIC keeps eth0's table.
+#[test]
+fn a_slaac_address_after_add_is_drift_for_check_and_del_removes_its_rule() {
+    let c = cfg(json!({}));
+    let inp = later_inputs(Layout::UnderlayLater);
+    let plan = plan_add(&c, &inp);
+    let mut seen = applied(&plan, &inp);
+    assert_eq!(verify(&plan, &seen), Ok(()));
+
+    let slaac = net("fd00:7::a8c1:abff:fe00:705/64");
+    let mut later = inp.clone();
+    later.pod = seen.pod.clone();
+    later.pod.addrs.push((3, slaac));
+    later.pod.slaac.push((3, slaac));
+    seen.pod = later.pod.clone();
+    let err = verify(&plan_add(&c, &later), &seen).unwrap_err();
+    assert!(
+        err.contains("rule priority 1000 lookup 101 from fd00:7::a8c1:abff:fe00:705/128"),
+        "{err}"
+    );
+
+    // Once the rule is there (a repeated ADD), CHECK passes again.
+    let again = plan_add(&c, &later);
+    assert!(again
+        .rules
+        .contains(&(Side::Pod, from_rule("fd00:7::a8c1:abff:fe00:705/128", 101))));
+    let fixed = applied(&again, &later);
+    assert_eq!(verify(&again, &fixed), Ok(()));
+
+    // DEL with net2 still attached: eth0's table stays, net1's rules go,
+    // the SLAAC one included.
+    let mut del = later.clone();
+    del.pod = fixed.pod.clone();
+    del.pod.links.push(link(5, "net2", Some("macvlan")));
+    del.pod.addrs.push((5, net("10.8.0.5/16")));
+    del.pod.rules.push(from_rule("10.8.0.5/32", 103));
+    let td = teardown(&c, &plan_add(&c, &del), &del);
+    assert_eq!(
+        td.rules,
+        vec![
+            from_rule("10.7.0.5/32", 101),
+            from_rule("fd00:7::a8c1:abff:fe00:705/128", 101)
+        ]
+    );
+    assert!(!td.tables.contains(&102));
 }

@@ -25,6 +25,7 @@ pub(super) fn host_side(cfg: &Config, ips: &[IpNet], dev: &str, mac: Mac, plan: 
             src: None,
             scope: Scope::Link,
             metric: None,
+            expires: None,
             onlink: false,
             nh_id: None,
         });

@@ -3,16 +3,17 @@
 
 use std::collections::BTreeSet;
 
-use cni::netlink::{Family, Route, Scope, TABLE_MAIN};
+use cni::netlink::{Family, Route, Scope, RTPROT_RA, TABLE_MAIN};
 use ipnet::IpNet;
 
 use super::host::host_side;
-use super::underlay::via_veth;
+use super::underlay::via_veth_from;
 use super::{
     copy_into, default_net, families, from_rules, host_net, is_connected, is_link_local, is_ours,
     policy_routes, Inputs, Layout, Move, Plan, PodView, RouteSpec, PRIO_FROM, TABLE_FIRST_NIC,
     TABLE_REPLY,
 };
+use super::{nic_ips, Side, SysctlSpec, RA_DEFRTR};
 use crate::config::Config;
 use crate::names::POD_VETH;
 
@@ -158,8 +159,12 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         return;
     };
     let fams = families(&inp.ips);
+    // prevResult's addresses and the NIC's SLAAC ones, alike: `from` rules,
+    // cluster routes sourced from them, the node's routes to them.
+    let own = nic_ips(inp);
+    let own_fams = families(&own);
     let is_default_nic = cfg.default_route_nic() == inp.ifname;
-    let table = existing_table(&inp.pod, &inp.ips)
+    let table = existing_table(&inp.pod, &own)
         .unwrap_or_else(|| free_table(&inp.pod, TABLE_FIRST_NIC, &[TABLE_REPLY]));
 
     if cfg.tune_pod_routes {
@@ -169,11 +174,18 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             .routes
             .iter()
             .filter(|r| r.table == TABLE_MAIN && r.oif == Some(nic.index) && !is_ours(r))
-            // Only the families prevResult gives the NIC: its `from` rules
-            // are of those, and DEL finds the table through them.
-            .filter(|r| fams.contains(&r.family()))
+            // Only the families of the NIC's addresses (prevResult's and
+            // SLAAC's): its `from` rules are of those, and DEL finds the
+            // table through them. A router advertisement's routes whatever
+            // the family: its default must leave main even when the RA gave
+            // the NIC no address.
+            .filter(|r| own_fams.contains(&r.family()) || r.protocol == RTPROT_RA)
         {
             if is_link_local(&r.dst.addr()) && r.dst.prefix_len() > 0 {
+                continue;
+            }
+            // Past its lifetime, not yet collected by the kernel.
+            if r.expires == Some(0) {
                 continue;
             }
             plan.routes.push(copy_into(r, table, &inp.ifname));
@@ -212,26 +224,33 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             }
         }
         let cluster = match inp.layout {
-            Layout::UnderlayLater => via_veth(inp, cfg, table, &fams),
+            Layout::UnderlayLater => via_veth_from(inp, &own, cfg, table, &own_fams),
             // main too: a node address inside this NIC's subnet would
             // otherwise leave through this NIC (a macvlan cannot reach its
             // parent's address), and with podDefaultRouteNic = this NIC main's
             // default no longer leads to eth0 for Services and overlay pods.
             _ => {
-                let mut v = via_overlay(inp, cfg, table, &fams);
-                v.extend(via_overlay(inp, cfg, TABLE_MAIN, &fams));
+                let mut v = via_overlay(inp, cfg, table, &own_fams);
+                v.extend(via_overlay(inp, cfg, TABLE_MAIN, &own_fams));
                 v
             }
         };
         plan.routes.extend(cluster);
-        plan.rules.extend(from_rules(&inp.ips, table));
+        plan.rules.extend(from_rules(&own, table));
+        // Only the default-route NIC's router advertisements may put a
+        // default into main (one already there moved above, like any other
+        // default). DEL puts the old value back.
+        if !is_default_nic {
+            let key = format!("net/ipv6/conf/{}/{RA_DEFRTR}", inp.ifname);
+            plan.sysctls.push(SysctlSpec::new(Side::Pod, key, "0"));
+        }
         first_nic_table(cfg, inp, table, plan, is_default_nic);
     }
     // Host side: the node reaches this NIC's addresses through the pod's
     // link to the host (veth0 in underlay, eth0's peer in overlay).
     match (inp.layout, &inp.veth, &inp.overlay_peer) {
-        (Layout::UnderlayLater, Some(v), _) => host_side(cfg, &inp.ips, &v.host, v.pod_mac, plan),
-        (Layout::OverlayLater, _, Some((peer, mac))) => host_side(cfg, &inp.ips, peer, *mac, plan),
+        (Layout::UnderlayLater, Some(v), _) => host_side(cfg, &own, &v.host, v.pod_mac, plan),
+        (Layout::OverlayLater, _, Some((peer, mac))) => host_side(cfg, &own, peer, *mac, plan),
         _ => {}
     }
     plan.policy = policy_routes(&cfg.policy_routes, table, &inp.ifname);

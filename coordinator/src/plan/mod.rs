@@ -85,6 +85,27 @@ pub(super) fn from_rules(ips: &[IpNet], table: u32) -> Vec<(Side, Rule)> {
         .collect()
 }
 
+/// The current NIC's addresses: prevResult's, then those the kernel
+/// configured on it from a router advertisement (SLAAC). The runtime never
+/// hears of the latter, but they answer connections all the same, so they
+/// get `from` rules into the NIC's table like the former.
+pub(super) fn nic_ips(inp: &Inputs) -> Vec<IpNet> {
+    let mut ips = inp.ips.clone();
+    let Some(nic) = inp.pod.link(&inp.ifname) else {
+        return ips;
+    };
+    for (_, a) in inp.pod.slaac.iter().filter(|(i, _)| *i == nic.index) {
+        if !ips.iter().any(|ip| ip.addr() == a.addr()) {
+            ips.push(*a);
+        }
+    }
+    ips
+}
+
+/// The per-NIC sysctl that keeps a router advertisement's default route out
+/// of `main` (the kernel puts it nowhere else).
+pub const RA_DEFRTR: &str = "accept_ra_defrtr";
+
 /// Installed by the coordinator (any release that marks its routes).
 pub fn is_ours(r: &Route) -> bool {
     r.protocol == ROUTE_PROTOCOL
@@ -106,6 +127,7 @@ pub(super) fn policy_routes(routes: &[PolicyRoute], table: u32, dev: &str) -> Ve
             src: None,
             scope: Scope::Universe,
             metric: None,
+            expires: None,
             onlink: false,
             nh_id: None,
         })
@@ -122,6 +144,7 @@ pub(super) fn copy_into(r: &Route, table: u32, dev: &str) -> RouteSpec {
         src: r.prefsrc,
         scope: r.scope,
         metric: r.metric,
+        expires: r.expires,
         onlink: r.onlink,
         // One nexthop of a group goes into a NIC's table on its own.
         nh_id: r.nh_id.filter(|_| !r.multipath),

@@ -13,6 +13,7 @@ use super::{
     host_net, is_link_local, is_ours, Inputs, NeighSpec, Plan, PodView, RouteSpec, Side, PRIO_FROM,
     PRIO_FWMARK, REPLY_MARK, TABLE_REPLY,
 };
+use super::{nic_ips, RA_DEFRTR};
 use crate::config::Config;
 
 /// Everything one DEL removes, in the order the executor removes it.
@@ -37,6 +38,11 @@ pub struct Teardown {
     /// The veth pair ADD created (host end, pod end), deleted last; every
     /// route and neighbour on it goes with it.
     pub veth: Option<(String, String)>,
+    /// Pod sysctls of a NIC that outlives DEL, as (key, source): each gets
+    /// the value of its netns's `conf/default` key, what the NIC was created
+    /// with. The fallback for an attachment without a record of the value
+    /// its ADD found.
+    pub sysctl_defaults: Vec<(String, String)>,
 }
 
 /// `from` rule sources as the kernel stores them.
@@ -73,7 +79,7 @@ fn later_nic_remains<'a>(
 /// the first NIC's table, `from` rules and cluster routes with every other
 /// later NIC: they go with the last one.
 pub fn teardown(cfg: &Config, plan: &Plan, inp: &Inputs) -> Teardown {
-    let mine = sources(&inp.ips);
+    let mine = sources(&nic_ips(inp));
     let pod_rules: Vec<&Rule> = plan
         .rules
         .iter()
@@ -123,7 +129,21 @@ pub fn teardown(cfg: &Config, plan: &Plan, inp: &Inputs) -> Teardown {
     }
     td.reply_mark = plan.reply_mark;
     td.veth = plan.veth.as_ref().map(|v| (v.host.clone(), v.pod.clone()));
+    td.sysctl_defaults = plan
+        .sysctls
+        .iter()
+        .filter(|s| s.side == Side::Pod)
+        .filter_map(|s| default_of(&s.key))
+        .collect();
     td
+}
+
+/// `(key, net/ipv6/conf/default/<name>)` for a NIC's `accept_ra_defrtr`.
+fn default_of(key: &str) -> Option<(String, String)> {
+    let rest = key.strip_prefix("net/ipv6/conf/")?;
+    let (dev, name) = rest.split_once('/')?;
+    (name == RA_DEFRTR && dev != "default" && dev != "all")
+        .then(|| (key.to_string(), format!("net/ipv6/conf/default/{name}")))
 }
 
 /// The first NIC's defaults that live in its own table but not in `main`:
@@ -268,5 +288,10 @@ impl Teardown {
         self.restores.extend(other.restores);
         self.reply_mark |= other.reply_mark;
         self.veth = self.veth.take().or(other.veth);
+        for s in other.sysctl_defaults {
+            if !self.sysctl_defaults.contains(&s) {
+                self.sysctl_defaults.push(s);
+            }
+        }
     }
 }

@@ -96,6 +96,7 @@ fn pod(net1: bool) -> PodView {
             (2, "10.6.0.5/16".parse().unwrap()),
             (2, "fd00:6::5/64".parse().unwrap()),
         ],
+        slaac: vec![],
     };
     if net1 {
         p.links.push(link(3, "net1", Some("macvlan")));
@@ -754,5 +755,7 @@ fn tuning_applies_to_every_layout() {
         &cfg(json!({"podRPFilter": -1})),
         &later_inputs(Layout::OverlayLater),
     );
-    assert!(p.sysctls.is_empty());
+    // Left alone; only the router-advertisement default stays out of main.
+    let keys: Vec<&str> = p.sysctls.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["net/ipv6/conf/net1/accept_ra_defrtr"]);
 }

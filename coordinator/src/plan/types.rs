@@ -46,6 +46,9 @@ pub struct RouteSpec {
     pub scope: Scope,
     /// Kept from a copied route: defaults of different metrics stay apart.
     pub metric: Option<u32>,
+    /// Seconds left of a copied route that expires (one a router
+    /// advertisement gave): the copy expires with it, never permanent.
+    pub expires: Option<u32>,
     /// The gateway is on the link (Calico's `169.254.1.1`) without a route to it.
     pub onlink: bool,
     /// A copied route that uses a nexthop object keeps using it.
@@ -64,6 +67,7 @@ impl RouteSpec {
             src: None,
             scope: Scope::Universe,
             metric: None,
+            expires: None,
             onlink: false,
             nh_id: None,
         }
@@ -155,6 +159,9 @@ pub struct PodView {
     pub rules: Vec<Rule>,
     /// (link index, address) of every address.
     pub addrs: Vec<(u32, IpNet)>,
+    /// Those of `addrs` the kernel configured from a router advertisement
+    /// (SLAAC: global IPv6 with a lifetime), which no prevResult lists.
+    pub slaac: Vec<(u32, IpNet)>,
 }
 
 impl PodView {

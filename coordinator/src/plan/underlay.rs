@@ -25,7 +25,7 @@ pub(super) fn via_veth(
 }
 
 /// [`via_veth`] for traffic sourced from `ips` (the NIC whose table it is).
-fn via_veth_from(
+pub(super) fn via_veth_from(
     inp: &Inputs,
     ips: &[IpNet],
     cfg: &Config,
@@ -47,6 +47,7 @@ fn via_veth_from(
             src: src_for(ips, f),
             scope: Scope::Link,
             metric: None,
+            expires: None,
             onlink: false,
             nh_id: None,
         });
@@ -65,6 +66,7 @@ fn via_veth_from(
                 src: src_for(ips, f),
                 scope: Scope::Universe,
                 metric: None,
+                expires: None,
                 onlink: false,
                 nh_id: None,
             });
@@ -122,6 +124,7 @@ pub(super) fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
                 src: None,
                 scope: Scope::Universe,
                 metric: None,
+                expires: None,
                 onlink: false,
                 nh_id: None,
             });

@@ -2,8 +2,6 @@
 //! what the kernel holds, attribute by attribute, and the applied plan
 //! against the plan today's pod would get.
 
-use std::fmt::Debug;
-
 use cni::netlink::{Link, Neighbour, Route, Rule, NUD_PERMANENT, TABLE_MAIN};
 
 use super::{Plan, PodView, RouteSpec, Side, ROUTE_PROTOCOL};
@@ -86,6 +84,11 @@ fn route_differs(seen: &Observed, r: &RouteSpec) -> Option<String> {
         })
         .collect();
     if candidates.is_empty() {
+        // A copy of a router advertisement's route lives as long as the
+        // router said: gone, it has expired, as it would have in `main`.
+        if r.expires.is_some() {
+            return None;
+        }
         return Some(format!("{} is missing", describe(r)));
     }
     // The kernel keeps no scope for IPv6 routes.
@@ -264,20 +267,83 @@ pub fn verify(plan: &Plan, seen: &Observed) -> Result<(), String> {
     Ok(())
 }
 
-/// The first item `a` has that `b` lacks.
-fn first_missing<'t, T: PartialEq>(a: &'t [T], b: &[T]) -> Option<&'t T> {
-    a.iter().find(|x| !b.contains(x))
+/// How an item of a plan reads in CHECK's message.
+trait Describe {
+    fn describe(&self) -> String;
 }
 
-fn one_way<T: PartialEq + Debug>(what: &str, applied: &[T], now: &[T]) -> Result<(), String> {
-    if let Some(x) = first_missing(now, applied) {
+impl Describe for RouteSpec {
+    fn describe(&self) -> String {
+        describe(self)
+    }
+}
+
+impl Describe for (Side, Rule) {
+    fn describe(&self) -> String {
+        let (side, r) = self;
+        format!(
+            "{} rule priority {} lookup {}{}{}",
+            side_name(*side),
+            r.priority,
+            r.table,
+            r.src.map(|s| format!(" from {s}")).unwrap_or_default(),
+            r.fwmark
+                .map(|m| format!(" fwmark {m:#x}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+impl Describe for Route {
+    fn describe(&self) -> String {
+        let via = self
+            .gateway
+            .map(|g| format!(" via {g}"))
+            .unwrap_or_default();
+        format!("the move of {}{via} out of main", self.dst)
+    }
+}
+
+impl Describe for super::NeighSpec {
+    fn describe(&self) -> String {
+        format!(
+            "{} neighbour {} lladdr {} dev {}",
+            side_name(self.side),
+            self.ip,
+            format_mac(&self.mac),
+            self.dev
+        )
+    }
+}
+
+impl Describe for super::SysctlSpec {
+    fn describe(&self) -> String {
+        format!(
+            "{} sysctl {}={}",
+            side_name(self.side),
+            self.key,
+            self.value
+        )
+    }
+}
+
+impl Describe for (String, ipnet::IpNet) {
+    fn describe(&self) -> String {
+        format!("address {} on {}", self.1, self.0)
+    }
+}
+
+fn one_way<T: PartialEq + Describe>(applied: &[T], now: &[T]) -> Result<(), String> {
+    if let Some(x) = now.iter().find(|x| !applied.contains(x)) {
         return Err(format!(
-            "today's pod needs {what} {x:?} that its ADD did not make"
+            "today's pod needs {} that its ADD did not make",
+            x.describe()
         ));
     }
-    if let Some(x) = first_missing(applied, now) {
+    if let Some(x) = applied.iter().find(|x| !now.contains(x)) {
         return Err(format!(
-            "its ADD made {what} {x:?} that today's pod no longer needs"
+            "its ADD made {} that today's pod no longer needs",
+            x.describe()
         ));
     }
     Ok(())
@@ -287,6 +353,18 @@ fn one_way<T: PartialEq + Debug>(what: &str, applied: &[T], now: &[T]) -> Result
 /// address added or gone, a NIC gone, the config changed).
 pub fn drift(applied: &Plan, now: &Plan) -> Result<(), String> {
     let mut now = now.clone();
+    let mut applied = applied.clone();
+    // A router advertisement's routes count down: their lifetime left is
+    // not a difference.
+    for p in [&mut now, &mut applied] {
+        for r in p.routes.iter_mut().chain(p.policy.iter_mut()) {
+            r.expires = r.expires.map(|_| 0);
+        }
+        for m in p.moves.iter_mut() {
+            m.route.expires = m.route.expires.map(|_| 0);
+        }
+    }
+    let applied = &applied;
     // Made by the first ADD, found by later ones: the same veth.
     if let (Some(n), Some(a)) = (now.veth.as_mut(), applied.veth.as_ref()) {
         n.create = a.create;
@@ -299,16 +377,17 @@ pub fn drift(applied: &Plan, now: &Plan) -> Result<(), String> {
     if now == *applied {
         return Ok(());
     }
-    one_way("route", &applied.routes, &now.routes)?;
-    one_way("policy route", &applied.policy, &now.policy)?;
-    one_way("rule", &applied.rules, &now.rules)?;
+    // Rules first: they name the addresses that came or went.
+    one_way(&applied.rules, &now.rules)?;
+    one_way(&applied.routes, &now.routes)?;
+    one_way(&applied.policy, &now.policy)?;
     // What stayed in main beside a moved nexthop depends on the NICs
     // attached since, not on this one: the moved route is what counts.
     let routes = |p: &Plan| p.moves.iter().map(|m| m.route.clone()).collect::<Vec<_>>();
-    one_way("move out of main", &routes(applied), &routes(&now))?;
-    one_way("neighbour", &applied.neighbours, &now.neighbours)?;
-    one_way("sysctl", &applied.sysctls, &now.sysctls)?;
-    one_way("address", &applied.addresses, &now.addresses)?;
+    one_way(&routes(applied), &routes(&now))?;
+    one_way(&applied.neighbours, &now.neighbours)?;
+    one_way(&applied.sysctls, &now.sysctls)?;
+    one_way(&applied.addresses, &now.addresses)?;
     if applied.veth != now.veth {
         return Err(format!(
             "veth {:?}, planned now {:?}",
