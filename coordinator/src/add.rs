@@ -245,7 +245,7 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     let Some(ctx) = context(cfg, call, &prev, &host, view)? else {
         return Ok(prev);
     };
-    crate::guard::check(&host, &ctx, cfg.host_rule_table)?;
+    crate::guard::check(&host, &ctx, cfg)?;
     let ifname = call.env.ifname.as_str();
     let nic = ctx
         .inputs

@@ -20,5 +20,6 @@ pub mod mode;
 pub mod names;
 pub mod nftables;
 pub mod observe;
+pub mod owners;
 pub mod plan;
 pub mod plugin;

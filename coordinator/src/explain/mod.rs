@@ -20,7 +20,7 @@ use cni::{Error, Result};
 use ipnet::IpNet;
 use serde_json::json;
 
-use crate::config::{Config, DEFAULTS_FILE};
+use crate::config::{Config, Ids, DEFAULTS_FILE};
 
 pub const USAGE: &str =
     "  coordinator explain (--netns PATH | --pid PID) [--json] [--defaults FILE]
@@ -132,7 +132,10 @@ fn explain(o: &Opts) -> Result<(report::Header, Vec<probe::Flow>)> {
     let node = probe::Node {
         nl: &node_nl,
         links: node_nl.links()?,
-        host_rule_table: o.host_rule_table.unwrap_or(cfg.host_rule_table),
+        ids: Ids {
+            host_table: o.host_rule_table.unwrap_or(cfg.ids.host_table),
+            ..cfg.ids
+        },
         service_cidr: if o.service_cidr.is_empty() {
             cfg.service_cidr.clone()
         } else {
@@ -149,7 +152,7 @@ fn explain(o: &Opts) -> Result<(report::Header, Vec<probe::Flow>)> {
             None => "none (no veth0, no overlay eth0)",
         },
         host_iface: host.map(|l| l.name.clone()),
-        host_rule_table: node.host_rule_table,
+        host_rule_table: node.ids.host_table,
     };
     let flows = probe::explain(&pod, &node, first)?;
     Ok((header, flows))

@@ -14,6 +14,13 @@ use super::*;
 use crate::config::Config;
 
 const HOST_MAC: Mac = [2, 1, 1, 1, 1, 1];
+
+// The default ids, as literals: a config that sets none plans exactly what
+// every release before the ids became config fields did.
+const TABLE_REPLY: u32 = 100;
+const PRIO_FWMARK: u32 = 900;
+const PRIO_FROM: u32 = 1000;
+const PRIO_HOST: u32 = 1000;
 const POD_MAC: Mac = [2, 2, 2, 2, 2, 2];
 const PEER_MAC: Mac = [2, 9, 9, 9, 9, 9];
 

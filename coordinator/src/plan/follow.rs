@@ -9,6 +9,12 @@ use serde_json::json;
 use super::tests::{cfg, first_inputs, later_inputs, link, overlay_inputs, route};
 use super::*;
 
+// The default ids, as literals: a config that sets none plans exactly what
+// every release before the ids became config fields did.
+const TABLE_REPLY: u32 = 100;
+const PRIO_FWMARK: u32 = 900;
+const PRIO_FROM: u32 = 1000;
+
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
