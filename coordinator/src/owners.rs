@@ -277,3 +277,263 @@ fn protocol_name(p: u8) -> String {
     };
     format!("{name} ({p})")
 }
+
+#[cfg(test)]
+mod tests {
+    use cni::netlink::{Link, Scope, RTPROT_BOOT, RTPROT_KERNEL};
+    use ipnet::IpNet;
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::{Inputs, Layout, VethPlan, REPLY_MARK, ROUTE_PROTOCOL};
+
+    fn cfg(extra: serde_json::Value) -> Config {
+        let mut v = extra;
+        v["defaultsFile"] = json!("/nonexistent");
+        Config::from_raw(&v).unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn link(index: u32, name: &str, kind: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: Some(kind.into()),
+            mac: Some([2, 0, 0, 0, 0, index as u8]),
+            mtu: 1500,
+            up: true,
+            link: None,
+            link_netnsid: None,
+            txqlen: 1000,
+            ipvlan_mode: None,
+        }
+    }
+
+    fn route(dst: &str, gw: Option<&str>, oif: u32, table: u32, proto: u8) -> Route {
+        let mut r = Route::new(net(dst), table);
+        r.oif = Some(oif);
+        r.gateway = gw.map(|g| g.parse().unwrap());
+        r.protocol = proto;
+        r.scope = match gw {
+            Some(_) => Scope::Universe,
+            None => Scope::Link,
+        };
+        r
+    }
+
+    fn rule(prio: u32, src: &str, table: u32) -> Rule {
+        let n = net(src);
+        let mut r = Rule::new(Family::of_net(&n), prio, table);
+        r.src = Some(n);
+        r
+    }
+
+    /// An underlay pod: macvlan eth0 on 10.6/16 and net1 on 10.7/16, as
+    /// their main plugins left them.
+    fn pod() -> PodView {
+        PodView {
+            links: vec![
+                link(2, "eth0", "macvlan"),
+                link(3, "net1", "macvlan"),
+                link(4, "veth0", "veth"),
+            ],
+            routes: vec![
+                route("10.6.0.0/16", None, 2, TABLE_MAIN, RTPROT_KERNEL),
+                route("0.0.0.0/0", Some("10.6.0.1"), 2, TABLE_MAIN, RTPROT_BOOT),
+                route("10.7.0.0/16", None, 3, TABLE_MAIN, RTPROT_KERNEL),
+                route("0.0.0.0/0", Some("10.7.0.1"), 3, TABLE_MAIN, RTPROT_BOOT),
+            ],
+            rules: vec![],
+            addrs: vec![(2, net("10.6.0.5/16")), (3, net("10.7.0.5/16"))],
+        }
+    }
+
+    fn inputs(pod: &PodView, ifname: &str) -> Inputs {
+        let first = ifname == "eth0";
+        let (ip, gw) = match first {
+            true => ("10.6.0.5/16", "10.6.0.1"),
+            false => ("10.7.0.5/16", "10.7.0.1"),
+        };
+        Inputs {
+            layout: match first {
+                true => Layout::UnderlayFirst,
+                false => Layout::UnderlayLater,
+            },
+            ifname: ifname.into(),
+            ips: vec![net(ip)],
+            gateways: vec![gw.parse().unwrap()],
+            pod: pod.clone(),
+            node_ips: vec!["10.6.0.2".parse().unwrap()],
+            veth: Some(VethPlan {
+                host: "vethabc".into(),
+                host_mac: [2, 1, 1, 1, 1, 1],
+                pod: "veth0".into(),
+                pod_mac: [2, 2, 2, 2, 2, 2],
+                mtu: 1500,
+                create: first,
+            }),
+            overlay_peer: None,
+        }
+    }
+
+    /// The conflicts of `ifname`'s ADD into `pod`.
+    fn of(c: &Config, pod: &PodView, ifname: &str) -> Vec<Conflict> {
+        let plan = plan_add(c, &inputs(pod, ifname));
+        conflicts(&c.ids, &plan, pod, ifname)
+    }
+
+    /// `pod` after `ifname`'s ADD: the plan's pod rules and routes, ours.
+    fn after(c: &Config, pod: &PodView, ifname: &str) -> PodView {
+        let plan = plan_add(c, &inputs(pod, ifname));
+        let mut p = pod.clone();
+        for (_, r) in plan.rules.iter().filter(|(s, _)| *s == Side::Pod) {
+            if !p.rules.contains(r) {
+                p.rules.push(r.clone());
+            }
+        }
+        for r in plan.routes.iter().filter(|r| r.side == Side::Pod) {
+            let oif = p.link(&r.dev).map(|l| l.index).unwrap();
+            let mut k = Route::new(r.dst, r.table);
+            k.oif = Some(oif);
+            k.gateway = r.via;
+            k.protocol = ROUTE_PROTOCOL;
+            p.routes.push(k);
+        }
+        p
+    }
+
+    #[test]
+    fn what_our_adds_made_is_ours() {
+        for c in [
+            cfg(json!({})),
+            cfg(json!({"podReplyTable": 2000, "podRuleTableFirst": 2001,
+                "podReplyRulePriority": 2900, "podRulePriority": 3000})),
+        ] {
+            let clean = pod();
+            assert_eq!(of(&c, &clean, "eth0"), vec![]);
+            let one = after(&c, &clean, "eth0");
+            // A repeated ADD of eth0; net1 finding the reply table, its rule
+            // and eth0's routes of ours.
+            assert_eq!(of(&c, &one, "eth0"), vec![]);
+            assert_eq!(of(&c, &one, "net1"), vec![]);
+            let two = after(&c, &one, "net1");
+            assert!(two.rules.len() == 3, "{:?}", two.rules);
+            // Both NIC tables made: repeated ADDs of either NIC.
+            assert_eq!(of(&c, &two, "net1"), vec![]);
+            assert_eq!(of(&c, &two, "eth0"), vec![]);
+            // A leftover `from` rule of ours (its address gone) is ours.
+            let mut left = two.clone();
+            left.rules
+                .push(rule(c.ids.from_priority, "10.9.9.9/32", 2500));
+            assert_eq!(of(&c, &left, "net1"), vec![]);
+        }
+    }
+
+    #[test]
+    fn another_owners_priority_is_refused_naming_both() {
+        let c = cfg(json!({}));
+        let mut p = after(&c, &pod(), "eth0");
+        p.rules.push(rule(1000, "10.8.0.0/16", 101));
+        p.routes
+            .push(route("10.8.0.0/16", Some("10.7.0.1"), 3, 101, 4));
+        // eth0 uses neither 1000 nor 101.
+        assert_eq!(of(&c, &p, "eth0"), vec![]);
+        let found = of(&c, &p, "net1");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let e = found[0].error();
+        assert_eq!(e.code(), 7);
+        let msg = e.to_string();
+        for want in [
+            "\"podRulePriority\"",
+            "rule priority 1000 (the coordinator's `1000: from 10.7.0.5 lookup 102` for net1)",
+            "rule `1000: from 10.8.0.0/16 lookup 101`, which the coordinator did not make",
+        ] {
+            assert!(msg.contains(want), "{want} not in {msg}");
+        }
+        // Moved away from it: no conflict, and table 101 is left alone.
+        let moved = cfg(json!({"podRulePriority": 3000, "podRuleTableFirst": 2001,
+            "podReplyTable": 100}));
+        assert_eq!(of(&moved, &p, "net1"), vec![]);
+        // Rules of the other family are another list: no conflict.
+        let mut v6 = after(&c, &pod(), "eth0");
+        v6.rules.push(rule(1000, "fd00:8::/64", 101));
+        assert_eq!(of(&c, &v6, "net1"), vec![]);
+    }
+
+    #[test]
+    fn another_owners_reply_priority_and_table() {
+        let c = cfg(json!({}));
+        // A rule at the reply-mark rule's priority.
+        let mut p = pod();
+        let mut other = Rule::new(Family::V4, 900, 300);
+        other.fwmark = Some(0x1);
+        p.rules.push(other);
+        let found = of(&c, &p, "eth0");
+        assert_eq!(found[0].field, "podReplyRulePriority", "{found:?}");
+        assert!(found[0]
+            .error()
+            .to_string()
+            .contains("rule `900: from all fwmark 0x1 lookup 300`"));
+
+        // A route of a routing daemon in the reply table.
+        let mut p = pod();
+        p.routes
+            .push(route("10.9.0.0/16", Some("10.6.0.1"), 2, 100, 12));
+        let found = of(&c, &p, "eth0");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].field, "podReplyTable");
+        let msg = found[0].error().to_string();
+        for want in [
+            "table 100 (the coordinator's, for the way back through veth0",
+            "route `10.9.0.0/16 via 10.6.0.1 dev eth0 table 100` (protocol bird (12)",
+        ] {
+            assert!(msg.contains(want), "{want} not in {msg}");
+        }
+
+        // A rule of another owner leading into the reply table.
+        let mut p = pod();
+        let mut other = Rule::new(Family::V4, 500, 100);
+        other.fwmark = Some(REPLY_MARK);
+        p.rules.push(other);
+        let found = of(&c, &p, "eth0");
+        assert_eq!(found[0].field, "podReplyTable", "{found:?}");
+        assert!(found[0].error().to_string().contains("which leads to it"));
+    }
+
+    #[test]
+    fn a_nic_table_of_another_owner() {
+        // eth0's `from` rule of ours leads to 101, which another owner's
+        // route shares: net1's ADD would put eth0's routes there.
+        let c = cfg(json!({}));
+        let mut p = after(&c, &pod(), "eth0");
+        p.rules.push(rule(1000, "10.6.0.5/32", 101));
+        p.routes.push(route("192.0.2.0/24", None, 2, 101, 4));
+        let found = of(&c, &p, "net1");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].field, "podRuleTableFirst");
+        let msg = found[0].error().to_string();
+        assert!(
+            msg.contains("table 101 (the coordinator's, for the replies from eth0's 10.6.0.5, at net1's ADD)"),
+            "{msg}"
+        );
+        assert!(msg.contains("static (4)"), "{msg}");
+    }
+
+    #[test]
+    fn rules_and_routes_read_as_ip_shows_them() {
+        let mut r = rule(1000, "10.8.0.0/16", 101);
+        r.dst = Some(net("192.0.2.0/24"));
+        r.fwmark = Some(0x10);
+        r.fwmask = Some(0xff);
+        r.iif = Some("eth0".into());
+        assert_eq!(
+            describe_rule(&r),
+            "1000: from 10.8.0.0/16 to 192.0.2.0/24 fwmark 0x10/0xff iif eth0 lookup 101"
+        );
+        assert_eq!(protocol_name(222), "222");
+        assert_eq!(protocol_name(186), "bgp (186)");
+    }
+}
