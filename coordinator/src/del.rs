@@ -196,7 +196,9 @@ fn remove(
                 .map(|v| {
                     v.routes
                         .iter()
-                        .filter(|r| r.table == *t && (doomed.is_none() || r.oif != doomed))
+                        // Ours only: another owner's routes in the table stay.
+                        .filter(|r| r.table == *t && crate::plan::is_ours(r))
+                        .filter(|r| doomed.is_none() || r.oif != doomed)
                         .cloned()
                         .collect()
                 })

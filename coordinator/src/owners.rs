@@ -62,10 +62,30 @@ impl Conflict {
 /// Refuse the call when its plan would share an id with another owner.
 pub fn check(cfg: &Config, ctx: &Context) -> Result<()> {
     let plan = plan_add(cfg, &ctx.inputs);
-    match conflicts(&cfg.ids, &plan, &ctx.inputs.pod, &ctx.inputs.ifname).first() {
-        Some(c) => Err(c.error()),
-        None => Ok(()),
+    refuse(&conflicts(
+        &cfg.ids,
+        &plan,
+        &ctx.inputs.pod,
+        &ctx.inputs.ifname,
+    ))
+}
+
+/// The error of the first conflict, naming its field; the others follow in
+/// the message, so one refusal names every id to move.
+pub fn refuse(found: &[Conflict]) -> Result<()> {
+    let Some(first) = found.first() else {
+        return Ok(());
+    };
+    let Error::InvalidConfig(mut msg) = first.error() else {
+        return Err(first.error());
+    };
+    for c in &found[1..] {
+        msg.push_str(&format!(
+            "; also {} is already used by {} (set {})",
+            c.ours, c.theirs, c.field
+        ));
     }
+    Err(Error::InvalidConfig(msg))
 }
 
 /// Every id `plan` uses in the pod that something not ours in `pod` uses
@@ -520,6 +540,29 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("static (4)"), "{msg}");
+    }
+
+    #[test]
+    fn one_refusal_names_every_id_to_move() {
+        let c = cfg(json!({}));
+        let mut p = pod();
+        p.rules.push(Rule::new(Family::V4, 900, 300));
+        p.routes.push(route("10.9.0.0/16", None, 2, 100, 4));
+        let found = of(&c, &p, "eth0");
+        assert_eq!(found.len(), 2, "{found:?}");
+        let e = refuse(&found).unwrap_err();
+        assert_eq!(e.code(), 7);
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("invalid config field \"podReplyRulePriority\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("; also table 100 (the coordinator's")
+                && msg.contains("(set podReplyTable)"),
+            "{msg}"
+        );
+        assert!(refuse(&[]).is_ok());
     }
 
     #[test]

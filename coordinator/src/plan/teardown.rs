@@ -21,8 +21,9 @@ use crate::config::{Config, Ids};
 pub struct Teardown {
     /// Pod rules, removed first: nothing leads into a table being emptied.
     pub rules: Vec<Rule>,
-    /// Pod tables emptied in both families: a NIC's table holds whatever any
-    /// release copied into it, not only what this plan names.
+    /// Pod tables emptied in both families of every route of ours
+    /// (protocol 222): a NIC's table holds whatever any release copied into
+    /// it, not only what this plan names. Another owner's routes stay.
     pub tables: BTreeSet<u32>,
     /// Single routes in tables the NIC shares (pod `main`, the host table),
     /// matched by destination, table, device and gateway.
