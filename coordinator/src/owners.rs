@@ -12,10 +12,10 @@
 //! - a table: routes ADD puts there would mix with the other owner's, and
 //!   DEL empties a table of ours whole.
 //!
-//! Ours is what a plan of ours makes: rules of our shape
-//! ([`crate::plan::is_our_rule`]), routes of our protocol (every route the
-//! coordinator installs carries it, the copies in the first NIC's table
-//! too). So a repeated ADD, and a later NIC finding the tables and rules an
+//! Ours is what a plan of ours makes: the rules of this call's plan, rules
+//! of our shape ([`crate::plan::is_our_rule`]: another NIC's, a leftover),
+//! routes of our protocol (every route the coordinator installs carries it,
+//! the copies in the first NIC's table too). So a repeated ADD, and a later NIC finding the tables and rules an
 //! earlier NIC's ADD made, pass.
 //!
 //! Refused with code 7 naming the field that moves our id: the id is a
@@ -97,15 +97,18 @@ pub fn conflicts(ids: &Ids, plan: &Plan, pod: &PodView, ifname: &str) -> Vec<Con
         .filter(|(side, _)| *side == Side::Pod)
         .map(|(_, r)| r)
         .collect();
+    // A rule the plan itself makes is ours whatever its kind (a repeated ADD).
+    let foreign = |r: &Rule| !is_our_rule(ids, r) && !ours.contains(&r);
     let mut out = Vec::new();
     let mut seen: BTreeSet<(u8, u32)> = BTreeSet::new();
     for rule in &ours {
         if !seen.insert((family_number(rule.family), rule.priority)) {
             continue;
         }
-        let other = pod.rules.iter().find(|r| {
-            r.family == rule.family && r.priority == rule.priority && !is_our_rule(ids, r)
-        });
+        let other = pod
+            .rules
+            .iter()
+            .find(|r| r.family == rule.family && r.priority == rule.priority && foreign(r));
         if let Some(other) = other {
             out.push(Conflict {
                 field: priority_field(ids, rule.priority),
@@ -122,10 +125,7 @@ pub fn conflicts(ids: &Ids, plan: &Plan, pod: &PodView, ifname: &str) -> Vec<Con
     for table in pod_tables(plan) {
         let what = table_use(ids, plan, pod, table, ifname);
         let route = pod.routes.iter().find(|r| r.table == table && !is_ours(r));
-        let rule = pod
-            .rules
-            .iter()
-            .find(|r| r.table == table && !is_our_rule(ids, r));
+        let rule = pod.rules.iter().find(|r| r.table == table && foreign(r));
         let theirs = match (route, rule) {
             (Some(r), _) => format!(
                 "route `{}` (protocol {}; the coordinator's are 222)",

@@ -31,7 +31,8 @@ pub const USAGE: &str =
       when that is not symmetric, what is missing and which field fixes it.
       The answers are the kernels' own route lookups in the pod and the node.
       serviceCIDR and hostRuleTable come from the node defaults file (FILE,
-      default /etc/cni/coordinator/defaults.json) unless given here.
+      default /etc/cni/coordinator/defaults.json) unless given here; the
+      pod's reply table from its fwmark rule, else podReplyTable there.
       Exit status: 0 every flow symmetric, 1 one is not, 2 bad command line
       or the pod cannot be read.
 ";
