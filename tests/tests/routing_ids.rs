@@ -361,6 +361,30 @@ fn traffic(lab: &Lab, pod: &Pod, nics: &[&Nic], clients: &[&lab::Client]) {
     }
 }
 
+/// `coordinator explain --json` of `pod`, run on the node with a node
+/// defaults file holding the moved ids; exit status 0 (every flow symmetric).
+fn explain_moved(lab: &Lab, pod: &Pod) -> Value {
+    let defaults = lab.dir().join("moved-defaults.json");
+    let mut d = moved_ids();
+    d["serviceCIDR"] = json!(["10.233.0.0/18", "fd00:233::/110"]);
+    std::fs::write(&defaults, d.to_string()).unwrap();
+    let coordinator = bin_dir().join("coordinator").display().to_string();
+    let mut cmd = nsexec::command_in(lab.node(), &coordinator, Enter::NetOnly).unwrap();
+    cmd.args(["explain", "--json", "--netns"])
+        .arg(&pod.path)
+        .arg("--defaults")
+        .arg(&defaults);
+    let out = cmd.output().expect("run coordinator explain");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "explain: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("explain --json: {e}: {stdout}"))
+}
+
 /// What another policy-routing owner (a routing daemon, an operator) keeps
 /// in the pod at the default ids: a route in table 100, a rule at 1000 into
 /// table 101 and its route there, a rule at 900.
@@ -534,6 +558,21 @@ fn moved_ids_route_two_nics_next_to_another_owner() {
             .check(&nic.att)
             .unwrap_or_else(|e| panic!("CHECK {}: {}", nic.att.ifname, describe(&e)));
     }
+    // `coordinator explain` with the node defaults of these ids agrees with
+    // the traffic: every flow symmetric, through the moved tables.
+    let report = explain_moved(&lab, &pod);
+    let flows = report["flows"].as_array().unwrap();
+    assert!(flows.len() >= 16, "{report:#}");
+    let table_of = |nic: &str, kind: &str| -> Vec<u64> {
+        flows
+            .iter()
+            .filter(|f| f["nic"] == nic && f["flow"] == kind)
+            .map(|f| f["pod_table"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    assert_eq!(table_of("net1", "subnet"), [2001, 2001], "{report:#}");
+    assert_eq!(table_of("eth0", "routed"), [2002, 2002], "{report:#}");
+    assert_eq!(table_of("eth0", "nodeport"), [2000, 2000], "{report:#}");
     // A repeated ADD finds only its own ids: no refusal, nothing changes.
     let pod_added = snapshot(&pod.name);
     for nic in [&eth0, &net1] {
