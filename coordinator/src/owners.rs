@@ -9,14 +9,14 @@
 //!   other owner's rule and ours would each hide the other depending on who
 //!   came first; and DEL's sweep finds leftover `from` rules of ours by
 //!   priority;
-//! - a table: routes ADD puts there would mix with the other owner's, and
-//!   DEL empties a table of ours whole.
+//! - a table: our routes and the other owner's would answer one lookup
+//!   together (the most specific of either wins), whoever's rule led there.
 //!
 //! Ours is what a plan of ours makes: the rules of this call's plan, rules
 //! of our shape ([`crate::plan::is_our_rule`]: another NIC's, a leftover),
 //! routes of our protocol (every route the coordinator installs carries it,
-//! the copies in the first NIC's table too). So a repeated ADD, and a later NIC finding the tables and rules an
-//! earlier NIC's ADD made, pass.
+//! the copies in the first NIC's table too). So a repeated ADD, and a later
+//! NIC finding the tables and rules an earlier NIC's ADD made, pass.
 //!
 //! Refused with code 7 naming the field that moves our id: the id is a
 //! config value (set or defaulted), and changing that field is the fix on
@@ -47,15 +47,16 @@ pub struct Conflict {
 }
 
 impl Conflict {
-    pub fn error(&self) -> Error {
-        Error::config(
-            self.field,
-            format!(
-                "{} is already used in the pod by {}, which the coordinator did not make \
-                 (another policy-routing owner); set {} to a {} no other owner uses in the pod",
-                self.ours, self.theirs, self.field, self.kind
-            ),
+    fn why(&self) -> String {
+        format!(
+            "{} is already used in the pod by {}, which the coordinator did not make \
+             (another policy-routing owner); set {} to a {} no other owner uses in the pod",
+            self.ours, self.theirs, self.field, self.kind
         )
+    }
+
+    pub fn error(&self) -> Error {
+        Error::config(self.field, self.why())
     }
 }
 
@@ -76,16 +77,14 @@ pub fn refuse(found: &[Conflict]) -> Result<()> {
     let Some(first) = found.first() else {
         return Ok(());
     };
-    let Error::InvalidConfig(mut msg) = first.error() else {
-        return Err(first.error());
-    };
+    let mut why = first.why();
     for c in &found[1..] {
-        msg.push_str(&format!(
+        why.push_str(&format!(
             "; also {} is already used by {} (set {})",
             c.ours, c.theirs, c.field
         ));
     }
-    Err(Error::InvalidConfig(msg))
+    Err(Error::config(first.field, why))
 }
 
 /// Every id `plan` uses in the pod that something not ours in `pod` uses
