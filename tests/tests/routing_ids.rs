@@ -682,3 +682,112 @@ fn another_owners_priority_refuses_a_later_nic() {
         .check(&eth0.att)
         .unwrap_or_else(|e| panic!("CHECK eth0: {}", describe(&e)));
 }
+
+/// The node's ports to the fabric carry only the node's own addresses (port
+/// security): a reply of the pod's underlay address that left by the
+/// overlay `eth0` and the node is dropped there.
+fn strict_node_ports(lab: &Lab) {
+    let mut script = String::from(
+        "table inet ids_port {\n chain post { type filter hook postrouting priority 0; policy accept; }\n}\n",
+    );
+    for s in lab.subnets() {
+        if let Some(me) = s.node4 {
+            script.push_str(&format!(
+                "add rule inet ids_port post oifname \"{}\" ip saddr != {me} drop\n",
+                s.parent
+            ));
+        }
+        if let Some(me) = s.node6 {
+            script.push_str(&format!(
+                "add rule inet ids_port post oifname \"{}\" ip6 saddr != {me} ip6 saddr != fe80::/10 ip6 saddr != :: drop\n",
+                s.parent
+            ));
+        }
+    }
+    lab.nft(&script).unwrap();
+}
+
+/// Overlay mode with every id moved: ptp `eth0` (its own table is the
+/// reply table, 2000) and macvlan `net1` (2001), next to another owner of
+/// the default ids. Clients reach net1's addresses with symmetric replies,
+/// the node reaches them through eth0's host peer (hostRuleTable 600 at
+/// 2500), net1's addresses reach a Service through eth0; CHECK passes and
+/// DEL leaves the pod as it was.
+#[test]
+fn moved_ids_in_overlay_mode() {
+    let lab = build_lab(2);
+    strict_node_ports(&lab);
+    let pod = lab.pod("o").unwrap();
+    another_owner(&pod.name);
+    let pod_before = snapshot(&pod.name);
+    let node_before = snapshot(lab.node());
+    let ids = moved_ids();
+    let eth0 = attach(&lab, &pod, load(&lab, "ptp-overlay.conflist", &ids), "eth0");
+    let net1 = attach(
+        &lab,
+        &pod,
+        load(&lab, "macvlan-overlay-net1.conflist", &ids),
+        "net1",
+    );
+    assert!(!state::link_names(&pod.name)
+        .unwrap()
+        .contains(&"veth0".to_string()));
+    for (nic, table) in [(&eth0, "2000"), (&net1, "2001")] {
+        for v6 in [false, true] {
+            let lines = rules_from(&pod.name, nic.of(v6));
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(
+                lines[0].contains("3000: from") && lines[0].ends_with(&format!("lookup {table}")),
+                "{lines:?}"
+            );
+        }
+    }
+
+    let _srv = TcpServer::start(&pod.name, "[::]:8080".parse().unwrap()).unwrap();
+    let (c1, c2) = (client(&lab, 1), client(&lab, 2));
+    for c in [&c1, &c2] {
+        for v6 in [false, true] {
+            expect_peer(&c.name, None, sa(net1.of(v6), POD_PORT), client_ip(c, v6));
+        }
+    }
+    let _backend = TcpServer::start(lab.node(), sa("::".parse().unwrap(), BACKEND_PORT)).unwrap();
+    for v6 in [false, true] {
+        // The node, from its fabric address: in through eth0's peer, the
+        // reply back the same way (the fabric port would drop it otherwise).
+        let node = node_ip(&lab, v6);
+        expect_peer(lab.node(), Some(node), sa(net1.of(v6), POD_PORT), node);
+        let table600 = state::routes(lab.node(), "600").unwrap();
+        let dst = net1.of(v6).to_string();
+        assert!(
+            table600
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["dst"].as_str() == Some(dst.as_str())),
+            "{dst} not in the node's table 600: {table600}"
+        );
+        let svc: SocketAddr = match v6 {
+            false => "10.233.0.10:80".parse().unwrap(),
+            true => "[fd00:233::10]:80".parse().unwrap(),
+        };
+        lab.node_service(svc, sa(node, BACKEND_PORT)).unwrap();
+        expect_peer(&pod.name, Some(net1.of(v6)), svc, net1.of(v6));
+    }
+    for nic in [&eth0, &net1] {
+        nic.chain
+            .check(&nic.att)
+            .unwrap_or_else(|e| panic!("CHECK {}: {}", nic.att.ifname, describe(&e)));
+    }
+    for nic in [&net1, &eth0] {
+        nic.chain
+            .del(&nic.att)
+            .unwrap_or_else(|e| panic!("DEL {}: {}", nic.att.ifname, describe(&e)));
+    }
+    assert_eq!(snapshot(&pod.name), pod_before, "pod after DEL");
+    let node_after = snapshot(lab.node());
+    assert_eq!(
+        node_after.routes, node_before.routes,
+        "node routes after DEL"
+    );
+    assert_eq!(node_after.neighbours, node_before.neighbours);
+}
