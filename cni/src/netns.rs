@@ -91,6 +91,11 @@ impl NetNs {
         &self.file
     }
 
+    /// The namespace's inode number: unique among the namespaces alive.
+    pub fn inode(&self) -> Option<u64> {
+        self.file.metadata().ok().map(|m| m.ino())
+    }
+
     /// Same namespace (device and inode)?
     pub fn same_as(&self, other: &NetNs) -> bool {
         match (self.file.metadata(), other.file.metadata()) {

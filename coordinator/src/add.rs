@@ -42,22 +42,36 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
     let ifname = call.env.ifname.as_str();
     let root = Path::new(record::ROOT);
     let found = Attachments::open(root, &call.env.container_id, false)?;
+    let inode = pod_ns.inode();
     let existing = match &found {
-        Some(a) => a.read(ifname).unwrap_or_else(|e| {
-            tracing::warn!("{e}: starting a new record");
-            None
-        }),
+        Some(a) => match a.read(ifname) {
+            Ok(Some(r)) if !r.of_netns(inode) => {
+                // An earlier pod of this container ID whose DEL never came:
+                // its pod is gone, and what it made on the node is named
+                // like ours. Nothing of it is undone.
+                tracing::warn!(
+                    "{}: left by an earlier pod, replaced",
+                    a.path(ifname).display()
+                );
+                None
+            }
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}: starting a new record");
+                None
+            }
+        },
         None => None,
     };
     let mut known = found
         .as_ref()
-        .map(|a| a.siblings(ifname))
+        .map(|a| a.siblings(ifname, inode))
         .unwrap_or_default();
     known.extend(existing.clone());
     let Some(ctx) = context(cfg, call, &prev, &host, view, &known)? else {
         return Ok(prev);
     };
-    crate::guard::check(&host, &ctx, cfg.host_rule_table)?;
+    crate::guard::check(&host, &ctx, cfg)?;
     let nic = ctx
         .kernel_view
         .link(ifname)
@@ -91,7 +105,11 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         None => Attachments::open(root, &call.env.container_id, true)?
             .ok_or_else(|| Error::Io("the attachment record directory vanished".into()))?,
     };
-    let writer = records.begin(ifname, ctx.layout, &plan, existing)?;
+    let netns = (
+        call.env.netns.as_ref().map(|p| p.display().to_string()),
+        inode,
+    );
+    let writer = records.begin(ifname, netns, ctx.layout, &plan, existing)?;
     let mut journal = Journal::new(&k, &records, writer);
     let detecting = cfg.detect_ip_conflict || cfg.detect_gateway;
     // With arp_notify on (the reference macvlan plugin turns it on) the

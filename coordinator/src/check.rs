@@ -32,8 +32,12 @@ pub fn check(call: &Call, cfg: &Config) -> Result<()> {
     let view = pod_view(&pod)?;
     let ifname = call.env.ifname.as_str();
     let records = Attachments::open(Path::new(record::ROOT), &call.env.container_id, false)?;
+    let inode = pod_ns.inode();
     let (rec, mut known) = match &records {
-        Some(a) => (a.read(ifname)?, a.siblings(ifname)),
+        Some(a) => (
+            a.read(ifname)?.filter(|r| r.of_netns(inode)),
+            a.siblings(ifname, inode),
+        ),
         None => (None, Vec::new()),
     };
     known.extend(rec.clone());

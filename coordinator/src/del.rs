@@ -58,13 +58,25 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
         }
         None => None,
     };
+    let inode = pod_ns.as_ref().and_then(NetNs::inode);
     let failures = match (rec, &records) {
+        (Some(rec), Some(records)) if !rec.of_netns(inode) => {
+            // An earlier pod of this container ID whose DEL never came: its
+            // pod is gone, and what it made on the node is named like this
+            // pod's. Nothing of it is undone.
+            tracing::warn!(
+                "{}: left by an earlier pod, removed",
+                records.path(ifname).display()
+            );
+            records.remove(ifname)?;
+            by_plan(cfg, call, &host, pod.as_ref(), pod_ns.as_ref())?
+        }
         (Some(rec), Some(records)) => {
             let sides = Sides {
                 host: &host,
                 pod: pod.as_ref().zip(pod_ns.as_ref()),
             };
-            by_record(&sides, records, rec)?
+            by_record(&sides, records, rec, inode)?
         }
         _ if cfg.mode == Mode::Disabled => Vec::new(),
         _ => {
@@ -147,8 +159,13 @@ fn needs(plan: &Plan, step: &Undo) -> bool {
 /// step that another NIC of the pod still relies on (the first NIC's table
 /// a later NIC made, a pod-wide sysctl) is handed to that NIC's record
 /// instead, ahead of its own steps, so the last one to go undoes it.
-fn by_record(sides: &Sides, records: &Attachments, rec: Record) -> Result<Vec<Failure>> {
-    let siblings = records.siblings(&rec.ifname);
+fn by_record(
+    sides: &Sides,
+    records: &Attachments,
+    rec: Record,
+    inode: Option<u64>,
+) -> Result<Vec<Failure>> {
+    let siblings = records.siblings(&rec.ifname, inode.or(rec.netns_inode));
     let mut handed: Vec<(usize, Undo)> = Vec::new();
     let mut todo: Vec<Undo> = Vec::new();
     for step in rec.steps.iter().rev() {
@@ -348,7 +365,9 @@ fn remove(
                 .map(|v| {
                     v.routes
                         .iter()
-                        .filter(|r| r.table == *t && (doomed.is_none() || r.oif != doomed))
+                        // Ours only: another owner's routes in the table stay.
+                        .filter(|r| r.table == *t && crate::plan::is_ours(r))
+                        .filter(|r| doomed.is_none() || r.oif != doomed)
                         .cloned()
                         .collect()
                 })
@@ -441,7 +460,7 @@ mod tests {
             ..Plan::default()
         };
         let mut w1 = a
-            .begin("net1", Layout::UnderlayLater, &shared, None)
+            .begin("net1", (None, None), Layout::UnderlayLater, &shared, None)
             .unwrap();
         let own = Undo::DelRule {
             side: Side::Pod,
@@ -461,7 +480,7 @@ mod tests {
         }
         drop(w1);
         let mut w2 = a
-            .begin("net2", Layout::UnderlayLater, &shared, None)
+            .begin("net2", (None, None), Layout::UnderlayLater, &shared, None)
             .unwrap();
         let net2_own = Undo::DelRule {
             side: Side::Pod,
@@ -476,7 +495,7 @@ mod tests {
             pod: None,
         };
         let rec = a.read("net1").unwrap().unwrap();
-        let failures = by_record(&sides, &a, rec).unwrap();
+        let failures = by_record(&sides, &a, rec, None).unwrap();
         assert!(failures.is_empty(), "{failures:?}");
         assert!(a.read("net1").unwrap().is_none(), "net1's record removed");
         let net2 = a.read("net2").unwrap().unwrap();

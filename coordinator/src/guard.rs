@@ -15,6 +15,7 @@ use cni::netlink::{Family, Netlink, TABLE_MAIN};
 use cni::{Error, Result};
 use ipnet::IpNet;
 
+use crate::config::Config;
 use crate::context::Context;
 use crate::plan::{is_link_local, Layout};
 
@@ -80,10 +81,13 @@ pub fn refuse_taken(r: &NodeRoute, dev: &str) -> Error {
     )
 }
 
-/// Read what the node owns and refuse the call's addresses that collide.
-/// Only layouts that add host routes need it (an overlay first NIC adds none).
-/// `host_table`: `hostRuleTable`, where those routes go.
-pub fn check(host: &Netlink, ctx: &Context, host_table: u32) -> Result<()> {
+/// Everything ADD refuses before it changes anything: a table id or rule
+/// priority of ours another owner uses in the pod ([`crate::owners`], from
+/// the pod view already read), then what the node owns: the call's
+/// addresses that collide with it. Only layouts that add host routes need
+/// the latter (an overlay first NIC adds none).
+pub fn check(host: &Netlink, ctx: &Context, cfg: &Config) -> Result<()> {
+    crate::owners::check(cfg, ctx)?;
     if ctx.layout == Layout::OverlayFirst || ctx.inputs.ips.is_empty() {
         return Ok(());
     }
@@ -106,7 +110,8 @@ pub fn check(host: &Netlink, ctx: &Context, host_table: u32) -> Result<()> {
         }
     }
     refuse(&ctx.inputs.ips, &node)?;
-    check_routed(host, ctx, host_table)
+    // `hostRuleTable`, where the call's host routes go.
+    check_routed(host, ctx, cfg.ids.host_table)
 }
 
 /// Refuse an address another pod's host route already holds: one route

@@ -21,6 +21,7 @@ pub mod mode;
 pub mod names;
 pub mod nftables;
 pub mod observe;
+pub mod owners;
 pub mod plan;
 pub mod plugin;
 pub mod record;

@@ -43,6 +43,12 @@ enum Entry {
         version: u32,
         container: String,
         ifname: String,
+        /// The pod's netns as the runtime named it, and its inode: a record
+        /// left by an earlier pod of the same container ID is not this one's.
+        #[serde(default)]
+        netns: Option<String>,
+        #[serde(default)]
+        netns_inode: Option<u64>,
     },
     Plan {
         layout: Layout,
@@ -62,6 +68,9 @@ enum Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub ifname: String,
+    /// The pod's netns (path as the runtime named it, inode) at ADD.
+    pub netns: Option<String>,
+    pub netns_inode: Option<u64>,
     pub layout: Layout,
     /// The plan of the last ADD that succeeded (or of the one in progress).
     pub plan: Plan,
@@ -72,8 +81,18 @@ pub struct Record {
 }
 
 impl Record {
+    /// Was this record made in the netns `inode` (unknown counts as yes)?
+    pub fn of_netns(&self, inode: Option<u64>) -> bool {
+        match (self.netns_inode, inode) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+
     fn parse(text: &str) -> std::result::Result<Record, String> {
         let mut ifname = None;
+        let mut netns = None;
+        let mut netns_inode = None;
         let mut plan = None;
         let mut steps: Vec<(u64, Undo)> = Vec::new();
         let mut next_seq = 0;
@@ -88,12 +107,18 @@ impl Record {
                 .map_err(|e| format!("line {}: {e}", i + 1))?;
             match entry {
                 Entry::Header {
-                    version, ifname: n, ..
+                    version,
+                    ifname: n,
+                    netns: p,
+                    netns_inode: i,
+                    ..
                 } => {
                     if version != VERSION {
                         return Err(format!("version {version} (this release reads {VERSION})"));
                     }
                     ifname = Some(n);
+                    netns = p;
+                    netns_inode = i;
                 }
                 Entry::Plan { layout, plan: p } => plan = Some((layout, *p)),
                 Entry::Step { seq, undo } => {
@@ -107,6 +132,8 @@ impl Record {
         let (layout, plan) = plan.ok_or("no plan")?;
         Ok(Record {
             ifname,
+            netns,
+            netns_inode,
             layout,
             plan,
             steps: steps.into_iter().map(|(_, u)| u).collect(),
@@ -124,6 +151,8 @@ impl Record {
             version: VERSION,
             container: container.to_string(),
             ifname: self.ifname.clone(),
+            netns: self.netns.clone(),
+            netns_inode: self.netns_inode,
         });
         line(&Entry::Plan {
             layout: self.layout,
@@ -180,9 +209,10 @@ impl Attachments {
         })
     }
 
-    /// Every other attachment's readable record (an unreadable one is
-    /// logged and left out: it only informs sharing decisions).
-    pub fn siblings(&self, ifname: &str) -> Vec<Record> {
+    /// Every other attachment's readable record made in the netns `inode`
+    /// (an unreadable one, or one an earlier pod of the same container ID
+    /// left, is logged and left out: it only informs sharing decisions).
+    pub fn siblings(&self, ifname: &str, inode: Option<u64>) -> Vec<Record> {
         let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
             return Vec::new();
         };
@@ -196,7 +226,11 @@ impl Attachments {
                 continue;
             }
             match self.read(other) {
-                Ok(Some(r)) => out.push(r),
+                Ok(Some(r)) if r.of_netns(inode) => out.push(r),
+                Ok(Some(r)) => tracing::warn!(
+                    "{}: left by an earlier pod of this container ID, ignored",
+                    self.path(&r.ifname).display()
+                ),
                 Ok(None) => {}
                 Err(e) => tracing::warn!("{e}"),
             }
@@ -232,6 +266,7 @@ impl Attachments {
     pub fn begin(
         &self,
         ifname: &str,
+        netns: (Option<String>, Option<u64>),
         layout: Layout,
         plan: &Plan,
         existing: Option<Record>,
@@ -243,6 +278,8 @@ impl Attachments {
         };
         let mut rec = existing.unwrap_or(Record {
             ifname: ifname.to_string(),
+            netns: netns.0,
+            netns_inode: netns.1,
             layout,
             plan: plan.clone(),
             steps: Vec::new(),
@@ -365,7 +402,9 @@ mod tests {
             .unwrap()
             .unwrap();
         let plan = Plan::default();
-        let mut w = a.begin("net1", Layout::UnderlayLater, &plan, None).unwrap();
+        let mut w = a
+            .begin("net1", (None, None), Layout::UnderlayLater, &plan, None)
+            .unwrap();
         w.push(rule(101)).unwrap();
         let s = w.push(rule(102)).unwrap();
         w.push(rule(103)).unwrap();
@@ -382,7 +421,7 @@ mod tests {
 
         // A repeated ADD continues the record: numbers do not repeat.
         let again = a
-            .begin("net1", Layout::UnderlayLater, &plan, Some(r))
+            .begin("net1", (None, None), Layout::UnderlayLater, &plan, Some(r))
             .unwrap();
         let mut again = again;
         let s2 = again.push(rule(104)).unwrap();
@@ -402,7 +441,13 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut w = a
-            .begin("eth0", Layout::UnderlayFirst, &Plan::default(), None)
+            .begin(
+                "eth0",
+                (None, None),
+                Layout::UnderlayFirst,
+                &Plan::default(),
+                None,
+            )
             .unwrap();
         w.push(rule(100)).unwrap();
         drop(w);
@@ -428,12 +473,24 @@ mod tests {
             .unwrap();
         for n in ["eth0", "net1", "net2"] {
             drop(
-                a.begin(n, Layout::UnderlayLater, &Plan::default(), None)
-                    .unwrap(),
+                a.begin(
+                    n,
+                    (None, Some(7)),
+                    Layout::UnderlayLater,
+                    &Plan::default(),
+                    None,
+                )
+                .unwrap(),
             );
         }
-        let names: Vec<String> = a.siblings("net1").into_iter().map(|r| r.ifname).collect();
+        let names: Vec<String> = a
+            .siblings("net1", Some(7))
+            .into_iter()
+            .map(|r| r.ifname)
+            .collect();
         assert_eq!(names, ["eth0", "net2"]);
+        // Records of another netns (an earlier pod of the same ID) are not siblings.
+        assert!(a.siblings("net1", Some(8)).is_empty());
         for n in ["eth0", "net1", "net2"] {
             a.remove(n).unwrap();
         }

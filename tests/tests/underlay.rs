@@ -1763,7 +1763,7 @@ fn conf_examples_parse_and_validate() {
     }))
     .unwrap();
     assert_eq!(
-        cfg.host_rule_table,
+        cfg.ids.host_table,
         d["hostRuleTable"].as_u64().unwrap() as u32
     );
     assert!(!cfg.service_cidr.is_empty());

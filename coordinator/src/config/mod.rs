@@ -8,8 +8,10 @@ use std::time::Duration;
 
 mod duration;
 mod fields;
+mod ids;
 
 pub use duration::{parse_duration, DurationError};
+pub use ids::{is_reserved_table, Ids, MAIN_RULE_PRIORITY};
 
 use cni::config::absolute_path;
 use cni::Error;
@@ -72,7 +74,8 @@ pub struct Config {
     pub tune_pod_routes: bool,
     /// None: the first NIC keeps the default route.
     pub pod_default_route_nic: Option<String>,
-    pub host_rule_table: u32,
+    /// Every table id and rule priority of ours (`hostRuleTable` among them).
+    pub ids: Ids,
     /// None: leave the pod's rp_filter alone (-1).
     pub pod_rp_filter: Option<u8>,
     /// 0: leave.
@@ -175,22 +178,7 @@ impl Config {
             .ifname("podDefaultCniNic")?
             .unwrap_or_else(|| "eth0".into());
         let pod_default_route_nic = f.ifname("podDefaultRouteNic")?;
-        let host_rule_table = match f.int("hostRuleTable")? {
-            None => 500,
-            Some(t) if t <= 0 || t > u32::MAX as i64 => {
-                return Err(Error::config(
-                    "hostRuleTable",
-                    format!("{t} is not a table id"),
-                ))
-            }
-            Some(t) if (253..=255).contains(&t) => {
-                return Err(Error::config(
-                    "hostRuleTable",
-                    format!("{t} is a reserved table (default/main/local)"),
-                ))
-            }
-            Some(t) => t as u32,
-        };
+        let ids = Ids::parse(&f)?;
         let pod_rp_filter = match f.int("podRPFilter")? {
             None => Some(0),
             Some(-1) => None,
@@ -245,7 +233,7 @@ impl Config {
             pod_default_cni_nic,
             tune_pod_routes: f.bool("tunePodRoutes")?.unwrap_or(true),
             pod_default_route_nic,
-            host_rule_table,
+            ids,
             pod_rp_filter,
             tx_queue_len,
             veth_mtu,
@@ -301,7 +289,17 @@ mod tests {
         let c = parse(json!({})).unwrap();
         assert_eq!(c.mode, Mode::Auto);
         assert_eq!(c.pod_default_cni_nic, "eth0");
-        assert_eq!(c.host_rule_table, 500);
+        assert_eq!(
+            c.ids,
+            Ids {
+                reply_table: 100,
+                first_nic_table: 101,
+                reply_priority: 900,
+                from_priority: 1000,
+                host_table: 500,
+                host_priority: 1000,
+            }
+        );
         assert_eq!(c.pod_rp_filter, Some(0));
         assert!(c.tune_pod_routes);
         assert_eq!(c.detect_options.window(), Duration::from_millis(130));
@@ -331,7 +329,13 @@ mod tests {
         assert_eq!(c.pod_default_cni_nic, "eth0");
         assert_eq!(c.pod_default_route_nic.as_deref(), Some("net1"));
         assert_eq!(c.default_route_nic(), "net1");
-        assert_eq!(c.host_rule_table, 600);
+        assert_eq!(
+            c.ids,
+            Ids {
+                host_table: 600,
+                ..Ids::default()
+            }
+        );
         assert_eq!(c.pod_rp_filter, None);
         assert_eq!(c.tx_queue_len, 2000);
         assert_eq!(c.veth_mtu, Some(1400));
@@ -378,6 +382,57 @@ mod tests {
     }
 
     #[test]
+    fn moved_ids() {
+        let c = parse(json!({
+            "podReplyTable": 2000, "podRuleTableFirst": 2001, "podReplyRulePriority": 2900,
+            "podRulePriority": 3000, "hostRuleTable": 600, "hostRulePriority": 2500
+        }))
+        .unwrap();
+        assert_eq!(
+            c.ids,
+            Ids {
+                reply_table: 2000,
+                first_nic_table: 2001,
+                reply_priority: 2900,
+                from_priority: 3000,
+                host_table: 600,
+                host_priority: 2500,
+            }
+        );
+        // The edges: the last table id, the last priority before main's, a
+        // reply table right below the NIC tables, the host's ids anywhere
+        // (the node's netns is not the pod's).
+        let c = parse(json!({
+            "podReplyTable": 4_294_967_294u64, "podRuleTableFirst": 4_294_967_295u64,
+            "podReplyRulePriority": 1, "podRulePriority": 32765,
+            "hostRuleTable": 101, "hostRulePriority": 32765
+        }))
+        .unwrap();
+        assert_eq!(c.ids.first_nic_table, u32::MAX);
+        assert_eq!((c.ids.reply_priority, c.ids.from_priority), (1, 32765));
+        assert_eq!((c.ids.host_table, c.ids.host_priority), (101, 32765));
+        // Pod tables of ours: the reply table and the NIC range, never a
+        // reserved one.
+        let ids = Ids::default();
+        for (t, ours) in [
+            (100, true),
+            (101, true),
+            (5000, true),
+            (99, false),
+            (253, false),
+        ] {
+            assert_eq!(ids.is_pod_table(t), ours, "{t}");
+        }
+        // A conflict between two fields explains both.
+        let e = parse(json!({"podRuleTableFirst": 100})).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("podReplyTable 100 must be below podRuleTableFirst 100"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn log_rotation_defaults_are_spiderpools() {
         for conf in [json!({}), json!({"logOptions": {"logMaxSize": 0}})] {
             let r = parse(conf).unwrap().log.rotation;
@@ -401,6 +456,43 @@ mod tests {
             (json!({"hostRuleTable": 254}), "hostRuleTable"),
             (json!({"hostRuleTable": -5}), "hostRuleTable"),
             (json!({"hostRuleTable": "500"}), "hostRuleTable"),
+            (json!({"hostRuleTable": 0}), "hostRuleTable"),
+            (json!({"hostRuleTable": 4_294_967_296u64}), "hostRuleTable"),
+            (json!({"podReplyTable": 0}), "podReplyTable"),
+            (json!({"podReplyTable": 253}), "podReplyTable"),
+            (json!({"podReplyTable": 255}), "podReplyTable"),
+            (json!({"podReplyTable": -1}), "podReplyTable"),
+            (json!({"podReplyTable": 100.5}), "podReplyTable"),
+            (json!({"podRuleTableFirst": 254}), "podRuleTableFirst"),
+            (json!({"podRuleTableFirst": 0}), "podRuleTableFirst"),
+            // NIC tables start above the reply table; the field set is named.
+            (json!({"podReplyTable": 101}), "podReplyTable"),
+            (json!({"podReplyTable": 2000}), "podReplyTable"),
+            (json!({"podRuleTableFirst": 100}), "podRuleTableFirst"),
+            (json!({"podRuleTableFirst": 50}), "podRuleTableFirst"),
+            (
+                json!({"podReplyTable": 300, "podRuleTableFirst": 300}),
+                "podReplyTable",
+            ),
+            (json!({"podRulePriority": 0}), "podRulePriority"),
+            (json!({"podRulePriority": 32766}), "podRulePriority"),
+            (json!({"podRulePriority": 40000}), "podRulePriority"),
+            (json!({"podRulePriority": "1000"}), "podRulePriority"),
+            (json!({"podReplyRulePriority": 0}), "podReplyRulePriority"),
+            (
+                json!({"podReplyRulePriority": 32767}),
+                "podReplyRulePriority",
+            ),
+            // The reply-mark rule comes before the `from` rules.
+            (
+                json!({"podReplyRulePriority": 1000}),
+                "podReplyRulePriority",
+            ),
+            (json!({"podRulePriority": 900}), "podRulePriority"),
+            (json!({"podRulePriority": 500}), "podRulePriority"),
+            (json!({"hostRulePriority": 0}), "hostRulePriority"),
+            (json!({"hostRulePriority": 32766}), "hostRulePriority"),
+            (json!({"hostRulePriority": -3}), "hostRulePriority"),
             (json!({"podRPFilter": 3}), "podRPFilter"),
             (json!({"txQueueLen": -1}), "txQueueLen"),
             (json!({"vethMTU": 10}), "vethMTU"),
@@ -503,7 +595,7 @@ mod tests {
         .unwrap();
         let c = Config::from_raw(&json!({"defaultsFile": p, "mode": "underlay"})).unwrap();
         assert_eq!(c.mode, Mode::Underlay);
-        assert_eq!(c.host_rule_table, 700);
+        assert_eq!(c.ids.host_table, 700);
         assert_eq!(c.service_cidr.len(), 1);
         std::fs::write(&p, "{oops").unwrap();
         let e = Config::from_raw(&json!({"defaultsFile": p})).unwrap_err();

@@ -20,7 +20,7 @@ use cni::{Error, Result};
 use ipnet::IpNet;
 use serde_json::json;
 
-use crate::config::{Config, DEFAULTS_FILE};
+use crate::config::{Config, Ids, DEFAULTS_FILE};
 
 pub const USAGE: &str =
     "  coordinator explain (--netns PATH | --pid PID) [--json] [--defaults FILE]
@@ -31,7 +31,8 @@ pub const USAGE: &str =
       when that is not symmetric, what is missing and which field fixes it.
       The answers are the kernels' own route lookups in the pod and the node.
       serviceCIDR and hostRuleTable come from the node defaults file (FILE,
-      default /etc/cni/coordinator/defaults.json) unless given here.
+      default /etc/cni/coordinator/defaults.json) unless given here; the
+      pod's reply table from its fwmark rule, else podReplyTable there.
       Exit status: 0 every flow symmetric, 1 one is not, 2 bad command line
       or the pod cannot be read.
 ";
@@ -132,7 +133,10 @@ fn explain(o: &Opts) -> Result<(report::Header, Vec<probe::Flow>)> {
     let node = probe::Node {
         nl: &node_nl,
         links: node_nl.links()?,
-        host_rule_table: o.host_rule_table.unwrap_or(cfg.host_rule_table),
+        ids: Ids {
+            host_table: o.host_rule_table.unwrap_or(cfg.ids.host_table),
+            ..cfg.ids
+        },
         service_cidr: if o.service_cidr.is_empty() {
             cfg.service_cidr.clone()
         } else {
@@ -149,7 +153,7 @@ fn explain(o: &Opts) -> Result<(report::Header, Vec<probe::Flow>)> {
             None => "none (no veth0, no overlay eth0)",
         },
         host_iface: host.map(|l| l.name.clone()),
-        host_rule_table: node.host_rule_table,
+        host_rule_table: node.ids.host_table,
     };
     let flows = probe::explain(&pod, &node, first)?;
     Ok((header, flows))

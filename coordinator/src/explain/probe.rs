@@ -12,6 +12,7 @@ use cni::Result;
 use ipnet::IpNet;
 
 use super::verdict::{self, Facts, FlowKind, ReplyNic, Verdict};
+use crate::config::Ids;
 use crate::names::POD_VETH;
 use crate::plan::{is_link_local, PodView, REPLY_MARK};
 
@@ -46,7 +47,9 @@ pub struct Pod<'a> {
 pub struct Node<'a> {
     pub nl: &'a Netlink,
     pub links: Vec<Link>,
-    pub host_rule_table: u32,
+    /// The node defaults' ids (`hostRuleTable` as overridden on the command
+    /// line); the pod's own rules name its reply table when they exist.
+    pub ids: Ids,
     pub service_cidr: Vec<IpNet>,
 }
 
@@ -171,11 +174,13 @@ impl Pod<'_> {
         })
     }
 
-    fn mark_rule(&self, family: Family) -> bool {
+    /// The table the pod's reply-mark rule of `family` leads to.
+    fn mark_table(&self, family: Family) -> Option<u32> {
         self.view
             .rules
             .iter()
-            .any(|r| r.family == family && r.fwmark == Some(REPLY_MARK))
+            .find(|r| r.family == family && r.fwmark == Some(REPLY_MARK))
+            .map(|r| r.table)
     }
 }
 
@@ -250,6 +255,7 @@ impl Ctx<'_> {
 
     fn facts(&self, kind: FlowKind, peer: IpAddr) -> Facts {
         let idx = self.nic.link.index;
+        let mark_table = self.pod.mark_table(self.family);
         Facts {
             kind,
             nic: self.nic.link.name.clone(),
@@ -261,8 +267,9 @@ impl Ctx<'_> {
             replies: Vec::new(),
             nic_table: self.pod.nic_table(idx, self.family),
             from_rule: self.pod.has_from_rule(self.ip()),
-            reply_mark: self.pod.nft_mark && self.pod.mark_rule(self.family),
-            host_rule_table: self.node.host_rule_table,
+            reply_mark: self.pod.nft_mark && mark_table.is_some(),
+            reply_table: mark_table.unwrap_or(self.node.ids.reply_table),
+            host_rule_table: self.node.ids.host_table,
             service_cidr: self.node.service_cidr.clone(),
         }
     }

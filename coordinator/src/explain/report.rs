@@ -186,6 +186,7 @@ mod tests {
             nic_table: Some(101),
             from_rule: true,
             reply_mark: true,
+            reply_table: 100,
             host_rule_table: 500,
             service_cidr: vec![],
         };

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::plan::{REPLY_MARK, TABLE_REPLY};
+use crate::plan::REPLY_MARK;
 
 /// Which conversation a flow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,9 @@ pub struct Facts {
     pub from_rule: bool,
     /// The reply mark is in place (nftables table and `fwmark` rule).
     pub reply_mark: bool,
+    /// The pod's reply table: where its `fwmark` rule leads, else
+    /// `podReplyTable` of the node defaults.
+    pub reply_table: u32,
     /// The node's host rule table (for the fix text).
     pub host_rule_table: u32,
     /// serviceCIDR entries of the explained config (the service flow).
@@ -188,13 +191,15 @@ fn reply_fix(f: &Facts, req: &str, reply: Option<&str>) -> String {
         FlowKind::Node | FlowKind::NodePort if Some(req) == f.host_iface.as_deref() => {
             if f.reply_mark {
                 format!(
-                    "{what}: table {TABLE_REPLY} needs a default via the node through {req}; \
-                     re-run ADD"
+                    "{what}: table {} needs a default via the node through {req}; \
+                     re-run ADD",
+                    f.reply_table
                 )
             } else {
                 format!(
                     "{what}: the reply mark is missing (nftables table inet coordinator, rule \
-                     `fwmark {REPLY_MARK:#x} lookup {TABLE_REPLY}`); re-run ADD in mode underlay"
+                     `fwmark {REPLY_MARK:#x} lookup {}`); re-run ADD in mode underlay",
+                    f.reply_table
                 )
             }
         }
@@ -288,6 +293,7 @@ mod tests {
             nic_table: Some(101),
             from_rule: true,
             reply_mark: true,
+            reply_table: 100,
             host_rule_table: 500,
             service_cidr: vec!["10.233.0.0/18".parse().unwrap()],
         }
@@ -363,6 +369,16 @@ mod tests {
         f.reply_mark = false;
         let fix = decide(&f).fix.unwrap();
         assert!(fix.contains("fwmark 0xc0de lookup 100"), "{fix}");
+        // A moved reply table is the one named.
+        f.reply_table = 2000;
+        let fix = decide(&f).fix.unwrap();
+        assert!(fix.contains("fwmark 0xc0de lookup 2000"), "{fix}");
+        f.reply_mark = true;
+        let fix = decide(&f).fix.unwrap();
+        assert!(
+            fix.contains("table 2000 needs a default via the node"),
+            "{fix}"
+        );
     }
 
     #[test]

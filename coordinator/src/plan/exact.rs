@@ -4,6 +4,7 @@
 //! states. Pods are written as the kernel dumps them: IPv6 defaults of one
 //! metric merged into one multipath route, read as one route per nexthop.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use cni::netlink::{Family, Link, Mac, Route, Rule, Scope, RTPROT_BOOT, RTPROT_KERNEL, TABLE_MAIN};
@@ -14,6 +15,13 @@ use super::*;
 use crate::config::Config;
 
 const HOST_MAC: Mac = [2, 1, 1, 1, 1, 1];
+
+// The default ids, as literals: a config that sets none plans exactly what
+// every release before the ids became config fields did.
+const TABLE_REPLY: u32 = 100;
+const PRIO_FWMARK: u32 = 900;
+const PRIO_FROM: u32 = 1000;
+const PRIO_HOST: u32 = 1000;
 const POD_MAC: Mac = [2, 2, 2, 2, 2, 2];
 const PEER_MAC: Mac = [2, 9, 9, 9, 9, 9];
 
@@ -180,7 +188,7 @@ fn underlay_pod() -> PodView {
     }
 }
 
-fn underlay_first_inputs() -> Inputs {
+fn underlay_first() -> Inputs {
     Inputs {
         layout: Layout::UnderlayFirst,
         ifname: "eth0".into(),
@@ -195,7 +203,7 @@ fn underlay_first_inputs() -> Inputs {
 
 #[test]
 fn underlay_first_nic() {
-    let inp = underlay_first_inputs();
+    let inp = underlay_first();
     let got = plan_add(&cfg(serde_json::from_str(SERVICES).unwrap()), &inp);
     let mut want = Plan {
         veth: Some(veth(true)),
@@ -671,7 +679,7 @@ fn fixtures() -> Vec<(&'static str, Config, Inputs)> {
         (
             "underlay first NIC",
             tuned(services.clone()),
-            underlay_first_inputs(),
+            underlay_first(),
         ),
         (
             "underlay later NIC",
@@ -945,4 +953,215 @@ fn an_ra_default_without_a_slaac_address_leaves_main_too() {
         .rules
         .iter()
         .any(|(_, r)| r.family == Family::V6 && r.table == 101));
+}
+
+// ------------------------------------------------------------ moved ids
+
+/// Every id moved away from its default (issue 24, item 3).
+const MOVED: &str = r#"{"podReplyTable": 2000, "podRuleTableFirst": 2001,
+    "podReplyRulePriority": 2900, "podRulePriority": 3000,
+    "hostRuleTable": 600, "hostRulePriority": 2500}"#;
+
+fn moved(extra: serde_json::Value) -> Config {
+    let mut v: serde_json::Value = serde_json::from_str(MOVED).unwrap();
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    cfg(v)
+}
+
+/// A default id to its moved value: tables of either netns, priorities by
+/// side (the pod's `from` rules and the host rule share 1000 by default).
+fn move_table(t: u32) -> u32 {
+    match t {
+        100 => 2000,
+        101..=110 => t + 1900,
+        500 => 600,
+        t => t,
+    }
+}
+
+fn move_rule(side: Side, r: &Rule) -> Rule {
+    let mut m = r.clone();
+    m.table = move_table(r.table);
+    m.priority = match (side, r.priority) {
+        (Side::Pod, 900) => 2900,
+        (Side::Pod, 1000) => 3000,
+        (Side::Host, 1000) => 2500,
+        (_, p) => p,
+    };
+    m
+}
+
+fn move_route(r: &Route) -> Route {
+    Route {
+        table: move_table(r.table),
+        ..r.clone()
+    }
+}
+
+/// The pod after an ADD made with the moved ids instead of the defaults.
+fn moved_inputs(inp: &Inputs) -> Inputs {
+    let mut m = inp.clone();
+    m.pod.routes = inp.pod.routes.iter().map(move_route).collect();
+    m.pod.rules = inp
+        .pod
+        .rules
+        .iter()
+        .map(|r| move_rule(Side::Pod, r))
+        .collect();
+    m
+}
+
+/// The plan of the defaults with every id moved.
+fn moved_plan(p: &Plan) -> Plan {
+    let spec = |r: &RouteSpec| RouteSpec {
+        table: move_table(r.table),
+        ..r.clone()
+    };
+    Plan {
+        routes: p.routes.iter().map(spec).collect(),
+        policy: p.policy.iter().map(spec).collect(),
+        rules: p
+            .rules
+            .iter()
+            .map(|(s, r)| (*s, move_rule(*s, r)))
+            .collect(),
+        moves: p
+            .moves
+            .iter()
+            .map(|m| Move {
+                route: move_route(&m.route),
+                others: m.others.iter().map(move_route).collect(),
+            })
+            .collect(),
+        ..p.clone()
+    }
+}
+
+/// The whole plan of a later NIC with every id moved, written out: the
+/// tables from podRuleTableFirst up, the `from` rules at podRulePriority,
+/// the host rule at hostRulePriority into hostRuleTable; nothing at a
+/// default id.
+#[test]
+fn underlay_later_nic_with_moved_ids() {
+    let inp = moved_inputs(&underlay_two_nics());
+    // The first NIC's ADD with these ids made the reply path in 2000.
+    assert!(inp.pod.rules.contains(&Rule {
+        priority: 2900,
+        table: 2000,
+        ..fwmark_rule(Family::V4).1
+    }));
+    let got = plan_add(&moved(json!({"serviceCIDR": ["10.233.0.0/18"]})), &inp);
+    let pod = &inp.pod;
+    let at = |src: &str, table: u32| {
+        let (side, mut r) = from_rule(src, table);
+        r.priority = 3000;
+        (side, r)
+    };
+    let host = |f: Family| (Side::Host, Rule::new(f, 2500, 600));
+    let mut want = Plan {
+        sysctls: vec![ra_defrtr_off("net1")],
+        routes: vec![
+            pr("10.7.0.0/16", 2001, "net1").link(),
+            pr("0.0.0.0/0", 2001, "net1").via("10.7.0.1"),
+            pr("fd00:7::/64", 2001, "net1").metric(256),
+            pr("::/0", 2001, "net1").via("fd00:7::1").metric(1024),
+            pr("10.6.0.2/32", 2001, "veth0").link().src("10.7.1.1"),
+            pr("fd00:6::2/128", 2001, "veth0").link().src("fd00:7::1:1"),
+            pr("10.233.0.0/18", 2001, "veth0")
+                .via("10.6.0.2")
+                .src("10.7.1.1"),
+            pr("10.6.0.0/16", 2002, "eth0").link(),
+            pr("0.0.0.0/0", 2002, "eth0").via("10.6.0.1"),
+            pr("fd00:6::/64", 2002, "eth0").metric(256),
+            pr("::/0", 2002, "eth0").via("fd00:6::1").metric(1024),
+            pr("10.6.0.2/32", 2002, "veth0").link().src("10.6.1.1"),
+            pr("10.233.0.0/18", 2002, "veth0")
+                .via("10.6.0.2")
+                .src("10.6.1.1"),
+        ],
+        moves: vec![
+            Move {
+                route: pod.routes[4].clone(),
+                others: vec![],
+            },
+            Move {
+                route: pod.routes[7].clone(),
+                others: vec![pod.routes[6].clone()],
+            },
+        ],
+        rules: vec![
+            at("10.7.1.1/16", 2001),
+            at("fd00:7::1:1/64", 2001),
+            at("10.6.1.1/16", 2002),
+            at("fd00:6::1:1/64", 2002),
+            host(Family::V4),
+            host(Family::V6),
+        ],
+        ..Plan::default()
+    };
+    for a in ["10.7.1.1", "fd00:7::1:1"] {
+        host_entry(&mut want, a, "vethabc", POD_MAC);
+    }
+    for r in want.routes.iter_mut().filter(|r| r.side == Side::Host) {
+        r.table = 600;
+    }
+    assert_eq!(got, want);
+}
+
+/// Every layout with every id moved plans what the defaults plan, each id
+/// replaced: the ids are read from the config everywhere, none is left at a
+/// constant.
+#[test]
+fn moved_ids_move_in_every_layout() {
+    let services: serde_json::Value = serde_json::from_str(SERVICES).unwrap();
+    for (name, inp) in [
+        ("underlay first", underlay_first()),
+        ("underlay later", underlay_two_nics()),
+        ("overlay later", overlay_two_nics()),
+    ] {
+        for extra in [json!({}), json!({"podDefaultRouteNic": "net1"})] {
+            let mut fields = services.clone();
+            for (k, x) in extra.as_object().unwrap() {
+                fields[k] = x.clone();
+            }
+            let default = plan_add(&cfg(fields.clone()), &inp);
+            let got = plan_add(&moved(fields), &moved_inputs(&inp));
+            assert_eq!(got, moved_plan(&default), "{name} {extra}");
+            let uses = |t: u32| {
+                got.routes.iter().any(|r| r.table == t)
+                    || got.rules.iter().any(|(_, r)| r.table == t)
+            };
+            for old in [100, 101, 102, 500] {
+                assert!(!uses(old), "{name}: table {old} in {got:?}");
+            }
+            assert!(got
+                .rules
+                .iter()
+                .all(|(_, r)| ![900, 1000].contains(&r.priority)));
+        }
+    }
+}
+
+/// NIC tables skip the kernel's reserved ids: from podRuleTableFirst 252
+/// the second NIC table is 256, never `default` (253).
+#[test]
+fn nic_tables_skip_reserved_ids() {
+    let c = moved(json!({"podReplyTable": 250, "podRuleTableFirst": 252}));
+    let mut inp = moved_inputs(&underlay_two_nics());
+    for r in inp.pod.routes.iter_mut().filter(|r| r.table == 2000) {
+        r.table = 250;
+    }
+    for r in inp.pod.rules.iter_mut() {
+        r.table = 250;
+    }
+    let got = plan_add(&c, &inp);
+    let tables: BTreeSet<u32> = got
+        .rules
+        .iter()
+        .filter(|(s, _)| *s == Side::Pod)
+        .map(|(_, r)| r.table)
+        .collect();
+    assert_eq!(tables, [252, 256].into());
 }

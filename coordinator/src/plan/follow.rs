@@ -9,6 +9,12 @@ use serde_json::json;
 use super::tests::{cfg, first_inputs, later_inputs, link, overlay_inputs, route};
 use super::*;
 
+// The default ids, as literals: a config that sets none plans exactly what
+// every release before the ids became config fields did.
+const TABLE_REPLY: u32 = 100;
+const PRIO_FWMARK: u32 = 900;
+const PRIO_FROM: u32 = 1000;
+
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
@@ -296,4 +302,85 @@ fn a_slaac_address_after_add_is_drift_for_check_and_del_removes_its_rule() {
         ]
     );
     assert!(!td.tables.contains(&102));
+}
+
+/// DEL with moved ids: the NIC's rules at podRulePriority and its tables
+/// from podRuleTableFirst go; the fallback without a plan takes the reply
+/// rule at podReplyRulePriority, the reply table and the host route in
+/// hostRuleTable.
+#[test]
+fn teardown_follows_moved_ids() {
+    let c = cfg(json!({"podReplyTable": 2000, "podRuleTableFirst": 2001,
+        "podReplyRulePriority": 2900, "podRulePriority": 3000, "hostRuleTable": 600}));
+    let inp = later_inputs(Layout::UnderlayLater);
+    let td = teardown(&c, &plan_add(&c, &inp), &inp);
+    let at = |src: &str, table: u32| Rule {
+        priority: 3000,
+        ..from_rule(src, table)
+    };
+    assert_eq!(
+        td.rules,
+        vec![
+            at("10.7.0.5/32", 2001),
+            at("10.6.0.5/32", 2002),
+            at("fd00:6::5/128", 2002)
+        ]
+    );
+    assert_eq!(td.tables, [2001, 2002].into());
+    assert_eq!(
+        td.routes,
+        vec![RouteSpec {
+            table: 600,
+            ..host_route("10.7.0.5/32", "vethabc")
+        }]
+    );
+
+    let ips = [net("10.6.0.5/16")];
+    let td = teardown_without_plan(&c, "eth0", &ips, Some("vethabc"), None);
+    let mark = |f| Rule {
+        priority: 2900,
+        table: 2000,
+        ..fwmark_rule(f)
+    };
+    assert_eq!(td.rules, vec![mark(Family::V4), mark(Family::V6)]);
+    assert_eq!(td.tables, [2000].into());
+    assert_eq!(td.routes[0].table, 600);
+}
+
+/// The sweep finds leftover `from` rules by the configured priority and our
+/// rules' shape: with podRulePriority moved, a rule at the old 1000 is
+/// another owner's and stays; at our priority, a rule of another shape (a
+/// prefix, a second selector, a table outside ours) stays too.
+#[test]
+fn the_sweep_takes_only_rules_of_ours() {
+    let pod = overlay_inputs().pod;
+    let moved = cfg(json!({"podRulePriority": 3000}));
+    let mut left = pod.clone();
+    let ours = Rule {
+        priority: 3000,
+        ..from_rule("10.9.9.9/32", 120)
+    };
+    let old_priority = from_rule("10.9.9.8/32", 121);
+    left.rules.extend([ours.clone(), old_priority]);
+    assert_eq!(
+        sweep(&moved, &left, &Teardown::default()).rules,
+        vec![ours.clone()]
+    );
+
+    let c = cfg(json!({}));
+    let mut others = pod.clone();
+    let prefix = from_rule("10.8.0.0/16", 101);
+    let mut to = from_rule("10.9.9.7/32", 122);
+    to.dst = Some(net("192.0.2.0/24"));
+    let below = from_rule("10.9.9.6/32", 50);
+    let mut marked = from_rule("10.9.9.5/32", 123);
+    marked.fwmark = Some(7);
+    others.rules.extend([prefix, to, below, marked]);
+    assert_eq!(sweep(&c, &others, &Teardown::default()).rules, vec![]);
+    // The same with our shape is a leftover of ours.
+    others.rules.push(from_rule("10.9.9.4/32", 124));
+    assert_eq!(
+        sweep(&c, &others, &Teardown::default()).rules,
+        vec![from_rule("10.9.9.4/32", 124)]
+    );
 }

@@ -3,13 +3,13 @@
 use cni::netlink::{Mac, Rule, Scope};
 use ipnet::IpNet;
 
-use super::{families, host_net, is_link_local, NeighSpec, Plan, RouteSpec, Side, PRIO_HOST};
+use super::{families, host_net, is_link_local, NeighSpec, Plan, RouteSpec, Side};
 use crate::config::Config;
 
 /// Host: `from all lookup hostRuleTable`, pod address routes and neighbours on `dev`.
 pub(super) fn host_side(cfg: &Config, ips: &[IpNet], dev: &str, mac: Mac, plan: &mut Plan) {
     for f in families(ips) {
-        let mut r = Rule::new(f, PRIO_HOST, cfg.host_rule_table);
+        let mut r = Rule::new(f, cfg.ids.host_priority, cfg.ids.host_table);
         r.src = None;
         if !plan.rules.iter().any(|(s, x)| *s == Side::Host && *x == r) {
             plan.rules.push((Side::Host, r));
@@ -19,7 +19,7 @@ pub(super) fn host_side(cfg: &Config, ips: &[IpNet], dev: &str, mac: Mac, plan: 
         plan.routes.push(RouteSpec {
             side: Side::Host,
             dst: host_net(ip.addr()),
-            table: cfg.host_rule_table,
+            table: cfg.ids.host_table,
             dev: dev.to_string(),
             via: None,
             src: None,

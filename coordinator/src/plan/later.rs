@@ -10,14 +10,14 @@ use super::host::host_side;
 use super::underlay::via_veth_from;
 use super::{
     copy_into, default_net, families, from_rules, host_net, is_connected, is_link_local, is_ours,
-    policy_routes, Inputs, Layout, Move, Plan, PodView, RouteSpec, PRIO_FROM, TABLE_FIRST_NIC,
-    TABLE_REPLY,
+    policy_routes, Inputs, Layout, Move, Plan, PodView, RouteSpec,
 };
 use super::{nic_ips, Side, SysctlSpec, RA_DEFRTR};
-use crate::config::Config;
+use crate::config::{is_reserved_table, Config};
 use crate::names::POD_VETH;
 
-/// Lowest table id >= `from` that no rule or route of the pod uses, skipping `taken`.
+/// Lowest table id >= `from` that no rule or route of the pod uses, skipping
+/// `taken` and the kernel's reserved ids.
 pub fn free_table(pod: &PodView, from: u32, taken: &[u32]) -> u32 {
     let used: BTreeSet<u32> = pod
         .rules
@@ -26,14 +26,17 @@ pub fn free_table(pod: &PodView, from: u32, taken: &[u32]) -> u32 {
         .chain(pod.routes.iter().map(|r| r.table))
         .chain(taken.iter().copied())
         .collect();
-    (from..).find(|t| !used.contains(t)).unwrap_or(from)
+    (from..=u32::MAX)
+        .find(|t| !used.contains(t) && !is_reserved_table(*t))
+        .unwrap_or(from)
 }
 
-/// The table a NIC already uses (a `from <its address>` rule), for repeated ADDs.
-fn existing_table(pod: &PodView, ips: &[IpNet]) -> Option<u32> {
+/// The table a NIC already uses (a `from <its address>` rule at `priority`),
+/// for repeated ADDs.
+fn existing_table(pod: &PodView, ips: &[IpNet], priority: u32) -> Option<u32> {
     pod.rules.iter().find_map(|r| {
         let src = r.src?;
-        (r.priority == PRIO_FROM && ips.iter().any(|ip| host_net(ip.addr()) == src))
+        (r.priority == priority && ips.iter().any(|ip| host_net(ip.addr()) == src))
             .then_some(r.table)
     })
 }
@@ -65,7 +68,8 @@ fn via_overlay(
                 })
                 .min_by_key(|r| r.metric.unwrap_or(0))
         };
-        let Some(def) = eth0_default(TABLE_MAIN).or_else(|| eth0_default(TABLE_REPLY)) else {
+        let Some(def) = eth0_default(TABLE_MAIN).or_else(|| eth0_default(cfg.ids.reply_table))
+        else {
             continue;
         };
         // An on-link gateway (Calico's `default via 169.254.1.1 dev eth0
@@ -164,8 +168,9 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     let own = nic_ips(inp);
     let own_fams = families(&own);
     let is_default_nic = cfg.default_route_nic() == inp.ifname;
-    let table = existing_table(&inp.pod, &own)
-        .unwrap_or_else(|| free_table(&inp.pod, TABLE_FIRST_NIC, &[TABLE_REPLY]));
+    let ids = &cfg.ids;
+    let table = existing_table(&inp.pod, &own, ids.from_priority)
+        .unwrap_or_else(|| free_table(&inp.pod, ids.first_nic_table, &[ids.reply_table]));
 
     if cfg.tune_pod_routes {
         let mut has_default = BTreeSet::new();
@@ -236,7 +241,8 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             }
         };
         plan.routes.extend(cluster);
-        plan.rules.extend(from_rules(&own, table));
+        plan.rules
+            .extend(from_rules(&own, table, ids.from_priority));
         // Only the default-route NIC's router advertisements may put a
         // default into main (one already there moved above, like any other
         // default). DEL puts the old value back.
@@ -284,10 +290,16 @@ fn first_nic_table(
     if eth0_ips.is_empty() {
         return;
     }
+    let ids = &cfg.ids;
     let table = match inp.layout {
-        Layout::OverlayLater => TABLE_REPLY,
-        _ => existing_table(&inp.pod, &eth0_ips)
-            .unwrap_or_else(|| free_table(&inp.pod, TABLE_FIRST_NIC, &[TABLE_REPLY, this_table])),
+        Layout::OverlayLater => ids.reply_table,
+        _ => existing_table(&inp.pod, &eth0_ips, ids.from_priority).unwrap_or_else(|| {
+            free_table(
+                &inp.pod,
+                ids.first_nic_table,
+                &[ids.reply_table, this_table],
+            )
+        }),
     };
     for r in inp
         .pod
@@ -335,5 +347,6 @@ fn first_nic_table(
             .collect();
         plan.moves.extend(moves);
     }
-    plan.rules.extend(from_rules(&eth0_ips, table));
+    plan.rules
+        .extend(from_rules(&eth0_ips, table, ids.from_priority));
 }

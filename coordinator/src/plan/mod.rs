@@ -2,14 +2,15 @@
 //! host look like. No kernel access here: unit tests call these functions
 //! with hand-made views and compare the plans.
 //!
-//! Rule priorities (pod netns) — fixed, documented in the README:
-//! - [`PRIO_FWMARK`]: `fwmark REPLY_MARK lookup 100`: replies of connections
-//!   that entered through `veth0` (kubelet probes, NodePort/Service traffic)
-//!   leave through `veth0`;
-//! - [`PRIO_FROM`]: `from <NIC address> lookup <NIC table>`;
-//! - both before `main` (32766).
-//!
-//! Host netns: [`PRIO_HOST`]: `from all lookup <hostRuleTable>`, before `main`.
+//! Table ids and rule priorities come from the config ([`Ids`]; defaults in
+//! brackets, documented in the README):
+//! - pod `podReplyRulePriority` (900): `fwmark REPLY_MARK lookup
+//!   podReplyTable` (100): replies of connections that entered through
+//!   `veth0` (kubelet probes, NodePort/Service traffic) leave through `veth0`;
+//! - pod `podRulePriority` (1000): `from <NIC address> lookup <NIC table>`,
+//!   NIC tables the lowest free ids from `podRuleTableFirst` (101) up;
+//! - both before `main` (32766), the fwmark rule first;
+//! - host `hostRulePriority` (1000): `from all lookup hostRuleTable` (500).
 
 mod host;
 mod later;
@@ -33,7 +34,7 @@ use std::net::IpAddr;
 use cni::netlink::{Family, Route, Rule, Scope, RTPROT_KERNEL};
 use ipnet::IpNet;
 
-use crate::config::{Config, PolicyRoute};
+use crate::config::{Config, Ids, PolicyRoute};
 
 pub use later::free_table;
 use later::later_nic;
@@ -74,11 +75,11 @@ pub(super) fn src_for(ips: &[IpNet], f: Family) -> Option<IpAddr> {
         .find(|a| Family::of(a) == f && !is_link_local(a))
 }
 
-pub(super) fn from_rules(ips: &[IpNet], table: u32) -> Vec<(Side, Rule)> {
+pub(super) fn from_rules(ips: &[IpNet], table: u32, priority: u32) -> Vec<(Side, Rule)> {
     ips.iter()
         .filter(|ip| !is_link_local(&ip.addr()))
         .map(|ip| {
-            let mut r = Rule::new(Family::of_net(ip), PRIO_FROM, table);
+            let mut r = Rule::new(Family::of_net(ip), priority, table);
             r.src = Some(host_net(ip.addr()));
             (Side::Pod, r)
         })
@@ -105,6 +106,36 @@ pub(super) fn nic_ips(inp: &Inputs) -> Vec<IpNet> {
 /// The per-NIC sysctl that keeps a router advertisement's default route out
 /// of `main` (the kernel puts it nowhere else).
 pub const RA_DEFRTR: &str = "accept_ra_defrtr";
+
+/// The pod's reply-mark rule of `f`.
+pub(super) fn fwmark_rule(ids: &Ids, f: Family) -> Rule {
+    let mut r = Rule::new(f, ids.reply_priority, ids.reply_table);
+    r.fwmark = Some(REPLY_MARK);
+    r.fwmask = Some(0xffff_ffff);
+    r
+}
+
+/// Is `r` a rule a plan of ours makes in the pod, by its shape: the
+/// reply-mark rule, or a `from` rule (one address, nothing else matched) at
+/// our priority into a table of ours. The address is not asked for: a rule
+/// of an address the pod no longer holds is a leftover of ours, which DEL's
+/// sweep removes. A rule of another owner with exactly this shape cannot be
+/// told from ours.
+pub fn is_our_rule(ids: &Ids, r: &Rule) -> bool {
+    *r == fwmark_rule(ids, r.family) || is_our_from_rule(ids, r)
+}
+
+/// The `from` half of [`is_our_rule`]: what DEL's sweep may take as a
+/// leftover `from` rule of ours.
+pub fn is_our_from_rule(ids: &Ids, r: &Rule) -> bool {
+    r.priority == ids.from_priority
+        && r.src.is_some_and(|s| s.prefix_len() == s.max_prefix_len())
+        && r.dst.is_none()
+        && r.fwmark.is_none()
+        && r.iif.is_none()
+        && r.oif.is_none()
+        && ids.is_pod_table(r.table)
+}
 
 /// Installed by the coordinator (any release that marks its routes).
 pub fn is_ours(r: &Route) -> bool {

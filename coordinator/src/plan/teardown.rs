@@ -1,7 +1,8 @@
 //! What DEL takes back, as data: derived from the plan ADD applies (so a
 //! route added to the planner is removed without DEL knowing about it),
 //! plus what any release left that the plan no longer names, found by our
-//! marks (rule priority, route protocol). No kernel access here.
+//! marks (the configured rule priority and our rules' shape, route
+//! protocol). No kernel access here.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -10,19 +11,20 @@ use cni::netlink::{Family, Route, Rule, RTPROT_BOOT, TABLE_MAIN};
 use ipnet::IpNet;
 
 use super::{
-    host_net, is_link_local, is_ours, Inputs, NeighSpec, Plan, PodView, RouteSpec, Side, PRIO_FROM,
-    PRIO_FWMARK, REPLY_MARK, TABLE_REPLY,
+    fwmark_rule, host_net, is_link_local, is_our_from_rule, is_ours, Inputs, NeighSpec, Plan,
+    PodView, RouteSpec, Side,
 };
 use super::{nic_ips, RA_DEFRTR};
-use crate::config::Config;
+use crate::config::{Config, Ids};
 
 /// Everything one DEL removes, in the order the executor removes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Teardown {
     /// Pod rules, removed first: nothing leads into a table being emptied.
     pub rules: Vec<Rule>,
-    /// Pod tables emptied in both families: a NIC's table holds whatever any
-    /// release copied into it, not only what this plan names.
+    /// Pod tables emptied in both families of every route of ours
+    /// (protocol 222): a NIC's table holds whatever any release copied into
+    /// it, not only what this plan names. Another owner's routes stay.
     pub tables: BTreeSet<u32>,
     /// Single routes in tables the NIC shares (pod `main`, the host table),
     /// matched by destination, table, device and gateway.
@@ -53,21 +55,22 @@ fn sources(ips: &[IpNet]) -> Vec<IpNet> {
         .collect()
 }
 
-fn from_rule_of(r: &Rule, srcs: &[IpNet]) -> bool {
-    r.priority == PRIO_FROM && r.src.is_some_and(|s| srcs.contains(&s))
+fn from_rule_of(ids: &Ids, r: &Rule, srcs: &[IpNet]) -> bool {
+    r.priority == ids.from_priority && r.src.is_some_and(|s| srcs.contains(&s))
 }
 
 /// Is one of `rules` the `from` rule of a NIC other than those whose sources
 /// are `not`, for an address the pod holds? Rules of addresses gone are
 /// leftovers, not NICs.
 fn later_nic_remains<'a>(
+    ids: &Ids,
     rules: impl IntoIterator<Item = &'a Rule>,
     pod: &PodView,
     not: &[&[IpNet]],
 ) -> bool {
     let live: Vec<IpAddr> = pod.addrs.iter().map(|(_, a)| a.addr()).collect();
     rules.into_iter().any(|r| {
-        r.priority == PRIO_FROM
+        is_our_from_rule(ids, r)
             && r.src.is_some_and(|s| {
                 not.iter().all(|srcs| !srcs.contains(&s)) && live.contains(&s.addr())
             })
@@ -86,11 +89,11 @@ pub fn teardown(cfg: &Config, plan: &Plan, inp: &Inputs) -> Teardown {
         .filter(|(side, _)| *side == Side::Pod)
         .map(|(_, r)| r)
         .collect();
-    let (own, shared): (Vec<&Rule>, Vec<&Rule>) = pod_rules
-        .into_iter()
-        .partition(|r| inp.layout.is_first() || r.src.is_none() || from_rule_of(r, &mine));
+    let (own, shared): (Vec<&Rule>, Vec<&Rule>) = pod_rules.into_iter().partition(|r| {
+        inp.layout.is_first() || r.src.is_none() || from_rule_of(&cfg.ids, r, &mine)
+    });
     let first_srcs: Vec<IpNet> = shared.iter().filter_map(|r| r.src).collect();
-    let last = !later_nic_remains(&inp.pod.rules, &inp.pod, &[&mine, &first_srcs]);
+    let last = !later_nic_remains(&cfg.ids, &inp.pod.rules, &inp.pod, &[&mine, &first_srcs]);
     let mut td = Teardown::default();
     for r in own
         .into_iter()
@@ -125,7 +128,7 @@ pub fn teardown(cfg: &Config, plan: &Plan, inp: &Inputs) -> Teardown {
         .cloned()
         .collect();
     if cfg.default_route_nic() == inp.ifname && !inp.layout.is_first() {
-        td.restores = moved_defaults(&inp.pod, &cfg.pod_default_cni_nic, &first_srcs);
+        td.restores = moved_defaults(&cfg.ids, &inp.pod, &cfg.pod_default_cni_nic, &first_srcs);
     }
     td.reply_mark = plan.reply_mark;
     td.veth = plan.veth.as_ref().map(|v| (v.host.clone(), v.pod.clone()));
@@ -149,7 +152,7 @@ fn default_of(key: &str) -> Option<(String, String)> {
 /// The first NIC's defaults that live in its own table but not in `main`:
 /// `podDefaultRouteNic` took them out of `main`; they go back as the main
 /// plugin's routes.
-fn moved_defaults(pod: &PodView, first: &str, first_srcs: &[IpNet]) -> Vec<Route> {
+fn moved_defaults(ids: &Ids, pod: &PodView, first: &str, first_srcs: &[IpNet]) -> Vec<Route> {
     let Some(eth0) = pod.link(first) else {
         return Vec::new();
     };
@@ -159,7 +162,7 @@ fn moved_defaults(pod: &PodView, first: &str, first_srcs: &[IpNet]) -> Vec<Route
     let tables: BTreeSet<u32> = pod
         .rules
         .iter()
-        .filter(|r| from_rule_of(r, first_srcs))
+        .filter(|r| from_rule_of(ids, r, first_srcs))
         .map(|r| r.table)
         .collect();
     let mut out: Vec<Route> = Vec::new();
@@ -197,7 +200,7 @@ pub fn teardown_without_plan(
             td.routes.push(RouteSpec {
                 side: Side::Host,
                 scope: cni::netlink::Scope::Link,
-                ..RouteSpec::pod(host_net(ip.addr()), cfg.host_rule_table, dev)
+                ..RouteSpec::pod(host_net(ip.addr()), cfg.ids.host_table, dev)
             });
             td.neighbours.push(NeighSpec {
                 side: Side::Host,
@@ -209,12 +212,9 @@ pub fn teardown_without_plan(
     }
     if ifname == cfg.pod_default_cni_nic {
         for f in [Family::V4, Family::V6] {
-            let mut r = Rule::new(f, PRIO_FWMARK, TABLE_REPLY);
-            r.fwmark = Some(REPLY_MARK);
-            r.fwmask = Some(0xffff_ffff);
-            td.rules.push(r);
+            td.rules.push(fwmark_rule(&cfg.ids, f));
         }
-        td.tables.insert(TABLE_REPLY);
+        td.tables.insert(cfg.ids.reply_table);
         td.reply_mark = true;
         td.veth = veth;
     }
@@ -222,8 +222,9 @@ pub fn teardown_without_plan(
 }
 
 /// Leftovers of an ADD or DEL killed between two requests, by any release:
-/// `from` rules of addresses the pod no longer holds (their tables emptied),
-/// tables holding routes of ours that no remaining rule leads to (table 100
+/// `from` rules of ours (by priority and shape, [`is_our_from_rule`]) of
+/// addresses the pod no longer holds (their tables emptied), tables holding
+/// routes of ours that no remaining rule leads to (the reply table
 /// included), and, once no later NIC remains, our routes in `main` through
 /// the first NIC of an overlay pod (the cluster routes its later NICs put
 /// there; an underlay pod's first NIC has its own `policyRoutes` there).
@@ -232,7 +233,7 @@ pub fn sweep(cfg: &Config, pod: &PodView, td: &Teardown) -> Teardown {
     let remaining: Vec<&Rule> = pod.rules.iter().filter(|r| !td.rules.contains(r)).collect();
     let mut out = Teardown::default();
     for r in &remaining {
-        if r.priority == PRIO_FROM && r.src.is_some_and(|s| !live.contains(&s.addr())) {
+        if is_our_from_rule(&cfg.ids, r) && r.src.is_some_and(|s| !live.contains(&s.addr())) {
             out.rules.push((*r).clone());
             out.tables.insert(r.table);
         }
@@ -252,7 +253,7 @@ pub fn sweep(cfg: &Config, pod: &PodView, td: &Teardown) -> Teardown {
     let first_srcs: Vec<IpNet> = first
         .map(|l| sources(&pod.addrs_of(l.index)))
         .unwrap_or_default();
-    let later_remains = later_nic_remains(remaining.iter().copied(), pod, &[&first_srcs]);
+    let later_remains = later_nic_remains(&cfg.ids, remaining.iter().copied(), pod, &[&first_srcs]);
     let overlay = pod.link(crate::names::POD_VETH).is_none();
     if let (false, true, Some(eth0)) = (later_remains, overlay, first) {
         out.stale_routes = pod

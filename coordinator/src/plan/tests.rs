@@ -4,6 +4,13 @@ use crate::names::POD_VETH;
 use cni::netlink::{Link, RTPROT_BOOT, TABLE_MAIN};
 use serde_json::json;
 
+// The default ids, as literals: a config that sets none plans exactly what
+// every release before the ids became config fields did.
+const TABLE_REPLY: u32 = 100;
+const TABLE_FIRST_NIC: u32 = 101;
+const PRIO_FWMARK: u32 = 900;
+const PRIO_FROM: u32 = 1000;
+
 pub(super) fn cfg(extra: serde_json::Value) -> Config {
     let mut v = extra;
     v["defaultsFile"] = json!("/nonexistent");

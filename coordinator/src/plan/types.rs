@@ -8,13 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::is_link_local;
 
-pub const PRIO_FWMARK: u32 = 900;
-pub const PRIO_FROM: u32 = 1000;
-pub const PRIO_HOST: u32 = 1000;
-/// Pod table holding the way back through `veth0` for marked replies.
-pub const TABLE_REPLY: u32 = 100;
-/// First table id handed to a NIC.
-pub const TABLE_FIRST_NIC: u32 = 101;
+// Table ids and rule priorities are config (`crate::config::Ids`), read
+// from the config wherever a plan needs one.
+
 /// Connection mark (and packet mark) of connections that entered through veth0.
 pub const REPLY_MARK: u32 = 0xc0de;
 /// Pod sysctl that lets an accepted TCP connection (its SYN-ACK first) carry

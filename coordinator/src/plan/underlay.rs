@@ -3,13 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use cni::netlink::{Family, Rule, Scope, TABLE_MAIN};
+use cni::netlink::{Family, Scope, TABLE_MAIN};
 use ipnet::IpNet;
 
 use super::host::host_side;
 use super::{
-    default_net, families, first_of, host_net, policy_routes, src_for, Inputs, NeighSpec, Plan,
-    RouteSpec, Side, SysctlSpec, PRIO_FWMARK, REPLY_MARK, TABLE_REPLY, TCP_FWMARK_ACCEPT,
+    default_net, families, first_of, fwmark_rule, host_net, policy_routes, src_for, Inputs,
+    NeighSpec, Plan, RouteSpec, Side, SysctlSpec, TCP_FWMARK_ACCEPT,
 };
 use crate::config::Config;
 use crate::names::POD_VETH;
@@ -107,9 +107,9 @@ pub(super) fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
     }
     // main: node IPs on-link through veth0, hijacked CIDRs via the first node IP.
     plan.routes.extend(via_veth(inp, cfg, TABLE_MAIN, &fams));
-    // Table 100: the way back for connections that came in through veth0.
+    // The reply table: the way back for connections that came in through veth0.
     plan.routes.extend(
-        via_veth(inp, cfg, TABLE_REPLY, &fams)
+        via_veth(inp, cfg, cfg.ids.reply_table, &fams)
             .into_iter()
             .filter(|r| r.via.is_none()),
     );
@@ -118,7 +118,7 @@ pub(super) fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
             plan.routes.push(RouteSpec {
                 side: Side::Pod,
                 dst: default_net(*f),
-                table: TABLE_REPLY,
+                table: cfg.ids.reply_table,
                 dev: POD_VETH.into(),
                 via: Some(gw),
                 src: None,
@@ -128,10 +128,7 @@ pub(super) fn underlay_first(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
                 onlink: false,
                 nh_id: None,
             });
-            let mut r = Rule::new(*f, PRIO_FWMARK, TABLE_REPLY);
-            r.fwmark = Some(REPLY_MARK);
-            r.fwmask = Some(0xffff_ffff);
-            plan.rules.push((Side::Pod, r));
+            plan.rules.push((Side::Pod, fwmark_rule(&cfg.ids, *f)));
         }
     }
     for ip in &inp.node_ips {

@@ -189,3 +189,35 @@ unsafe fn sweep_raw(prefix: &[u8]) -> usize {
     libc::close(fd);
     removed
 }
+
+/// Where the coordinator keeps its attachment records.
+pub const RECORDS: &str = "/run/coordinator/attachments";
+
+/// Remove the coordinator's attachment records of pods in the netns named
+/// `names` (a test that drops its pods without the runtime's DEL leaves
+/// them; a record names its netns path in its first line). Best effort.
+pub fn remove_records_of(names: &[String]) {
+    let Ok(dirs) = std::fs::read_dir(RECORDS) else {
+        return;
+    };
+    let paths: Vec<String> = names.iter().map(|n| format!("{NETNS_DIR}/{n}")).collect();
+    for d in dirs.flatten() {
+        let Ok(files) = std::fs::read_dir(d.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let Ok(text) = std::fs::read_to_string(f.path()) else {
+                continue;
+            };
+            let head = text.lines().next().unwrap_or_default();
+            let ours = paths
+                .iter()
+                .any(|p| head.contains(&format!("\"netns\":\"{p}\"")));
+            if ours {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        // Only when empty.
+        let _ = std::fs::remove_dir(d.path());
+    }
+}

@@ -420,6 +420,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let names = self.namespaces();
+        cleanup::remove_records_of(&names);
         // Pods and clients first, then fabric and node.
         for n in names.iter().rev() {
             if let Err(e) = remove_netns(n) {
