@@ -165,6 +165,17 @@ impl Snapshot {
         Ok(s)
     }
 
+    /// The links of `ns` only (one `ip` exec), as [`capture`](Self::capture)
+    /// would list them.
+    pub fn links(ns: &str) -> io::Result<Snapshot> {
+        let mut s = Snapshot::default();
+        for l in rows(state::links(ns)?) {
+            let name = l["ifname"].as_str().unwrap_or("?").to_string();
+            s.insert(Kind::Link, format!("link {name}"), link_attrs(&l), l);
+        }
+        Ok(s)
+    }
+
     fn insert(&mut self, kind: Kind, key: String, attrs: String, raw: Value) {
         // Two objects printing alike (e.g. a route twice in a dump) keep
         // distinct keys: a duplicate is a difference worth seeing.

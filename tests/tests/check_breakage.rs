@@ -66,6 +66,8 @@ const POD_PORT: u16 = 8080;
 const LABS: usize = 4;
 /// Where a rule is pointed instead of its table.
 const OTHER_TABLE: &str = "4242";
+/// What today's DEL leaves after every pod (the summary counts it apart).
+const RP_FILTER_LEFT: &str = "pod: ~ sysctl net/ipv4/conf/all/rp_filter: 0 -> 1";
 
 // ------------------------------------------------------------------ layouts
 
@@ -181,6 +183,9 @@ struct Worker {
     clients: Vec<Client>,
     /// Holds the `brk-replay` plugin.
     replay_dir: PathBuf,
+    /// The node as the last DEL left it (taken by the next pod as its
+    /// pre-ADD snapshot: nothing else touches the node in between).
+    node_now: Mutex<Option<Snapshot>>,
 }
 
 impl Worker {
@@ -216,6 +221,17 @@ impl Worker {
             lab,
             clients,
             replay_dir,
+            node_now: Mutex::new(None),
+        }
+    }
+
+    /// The node now: as the last DEL left it, or read.
+    fn node_before(&self) -> Result<Snapshot, String> {
+        match self.node_now.lock().unwrap().take() {
+            Some(s) => Ok(s),
+            None => {
+                Snapshot::capture(self.lab.node()).map_err(|e| format!("snapshot of the node: {e}"))
+            }
         }
     }
 
@@ -271,13 +287,24 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
 
 /// A pod with every NIC of `layout`. `split`: each NIC's main plugin alone,
 /// then the coordinator replaying its result, with snapshots around the
-/// coordinator; else each NIC's whole chain at once.
-fn attach(w: &Worker, layout: Layout, name: &str, split: bool) -> Result<Attached, String> {
+/// coordinator; else each NIC's whole chain at once. `node_full`: the
+/// node's snapshot after ADD has everything, else its links only (all that
+/// a pod-side breakage needs of it).
+fn attach(
+    w: &Worker,
+    layout: Layout,
+    name: &str,
+    split: bool,
+    node_full: bool,
+) -> Result<Attached, String> {
     let pod = w.lab.pod(name).map_err(|e| err("pod netns", e))?;
     let cid = format!("ctr-{}", pod.name);
     let dir = w.lab.dir().join("pods").join(&pod.name);
     std::fs::create_dir_all(&dir).map_err(|e| err("pod dir", e))?;
-    let pre = w.capture(&pod.name)?;
+    let pre = [
+        Snapshot::capture(&pod.name).map_err(|e| err("snapshot of the pod", e))?,
+        w.node_before()?,
+    ];
     let mut nics = Vec::new();
     let mut steps = Vec::new();
     for i in 0..layout.nics().len() {
@@ -329,7 +356,14 @@ fn attach(w: &Worker, layout: Layout, name: &str, split: bool) -> Result<Attache
             ips,
         });
     }
-    let post = w.capture(&pod.name)?;
+    let post = [
+        Snapshot::capture(&pod.name).map_err(|e| err("snapshot of the pod", e))?,
+        match node_full || split {
+            true => Snapshot::capture(w.lab.node()),
+            false => Snapshot::links(w.lab.node()),
+        }
+        .map_err(|e| err("snapshot of the node", e))?,
+    ];
     let subst = substitutions(&nics, &pre, &post);
     Ok(Attached {
         pod,
@@ -536,8 +570,21 @@ fn jobs_of(layout: Layout, a: &Attached) -> Vec<Job> {
             let s = side.index();
             let d = before[s].diff(&after[s]);
             for item in &d.added {
+                // What is left in main of a route the coordinator rewrote
+                // there (the multipath default split into its NICs' hops).
+                let rewritten = item.kind == Kind::Route
+                    && item.raw["table"] == "main"
+                    && d.removed.iter().any(|r| {
+                        r.kind == Kind::Route
+                            && r.raw["table"] == "main"
+                            && r.raw["dst"] == item.raw["dst"]
+                            && r.raw["family"] == item.raw["family"]
+                    });
                 for c in changes_of_new(item, &after[s]) {
-                    let note = own_table_default(layout, item);
+                    let note = match rewritten {
+                        true => "rewritten in main",
+                        false => own_table_default(layout, item),
+                    };
                     push(side, &item.key, c, None, note);
                 }
             }
@@ -1147,6 +1194,7 @@ fn del_all(w: &Worker, a: &Attached) -> Vec<String> {
         Ok(n) => n,
         Err(e) => return vec![e],
     };
+    *w.node_now.lock().unwrap() = Some(now[1].clone());
     let shared =
         |i: &Item| !(i.kind == Kind::Rule && i.raw["src"] == "all" && i.raw["table"] == "500");
     for (side, name) in [(0, "pod"), (1, "node")] {
@@ -1176,6 +1224,7 @@ fn del_all(w: &Worker, a: &Attached) -> Vec<String> {
 /// breakage of a shared rule must not reach the next pod).
 fn repair_node_rules(w: &Worker, pre: &Snapshot) -> Result<(), String> {
     let node = w.lab.node();
+    w.node_now.lock().unwrap().take();
     let now = Snapshot::capture(node).map_err(|e| e.to_string())?;
     let rules = |s: &Snapshot| s.filter(|i| i.kind == Kind::Rule);
     let d = rules(pre).diff(&rules(&now));
@@ -1359,7 +1408,15 @@ fn teardown(w: &Worker, a: Attached, node_rules: bool) -> (Vec<String>, Option<S
 fn run_batch(w: &Worker, batch: &Batch, n: usize) -> Vec<Row> {
     match batch {
         Batch::Delete(job) => {
-            let a = match timed("attach", || attach(w, job.layout, &format!("j{n}"), false)) {
+            let a = match timed("attach", || {
+                attach(
+                    w,
+                    job.layout,
+                    &format!("j{n}"),
+                    false,
+                    job.side == Side::Node,
+                )
+            }) {
                 Ok(a) => a,
                 Err(e) => {
                     let mut row = row_of(job);
@@ -1383,7 +1440,7 @@ fn run_batch(w: &Worker, batch: &Batch, n: usize) -> Vec<Row> {
             for (k, job) in jobs.iter().enumerate() {
                 if pod.is_none() {
                     match timed("attach", || {
-                        attach(w, job.layout, &format!("c{n}x{k}"), false)
+                        attach(w, job.layout, &format!("c{n}x{k}"), false, true)
                     }) {
                         Ok(a) => pod = Some(a),
                         Err(e) => {
@@ -1439,7 +1496,7 @@ fn batches(jobs: Vec<Job>, chunks: usize) -> Vec<Batch> {
 /// The enumerating pod of `layout`: traffic, CHECK intact, the jobs, DEL.
 /// Failures go to `f`.
 fn enumerate(w: &Worker, layout: Layout, f: &mut Vec<String>) -> Vec<Job> {
-    let a = match attach(w, layout, "enum", true) {
+    let a = match attach(w, layout, "enum", true, true) {
         Ok(a) => a,
         Err(e) => {
             f.push(format!("[{}] attach: {e}", layout.name()));
@@ -1544,7 +1601,7 @@ fn table(rows: &[Row]) -> String {
         ));
     }
     out.push('\n');
-    let mut by: BTreeMap<Layout, (usize, usize, usize, usize)> = BTreeMap::new();
+    let mut by: BTreeMap<Layout, (usize, usize, usize, usize, usize)> = BTreeMap::new();
     for r in rows {
         let e = by.entry(r.layout).or_default();
         e.1 += 1;
@@ -1556,22 +1613,88 @@ fn table(rows: &[Row]) -> String {
             if d.is_empty() {
                 e.2 += 1;
             }
+            if d.iter().all(|l| l == RP_FILTER_LEFT) {
+                e.4 += 1;
+            }
         }
     }
-    let (mut c, mut t, mut dc, mut dt) = (0, 0, 0, 0);
-    for (l, (caught, total, clean, dels)) in &by {
+    let (mut c, mut t, mut dc, mut dt, mut dr) = (0, 0, 0, 0, 0);
+    for (l, (caught, total, clean, dels, rp)) in &by {
         out.push_str(&format!(
-            "{:<19}: CHECK caught {caught}/{total} ({:.0} %); DEL clean {clean}/{dels}\n",
+            "{:<19}: CHECK caught {caught}/{total} ({:.0} %); DEL clean {clean}/{dels}, \
+             clean but for the pod's all/rp_filter {rp}/{dels}\n",
             l.name(),
             pct(*caught, *total)
         ));
-        (c, t, dc, dt) = (c + caught, t + total, dc + clean, dt + dels);
+        (c, t, dc, dt, dr) = (c + caught, t + total, dc + clean, dt + dels, dr + rp);
     }
     out.push_str(&format!(
-        "{:<19}: CHECK caught {c}/{t} ({:.0} %); DEL clean {dc}/{dt}\n",
+        "{:<19}: CHECK caught {c}/{t} ({:.0} %); DEL clean {dc}/{dt}, \
+         clean but for the pod's all/rp_filter {dr}/{dt}\n",
         "all",
         pct(c, t)
     ));
+    out.push('\n');
+    out.push_str(&summary(rows));
+    out
+}
+
+fn category(r: &Row) -> String {
+    let w: Vec<&str> = r.piece.split_whitespace().collect();
+    let (side, kind) = (
+        w.first().copied().unwrap_or("?"),
+        w.get(1).copied().unwrap_or("?"),
+    );
+    match kind {
+        "link" => format!("{side} link {}", w.get(2).unwrap_or(&"?")),
+        "nft" => format!("{side} nft {}", w.get(2).unwrap_or(&"?")),
+        "sysctl" => {
+            let path: Vec<&str> = w.get(2).unwrap_or(&"?").split('/').collect();
+            let dev = path.get(3).copied().unwrap_or("?");
+            let dev = match dev {
+                "all" | "veth0" | "<hveth>" => dev,
+                _ => "<NIC>",
+            };
+            format!("{side} sysctl {dev}/{}", path.last().unwrap_or(&"?"))
+        }
+        "route" if !r.note.is_empty() && r.note != "written" => {
+            format!("{side} route ({})", r.note)
+        }
+        "route" => format!("{side} route"),
+        other => format!("{side} {other}"),
+    }
+}
+
+/// caught/total per (kind of piece, change) and layout.
+fn summary(rows: &[Row]) -> String {
+    let mut by: BTreeMap<(String, String), BTreeMap<Layout, (usize, usize)>> = BTreeMap::new();
+    for r in rows {
+        let e = by
+            .entry((category(r), r.change.clone()))
+            .or_default()
+            .entry(r.layout)
+            .or_default();
+        e.1 += 1;
+        if r.caught == Some(true) {
+            e.0 += 1;
+        }
+    }
+    let mut out = format!("{:<44} | {:<14} |", "piece", "change");
+    for l in Layout::ALL {
+        out.push_str(&format!(" {:<8} |", &l.name()[..1]));
+    }
+    out.push('\n');
+    for ((cat, change), per) in &by {
+        out.push_str(&format!("{cat:<44} | {change:<14} |"));
+        for l in Layout::ALL {
+            let cell = per
+                .get(&l)
+                .map(|(c, t)| format!("{c}/{t}"))
+                .unwrap_or("-".into());
+            out.push_str(&format!(" {cell:<8} |"));
+        }
+        out.push('\n');
+    }
     out
 }
 
