@@ -1256,6 +1256,9 @@ fn repair_node_rules(w: &Worker, pre: &Snapshot) -> Result<(), String> {
 /// Wall time spent per phase over all jobs (printed with the table).
 static PHASES: Mutex<BTreeMap<&'static str, Duration>> = Mutex::new(BTreeMap::new());
 
+/// What the enumerating pods showed (printed with the table).
+static INFO: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// CPU of the plugin processes, by plugin and verb.
 static PLUGIN_CPU: Mutex<BTreeMap<String, (usize, Duration)>> = Mutex::new(BTreeMap::new());
 
@@ -1503,7 +1506,8 @@ fn enumerate(w: &Worker, layout: Layout, f: &mut Vec<String>) -> Vec<Job> {
             return Vec::new();
         }
     };
-    traffic(w, layout, &a, f);
+    let failed = f.len();
+    let tried = traffic(w, layout, &a, f);
     let fails = check_all(&a);
     if !fails.is_empty() {
         f.push(format!(
@@ -1512,6 +1516,14 @@ fn enumerate(w: &Worker, layout: Layout, f: &mut Vec<String>) -> Vec<Job> {
         ));
     }
     let jobs = jobs_of(layout, &a);
+    INFO.lock().unwrap().push(format!(
+        "[{}] intact pod: {} of {tried} TCP exchanges (node and subnet clients to every address) ok, \
+         CHECK {}, {} breakages from the kernel diff around each coordinator ADD",
+        layout.name(),
+        tried - (f.len() - failed).min(tried),
+        if fails.is_empty() { "passes" } else { "FAILS" },
+        jobs.len()
+    ));
     let left = del_all(w, &a);
     if !left.is_empty() {
         f.push(format!(
@@ -1530,18 +1542,24 @@ fn enumerate(w: &Worker, layout: Layout, f: &mut Vec<String>) -> Vec<Job> {
 /// kubelet's probe), a client on each underlay NIC's subnet reaches that
 /// NIC's addresses and is seen with its own address (the fabric drops
 /// asymmetric replies).
-fn traffic(w: &Worker, layout: Layout, a: &Attached, f: &mut Vec<String>) {
+/// Returns the number of exchanges tried.
+fn traffic(w: &Worker, layout: Layout, a: &Attached, f: &mut Vec<String>) -> usize {
     let t = Duration::from_secs(5);
     let _srv = match TcpServer::start(
         &a.pod.name,
         SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), POD_PORT),
     ) {
         Ok(s) => s,
-        Err(e) => return f.push(format!("[{}] pod server: {e}", layout.name())),
+        Err(e) => {
+            f.push(format!("[{}] pod server: {e}", layout.name()));
+            return 0;
+        }
     };
+    let mut tried = 0;
     for (i, nic) in a.nics.iter().enumerate() {
         for &ip in &nic.ips {
             let dst = SocketAddr::new(ip, POD_PORT);
+            tried += 1;
             if let Err(e) = tcp_request(w.lab.node(), None, dst, t) {
                 f.push(format!(
                     "[{}] node -> {} {ip}: {e}",
@@ -1557,6 +1575,7 @@ fn traffic(w: &Worker, layout: Layout, a: &Attached, f: &mut Vec<String>) {
                 IpAddr::V4(_) => c.ipv4.unwrap().into(),
                 IpAddr::V6(_) => c.ipv6.unwrap().into(),
             };
+            tried += 1;
             match tcp_request(&c.name, None, dst, t).map(|r| reply_peer(&r).map(|p| p.ip())) {
                 Ok(Some(seen)) if seen == want => {}
                 other => f.push(format!(
@@ -1567,6 +1586,7 @@ fn traffic(w: &Worker, layout: Layout, a: &Attached, f: &mut Vec<String>) {
             }
         }
     }
+    tried
 }
 
 fn table(rows: &[Row]) -> String {
@@ -1785,6 +1805,9 @@ fn check_catches_every_broken_piece_and_del_leaves_nothing() {
         "plugin runs and CPU: {:?}\n",
         PLUGIN_CPU.lock().unwrap()
     ));
+    for i in INFO.lock().unwrap().iter() {
+        text.push_str(&format!("{i}\n"));
+    }
     for s in &setup {
         text.push_str(&format!("SETUP: {s}\n"));
     }
@@ -1807,7 +1830,7 @@ fn check_catches_every_broken_piece_and_del_leaves_nothing() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} breakages ({} pieces) not handled:\n{}",
+        "{} failures over {} breakages of {} pieces:\n{}",
         failures.len(),
         rows.len(),
         pieces.len(),
