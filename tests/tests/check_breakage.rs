@@ -23,23 +23,31 @@
 //! For every piece and every kind of change that fits it (delete; a route's
 //! metric or `src`; a rule's table; a neighbour's MAC; a sysctl's value; the
 //! nft rules' mark, `iifname`, a chain's priority or a drop policy; a link's
-//! MTU, MAC, txqueuelen, down; a moved default put back into `main`) a
-//! freshly attached pod (whole chains) gets that one change, then every NIC's
-//! CHECK runs through the chain runner. The coordinator's verdict is what is
-//! recorded: its chain's main plugin is replaced by one that replays the
-//! main plugin's result (the reference plugins' own CHECK stops the chain
-//! first on some pieces, e.g. the NIC's MAC, and would hide it). A deleted
-//! piece is then followed by the runtime's DEL of every chain, after which
-//! the pod netns and the node netns must equal their pre-ADD snapshots (the
-//! node's shared `from all lookup 500` rules aside) and no attachment record
-//! may be left in /run/coordinator/attachments/<containerID>/.
+//! MTU, MAC, txqueuelen, down; a moved default put back into `main`) the
+//! piece is found by its key (addresses, MACs and the host veth replaced by
+//! placeholders) in a pod attached with whole chains, changed, and every
+//! NIC's CHECK runs through the chain runner up to the first that fails with
+//! 103. The verdict recorded is the coordinator's: it runs alone on the
+//! cached result (the reference plugins' own CHECK stops the chain first on
+//! some pieces, e.g. the NIC's MAC, and would hide it).
+//! - A deletion gets a freshly attached pod of its own, then the runtime's
+//!   DEL of every chain, after which the pod netns and the node netns must
+//!   equal their pre-ADD snapshots (the node's shared `from all lookup 500`
+//!   rules aside), no `from <ip>` rule may be left in the pod, and no
+//!   attachment record in /run/coordinator/attachments/<containerID>/.
+//! - Changes of one layout share a pod: each is undone after its CHECK and
+//!   the changed netns must then read exactly as after ADD, or the pod is
+//!   DELeted and the next change gets a fresh one (a link set down loses its
+//!   routes: always fresh).
 //!
-//! The table (layout x piece x change -> verdict) goes to stderr. With
-//! `CHECK_BREAKAGE_REPORT=1` the test only reports; without it, every
-//! breakage must fail CHECK with code 103 and every DEL with a piece gone
-//! must leave nothing. Pods run one at a time per lab, four labs at once
-//! (a node-side breakage of a shared rule must not reach another pod's
-//! CHECK). Needs root; never skips.
+//! The table (layout x piece x change -> verdict, then caught/total per kind
+//! of piece) goes to stderr. With `CHECK_BREAKAGE_REPORT=1` the test only
+//! reports; without it, every breakage must fail CHECK with code 103
+//! (CHECK_FAILED) and every DEL with a piece gone must leave nothing.
+//! `CHECK_BREAKAGE_LAYOUT=<a|b|c|d>` limits the run to one layout. Pods run
+//! one at a time per lab, four labs at once (a node-side breakage of a
+//! shared rule must not reach another pod's CHECK). Needs root and the
+//! plugins built (scripts/build.sh --profile dev); never skips.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
