@@ -1264,6 +1264,15 @@ fn repair_node_rules(w: &Worker, pre: &Snapshot) -> Result<(), String> {
 /// Wall time spent per phase over all jobs (printed with the table).
 static PHASES: Mutex<BTreeMap<&'static str, Duration>> = Mutex::new(BTreeMap::new());
 
+/// How change batches went: undone in place, or the pod replaced.
+static COUNTS: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+fn bump(what: String) {
+    if let Ok(mut c) = COUNTS.lock() {
+        *c.entry(what).or_default() += 1;
+    }
+}
+
 /// What the enumerating pods showed (printed with the table).
 static INFO: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -1474,6 +1483,10 @@ fn run_batch(w: &Worker, batch: &Batch, n: usize) -> Vec<Row> {
                                 .is_ok_and(|now| now.lines() == a.post[job.side.index()].lines())
                     }
                 };
+                bump(match restored {
+                    true => "undone in place".into(),
+                    false => format!("pod replaced after {}", job.change.name()),
+                });
                 if !restored {
                     let a = pod.take().expect("attached above");
                     if let (_, Some(e)) = teardown(w, a, true) {
@@ -1813,6 +1826,7 @@ fn check_catches_every_broken_piece_and_del_leaves_nothing() {
         "plugin runs and CPU: {:?}\n",
         PLUGIN_CPU.lock().unwrap()
     ));
+    text.push_str(&format!("changes: {:?}\n", COUNTS.lock().unwrap()));
     for i in INFO.lock().unwrap().iter() {
         text.push_str(&format!("{i}\n"));
     }
@@ -1844,4 +1858,33 @@ fn check_catches_every_broken_piece_and_del_leaves_nothing() {
         pieces.len(),
         failures.join("\n")
     );
+}
+
+/// The text helpers the table and the breakages rely on (no root).
+#[test]
+fn placeholders_and_nft_edits() {
+    let subst = vec![
+        ("10.6.20.1".to_string(), "<eth0.v4>".to_string()),
+        ("veth0123456789a".to_string(), "<hveth>".to_string()),
+    ];
+    let line = "10.6.20.1 dev veth0123456789a src 10.6.20.10 via 110.6.20.1";
+    let n = normalize(line, &subst);
+    assert_eq!(n, "<eth0.v4> dev <hveth> src 10.6.20.10 via 110.6.20.1");
+    assert_eq!(denormalize(&n, &subst), line);
+    let table = "table inet coordinator { # handle 7\n\
+                 \tchain prerouting { # handle 1\n\
+                 \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+                 \t\tiifname \"veth0\" ct state new ct mark set 0x0000c0de # handle 3\n\
+                 \t}\n}\n";
+    let prio = edit_chain_header(table, "prerouting", &Change::NftPriority);
+    assert!(prio.contains("priority 10; policy accept;"), "{prio}");
+    let drop = edit_chain_header(table, "prerouting", &Change::NftDropPolicy);
+    assert!(drop.contains("priority mangle; policy drop;"), "{drop}");
+    let iif = edit_rule(table, 3, &Change::NftIif);
+    assert!(iif.contains("iifname \"brk0\" ct state new"), "{iif}");
+    let mark = edit_rule(table, 3, &Change::NftMark);
+    assert!(mark.contains("ct mark set 0x00000bad # handle 3"), "{mark}");
+    assert_eq!(edit_rule(table, 9, &Change::NftMark), table);
+    assert_eq!(other_sysctl("net/ipv4/conf/all/rp_filter", "1"), "2");
+    assert_eq!(other_sysctl("net/ipv6/conf/veth0/accept_dad", "0"), "1");
 }
