@@ -34,6 +34,7 @@ pub fn ifindex(name: &str) -> std::io::Result<u32> {
 pub use integration::exec;
 pub mod fuzz;
 pub mod fuzz_http;
+pub mod kstate;
 pub mod samples;
 
 /// Does the file at `path` contain `needle` anywhere (a string constant

@@ -636,6 +636,27 @@ fn snapshot(ns: &str) -> Vec<String> {
     out
 }
 
+/// [`snapshot`] plus what the kill and panic sweeps must also find restored:
+/// each link's MTU, MAC, txqueuelen and up/down, and per link (and `all`,
+/// `default`) the sysctls we write (`rp_filter`, `arp_notify`,
+/// `accept_dad`, `addr_gen_mode`; cni_tests::kstate). A value the main
+/// plugin sets on its own is in both snapshots alike.
+fn full_snapshot(ns: &str) -> Vec<String> {
+    let mut out = snapshot(ns);
+    out.extend(cni_tests::kstate::tuning_lines(ns));
+    out.sort();
+    out
+}
+
+/// The coordinator settings that make the sweeps' snapshots see our MAC,
+/// txqueuelen and rp_filter writes (none is the kernel's default).
+fn tuned(list: &mut NetConfList) {
+    let c = &mut list.plugins[1];
+    c.insert("podMACPrefix".into(), json!("0a:0b"));
+    c.insert("txQueueLen".into(), json!(1234));
+    c.insert("podRPFilter".into(), json!(1));
+}
+
 // ------------------------------------------------------------------ a cell
 
 struct Nic {
@@ -1445,14 +1466,18 @@ fn sweep_pod(w: &Worker, cell: &Cell, name: &str, upto: usize) -> (Pod, Vec<(Cha
 
 /// For every N: the coordinator killed (SIGKILL) just before its Nth netlink
 /// request of an ADD (or of a DEL) of NIC `i`, then the runtime's DEL (and a
-/// re-ADD + DEL): the pod and the node are exactly as before the NIC's ADD.
-/// Returns the number of kill points of the ADD and of the DEL.
+/// re-ADD + DEL): the pod and the node are exactly as before the NIC's ADD,
+/// link attributes and sysctls included ([`full_snapshot`], with the MAC,
+/// txqueuelen and rp_filter settings of [`tuned`]). Returns the number of
+/// kill points of the ADD and of the DEL.
 fn kill_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) -> (u32, u32) {
     let (pod, earlier) = sweep_pod(w, cell, tag, i);
     let ns = pod.name.clone();
-    let before = (snapshot(&ns), snapshot(w.lab.node()));
+    let before = (full_snapshot(&ns), full_snapshot(w.lab.node()));
     let chain = |fault: Option<u32>| {
-        let c = w.lab.chain(conflist(w, cell, i, None)).cni_path(cni_path());
+        let mut list = conflist(w, cell, i, None);
+        tuned(&mut list);
+        let c = w.lab.chain(list).cni_path(cni_path());
         match fault {
             Some(n) => c.env(cni::netlink::fault::ENV, &n.to_string()),
             None => c,
@@ -1461,7 +1486,7 @@ fn kill_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) ->
     let att = Attachment::new(&format!("ctr-{ns}"), &pod.path, &ifname(i));
     let name = format!("{} {} kill", cell.name(), ifname(i));
     let same = |what: String, f: &mut Failures| {
-        let now = (snapshot(&ns), snapshot(w.lab.node()));
+        let now = (full_snapshot(&ns), full_snapshot(w.lab.node()));
         if now != before {
             let diff = |a: &[String], b: &[String]| -> Vec<String> {
                 b.iter().filter(|l| !a.contains(l)).cloned().collect()
@@ -1535,8 +1560,10 @@ fn default_devs(ns: &str) -> Vec<String> {
 }
 
 /// For every N: the coordinator panics just before its Nth netlink request
-/// of an ADD of NIC `i`, with `podMACPrefix` on (the MAC change is the ADD's
-/// first step, before anything the plan names). The ADD fails and, before
+/// of an ADD of NIC `i`, with `podMACPrefix`, `txQueueLen` and `podRPFilter`
+/// on ([`tuned`]; the MAC change is the ADD's first step, before anything
+/// the plan names). Snapshots include link attributes and sysctls
+/// ([`full_snapshot`]). The ADD fails and, before
 /// any DEL, the undo journal has taken back every change of ours: the node is
 /// as before, the pod lost nothing and gained only the main plugin's link and
 /// routes (none of our protocol, no rule, no veth, the same nftables ruleset),
@@ -1545,11 +1572,11 @@ fn default_devs(ns: &str) -> Vec<String> {
 fn panic_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) -> u32 {
     let (pod, earlier) = sweep_pod(w, cell, tag, i);
     let ns = pod.name.clone();
-    let before = (snapshot(&ns), snapshot(w.lab.node()));
+    let before = (full_snapshot(&ns), full_snapshot(w.lab.node()));
     let before_defaults = default_devs(&ns);
     let chain = |fault: Option<u32>| {
         let mut list = conflist(w, cell, i, None);
-        list.plugins[1].insert("podMACPrefix".into(), json!("0a:0b"));
+        tuned(&mut list);
         let c = w.lab.chain(list).cni_path(cni_path());
         match fault {
             Some(n) => c.env(cni::netlink::fault::PANIC_ENV, &n.to_string()),
@@ -1571,7 +1598,7 @@ fn panic_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) -
         if !e.contains("injected panic") {
             f.0.push(format!("[{name}] ADD at {n} failed otherwise: {e}"));
         }
-        let now = (snapshot(&ns), snapshot(w.lab.node()));
+        let now = (full_snapshot(&ns), full_snapshot(w.lab.node()));
         // Defaults are compared by their devices below: the main plugin's
         // IPv6 default merges with the others into one multipath line.
         let plain = |l: &&String| !l.starts_with("route default");
@@ -1622,8 +1649,19 @@ fn panic_sweep(w: &Worker, cell: &Cell, i: usize, tag: &str, f: &mut Failures) -
         if let Err(e) = chain(None).del(&att) {
             f.0.push(format!("[{name}] runtime DEL after the panic at {n}: {e}"));
         }
-        if (snapshot(&ns), snapshot(w.lab.node())) != before {
-            f.0.push(format!("[{name}] panic at {n}, then DEL: not as before"));
+        let after = (full_snapshot(&ns), full_snapshot(w.lab.node()));
+        if after != before {
+            let diff = |a: &[String], b: &[String]| -> Vec<String> {
+                b.iter().filter(|l| !a.contains(l)).cloned().collect()
+            };
+            f.0.push(format!(
+                "[{name}] panic at {n}, then DEL: not as before: left in pod {:?}, node {:?}; \
+                 gone from pod {:?}, node {:?}",
+                diff(&before.0, &after.0),
+                diff(&before.1, &after.1),
+                diff(&after.0, &before.0),
+                diff(&after.1, &before.1)
+            ));
         }
     }
     for (c, a) in earlier.iter().rev() {
