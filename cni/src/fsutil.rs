@@ -281,6 +281,33 @@ impl Dir {
             .map_err(|e| errno_error("cannot sync directory", &self.path, e))
     }
 
+    /// Replace `name` with `data` atomically (a reader sees the old or the
+    /// new contents, never a mix), without making it durable: for state
+    /// that lives on a tmpfs and dies with the pods it describes (`/run`),
+    /// where an fsync is pure cost. The caller serialises writers.
+    pub fn replace(&self, name: &str, data: &[u8]) -> Result<()> {
+        let tmp = format!(".{name}.tmp");
+        self.remove(&tmp)?;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+        let mut file = self
+            .open_at(&tmp, flags)?
+            .ok_or_else(|| Error::Io(format!("cannot create {}", self.join(&tmp).display())))?;
+        let written = file
+            .write_all(data)
+            .map_err(|e| io_error("cannot write", &self.join(&tmp), &e));
+        drop(file);
+        if let Err(e) = written {
+            let _ = self.remove(&tmp);
+            return Err(e);
+        }
+        let fd = self.fd.as_fd();
+        if let Err(e) = nix::fcntl::renameat(fd, OsStr::new(&tmp), fd, OsStr::new(name)) {
+            let _ = self.remove(&tmp);
+            return Err(errno_error("cannot replace", &self.join(name), e));
+        }
+        Ok(())
+    }
+
     /// Replace `name` with `data` atomically and durably. The caller holds
     /// the lock that serialises writers of `name` (the temporary name is
     /// fixed: whatever a killed writer, or anyone else, left under it is

@@ -71,6 +71,11 @@ impl<'a> Journal<'a> {
         self.writer().push(undo)
     }
 
+    /// Record several undos ahead of their changes, in one write.
+    pub fn push_all(&mut self, undos: Vec<Undo>) -> Result<Vec<u64>> {
+        self.writer().push_all(undos)
+    }
+
     /// The change of step `seq` was not made, or not by us.
     pub fn forget(&mut self, seq: u64) -> Result<()> {
         self.writer().forget(seq)
@@ -287,14 +292,21 @@ fn apply_steps(
     // Copies first, then the rules that lead to them, then the moves: main
     // never lacks a route in between, and a process killed after a move
     // leaves the rule by which DEL finds the moved route's copy.
-    for r in &pod_routes {
-        add_route(&mut links, plan, pre, r, journal)?;
-    }
-    for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Pod) {
-        add_rule(k, *side, rule, journal)?;
-    }
-    for m in &plan.moves {
-        let seq = journal.push(Undo::UnMove { moved: m.clone() })?;
+    add_routes(&mut links, plan, pre, &pod_routes, journal)?;
+    let pod_rules: Vec<&Rule> = plan
+        .rules
+        .iter()
+        .filter(|(s, _)| *s == Side::Pod)
+        .map(|(_, r)| r)
+        .collect();
+    add_pod_rules(k, &pod_rules, journal)?;
+    let undos = plan
+        .moves
+        .iter()
+        .map(|m| Undo::UnMove { moved: m.clone() })
+        .collect();
+    let seqs = journal.push_all(undos)?;
+    for (m, seq) in plan.moves.iter().zip(seqs) {
         match move_out(k.pod, m) {
             Ok(()) => {}
             // Already out of main (a repeated ADD): an earlier record holds it.
@@ -306,9 +318,7 @@ fn apply_steps(
             }
         }
     }
-    for r in &host_routes {
-        add_route(&mut links, plan, pre, r, journal)?;
-    }
+    add_routes(&mut links, plan, pre, &host_routes, journal)?;
     for n in plan.neighbours.iter().filter(|n| n.side == Side::Host) {
         let i = links.index(n.side, &n.dev)?;
         // A stale entry elsewhere would keep the node talking to an old MAC.
@@ -326,13 +336,20 @@ fn apply_steps(
     }
     // policyRoutes last but one: a bad gateway fails here and the journal
     // takes the rest back.
-    for r in &plan.policy {
-        add_route(&mut links, plan, pre, r, journal)?;
-    }
+    let policy: Vec<&RouteSpec> = plan.policy.iter().collect();
+    add_routes(&mut links, plan, pre, &policy, journal)?;
     // The host rule is shared by every pod, so it is never undone; added last,
     // a failed first ADD on a node leaves no rule behind.
-    for (side, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Host) {
-        add_rule(k, *side, rule, journal)?;
+    for (_, rule) in plan.rules.iter().filter(|(s, _)| *s == Side::Host) {
+        match k.host.add_rule(rule) {
+            Ok(()) | Err(NlError::Exists) => {}
+            Err(e) => {
+                return Err(Error::from(e).context(format!(
+                    "host rule priority {} lookup {}",
+                    rule.priority, rule.table
+                )))
+            }
+        }
     }
     Ok(())
 }
@@ -345,71 +362,85 @@ fn occupant<'v>(view: &'v PodView, r: &Route) -> Option<&'v Route> {
         .find(|x| x.table == r.table && x.dst == r.dst && metric_of(x) == metric_of(r))
 }
 
-fn add_route(
+/// Add `routes`, the undo of each (the pre-image of a route it replaces)
+/// recorded ahead of them in one write.
+fn add_routes(
     links: &mut Links,
     plan: &Plan,
     pre: &PodView,
-    r: &RouteSpec,
+    routes: &[&RouteSpec],
     journal: &mut Journal,
 ) -> Result<()> {
-    let route = route_of(links, r)?;
-    let nl = links.k.nl(r.side);
-    let before = match (r.side, created(plan, r.side, &r.dev)) {
-        (Side::Pod, false) => occupant(pre, &route),
-        _ => None,
-    };
-    if before == Some(&route) {
-        // Already as planned (a repeated ADD): nothing changes.
-        return Ok(());
+    let mut todo = Vec::new();
+    let mut undos = Vec::new();
+    for r in routes {
+        let route = route_of(links, r)?;
+        let before = match (r.side, created(plan, r.side, &r.dev)) {
+            (Side::Pod, false) => occupant(pre, &route),
+            _ => None,
+        };
+        if before == Some(&route) {
+            // Already as planned (a repeated ADD): nothing changes.
+            continue;
+        }
+        undos.push(match before {
+            Some(old) => Undo::RestoreRoute {
+                side: r.side,
+                dev: r.dev.clone(),
+                route: old.clone(),
+            },
+            None => Undo::DelRoute {
+                side: r.side,
+                dev: r.dev.clone(),
+                route: route.clone(),
+            },
+        });
+        todo.push((*r, route, before.is_some()));
     }
-    let undo = match before {
-        Some(old) => Undo::RestoreRoute {
-            side: r.side,
-            dev: r.dev.clone(),
-            route: old.clone(),
-        },
-        None => Undo::DelRoute {
-            side: r.side,
-            dev: r.dev.clone(),
-            route: route.clone(),
-        },
-    };
-    let seq = journal.push(undo)?;
-    let res = match before {
-        Some(_) => nl.replace_route(&route),
-        None => match nl.add_route(&route) {
-            // A host route an earlier ADD of this pod made (the guard
-            // refused any other device's): its record owns it.
-            Err(NlError::Exists) => {
-                journal.forget(seq)?;
-                nl.replace_route(&route)
-            }
-            other => other,
-        },
-    };
-    res.map_err(|e| Error::from(e).context(describe(r)))
+    let seqs = journal.push_all(undos)?;
+    for ((r, route, replaces), seq) in todo.into_iter().zip(seqs) {
+        let nl = links.k.nl(r.side);
+        let res = match replaces {
+            true => nl.replace_route(&route),
+            false => match nl.add_route(&route) {
+                // A host route an earlier ADD of this pod made (the guard
+                // refused any other device's): its record owns it.
+                Err(NlError::Exists) => {
+                    journal.forget(seq)?;
+                    nl.replace_route(&route)
+                }
+                other => other,
+            },
+        };
+        res.map_err(|e| Error::from(e).context(describe(r)))?;
+    }
+    Ok(())
 }
 
-fn add_rule(k: &Kernel, side: Side, rule: &Rule, journal: &mut Journal) -> Result<()> {
-    // The host rule is shared by every pod: never recorded for removal.
-    let seq = match side {
-        Side::Pod => Some(journal.push(Undo::DelRule {
-            side,
-            rule: rule.clone(),
-        })?),
-        Side::Host => None,
-    };
-    match k.nl(side).add_rule(rule) {
-        Ok(()) => Ok(()),
-        Err(NlError::Exists) => match seq {
-            Some(seq) => journal.forget(seq),
-            None => Ok(()),
-        },
-        Err(e) => Err(Error::from(e).context(format!(
-            "{side:?} rule priority {} lookup {}",
-            rule.priority, rule.table
-        ))),
+/// Add the pod's `rules`, their undos recorded ahead in one write; one that
+/// exists already (a repeated ADD, another NIC's) is not ours to undo.
+fn add_pod_rules(k: &Kernel, rules: &[&Rule], journal: &mut Journal) -> Result<()> {
+    let undos = rules
+        .iter()
+        .map(|r| Undo::DelRule {
+            side: Side::Pod,
+            rule: (*r).clone(),
+        })
+        .collect();
+    let seqs = journal.push_all(undos)?;
+    for (rule, seq) in rules.iter().zip(seqs) {
+        match k.pod.add_rule(rule) {
+            Ok(()) => {}
+            Err(NlError::Exists) => journal.forget(seq)?,
+            Err(e) => {
+                return Err(Error::from(e).context(format!(
+                    "pod rule priority {} lookup {}",
+                    rule.priority, rule.table
+                )))
+            }
+        }
     }
+    Ok(())
 }
 
 /// A permanent neighbour, the entry it replaces recorded first.
@@ -524,17 +555,19 @@ fn write_sysctls(k: &Kernel, plan: &Plan, journal: &mut Journal) -> Result<()> {
         let what = format!("{side:?} sysctl").to_lowercase();
         let old = read(&specs).map_err(|e| Error::kernel(&what, e))?;
         let mut todo = Vec::new();
+        let mut undos = Vec::new();
         for (s, old) in specs.into_iter().zip(old) {
             let Some(old) = old.filter(|o| *o != s.value) else {
                 continue;
             };
-            journal.push(Undo::Sysctl {
+            undos.push(Undo::Sysctl {
                 side,
                 key: s.key.clone(),
                 old,
-            })?;
+            });
             todo.push(s);
         }
+        journal.push_all(undos)?;
         if todo.is_empty() {
             continue;
         }

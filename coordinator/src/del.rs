@@ -99,8 +99,9 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Does `plan` (another NIC's of the same pod) rely on what `step` undoes?
-fn needs(plan: &Plan, step: &Undo) -> bool {
+/// Does `plan` (another NIC's of the same pod) rely on what `step` of the
+/// NIC whose plan is `own` undoes?
+fn needs(plan: &Plan, own: &Plan, step: &Undo) -> bool {
     match step {
         Undo::DelRoute {
             side: Side::Pod,
@@ -143,14 +144,22 @@ fn needs(plan: &Plan, step: &Undo) -> bool {
             .neighbours
             .iter()
             .any(|n| n.side == Side::Pod && n.dev == *dev && n.ip == *ip),
+        // Only when the other NIC wants the value this one set: two NICs'
+        // configs may disagree (`podRPFilter` per network), and then the
+        // old value (the other's, or the pod's own) comes back.
         Undo::Sysctl {
             side: Side::Pod,
             key,
             ..
-        } => plan
-            .sysctls
-            .iter()
-            .any(|s| s.side == Side::Pod && s.key == *key),
+        } => {
+            let want = |p: &Plan| {
+                p.sysctls
+                    .iter()
+                    .find(|s| s.side == Side::Pod && s.key == *key)
+                    .map(|s| s.value.clone())
+            };
+            want(plan).is_some() && want(plan) == want(own)
+        }
         _ => false,
     }
 }
@@ -169,7 +178,10 @@ fn by_record(
     let mut handed: Vec<(usize, Undo)> = Vec::new();
     let mut todo: Vec<Undo> = Vec::new();
     for step in rec.steps.iter().rev() {
-        match siblings.iter().position(|s| needs(&s.plan, step)) {
+        match siblings
+            .iter()
+            .position(|s| needs(&s.plan, &rec.plan, step))
+        {
             Some(i) => handed.push((i, step.clone())),
             None => todo.push(step.clone()),
         }

@@ -56,7 +56,6 @@ enum Entry {
     },
     Step {
         seq: u64,
-        #[serde(flatten)]
         undo: Undo,
     },
     Forget {
@@ -241,7 +240,9 @@ impl Attachments {
 
     /// Replace `rec` on disk, compacted.
     pub fn write(&self, rec: &Record) -> Result<()> {
-        self.dir.write_atomic(
+        // `/run` is a tmpfs on nodes: no fsync (the record dies with the
+        // pods at a reboot anyway).
+        self.dir.replace(
             &file_name(&rec.ifname),
             rec.to_text(&self.container).as_bytes(),
         )
@@ -335,6 +336,33 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Write `undos` ahead of the changes they take back, in one write(2);
+    /// their sequence numbers. A change not made after all is forgotten.
+    pub fn push_all(&mut self, undos: Vec<Undo>) -> Result<Vec<u64>> {
+        let mut text = String::new();
+        let mut seqs = Vec::with_capacity(undos.len());
+        for undo in &undos {
+            let seq = self.next_seq + seqs.len() as u64;
+            text.push_str(&line(&Entry::Step {
+                seq,
+                undo: undo.clone(),
+            }));
+            seqs.push(seq);
+        }
+        if text.is_empty() {
+            return Ok(seqs);
+        }
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|e| Error::Io(format!("writing {}: {e}", self.path.display())))?;
+        self.next_seq += seqs.len() as u64;
+        for (seq, undo) in seqs.iter().zip(undos) {
+            self.this_call.push((*seq, undo.clone()));
+            self.rec.steps.push(undo);
+        }
+        Ok(seqs)
+    }
+
     /// Write `undo` ahead of the change it takes back; its sequence number.
     pub fn push(&mut self, undo: Undo) -> Result<u64> {
         let seq = self.next_seq;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{Move, Side};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "undo")]
+#[serde(rename_all = "camelCase")]
 pub enum Undo {
     /// Delete host link `name` (the veth pair ADD created: its pod end,
     /// and every route, neighbour and sysctl on either end, go with it).
@@ -188,7 +188,12 @@ pub struct Sides<'a> {
 /// A step whose object is already gone is done; every other failure is
 /// collected and the remaining steps still run.
 pub fn replay<'s>(sides: &Sides, steps: impl IntoIterator<Item = &'s Undo>) -> Vec<Failure> {
-    let steps: Vec<&Undo> = steps.into_iter().collect();
+    let mut steps: Vec<&Undo> = steps.into_iter().collect();
+    // The reply-mark table first, whenever ADD made it: it matches only
+    // packets entering through veth0, so the order does not matter to the
+    // pod, and the RCU grace period its removal leaves behind (see
+    // nftables::in_netns) then elapses while the rest is undone, not after.
+    steps.sort_by_key(|s| !matches!(s, Undo::RemoveReplyMark));
     // A deleted veth takes everything on either end with it: those steps
     // would only find nothing (or, for a host index reused since, the wrong
     // link).

@@ -27,45 +27,12 @@ fn lab(subnets: usize) -> Lab {
         .expect("build lab (needs root)")
 }
 
-/// Everything on the node a plugin could leave behind or remove.
+/// Everything on the node a plugin could leave behind or remove (the
+/// kit's snapshot).
 fn node_state(lab: &Lab) -> Vec<String> {
-    let ns = lab.node();
-    let mut out: Vec<String> = state::link_names(ns).expect("links");
-    for r in state::rules(ns)
-        .expect("rules")
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        out.push(format!("rule {}", state::rule_line(r)));
-    }
-    for r in state::routes(ns, "all")
-        .expect("routes")
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if r["table"] != "local" && r["dst"] != "multicast" {
-            out.push(format!("route {}", state::route_line(r)));
-        }
-    }
-    for n in state::neighbours(ns)
-        .expect("neighbours")
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let permanent = n["state"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"));
-        if permanent {
-            out.push(format!("neigh {}", state::neigh_line(n)));
-        }
-    }
-    let nft = integration::lab::nft_in(ns, "list tables").expect("nft list tables");
-    out.extend(nft.lines().map(|l| format!("nft {l}")));
-    out.sort();
-    out
+    cni_tests::kstate::Snapshot::capture(lab.node())
+        .expect("node snapshot")
+        .lines()
 }
 
 /// Exec the coordinator in the node netns as a runtime would.

@@ -1807,15 +1807,3 @@ fn concurrent_adds_pick_distinct_tables() {
         w.lab.remove_netns(&pod.name).ok();
     }
 }
-
-#[test]
-#[ignore]
-fn debug_panic_net1() {
-    require_fault_hooks();
-    let (underlay, _) = sweep_cells();
-    let (failures, points) = run_sweeps(&[(&underlay, 1, "dp1")], panic_sweep);
-    eprintln!("points {points:?}");
-    for f in &failures {
-        eprintln!("FAIL {f}");
-    }
-}

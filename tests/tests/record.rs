@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cni_tests::kstate::Snapshot;
 use cni_tests::{bin_dir, cni_path};
 use integration::chain::{Attachment, Chain, NetConfList};
 use integration::lab::{state, Lab, LabBuilder, Pod};
@@ -25,43 +26,16 @@ fn lab(subnets: usize) -> Lab {
         .expect("build lab (needs root)")
 }
 
-/// Everything ADD or DEL may touch in `ns`, as sorted lines (the node's
-/// shared `from all lookup 500` rule left out).
+/// Everything ADD or DEL may touch in `ns` (the kit's snapshot: links and
+/// their MTU, MAC, txqueuelen and state, rules, routes of every table,
+/// permanent neighbours, the nftables ruleset, the sysctls we write), as
+/// lines; the node's `from all lookup 500` rule, shared by every pod, left
+/// out.
 fn snapshot(ns: &str) -> Vec<String> {
-    let rows = |v: std::io::Result<Value>| v.unwrap().as_array().cloned().unwrap_or_default();
-    let mut out: Vec<String> = state::link_names(ns)
-        .unwrap()
-        .into_iter()
-        .map(|l| format!("link {l}"))
-        .collect();
-    for r in rows(state::rules(ns)) {
-        if r["table"] == "500" && r["src"] == "all" {
-            continue;
-        }
-        out.push(format!("rule {}", state::rule_line(&r)));
-    }
-    for r in rows(state::routes(ns, "all")) {
-        if r["table"] != "local" && r["dst"] != "multicast" {
-            out.push(format!(
-                "route {} proto {} metric {}",
-                state::route_line(&r),
-                r["protocol"],
-                r["metric"]
-            ));
-        }
-    }
-    for n in rows(state::neighbours(ns)) {
-        let permanent = n["state"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"));
-        if permanent {
-            out.push(format!("neigh {}", state::neigh_line(&n)));
-        }
-    }
-    let nft = integration::lab::nft_in(ns, "list ruleset").unwrap();
-    out.extend(nft.lines().map(|l| format!("nft {l}")));
-    out.sort();
-    out
+    Snapshot::capture(ns)
+        .expect("snapshot")
+        .filter(|i| !(i.key.contains("from all") && i.key.contains("lookup 500")))
+        .lines()
 }
 
 fn records_of(id: &str) -> PathBuf {
@@ -444,33 +418,4 @@ fn records_are_private() {
     c.del(a).expect("DEL");
     c.del(a).expect("second DEL");
     assert!(!records_of(&p.id).exists());
-}
-
-#[test]
-#[ignore]
-fn debug_panic_sweep_mac() {
-    let lab = lab(2);
-    let cfg = json!({"mode": "underlay", "podMACPrefix": "0a:0b"});
-    let pod = lab.pod("pm").expect("pod");
-    let id = format!("rec-{}-pm", lab.prefix());
-    let eth0 = nic_chain(&lab, 0, 66, cfg.clone());
-    let a0 = Attachment::new(&id, &pod.path, "eth0");
-    eth0.add(&a0).expect("ADD eth0");
-    let a1 = Attachment::new(&id, &pod.path, "net1");
-    for n in 1..200u32 {
-        let c = nic_chain(&lab, 1, 66, cfg.clone())
-            .env("COORDINATOR_TEST_PANIC_AT_REQUEST", &n.to_string());
-        let r = c.add(&a1);
-        let link = state::ip(&pod.name, &["-j", "link", "show", "dev", "net1"]).unwrap_or_default();
-        if r.is_err() && link.contains("0a:0b:0a") {
-            eprintln!("n={n} KEPT");
-        }
-        if let Err(e) = &r {
-            eprintln!("   err={e}");
-        }
-        nic_chain(&lab, 1, 66, cfg.clone()).del(&a1).ok();
-        if r.is_ok() {
-            break;
-        }
-    }
 }

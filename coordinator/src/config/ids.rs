@@ -49,6 +49,14 @@ pub fn is_reserved_table(t: u32) -> bool {
 }
 
 impl Ids {
+    /// The table of an overlay pod's first NIC once a later NIC is attached.
+    /// An overlay pod has no `veth0` and no reply mark, so the reply table's
+    /// id is free there; Spiderpool's layout gives it to `eth0`, and pods
+    /// attached by earlier releases have it so.
+    pub fn overlay_first_nic_table(&self) -> u32 {
+        self.reply_table
+    }
+
     /// Is `t` a table of ours in the pod: the reply table, or one NIC
     /// tables are taken from.
     pub fn is_pod_table(&self, t: u32) -> bool {

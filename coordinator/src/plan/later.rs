@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use cni::netlink::{Family, Route, Scope, RTPROT_RA, TABLE_MAIN};
 use ipnet::IpNet;
 
+use super::first_table::first_nic_table;
 use super::host::host_side;
 use super::underlay::via_veth_from;
 use super::{
@@ -14,7 +15,6 @@ use super::{
 };
 use super::{nic_ips, Side, SysctlSpec, RA_DEFRTR};
 use crate::config::{is_reserved_table, Config};
-use crate::names::POD_VETH;
 
 /// Lowest table id >= `from` that no rule or route of the pod uses, skipping
 /// `taken` and the kernel's reserved ids.
@@ -33,7 +33,7 @@ pub fn free_table(pod: &PodView, from: u32, taken: &[u32]) -> u32 {
 
 /// The table a NIC already uses (a `from <its address>` rule at `priority`),
 /// for repeated ADDs.
-fn existing_table(pod: &PodView, ips: &[IpNet], priority: u32) -> Option<u32> {
+pub(super) fn existing_table(pod: &PodView, ips: &[IpNet], priority: u32) -> Option<u32> {
     pod.rules.iter().find_map(|r| {
         let src = r.src?;
         (r.priority == priority && ips.iter().any(|ip| host_net(ip.addr()) == src))
@@ -68,7 +68,8 @@ fn via_overlay(
                 })
                 .min_by_key(|r| r.metric.unwrap_or(0))
         };
-        let Some(def) = eth0_default(TABLE_MAIN).or_else(|| eth0_default(cfg.ids.reply_table))
+        let Some(def) =
+            eth0_default(TABLE_MAIN).or_else(|| eth0_default(cfg.ids.overlay_first_nic_table()))
         else {
             continue;
         };
@@ -136,7 +137,7 @@ fn shared_in_main(pod: &PodView, r: &Route) -> bool {
 
 /// A route of `main` leaving it for a NIC's table: `route`, and the other
 /// nexthops of the multipath route it belongs to, which stay.
-fn move_out(pod: &PodView, route: &Route) -> Move {
+pub(super) fn move_out(pod: &PodView, route: &Route) -> Move {
     let others = match route.multipath {
         false => Vec::new(),
         true => pod
@@ -260,93 +261,4 @@ pub(super) fn later_nic(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         _ => {}
     }
     plan.policy = policy_routes(&cfg.policy_routes, table, &inp.ifname);
-}
-
-/// Once the pod has a second NIC, the first NIC gets a table of its own too,
-/// reached by `from` rules of its addresses: a reply from the first NIC's
-/// address then leaves through the first NIC even toward a client on a later
-/// NIC's subnet (whose connected route stays in `main`). When
-/// `podDefaultRouteNic` names this later NIC (`move_default`), the first
-/// NIC's default also leaves `main`.
-fn first_nic_table(
-    cfg: &Config,
-    inp: &Inputs,
-    this_table: u32,
-    plan: &mut Plan,
-    move_default: bool,
-) {
-    let first = &cfg.pod_default_cni_nic;
-    let Some(eth0) = inp.pod.link(first) else {
-        return;
-    };
-    let defaults: Vec<&Route> = inp
-        .pod
-        .routes
-        .iter()
-        .filter(|r| r.table == TABLE_MAIN && r.oif == Some(eth0.index) && r.dst.prefix_len() == 0)
-        .filter(|r| !is_ours(r))
-        .collect();
-    let eth0_ips = inp.pod.addrs_of(eth0.index);
-    if eth0_ips.is_empty() {
-        return;
-    }
-    let ids = &cfg.ids;
-    let table = match inp.layout {
-        Layout::OverlayLater => ids.reply_table,
-        _ => existing_table(&inp.pod, &eth0_ips, ids.from_priority).unwrap_or_else(|| {
-            free_table(
-                &inp.pod,
-                ids.first_nic_table,
-                &[ids.reply_table, this_table],
-            )
-        }),
-    };
-    for r in inp
-        .pod
-        .routes
-        .iter()
-        .filter(|r| r.table == TABLE_MAIN && r.oif == Some(eth0.index) && !is_ours(r))
-        .filter(|r| is_connected(r) || r.dst.prefix_len() == 0)
-        .filter(|r| !(is_link_local(&r.dst.addr()) && r.dst.prefix_len() > 0))
-    {
-        plan.routes.push(copy_into(r, table, first));
-    }
-    // ptp-style overlays reach their gateway through a /32 scope-link route.
-    for r in inp.pod.routes.iter().filter(|r| {
-        r.table == TABLE_MAIN
-            && r.oif == Some(eth0.index)
-            && !is_ours(r)
-            && r.scope == Scope::Link
-            && !is_connected(r)
-            && r.dst.prefix_len() > 0
-    }) {
-        plan.routes.push(copy_into(r, table, first));
-    }
-    // Once eth0's addresses have a `from` rule, even unbound sockets end up
-    // in this table (the route is looked up again with the chosen source):
-    // the node and the hijacked CIDRs must stay behind veth0 here too.
-    if inp.layout == Layout::UnderlayLater {
-        // The same routes main got at the first NIC's ADD (node addresses
-        // on-link, hijacked CIDRs via the first NIC's node address): copied,
-        // not recomputed, so every later NIC's call writes the same table.
-        if let Some(v0) = inp.pod.link(POD_VETH) {
-            for r in inp
-                .pod
-                .routes
-                .iter()
-                .filter(|r| r.table == TABLE_MAIN && r.oif == Some(v0.index))
-            {
-                plan.routes.push(copy_into(r, table, POD_VETH));
-            }
-        }
-    }
-    if move_default {
-        let moves: Vec<Move> = defaults
-            .into_iter()
-            .map(|r| move_out(&inp.pod, r))
-            .collect();
-        plan.moves.extend(moves);
-    }
-    plan.rules
-        .extend(from_rules(&eth0_ips, table, ids.from_priority));
 }

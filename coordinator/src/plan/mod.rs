@@ -12,6 +12,7 @@
 //! - both before `main` (32766), the fwmark rule first;
 //! - host `hostRulePriority` (1000): `from all lookup hostRuleTable` (500).
 
+mod first_table;
 mod host;
 mod later;
 mod teardown;
@@ -200,6 +201,17 @@ fn tuning(cfg: &Config, inp: &Inputs, plan: &mut Plan) {
         .pod_mac_prefix
         .and_then(|p| crate::macprefix::mac_for(p, &inp.ips))
         .map(|m| (inp.ifname.clone(), m));
+    // Without detection the kernel announces the new MAC (ADD turns
+    // `arp_notify` on before changing it) and keeps announcing it on every
+    // link-up; with detection it is only held off during the probes.
+    let detecting = cfg.detect_ip_conflict || cfg.detect_gateway;
+    if plan.mac.is_some() && !detecting && inp.ips.iter().any(|n| n.addr().is_ipv4()) {
+        plan.sysctls.push(SysctlSpec::new(
+            Side::Pod,
+            format!("net/ipv4/conf/{}/arp_notify", inp.ifname),
+            "1",
+        ));
+    }
 }
 
 /// The plan of one ADD.
