@@ -536,7 +536,9 @@ fn read_sysctls(specs: &[SysctlSpec]) -> std::io::Result<Vec<Option<String>>> {
         .collect()
 }
 
-/// Write the plan's sysctls that differ, each old value recorded first.
+/// Write the plan's sysctls that differ, their old values recorded first:
+/// read, record, write in one entry into the pod's netns (the record's file
+/// is written through its descriptor, whatever the thread's netns).
 fn write_sysctls(k: &Kernel, plan: &Plan, journal: &mut Journal) -> Result<()> {
     for side in [Side::Pod, Side::Host] {
         let specs: Vec<SysctlSpec> = plan
@@ -548,40 +550,35 @@ fn write_sysctls(k: &Kernel, plan: &Plan, journal: &mut Journal) -> Result<()> {
         if specs.is_empty() {
             continue;
         }
-        let read = |specs: &[SysctlSpec]| match side {
-            Side::Pod => k.pod_ns.run(|| read_sysctls(specs)).and_then(|r| r),
-            Side::Host => read_sysctls(specs),
-        };
         let what = format!("{side:?} sysctl").to_lowercase();
-        let old = read(&specs).map_err(|e| Error::kernel(&what, e))?;
-        let mut todo = Vec::new();
-        let mut undos = Vec::new();
-        for (s, old) in specs.into_iter().zip(old) {
-            let Some(old) = old.filter(|o| *o != s.value) else {
-                continue;
-            };
-            undos.push(Undo::Sysctl {
-                side,
-                key: s.key.clone(),
-                old,
-            });
-            todo.push(s);
-        }
-        journal.push_all(undos)?;
-        if todo.is_empty() {
-            continue;
-        }
-        let write = move || -> std::io::Result<()> {
-            for s in &todo {
-                write_sysctl(&s.key, &s.value, s.optional)?;
+        let mut step = || -> Result<()> {
+            let old = read_sysctls(&specs).map_err(|e| Error::kernel(&what, e))?;
+            let mut todo = Vec::new();
+            let mut undos = Vec::new();
+            for (s, old) in specs.iter().zip(old) {
+                let Some(old) = old.filter(|o| *o != s.value) else {
+                    continue;
+                };
+                undos.push(Undo::Sysctl {
+                    side,
+                    key: s.key.clone(),
+                    old,
+                });
+                todo.push(s);
+            }
+            journal.push_all(undos)?;
+            for s in todo {
+                write_sysctl(&s.key, &s.value, s.optional).map_err(|e| Error::kernel(&what, e))?;
             }
             Ok(())
         };
-        let res = match side {
-            Side::Pod => k.pod_ns.run(write).and_then(|r| r),
-            Side::Host => write(),
-        };
-        res.map_err(|e| Error::kernel(&what, e))?;
+        match side {
+            Side::Pod => k
+                .pod_ns
+                .run(step)
+                .map_err(|e| Error::kernel("entering the pod netns", e))??,
+            Side::Host => step()?,
+        }
     }
     Ok(())
 }
