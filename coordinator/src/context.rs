@@ -159,7 +159,7 @@ pub fn context_of(
         }
         _ => None,
     };
-    let planned = moves_undone(&view, &moved(records));
+    let planned = moves_undone(&replaced_undone(&view, records), &moved(records));
     Ok(Some(Context {
         layout,
         kernel_view: view,
@@ -228,6 +228,37 @@ fn veth_plan(
             None,
         )),
     }
+}
+
+/// `view` with each route of `main` our records replaced put back as it was
+/// (a default NIC's default via its gateway that took the slot of the first
+/// NIC's default, say): the pod as the main plugins left it.
+pub fn replaced_undone(view: &PodView, records: &[Record]) -> PodView {
+    let mut out = view.clone();
+    for step in records.iter().flat_map(|r| &r.steps) {
+        let crate::undo::Undo::RestoreRoute {
+            side: crate::plan::Side::Pod,
+            route: old,
+            ..
+        } = step
+        else {
+            continue;
+        };
+        if old.table != TABLE_MAIN || crate::plan::is_ours(old) {
+            continue;
+        }
+        let metric = crate::plan::metric_of(old);
+        out.routes.retain(|x| {
+            !(x.table == old.table
+                && x.dst == old.dst
+                && crate::plan::metric_of(x) == metric
+                && crate::plan::is_ours(x))
+        });
+        if !out.routes.contains(old) {
+            out.routes.push(old.clone());
+        }
+    }
+    out
 }
 
 /// The routes the records of this pod moved out of `main`, standing.

@@ -1632,6 +1632,7 @@ fn check_names_the_missing_piece() {
             &pod.name,
             vec!["route", "del", "10.233.0.0/18"],
             vec!["route", "10.233.0.0/18"],
+            // Exactly as ADD made it (CHECK compares `src` and protocol too).
             vec![
                 "route",
                 "add",
@@ -1640,6 +1641,10 @@ fn check_names_the_missing_piece() {
                 "10.6.0.2",
                 "dev",
                 "veth0",
+                "src",
+                &v4,
+                "proto",
+                "222",
             ],
         ),
         (
@@ -1647,7 +1652,8 @@ fn check_names_the_missing_piece() {
             vec!["route", "del", &v4, "table", HOST_TABLE],
             vec!["host route", &v4],
             vec![
-                "route", "add", &v4, "dev", &hv, "scope", "link", "table", HOST_TABLE,
+                "route", "add", &v4, "dev", &hv, "scope", "link", "table", HOST_TABLE, "proto",
+                "222",
             ],
         ),
         (
