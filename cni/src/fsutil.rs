@@ -236,6 +236,13 @@ impl Dir {
         Ok((f, false))
     }
 
+    /// `name` created (0600) for appending; an error if it exists.
+    pub fn create_append(&self, name: &str) -> Result<File> {
+        let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_EXCL;
+        self.open_at(name, flags)?
+            .ok_or_else(|| Error::Io(format!("cannot create {}", self.join(name).display())))
+    }
+
     /// Block until this process holds an exclusive `flock` on the directory
     /// itself, released when the `Dir` is dropped.
     pub fn flock(&self) -> Result<()> {

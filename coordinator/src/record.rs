@@ -286,19 +286,31 @@ impl Attachments {
             steps: Vec::new(),
             next_seq: 0,
         });
-        if before.is_none() {
-            self.write(&rec)?;
-        }
-        let (mut file, _) = self.dir.open_append(&name)?;
-        if before.is_some() {
+        let text = match before {
+            // A new record: header and plan in one write(2) into a file
+            // made for it, under the container's lock (no reader sees it
+            // half-written; a writer killed in the write leaves a record
+            // that does not parse, which DEL treats as none).
+            None => rec.to_text(&self.container),
             // The plan of this ADD from here on; the earlier steps stay.
-            let line = line(&Entry::Plan {
+            Some(_) => line(&Entry::Plan {
                 layout,
                 plan: Box::new(plan.clone()),
-            });
-            file.write_all(line.as_bytes())
-                .map_err(|e| Error::Io(format!("writing {}: {e}", self.path(ifname).display())))?;
-        }
+            }),
+        };
+        let mut file = match before {
+            None => match self.dir.create_append(&name) {
+                Ok(f) => f,
+                // Whatever was left under the name did not parse: replaced.
+                Err(_) => {
+                    self.dir.remove(&name)?;
+                    self.dir.create_append(&name)?
+                }
+            },
+            Some(_) => self.dir.open_append(&name)?.0,
+        };
+        file.write_all(text.as_bytes())
+            .map_err(|e| Error::Io(format!("writing {}: {e}", self.path(ifname).display())))?;
         rec.layout = layout;
         rec.plan = plan.clone();
         Ok(Writer {
