@@ -293,26 +293,7 @@ impl Dir {
     /// that lives on a tmpfs and dies with the pods it describes (`/run`),
     /// where an fsync is pure cost. The caller serialises writers.
     pub fn replace(&self, name: &str, data: &[u8]) -> Result<()> {
-        let tmp = format!(".{name}.tmp");
-        self.remove(&tmp)?;
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
-        let mut file = self
-            .open_at(&tmp, flags)?
-            .ok_or_else(|| Error::Io(format!("cannot create {}", self.join(&tmp).display())))?;
-        let written = file
-            .write_all(data)
-            .map_err(|e| io_error("cannot write", &self.join(&tmp), &e));
-        drop(file);
-        if let Err(e) = written {
-            let _ = self.remove(&tmp);
-            return Err(e);
-        }
-        let fd = self.fd.as_fd();
-        if let Err(e) = nix::fcntl::renameat(fd, OsStr::new(&tmp), fd, OsStr::new(name)) {
-            let _ = self.remove(&tmp);
-            return Err(errno_error("cannot replace", &self.join(name), e));
-        }
-        Ok(())
+        self.write_renamed(name, data, None)
     }
 
     /// Replace `name` with `data` atomically and durably. The caller holds
@@ -326,17 +307,29 @@ impl Dir {
     /// [`Dir::write_atomic`] leaving `name` with the mode `mode` exactly
     /// (the umask does not apply: an installed plugin must be 0755).
     pub fn write_atomic_mode(&self, name: &str, data: &[u8], mode: u32) -> Result<()> {
+        self.write_renamed(name, data, Some(mode))?;
+        // The rename is durable only once the directory entry is on disk.
+        self.sync()
+    }
+
+    /// `data` into a fixed temporary name, then renamed over `name`; with
+    /// `durable_mode`, the file gets that mode and is synced before the
+    /// rename.
+    fn write_renamed(&self, name: &str, data: &[u8], durable_mode: Option<u32>) -> Result<()> {
         let tmp = format!(".{name}.tmp");
         self.remove(&tmp)?;
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
         let mut file = self
             .open_at(&tmp, flags)?
             .ok_or_else(|| Error::Io(format!("cannot create {}", self.join(&tmp).display())))?;
-        let written = file
-            .set_permissions(std::fs::Permissions::from_mode(mode))
-            .and_then(|()| file.write_all(data))
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io_error("cannot write", &self.join(&tmp), &e));
+        let written = match durable_mode {
+            Some(mode) => file
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .and_then(|()| file.write_all(data))
+                .and_then(|()| file.sync_all()),
+            None => file.write_all(data),
+        }
+        .map_err(|e| io_error("cannot write", &self.join(&tmp), &e));
         drop(file);
         if let Err(e) = written {
             // Do not leave a half-written temporary behind on ENOSPC and the like.
@@ -348,8 +341,7 @@ impl Dir {
             let _ = self.remove(&tmp);
             return Err(errno_error("cannot replace", &self.join(name), e));
         }
-        // The rename is durable only once the directory entry is on disk.
-        self.sync()
+        Ok(())
     }
 }
 

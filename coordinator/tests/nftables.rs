@@ -204,9 +204,9 @@ fn remove_keeps_other_tables() {
 fn present_follows_install_and_remove() {
     let nss = Namespaces::new(&["p"]);
     let (name, ns) = (nss.name(0), nss.open(0));
-    assert!(!nftables::present(ns).expect("present before"));
+    assert!(!nftables::present(ns, &spec(0x42)).expect("present before"));
     nftables::install(ns, &spec(0x42)).expect("install");
-    assert!(nftables::present(ns).expect("present after install"));
+    assert!(nftables::present(ns, &spec(0x42)).expect("present after install"));
 
     // A table of our name with a chain missing is not "present".
     run(
@@ -219,9 +219,9 @@ fn present_follows_install_and_remove() {
             "delete chain inet coordinator output",
         ],
     );
-    assert!(!nftables::present(ns).expect("present, chain gone"));
+    assert!(!nftables::present(ns, &spec(0x42)).expect("present, chain gone"));
     nftables::install(ns, &spec(0x42)).expect("repair");
-    assert!(nftables::present(ns).expect("present after repair"));
+    assert!(nftables::present(ns, &spec(0x42)).expect("present after repair"));
 
     // An emptied chain is not "present" either.
     run(
@@ -234,7 +234,7 @@ fn present_follows_install_and_remove() {
             "flush chain inet coordinator prerouting",
         ],
     );
-    assert!(!nftables::present(ns).expect("present, rule gone"));
+    assert!(!nftables::present(ns, &spec(0x42)).expect("present, rule gone"));
 
     // Nor is an older release's table, whose prerouting chain lacks the
     // ingress mark.
@@ -256,10 +256,10 @@ fn present_follows_install_and_remove() {
             &format!("delete rule inet coordinator prerouting handle {handle}"),
         ],
     );
-    assert!(!nftables::present(ns).expect("present, no ingress mark"));
+    assert!(!nftables::present(ns, &spec(0x42)).expect("present, no ingress mark"));
 
     nftables::remove(ns).expect("remove");
-    assert!(!nftables::present(ns).expect("present after remove"));
+    assert!(!nftables::present(ns, &spec(0x42)).expect("present after remove"));
 }
 
 #[test]

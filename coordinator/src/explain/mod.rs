@@ -124,7 +124,13 @@ fn explain(o: &Opts) -> Result<(report::Header, Vec<probe::Flow>)> {
     let pod_nl = Netlink::open_in(&ns)?;
     let node_nl = Netlink::open()?;
     let view = crate::observe::pod_view(&pod_nl)?;
-    let nft_mark = crate::nftables::present(&ns)?;
+    let nft_mark = crate::nftables::present(
+        &ns,
+        &crate::nftables::ReplyMark {
+            iif: crate::names::POD_VETH.into(),
+            mark: crate::plan::REPLY_MARK,
+        },
+    )?;
     let pod = probe::Pod {
         nl: &pod_nl,
         view,

@@ -68,13 +68,6 @@ pub struct Expr {
     data: Attrs,
 }
 
-impl Expr {
-    /// The kernel's name of the expression (`meta`, `cmp`, ...).
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-}
-
 fn data_value(bytes: &[u8]) -> Attrs {
     Attrs::new().bytes(NFTA_DATA_VALUE, bytes)
 }

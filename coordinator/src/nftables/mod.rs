@@ -281,91 +281,10 @@ pub fn remove(ns: &NetNs) -> Result<()> {
     Ok(())
 }
 
-/// For CHECK: is our table there with both chains (right hook and type),
-/// each holding our rules (their expressions, in order)? A table of an older
-/// release without the ingress mark is not ours as planned: a repeated ADD
-/// replaces it.
-pub fn present(ns: &NetNs) -> Result<bool> {
-    in_netns(ns, "check", |sock| {
-        match sock.get(table_msg(NftMsg::GetTable)) {
-            Ok(_) => {}
-            Err(NlError::NotFound) => return Ok(false),
-            Err(e) => return Err(kernel("check", e)),
-        }
-        for c in &CHAINS {
-            if !chain_ok(sock, c)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })
-}
-
-fn chain_ok(sock: &Nftables, c: &ChainSpec) -> Result<bool> {
-    let get = NfMessage::nft(
-        NftMsg::GetChain,
-        Attrs::new()
-            .string(NFTA_CHAIN_TABLE, TABLE)
-            .string(NFTA_CHAIN_NAME, c.name),
-    );
-    let chain = match sock.get(get) {
-        Ok(chain) => chain,
-        Err(NlError::NotFound) => return Ok(false),
-        Err(e) => return Err(kernel(&format!("check: get chain {}", c.name), e)),
-    };
-    let attrs = chain.attrs.as_bytes();
-    let kind = wire::find_attr(attrs, NFTA_CHAIN_TYPE).map(wire::c_string);
-    let hook = wire::find_attr(attrs, NFTA_CHAIN_HOOK)
-        .and_then(|h| wire::find_attr(h, NFTA_HOOK_HOOKNUM))
-        .and_then(wire::be32);
-    if kind.as_deref() != Some(c.kind) || hook != Some(c.hook) {
-        return Ok(false);
-    }
-    // A dump filtered by table and chain: the kernel returns only their rules.
-    let rules = NfMessage::nft(
-        NftMsg::GetRule,
-        Attrs::new()
-            .string(NFTA_RULE_TABLE, TABLE)
-            .string(NFTA_RULE_CHAIN, c.name),
-    );
-    let rules = sock
-        .dump(rules)
-        .map_err(|e| kernel(&format!("check: list rules of {}", c.name), e))?;
-    let seen: Vec<Vec<String>> = rules
-        .iter()
-        .map(|r| r.attrs.as_bytes())
-        .filter(|a| {
-            wire::find_attr(a, NFTA_RULE_CHAIN)
-                .map(wire::c_string)
-                .as_deref()
-                == Some(c.name)
-        })
-        .map(expression_names)
-        .collect();
-    Ok(seen == rule_shapes(c.name))
-}
-
-/// The expression names of each of our rules in `chain`, in order: what
-/// CHECK compares (the kernel's dump of an expression's data carries
-/// attributes of its own, so the data are not compared byte for byte).
-fn rule_shapes(chain: &str) -> Vec<Vec<String>> {
-    let any_iif = [b'x'; expr::IFNAMSIZ];
-    rules(&any_iif, 1)
-        .iter()
-        .filter(|(c, _)| *c == chain)
-        .map(|(_, exprs)| exprs.iter().map(|e| e.name().to_string()).collect())
-        .collect()
-}
-
-/// The expression names of a rule as the kernel dumps it (its attributes).
-fn expression_names(rule: &[u8]) -> Vec<String> {
-    let Some(list) = wire::find_attr(rule, NFTA_RULE_EXPRESSIONS) else {
-        return Vec::new();
-    };
-    wire::attr_iter(list)
-        .filter_map(|(_, elem)| wire::find_attr(elem, expr::NFTA_EXPR_NAME))
-        .map(wire::c_string)
-        .collect()
+/// Is our table there exactly as [`install`] makes it of `spec` (see
+/// [`verify`])? For `coordinator explain`.
+pub fn present(ns: &NetNs, spec: &ReplyMark) -> Result<bool> {
+    Ok(verify(ns, spec)?.is_none())
 }
 
 /// For CHECK: how the table differs from what [`install`] makes of `spec`
@@ -551,7 +470,11 @@ mod tests {
                 let data = wire::attr_iter(list)
                     .map(|(_, e)| wire::find_attr(e, 2).unwrap().to_vec())
                     .collect();
-                (chain, expression_names(a), data)
+                let names = wire::attr_iter(list)
+                    .filter_map(|(_, e)| wire::find_attr(e, expr::NFTA_EXPR_NAME))
+                    .map(wire::c_string)
+                    .collect();
+                (chain, names, data)
             })
             .collect()
     }
@@ -594,21 +517,57 @@ mod tests {
         assert!(wire::find_attr(meta, 3).is_some(), "meta set, not load");
     }
 
-    /// CHECK compares each chain's rules with the plan's, by shape.
+    /// CHECK's comparison: what we send must be in what the kernel dumps,
+    /// which may add attributes of its own; a changed value is a difference.
     #[test]
-    fn check_shapes_are_the_planned_rules() {
-        let rules = planned_rules(0x100);
-        for chain in [PREROUTING_CHAIN, OUTPUT_CHAIN] {
-            let planned: Vec<Vec<String>> = rules
-                .iter()
-                .filter(|(c, ..)| c == chain)
-                .map(|(_, n, _)| n.clone())
-                .collect();
-            assert_eq!(rule_shapes(chain), planned, "{chain}");
+    fn dumped_rules_compare_by_what_we_sent() {
+        let iif = expr::ifname_bytes("veth0").unwrap();
+        let ours = |mark: u32| expr::expression_list(&prerouting_rule(&iif, mark));
+        let want = ours(0xc0de);
+        assert!(same_attrs(want.as_bytes(), want.as_bytes()));
+        assert!(!same_attrs(ours(0xc0df).as_bytes(), want.as_bytes()));
+        // The kernel's dump with an attribute of its own in an expression's
+        // data (a flag set on the `ct` expression) is still ours.
+        let extra = expr::expression_list(&[
+            expr::meta_load(MetaKey::IifName),
+            expr::cmp(CmpOp::Eq, &iif),
+        ]);
+        let mut with_flag = extra.as_bytes().to_vec();
+        // Append an unknown attribute (type 99, 4 bytes) to the last
+        // expression's data and fix the nested lengths up.
+        let fixed = append_to_last_data(&with_flag, &[8, 0, 99, 0, 1, 0, 0, 0]);
+        with_flag = fixed;
+        assert!(same_attrs(&with_flag, extra.as_bytes()));
+        assert!(!same_attrs(&[], want.as_bytes()));
+    }
+
+    /// `list` (NFTA_LIST_ELEM of name + data) with `attr` added at the end of
+    /// its last element's data.
+    fn append_to_last_data(list: &[u8], attr: &[u8]) -> Vec<u8> {
+        let elems: Vec<(u16, &[u8])> = attr_list(list).unwrap();
+        let mut out = Vec::new();
+        for (i, (_, e)) in elems.iter().enumerate() {
+            let mut body = Vec::new();
+            for (k, v) in attr_list(e).unwrap() {
+                let mut v = v.to_vec();
+                if i + 1 == elems.len() && k == 2 {
+                    v.extend_from_slice(attr);
+                }
+                push_attr(&mut body, k, &v);
+            }
+            push_attr(&mut out, 1 | 0x8000, &body);
         }
-        // An older release's table (one rule in prerouting) is not the planned one.
-        assert_eq!(rule_shapes(PREROUTING_CHAIN).len(), 2);
-        assert!(expression_names(&[]).is_empty());
+        out
+    }
+
+    fn push_attr(buf: &mut Vec<u8>, kind: u16, v: &[u8]) {
+        let len = (v.len() + 4) as u16;
+        buf.extend_from_slice(&len.to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(v);
+        while !buf.len().is_multiple_of(4) {
+            buf.push(0);
+        }
     }
 
     #[test]
