@@ -9,7 +9,8 @@
 //!   reference plugins read a route without a table as one of `main`, so the
 //!   entries of `main` look like those every main plugin prints;
 //! - `scope` is given when it is not global (link 253, host 254: the spec's
-//!   numbers, the kernel's RT_SCOPE_*); `priority` is the route's metric,
+//!   numbers, the kernel's RT_SCOPE_*), for IPv4 only: Linux keeps no scope
+//!   on an IPv6 route (it reports every one as global); `priority` is the route's metric,
 //!   when the plan sets one; `gw` the gateway (none for a route over a
 //!   nexthop object, whose gateway the result cannot name);
 //! - host-side routes are left out (the result describes the pod), and so
@@ -63,7 +64,10 @@ pub fn with_plan_routes(mut prev: CniResult, plan: &Plan, version: Version) -> C
 fn entry(spec: &RouteSpec) -> RouteEntry {
     let mut e = RouteEntry::new(spec.dst, spec.via);
     e.table = (spec.table != TABLE_MAIN).then_some(spec.table);
-    e.scope = scope_number(spec.scope);
+    e.scope = match spec.dst {
+        IpNet::V4(_) => scope_number(spec.scope),
+        IpNet::V6(_) => None,
+    };
     e.priority = spec.metric;
     e
 }
@@ -119,6 +123,8 @@ mod tests {
         let mut link = spec("10.7.0.0/24", 100);
         link.scope = Scope::Link;
         link.src = Some("10.7.0.5".parse().unwrap());
+        let mut link6 = spec("fd00:7::/64", 100);
+        link6.scope = Scope::Link;
         let mut hijack = spec("10.96.0.0/12", TABLE_MAIN);
         hijack.via = Some("169.254.1.1".parse().unwrap());
         hijack.metric = Some(50);
@@ -135,7 +141,16 @@ mod tests {
         let mut moved = Route::new(net("0.0.0.0/0"), TABLE_MAIN);
         moved.gateway = Some("10.7.0.1".parse().unwrap());
         Plan {
-            routes: vec![via, link, hijack, host, expiring, known.clone(), known],
+            routes: vec![
+                via,
+                link,
+                link6,
+                hijack,
+                host,
+                expiring,
+                known.clone(),
+                known,
+            ],
             policy: vec![policy],
             moves: vec![Move {
                 route: moved,
@@ -154,6 +169,7 @@ mod tests {
                 {"dst": "192.168.9.0/24", "gw": "10.7.0.1"},
                 {"dst": "0.0.0.0/0", "gw": "10.7.0.1", "table": 100},
                 {"dst": "10.7.0.0/24", "table": 100, "scope": 253},
+                {"dst": "fd00:7::/64", "table": 100},
                 {"dst": "10.96.0.0/12", "gw": "169.254.1.1", "priority": 50},
                 {"dst": "172.16.0.0/16", "gw": "10.7.0.254", "table": 100},
             ])
