@@ -13,12 +13,13 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cni_tests::{bin_dir, cni_path, conf_example};
 use integration::chain::{result_ips, Attachment, CacheKey as Key, ChainError, NetConfList};
-use integration::lab::{self, state, Lab, Pod};
+use integration::lab::{state, Lab, Pod};
+use integration::nsexec::{self, Enter};
 use integration::traffic::{reply_peer, tcp_request, TcpServer};
 use serde_json::{json, Value};
 
@@ -346,10 +347,7 @@ fn v110_result_lists_our_routes_with_their_tables() {
         eth0_listed.iter().any(|r| r == "0.0.0.0/0"),
         "{eth0_listed:#?}"
     );
-    assert!(
-        eth0_listed.iter().any(|r| r == "::/0"),
-        "{eth0_listed:#?}"
-    );
+    assert!(eth0_listed.iter().any(|r| r == "::/0"), "{eth0_listed:#?}");
 
     traffic(&lab, &pod, &[&eth0, &net1]);
 }
@@ -381,4 +379,145 @@ fn v100_result_is_the_main_plugins() {
     let ours = kernel_routes(&pod.name, true);
     assert!(ours.iter().any(|r| r.contains(" table ")), "{ours:#?}");
     traffic(&lab, &pod, &[&eth0, &net1]);
+}
+
+// ------------------------------------------------------------ real libcni
+
+/// Where scripts/setup.sh unpacks Go 1.22 and libcni (Debian packages).
+const LIBCNI_CACHE: &str = "/var/cache/coordinator-libcni";
+
+/// tests/libcni/main.go built offline with the unpacked toolchain.
+fn libcni_add_binary(lab: &Lab) -> PathBuf {
+    let root = PathBuf::from(LIBCNI_CACHE).join("root");
+    let go = root.join("usr/lib/go-1.22/bin/go");
+    assert!(
+        PathBuf::from(LIBCNI_CACHE).join(".ready").is_file() && go.is_file(),
+        "Go and libcni missing in {LIBCNI_CACHE}: run scripts/setup.sh"
+    );
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("libcni");
+    let out = lab.dir().join("libcni-add");
+    let build = std::process::Command::new(&go)
+        .current_dir(&src)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("GOROOT", root.join("usr/lib/go-1.22"))
+        .env("GOPATH", root.join("usr/share/gocode"))
+        .env("GOCACHE", PathBuf::from(LIBCNI_CACHE).join("gocache"))
+        .env("GO111MODULE", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOENV", "off")
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .output()
+        .expect("run go build");
+    assert!(
+        build.status.success(),
+        "go build tests/libcni: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    out
+}
+
+/// One ADD of `list` through libcni in the node's netns: what libcni
+/// printed ({"cniVersion", "routes", "cached"}) and the raw result it cached.
+fn libcni_add(
+    lab: &Lab,
+    bin: &Path,
+    pod: &Pod,
+    list: &NetConfList,
+    ifname: &str,
+    path: &[PathBuf],
+) -> (Value, Value) {
+    let file = lab.dir().join(format!("{}.conflist", list.name));
+    std::fs::write(&file, serde_json::to_vec_pretty(&list.to_value()).unwrap()).unwrap();
+    let cache = lab.dir().join("libcni-cache");
+    let container_id = format!("ctr-{}", pod.name);
+    let cni_path = std::env::join_paths(path).unwrap();
+    let out = nsexec::command_in(lab.node(), bin.to_str().unwrap(), Enter::NetOnly)
+        .unwrap()
+        .arg(&file)
+        .arg(&container_id)
+        .arg(&pod.path)
+        .arg(ifname)
+        .arg(&cache)
+        .arg(&cni_path)
+        .output()
+        .expect("run libcni-add");
+    assert!(
+        out.status.success(),
+        "libcni ADD {ifname}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("libcni-add's JSON");
+    let raw = std::fs::read(
+        cache
+            .join("results")
+            .join(format!("{}-{container_id}-{ifname}", list.name)),
+    )
+    .expect("libcni's cache file");
+    let raw: Value = serde_json::from_slice(&raw).unwrap();
+    (printed, raw["result"].clone())
+}
+
+/// The real libcni (v1.2+, spec 1.1.0) runs both ADDs, reads the results
+/// into its own types and caches them: every route field we print survives
+/// its parsing unchanged (table, scope, priority included), and the routes
+/// it reads are the main plugin's plus exactly those the kernel shows as
+/// ours.
+#[test]
+fn libcni_reads_our_1_1_0_routes() {
+    let lab = build_lab();
+    let bin = libcni_add_binary(&lab);
+    let pod = lab.pod("p").unwrap();
+    let mut path = vec![shim_dir(&lab)];
+    path.extend(cni_path());
+    let before = kernel_routes(&pod.name, true);
+    assert!(before.is_empty(), "{before:#?}");
+    let mut seen = Vec::new();
+    for (file, ifname, theirs) in [
+        (
+            "macvlan-underlay.conflist",
+            "eth0",
+            vec!["0.0.0.0/0", "::/0"],
+        ),
+        ("macvlan-underlay-net1.conflist", "net1", vec![]),
+    ] {
+        let list = load(&lab, file, "1.1.0");
+        let (printed, raw) = libcni_add(&lab, &bin, &pod, &list, ifname, &path);
+        assert_eq!(printed["cniVersion"], "1.1.0", "{printed}");
+        assert_eq!(raw["cniVersion"], "1.1.0", "{raw}");
+        // libcni's own reading of the routes, written back, is what we wrote.
+        assert_eq!(
+            printed["routes"], raw["routes"],
+            "libcni read: {printed:#}\nwe wrote: {raw:#}"
+        );
+        assert_eq!(printed["cached"]["routes"], raw["routes"]);
+        assert!(
+            raw["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.get("table").is_some()),
+            "{raw:#}"
+        );
+        let listed = result_routes(&printed);
+        let now = kernel_routes(&pod.name, true);
+        let added: Vec<String> = now.iter().filter(|r| !seen.contains(*r)).cloned().collect();
+        let ours: Vec<String> = listed
+            .iter()
+            .filter(|r| !theirs.contains(&r.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(ours.len() + theirs.len(), listed.len(), "{listed:#?}");
+        assert_eq!(
+            sorted(&ours),
+            sorted(&added),
+            "{ifname}: libcni's routes vs the kernel's protocol 222 routes"
+        );
+        seen = now;
+    }
 }
