@@ -35,7 +35,7 @@ use ipnet::IpNet;
 use crate::plan::{Plan, RouteSpec, Side};
 
 /// `prev` with the pod routes of `plan` for `version` (see the module doc).
-pub fn with_plan_routes(mut prev: CniResult, plan: &Plan, version: Version) -> CniResult {
+pub fn extend(mut prev: CniResult, plan: &Plan, version: Version) -> CniResult {
     if !version.has_1_1_fields() {
         return prev;
     }
@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn lists_pod_routes_with_their_table_scope_and_priority() {
-        let got = with_plan_routes(prev(), &plan(), Version::V110).to_json(Version::V110);
+        let got = extend(prev(), &plan(), Version::V110).to_json(Version::V110);
         assert_eq!(
             got["routes"],
             json!([
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn older_versions_are_the_prev_result_byte_for_byte() {
         for v in [Version::V030, Version::V031, Version::V040, Version::V100] {
-            let got = with_plan_routes(prev(), &plan(), v);
+            let got = extend(prev(), &plan(), v);
             assert_eq!(got, prev());
             assert_eq!(
                 serde_json::to_string(&got.to_json(v)).unwrap(),
@@ -199,7 +199,7 @@ mod tests {
         let mut plan = Plan::default();
         plan.routes.push(spec("10.8.0.0/16", 101));
         plan.routes.push(spec("10.8.0.0/16", TABLE_MAIN));
-        let got = with_plan_routes(p.clone(), &plan, Version::V110);
+        let got = extend(p.clone(), &plan, Version::V110);
         let v: Value = got.to_json(Version::V110)["routes"].clone();
         assert_eq!(
             v,
@@ -207,13 +207,13 @@ mod tests {
         );
         // Main spelled 254 in the prevResult is main.
         p.routes[0].table = Some(TABLE_MAIN);
-        let got = with_plan_routes(p, &plan, Version::V110);
+        let got = extend(p, &plan, Version::V110);
         assert_eq!(got.routes.len(), 2);
     }
 
     #[test]
     fn an_empty_plan_changes_nothing() {
-        let got = with_plan_routes(prev(), &Plan::default(), Version::V110);
+        let got = extend(prev(), &Plan::default(), Version::V110);
         assert_eq!(got, prev());
     }
 }
