@@ -132,3 +132,37 @@ if [ ! -f "$LAB_CACHE/6.12/.ready" ]; then
   apt-get "${trixie_opts[@]}" update -qq
   lab_kernel 6.12 "${trixie_opts[@]}"
 fi
+
+# --- libcni (issue 24 item 4) -------------------------------------------------
+# tests/tests/result_routes.rs runs a 1.1.0 ADD through the real libcni (the
+# reference runtime library) and parses the result with its types. libcni
+# reads spec 1.1.0 from v1.2.0 on: Debian 12 and 13 ship v1.1.2, unstable
+# ships v1.3.x; Go 1.22 comes from bookworm-backports. Both are downloaded
+# with apt from Debian's archive through a private apt state and unpacked
+# under $LIBCNI_CACHE (nothing installed system-wide, the system's sources
+# untouched); the test builds its program offline from there (GOPATH mode:
+# libcni's packages need nothing outside the standard library).
+LIBCNI_CACHE=/var/cache/coordinator-libcni
+libcni_ok() {
+  [ -f "$LIBCNI_CACHE/.ready" ] &&
+    grep -q '"1.1.0"' "$LIBCNI_CACHE/root/usr/share/gocode/src/github.com/containernetworking/cni/pkg/types/100/types.go" 2>/dev/null &&
+    "$LIBCNI_CACHE/root/usr/lib/go-1.22/bin/go" version >/dev/null 2>&1
+}
+if ! libcni_ok; then
+  echo "setup: downloading Go 1.22 and libcni (Debian packages) into $LIBCNI_CACHE" >&2
+  LAPT=$LIBCNI_CACHE/apt
+  rm -rf "$LIBCNI_CACHE"
+  mkdir -p "$LAPT/lists/partial" "$LAPT/cache/archives/partial" "$LIBCNI_CACHE/deb"
+  printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
+    "$MIRROR" bookworm-backports "$MIRROR" sid > "$LAPT/sources.list"
+  lapt=(-o "Dir::Etc::SourceList=$LAPT/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$LAPT/lists" -o "Dir::Cache=$LAPT/cache")
+  apt-get "${lapt[@]}" update -qq
+  chown _apt: "$LIBCNI_CACHE/deb" 2>/dev/null || true
+  (cd "$LIBCNI_CACHE/deb" &&
+    apt-get "${lapt[@]}" download -qq golang-1.22-go golang-1.22-src golang-github-appc-cni-dev)
+  for d in "$LIBCNI_CACHE"/deb/*.deb; do dpkg-deb -x "$d" "$LIBCNI_CACHE/root"; done
+  rm -rf "$LIBCNI_CACHE/deb" "$LAPT/cache"
+  touch "$LIBCNI_CACHE/.ready"
+  libcni_ok || { echo "setup: the unpacked libcni does not read spec 1.1.0, or Go 1.22 does not run" >&2; exit 1; }
+fi

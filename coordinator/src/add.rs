@@ -193,7 +193,7 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         layout = ?ctx.layout,
         "ADD done"
     );
-    Ok(prev)
+    Ok(crate::result_routes::extend(prev, &plan, call.version()))
 }
 
 /// `podMACPrefix`: the new MAC when the NIC's changed.

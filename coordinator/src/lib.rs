@@ -25,4 +25,5 @@ pub mod owners;
 pub mod plan;
 pub mod plugin;
 pub mod record;
+pub mod result_routes;
 pub mod undo;
