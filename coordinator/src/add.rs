@@ -193,7 +193,10 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         layout = ?ctx.layout,
         "ADD done"
     );
-    Ok(crate::result_routes::extend(prev, &plan, call.version()))
+    match cfg.result_routes {
+        true => Ok(crate::result_routes::extend(prev, &plan, call.version())),
+        false => Ok(prev),
+    }
 }
 
 /// `podMACPrefix`: the new MAC when the NIC's changed.

@@ -42,7 +42,8 @@ fn load(lab: &Lab, file: &str, version: &str) -> NetConfList {
         .unwrap_or_else(|e| panic!("load conf-examples/{file}: {e}"));
     lab.localize(&mut list);
     list.cni_version = version.to_string();
-    let c = cni_tests::coordinator_entry(&mut list, &json!({}), lab.dir());
+    // Listing our routes in a 1.1.0 result is asked for (off by default).
+    let c = cni_tests::coordinator_entry(&mut list, &json!({"resultRoutes": true}), lab.dir());
     let nodefaults = lab.dir().join("no-defaults.json").display().to_string();
     c.insert("defaultsFile".into(), json!(nodefaults));
     list
@@ -412,6 +413,47 @@ fn v100_result_is_the_main_plugins() {
         assert_eq!(nic.cached["cniVersion"], "1.0.0");
     }
     // The coordinator did install routes of its own: they are not listed.
+    let ours = kernel_routes(&pod.name, true);
+    assert!(ours.iter().any(|r| r.contains(" table ")), "{ours:#?}");
+    traffic(&lab, &pod, &[&eth0, &net1]);
+}
+
+/// Without `resultRoutes` (the default) a 1.1.0 result is the main
+/// plugin's too: a reference main plugin's CHECK, which looks for every
+/// route of the cached result in `main`, keeps passing.
+#[test]
+fn v110_without_result_routes_is_the_main_plugins() {
+    let lab = build_lab();
+    let pod = lab.pod("p").unwrap();
+    let path = {
+        let mut p = vec![shim_dir(&lab)];
+        p.extend(cni_path());
+        p
+    };
+    let off = |file: &str| {
+        let mut list = load(&lab, file, "1.1.0");
+        list.plugin_mut("coordinator")
+            .expect("coordinator entry")
+            .insert("resultRoutes".into(), json!(false));
+        list
+    };
+    let eth0 = attach(&lab, &pod, off("macvlan-underlay.conflist"), "eth0", &path);
+    let net1 = attach(
+        &lab,
+        &pod,
+        off("macvlan-underlay-net1.conflist"),
+        "net1",
+        &path,
+    );
+    for nic in [&eth0, &net1] {
+        assert_eq!(
+            result_routes(&nic.cached),
+            result_routes(&nic.main),
+            "{}",
+            nic.cached
+        );
+        assert_eq!(nic.cached["cniVersion"], "1.1.0");
+    }
     let ours = kernel_routes(&pod.name, true);
     assert!(ours.iter().any(|r| r.contains(" table ")), "{ours:#?}");
     traffic(&lab, &pod, &[&eth0, &net1]);

@@ -72,6 +72,10 @@ pub struct Config {
     pub mode: Mode,
     pub pod_default_cni_nic: String,
     pub tune_pod_routes: bool,
+    /// `resultRoutes`: list the routes ADD installs in a 1.1.0 result (off
+    /// by default: the reference main plugins' CHECK looks for a result's
+    /// routes in `main`, whatever their table).
+    pub result_routes: bool,
     /// None: the first NIC keeps the default route.
     pub pod_default_route_nic: Option<String>,
     /// Every table id and rule priority of ours (`hostRuleTable` among them).
@@ -232,6 +236,7 @@ impl Config {
             mode,
             pod_default_cni_nic,
             tune_pod_routes: f.bool("tunePodRoutes")?.unwrap_or(true),
+            result_routes: f.bool("resultRoutes")?.unwrap_or(false),
             pod_default_route_nic,
             ids,
             pod_rp_filter,
@@ -453,6 +458,7 @@ mod tests {
             ),
             (json!({"podDefaultRouteNic": "a/b"}), "podDefaultRouteNic"),
             (json!({"tunePodRoutes": "yes"}), "tunePodRoutes"),
+            (json!({"resultRoutes": 1}), "resultRoutes"),
             (json!({"hostRuleTable": 254}), "hostRuleTable"),
             (json!({"hostRuleTable": -5}), "hostRuleTable"),
             (json!({"hostRuleTable": "500"}), "hostRuleTable"),
