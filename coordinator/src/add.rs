@@ -105,11 +105,12 @@ pub fn add(call: &Call, cfg: &Config) -> Result<CniResult> {
         None => Attachments::open(root, &call.env.container_id, true)?
             .ok_or_else(|| Error::Io("the attachment record directory vanished".into()))?,
     };
-    let netns = (
-        call.env.netns.as_ref().map(|p| p.display().to_string()),
-        inode,
-    );
-    let writer = records.begin(ifname, netns, ctx.layout, &plan, existing)?;
+    let origin = record::Origin {
+        network: Some(call.conf.name.clone()),
+        netns: call.env.netns.as_ref().map(|p| p.display().to_string()),
+        netns_inode: inode,
+    };
+    let writer = records.begin(ifname, origin, ctx.layout, &plan, existing)?;
     let mut journal = Journal::new(&k, &records, writer);
     let detecting = cfg.detect_ip_conflict || cfg.detect_gateway;
     // With arp_notify on (the reference macvlan plugin turns it on) the

@@ -24,6 +24,8 @@ use crate::observe::pod_view;
 use crate::plan::{
     plan_add, sweep, teardown, teardown_without_plan, Plan, PodView, Side, Teardown,
 };
+#[cfg(test)]
+use crate::record::Origin;
 use crate::record::{self, Attachments, Record};
 use crate::undo::{self, Failure, Sides, Undo};
 
@@ -96,6 +98,57 @@ pub fn del(call: &Call, cfg: &Config) -> Result<()> {
         ));
     }
     tracing::info!(container = call.env.container_id, ifname, "DEL done");
+    Ok(())
+}
+
+/// GC (spec 1.1.0): every record of this network whose attachment is not in
+/// `cni.dev/valid-attachments` belongs to a pod whose DEL never came. What
+/// it made on the node is undone (the host veth, host routes and
+/// neighbours; its pod netns is gone or not ours to enter) and the record
+/// removed. Records of other networks, and records written before records
+/// named their network, are left alone.
+pub fn gc(call: &Call) -> Result<()> {
+    let network = call.conf.name.as_str();
+    let valid = call.conf.valid_attachments()?;
+    let root = Path::new(record::ROOT);
+    let host = Netlink::open()?;
+    let sides = Sides {
+        host: &host,
+        pod: None,
+    };
+    let mut failures = Vec::new();
+    for container in record::containers(root) {
+        let Some(records) = Attachments::open(root, &container, false)? else {
+            continue;
+        };
+        let mut stale = Vec::new();
+        for r in records.siblings("", None) {
+            let listed = valid
+                .iter()
+                .any(|a| a.container_id == container && a.ifname == r.ifname);
+            if r.network.as_deref() == Some(network) && !listed {
+                stale.push(r);
+            }
+        }
+        for r in stale {
+            let steps: Vec<Undo> = r.steps.iter().rev().cloned().collect();
+            let failed = undo::replay(&sides, &steps);
+            match failed.is_empty() {
+                true => {
+                    tracing::info!(container, ifname = r.ifname, "GC: attachment gone");
+                    records.remove(&r.ifname)?;
+                }
+                false => failures.extend(failed),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        let list: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        return Err(Error::plugin(
+            code::TRY_AGAIN,
+            format!("GC incomplete: {}", list.join("; ")),
+        ));
+    }
     Ok(())
 }
 
@@ -472,7 +525,13 @@ mod tests {
             ..Plan::default()
         };
         let mut w1 = a
-            .begin("net1", (None, None), Layout::UnderlayLater, &shared, None)
+            .begin(
+                "net1",
+                Origin::default(),
+                Layout::UnderlayLater,
+                &shared,
+                None,
+            )
             .unwrap();
         let own = Undo::DelRule {
             side: Side::Pod,
@@ -492,7 +551,13 @@ mod tests {
         }
         drop(w1);
         let mut w2 = a
-            .begin("net2", (None, None), Layout::UnderlayLater, &shared, None)
+            .begin(
+                "net2",
+                Origin::default(),
+                Layout::UnderlayLater,
+                &shared,
+                None,
+            )
             .unwrap();
         let net2_own = Undo::DelRule {
             side: Side::Pod,

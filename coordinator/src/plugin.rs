@@ -37,4 +37,13 @@ impl Plugin for Coordinator {
     fn check(&self, call: &Call) -> Result<()> {
         crate::check::check(call, &load(call)?)
     }
+
+    fn gc(&self, call: &Call) -> Result<()> {
+        // Like DEL, GC must not be blocked by a config that no longer
+        // validates: it needs only the network's name.
+        if let Ok(cfg) = Config::from_raw(&call.raw) {
+            cni::logging::init(&cfg.log.settings());
+        }
+        crate::del::gc(call)
+    }
 }

@@ -49,6 +49,10 @@ enum Entry {
         netns: Option<String>,
         #[serde(default)]
         netns_inode: Option<u64>,
+        /// The network (conflist `name`) the attachment belongs to: GC
+        /// only touches records of the network it is called for.
+        #[serde(default)]
+        network: Option<String>,
     },
     Plan {
         layout: Layout,
@@ -70,6 +74,8 @@ pub struct Record {
     /// The pod's netns (path as the runtime named it, inode) at ADD.
     pub netns: Option<String>,
     pub netns_inode: Option<u64>,
+    /// The network (conflist `name`) of the attachment.
+    pub network: Option<String>,
     pub layout: Layout,
     /// The plan of the last ADD that succeeded (or of the one in progress).
     pub plan: Plan,
@@ -92,6 +98,7 @@ impl Record {
         let mut ifname = None;
         let mut netns = None;
         let mut netns_inode = None;
+        let mut network = None;
         let mut plan = None;
         let mut steps: Vec<(u64, Undo)> = Vec::new();
         let mut next_seq = 0;
@@ -110,6 +117,7 @@ impl Record {
                     ifname: n,
                     netns: p,
                     netns_inode: i,
+                    network: n2,
                     ..
                 } => {
                     if version != VERSION {
@@ -118,6 +126,7 @@ impl Record {
                     ifname = Some(n);
                     netns = p;
                     netns_inode = i;
+                    network = n2;
                 }
                 Entry::Plan { layout, plan: p } => plan = Some((layout, *p)),
                 Entry::Step { seq, undo } => {
@@ -133,6 +142,7 @@ impl Record {
             ifname,
             netns,
             netns_inode,
+            network,
             layout,
             plan,
             steps: steps.into_iter().map(|(_, u)| u).collect(),
@@ -152,6 +162,7 @@ impl Record {
             ifname: self.ifname.clone(),
             netns: self.netns.clone(),
             netns_inode: self.netns_inode,
+            network: self.network.clone(),
         });
         line(&Entry::Plan {
             layout: self.layout,
@@ -165,6 +176,28 @@ impl Record {
         }
         out
     }
+}
+
+/// Where an attachment was made: its network and its pod's netns.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub network: Option<String>,
+    pub netns: Option<String>,
+    pub netns_inode: Option<u64>,
+}
+
+/// The container IDs that have records under `root`.
+pub fn containers(root: &Path) -> Vec<String> {
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dirs
+        .flatten()
+        .filter_map(|d| d.file_name().into_string().ok())
+        .filter(|n| cni::env::validate_container_id(n).is_ok())
+        .collect();
+    out.sort();
+    out
 }
 
 /// The records of one container, its directory locked for the caller.
@@ -267,7 +300,7 @@ impl Attachments {
     pub fn begin(
         &self,
         ifname: &str,
-        netns: (Option<String>, Option<u64>),
+        origin: Origin,
         layout: Layout,
         plan: &Plan,
         existing: Option<Record>,
@@ -279,8 +312,9 @@ impl Attachments {
         };
         let mut rec = existing.unwrap_or(Record {
             ifname: ifname.to_string(),
-            netns: netns.0,
-            netns_inode: netns.1,
+            netns: origin.netns,
+            netns_inode: origin.netns_inode,
+            network: origin.network,
             layout,
             plan: plan.clone(),
             steps: Vec::new(),
@@ -443,7 +477,13 @@ mod tests {
             .unwrap();
         let plan = Plan::default();
         let mut w = a
-            .begin("net1", (None, None), Layout::UnderlayLater, &plan, None)
+            .begin(
+                "net1",
+                Origin::default(),
+                Layout::UnderlayLater,
+                &plan,
+                None,
+            )
             .unwrap();
         w.push(rule(101)).unwrap();
         let s = w.push(rule(102)).unwrap();
@@ -461,7 +501,13 @@ mod tests {
 
         // A repeated ADD continues the record: numbers do not repeat.
         let again = a
-            .begin("net1", (None, None), Layout::UnderlayLater, &plan, Some(r))
+            .begin(
+                "net1",
+                Origin::default(),
+                Layout::UnderlayLater,
+                &plan,
+                Some(r),
+            )
             .unwrap();
         let mut again = again;
         let s2 = again.push(rule(104)).unwrap();
@@ -483,7 +529,7 @@ mod tests {
         let mut w = a
             .begin(
                 "eth0",
-                (None, None),
+                Origin::default(),
                 Layout::UnderlayFirst,
                 &Plan::default(),
                 None,
@@ -515,7 +561,10 @@ mod tests {
             drop(
                 a.begin(
                     n,
-                    (None, Some(7)),
+                    Origin {
+                        netns_inode: Some(7),
+                        ..Origin::default()
+                    },
                     Layout::UnderlayLater,
                     &Plan::default(),
                     None,

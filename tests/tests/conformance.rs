@@ -748,6 +748,9 @@ fn status_and_gc_on_1_1_succeed() {
             .run()
             .ok_silent();
         let mut gc = conf.clone();
+        // A network of its own: GC undoes every record of its network that
+        // the list leaves out, and other tests attach pods meanwhile.
+        gc["name"] = json!(unique_id("gcnet"));
         gc["cni.dev/valid-attachments"] =
             json!([{"containerID": unique_id("gc"), "ifname": "eth0"}]);
         Exec::new(coordinator())

@@ -463,3 +463,75 @@ fn records_are_private() {
     c.del(a).expect("second DEL");
     assert!(!records_of(&p.id).exists());
 }
+
+/// GC (spec 1.1.0): the runtime lost a pod's DEL. GC with the list of the
+/// attachments it still has undoes what the lost pod's ADD made on the node
+/// (host veth, host routes and neighbours) and removes its record; the pod
+/// it still lists keeps working; a record of another network stays.
+#[test]
+fn gc_undoes_attachments_the_runtime_no_longer_lists() {
+    let lab = lab(1);
+    let cfg = json!({"mode": "underlay"});
+    let node_before = snapshot(lab.node());
+    let lost = attach(&lab, "gl", 67, 1, cfg.clone());
+    let kept = attach(&lab, "gk", 68, 1, cfg.clone());
+    let network = lost.nics[0].0.list().name.clone();
+    let hveth = |id: &str| coordinator::names::host_veth_name(id);
+    assert!(state::link_names(lab.node())
+        .unwrap()
+        .contains(&hveth(&lost.id)));
+    // The lost pod's netns goes without a DEL (the runtime crashed); its
+    // server thread still holds it, so the veth pair stays: GC must act.
+    lab.remove_netns(&lost.pod.name).unwrap();
+    assert!(state::link_names(lab.node())
+        .unwrap()
+        .contains(&hveth(&lost.id)));
+
+    // The coordinator alone, at 1.1.0, for the same network.
+    let mut c = json!({"type": "coordinator", "mode": "underlay"});
+    c["defaultsFile"] = json!(lab.dir().join("no-defaults.json"));
+    let mut list = NetConfList::from_value(json!({
+        "cniVersion": "1.1.0", "name": network, "plugins": [c],
+    }))
+    .unwrap();
+    lab.localize(&mut list);
+    let gc = lab.chain(list).cni_path(cni_path());
+    let other = format!("{network}-other");
+    let mut elsewhere = json!({"type": "coordinator"});
+    elsewhere["defaultsFile"] = json!(lab.dir().join("no-defaults.json"));
+
+    gc.gc(&[(kept.id.clone(), "eth0".to_string())])
+        .unwrap_or_else(|e| panic!("GC: {e}"));
+    assert!(
+        !records_of(&lost.id).exists(),
+        "the lost pod's record outlived GC"
+    );
+    assert!(records_of(&kept.id).join("nic-eth0").exists());
+    let links = state::link_names(lab.node()).unwrap();
+    assert!(!links.contains(&hveth(&lost.id)), "{links:?}");
+    assert!(links.contains(&hveth(&kept.id)), "{links:?}");
+    node_reaches(&lab, ip("10.6.1.68"), "the pod GC kept");
+    kept.nics[0]
+        .0
+        .check(&kept.nics[0].1)
+        .expect("CHECK of the kept pod");
+
+    // GC of another network leaves this network's records alone.
+    let mut list = NetConfList::from_value(json!({
+        "cniVersion": "1.1.0", "name": other, "plugins": [elsewhere],
+    }))
+    .unwrap();
+    lab.localize(&mut list);
+    lab.chain(list)
+        .cni_path(cni_path())
+        .gc(&[])
+        .unwrap_or_else(|e| panic!("GC of another network: {e}"));
+    assert!(records_of(&kept.id).join("nic-eth0").exists());
+
+    let (c, a, _) = &kept.nics[0];
+    c.del(a).expect("DEL of the kept pod");
+    assert!(!records_of(&kept.id).exists());
+    // The node is as it was before both pods (the shared rule aside).
+    let now = snapshot(lab.node());
+    assert_eq!(now, node_before, "GC and DEL left something on the node");
+}
