@@ -127,6 +127,7 @@ impl LabBuilder {
             subnets,
             dir,
             namespaces: Mutex::new(Vec::new()),
+            removed: Mutex::new(Vec::new()),
             clients: AtomicUsize::new(0),
             extra_nodes: AtomicUsize::new(0),
         };
@@ -226,6 +227,8 @@ pub struct Lab {
     subnets: Vec<Subnet>,
     dir: PathBuf,
     namespaces: Mutex<Vec<String>>,
+    /// Namespaces removed early: their coordinator records go at drop.
+    removed: Mutex<Vec<String>>,
     clients: AtomicUsize,
     extra_nodes: AtomicUsize,
 }
@@ -405,6 +408,9 @@ impl Lab {
         if let Ok(mut n) = self.namespaces.lock() {
             n.retain(|x| x != name);
         }
+        if let Ok(mut r) = self.removed.lock() {
+            r.push(name.to_string());
+        }
         Ok(())
     }
 
@@ -420,7 +426,11 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let names = self.namespaces();
-        cleanup::remove_records_of(&names);
+        let mut gone = names.clone();
+        if let Ok(r) = self.removed.lock() {
+            gone.extend(r.iter().cloned());
+        }
+        cleanup::remove_records_of(&gone);
         // Pods and clients first, then fabric and node.
         for n in names.iter().rev() {
             if let Err(e) = remove_netns(n) {
